@@ -1,0 +1,69 @@
+"""Clean local copies of objects and their metadata, in a size-limited diskcache.
+
+Nothing here is ever the only copy: dirty bytes live in the journal's staging
+area until the store has them, so diskcache may evict any entry (LRU) to stay
+under ``--cache-size``. An entry is valid only for the ETag it was stored with.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import diskcache
+
+
+class ContentCache:
+    """File contents and object metadata, keyed by store key, tagged by ETag."""
+
+    def __init__(self, directory: Path, size_limit: int) -> None:
+        self._cache = diskcache.Cache(
+            str(directory),
+            size_limit=size_limit,
+            eviction_policy="least-recently-used",
+            disk_min_file_size=0,
+        )
+
+    def close(self) -> None:
+        self._cache.close()
+
+    def open(self, key: str, etag: str) -> int | None:
+        """A read-only descriptor on the cached copy of ``key`` at ``etag``, if any.
+
+        The descriptor stays valid even if the entry is evicted meanwhile.
+        """
+        reader, tag = self._cache.get(("data", key), read=True, tag=True)
+        if reader is None:
+            return None
+        with reader:
+            if tag != etag or not hasattr(reader, "fileno"):
+                self._cache.delete(("data", key))
+                return None
+            return os.dup(reader.fileno())
+
+    def put_file(self, key: str, etag: str, fd: int) -> None:
+        """Keep a clean copy of ``key`` at ``etag`` from an open descriptor."""
+        with os.fdopen(os.dup(fd), "rb") as src:
+            src.seek(0)
+            self._cache.set(("data", key), src, read=True, tag=etag)
+
+    def put_bytes(self, key: str, etag: str, data: bytes) -> None:
+        self._cache.set(("data", key), io.BytesIO(data), read=True, tag=etag)
+
+    def discard(self, key: str) -> None:
+        self._cache.delete(("data", key))
+
+    def get_meta(self, key: str, etag: str) -> dict[str, str] | None:
+        """Object metadata remembered for ``key`` at ``etag`` (saves a HEAD)."""
+        entry = self._cache.get(("meta", key))
+        if entry is None or entry[0] != etag:
+            return None
+        return entry[1]
+
+    def put_meta(self, key: str, etag: str, metadata: dict[str, str]) -> None:
+        self._cache.set(("meta", key), (etag, metadata))
+
+    def volume(self) -> int:
+        """Bytes the cache occupies on disk."""
+        return self._cache.volume()

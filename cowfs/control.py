@@ -1,0 +1,90 @@
+"""The daemon's control socket: how ``cowfs sync/status/umount`` reach a mount.
+
+One JSON request line in, one JSON reply line out. The socket's path follows
+from the mount point alone, so the CLI needs nothing but the mount point.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import trio
+
+from .errors import CowfsError, StoreError
+
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+def runtime_dir() -> Path:
+    if os.getuid() == 0:
+        return Path("/run/cowfs")
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    return Path(base) / "cowfs" if base else Path(f"/tmp/cowfs-{os.getuid()}")
+
+
+def socket_path(mountpoint: str | os.PathLike[str]) -> Path:
+    digest = hashlib.sha1(os.path.realpath(mountpoint).encode()).hexdigest()[:20]
+    return runtime_dir() / f"{digest}.sock"
+
+
+async def serve(path: Path, handler: Handler) -> None:
+    """Answer requests on ``path`` until cancelled; removes the socket after."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    await sock.bind(str(path))
+    os.chmod(path, 0o600)
+    sock.listen(16)
+    listener = trio.SocketListener(sock)
+    try:
+        await trio.serve_listeners(partial_handler(handler), [listener])
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def partial_handler(handler: Handler) -> Callable[[trio.SocketStream], Awaitable[None]]:
+    async def on_connection(stream: trio.SocketStream) -> None:
+        async with stream:
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    return
+                data += chunk
+            try:
+                reply = await handler(json.loads(data))
+            except CowfsError as exc:
+                reply = {"ok": False, "error": str(exc)}
+            await stream.send_all(json.dumps(reply).encode() + b"\n")
+
+    return on_connection
+
+
+def request(mountpoint: str | os.PathLike[str], command: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+    """Send one command to the daemon serving ``mountpoint``; blocks for the reply."""
+    path = socket_path(mountpoint)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise CowfsError(f"{mountpoint} is not a cowfs mount served by a running daemon") from None
+        sock.sendall(json.dumps(command).encode() + b"\n")
+        data = b""
+        try:
+            while not data.endswith(b"\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise CowfsError("the daemon closed the control connection")
+                data += chunk
+        except socket.timeout:
+            raise StoreError(f"timed out after {timeout} s waiting for {command.get('cmd')}") from None
+    reply = json.loads(data)
+    if not reply.get("ok", False):
+        raise CowfsError(reply.get("error", "failed"))
+    return reply

@@ -1,0 +1,235 @@
+"""The mount daemon: wires store, cache, journal, write-back and FUSE together.
+
+Lifecycle: check the store (refuse to start if unreachable) -> lock the cache
+directory -> replay the journal -> mount -> announce readiness -> serve ->
+on SIGTERM/SIGINT or unmount: flush every pending upload -> unmount -> exit.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyfuse3
+import trio
+
+from . import control
+from .cache import ContentCache
+from .errors import CowfsError, UsageError
+from .fs import Operations
+from .journal import Journal
+from .keys import KeyMap
+from .namespace import Namespace
+from .recovery import replay
+from .store import ObjectStore, open_store
+from .writeback import WriteBack
+
+log = logging.getLogger(__name__)
+
+READY_FD_ENV = "COWFS_READY_FD"
+THREADS = 32
+
+
+@dataclass
+class MountOptions:
+    """Everything ``cowfs mount`` takes; also the library entry point's argument."""
+
+    mountpoint: Path
+    store_url: str | None = None
+    foreground: bool = False
+    tenant: str | None = None
+    cache_dir: Path | None = None
+    cache_size: int = 10 * 1024**3
+    write_back_delay: float = 1.0
+    metadata_ttl: float = 1.0
+    endpoint_url: str | None = None
+    region: str | None = None
+    path_style: bool = False
+    fuse_options: list[str] = field(default_factory=list)
+    debug: bool = False
+
+    def argv(self) -> list[str]:
+        """The command line that mounts the same thing in the foreground."""
+        args = ["mount"] + ([self.store_url] if self.store_url else []) + [str(self.mountpoint), "-f"]
+        args += ["--cache-size", str(self.cache_size), "--write-back-delay", str(self.write_back_delay)]
+        args += ["--metadata-ttl", str(self.metadata_ttl)]
+        for flag, value in (
+            ("--tenant", self.tenant),
+            ("--cache-dir", self.cache_dir),
+            ("--endpoint-url", self.endpoint_url),
+            ("--region", self.region),
+        ):
+            if value is not None:
+                args += [flag, str(value)]
+        if self.path_style:
+            args.append("--path-style")
+        if self.debug:
+            args.append("--debug")
+        if self.fuse_options:
+            args += ["-o", ",".join(self.fuse_options)]
+        return args
+
+
+def default_cache_dir(store: ObjectStore, tenant: str | None) -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cowfs"
+    digest = hashlib.sha1(f"{store.url}|{tenant or ''}".encode()).hexdigest()[:16]
+    return base / digest
+
+
+def open_configured_store(opts: MountOptions) -> ObjectStore:
+    return open_store(opts.store_url, endpoint_url=opts.endpoint_url, region=opts.region, path_style=opts.path_style)
+
+
+def mount(opts: MountOptions) -> None:
+    """Mount; in the foreground until unmounted, else return once the mount answers."""
+    try:
+        is_dir = opts.mountpoint.is_dir()
+    except OSError as exc:
+        raise UsageError(f"mount point {opts.mountpoint}: {exc.strerror} (a stale mount? fusermount3 -u it)") from None
+    if not is_dir:
+        raise UsageError(f"mount point {opts.mountpoint} is not a directory")
+    store = open_configured_store(opts)
+    store.check()
+    if opts.foreground:
+        serve(opts, store)
+    else:
+        _spawn_background(opts, store)
+
+
+def _spawn_background(opts: MountOptions, store: ObjectStore) -> None:
+    """Start the foreground daemon detached and wait until it reports ready."""
+    cache_dir = opts.cache_dir or default_cache_dir(store, opts.tenant)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    read_end, write_end = os.pipe()
+    env = dict(os.environ, **{READY_FD_ENV: str(write_end)})
+    log_path = cache_dir / "cowfs.log"
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cowfs", *opts.argv()],
+            env=env,
+            pass_fds=[write_end],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=log_file,
+            start_new_session=True,
+        )
+    os.close(write_end)
+    with os.fdopen(read_end) as ready:
+        message = ready.read().strip()
+    if message != "ready":
+        proc.wait()
+        tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["daemon exited"]
+        raise CowfsError(message or tail[0])
+
+
+def serve(opts: MountOptions, store: ObjectStore) -> None:
+    """Run the daemon in this process until the file system is unmounted."""
+    cache_dir = opts.cache_dir or default_cache_dir(store, opts.tenant)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    lock = open(cache_dir / "lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise CowfsError(f"cache directory {cache_dir} is in use by another cowfs daemon") from None
+    journal = Journal(cache_dir / "journal")
+    report = replay(store, journal)
+    if report.lines():
+        log.info("recovered %d pending change(s) from the journal", len(report.lines()))
+    tmp_dir = cache_dir / "tmp"
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    tmp_dir.mkdir()
+    cache = ContentCache(cache_dir / "cache", opts.cache_size)
+    try:
+        trio.run(_serve, opts, store, cache, journal, tmp_dir, cache_dir)
+    finally:
+        cache.close()
+        journal.close()
+        lock.close()
+
+
+async def _serve(
+    opts: MountOptions, store: ObjectStore, cache: ContentCache, journal: Journal, tmp_dir: Path, cache_dir: Path
+) -> None:
+    limiter = trio.CapacityLimiter(THREADS)
+    writeback = WriteBack(store, journal, limiter, delay=opts.write_back_delay)
+    keymap = KeyMap(root=(opts.tenant,) if opts.tenant else (), store_prefix=getattr(store, "prefix", ""))
+    ns = Namespace(
+        store, keymap, cache, journal, writeback, limiter, tmp_dir,
+        uid=os.getuid(), gid=os.getgid(), metadata_ttl=opts.metadata_ttl,
+    )
+    fuse_options = {"fsname=" + store.url.replace(",", "_"), "subtype=cowfs", "default_permissions"}
+    fuse_options.update(o for o in opts.fuse_options if o)
+    if opts.debug:
+        fuse_options.add("debug")
+    control_path = control.socket_path(opts.mountpoint)
+    pyfuse3.init(Operations(ns, opts.metadata_ttl), str(opts.mountpoint), fuse_options)
+    started = time.time()
+
+    async def handle(request: dict[str, Any]) -> dict[str, Any]:
+        if request.get("cmd") == "sync":
+            await ns.sync()
+            return {"ok": True}
+        if request.get("cmd") == "status":
+            stats = writeback.stats()
+            return {
+                "ok": True,
+                "pid": os.getpid(),
+                "mountpoint": str(opts.mountpoint),
+                "store": store.url,
+                "cacheDir": str(cache_dir),
+                "pendingUploads": stats.pending_uploads,
+                "pendingDeletes": stats.pending_deletes,
+                "dirtyBytes": ns.dirty_bytes(),
+                "uploads": stats.uploads,
+                "deletes": stats.deletes,
+                "retries": stats.retries,
+                "lastError": stats.last_error,
+                "cacheBytes": cache.volume(),
+                "uptime": time.time() - started,
+            }
+        return {"ok": False, "error": f"unknown command {request.get('cmd')!r}"}
+
+    unmounted = False
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writeback.run)
+            nursery.start_soon(control.serve, control_path, handle)
+            nursery.start_soon(_stop_on_signal, ns)
+            nursery.start_soon(_announce_ready, opts.mountpoint)
+            await pyfuse3.main()
+            await ns.sync()
+            nursery.cancel_scope.cancel()
+        unmounted = True
+    finally:
+        pyfuse3.close(unmount=True)
+        if unmounted:
+            log.info("unmounted %s; every pending change is in the store", opts.mountpoint)
+
+
+async def _stop_on_signal(ns: Namespace) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("%s: flushing pending uploads, then unmounting", signal.Signals(signum).name)
+            await ns.sync()
+            pyfuse3.terminate()
+            return
+
+
+async def _announce_ready(mountpoint: Path) -> None:
+    """Tell whoever started us (background parent) once the mount answers a stat."""
+    await trio.to_thread.run_sync(os.stat, mountpoint)
+    log.info("mounted at %s", mountpoint)
+    fd = os.environ.pop(READY_FD_ENV, None)
+    if fd is not None:
+        with os.fdopen(int(fd), "w") as ready:
+            ready.write("ready\n")

@@ -1,0 +1,910 @@
+"""The filesystem's semantics, with no FUSE in sight.
+
+The namespace keeps the inode table (a tree of ``Node``), merges store
+listings into it, and turns every file operation into cache reads, staging
+writes, journal records and write-back intents. ``fs.py`` only translates
+between the kernel and these methods; tests drive them directly too.
+
+Ordering rules (why nothing is lost or resurrected):
+- a key with a pending put is never shown as deleted, and a key with a
+  pending delete is never shown again by a listing (``_merge``);
+- a put of a key cancels a pending delete of it first, and store operations
+  on one key never overlap (``WriteBack``);
+- structural changes (create, mkdir, unlink, rmdir, rename, symlink) hold
+  ``_tree_lock``, so a listing never interleaves with half a rename.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import tempfile
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import trio
+
+from .attrs import (
+    DEFAULT_DIR_MODE,
+    DEFAULT_FILE_MODE,
+    Attrs,
+    check_xattrs_fit,
+    from_metadata,
+    to_metadata,
+)
+from .cache import ContentCache
+from .errors import (
+    AlreadyExists,
+    InvalidArgument,
+    IsADirectory,
+    NoAttribute,
+    NotADirectory,
+    NotEmpty,
+    NotFound,
+    NotPermitted,
+    ObjectNotFound,
+    Unsupported,
+)
+from .journal import BODY_EMPTY, BODY_INLINE, BODY_METADATA_ONLY, BODY_STAGING, Journal, PutRecord
+from .keys import KeyMap
+from .names import component, is_listable
+from .store import ListPage, ObjectInfo, ObjectStore
+from .writeback import Upload, WriteBack
+
+log = logging.getLogger(__name__)
+
+ROOT_INODE = 1
+FILE, DIR, LINK = "file", "dir", "symlink"
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+_PREFIX_ONLY = None  # a listing entry that is a folder
+
+
+class Node:
+    """One file, folder or symlink the kernel may know by inode number."""
+
+    def __init__(self, ino: int, kind: str, name: str, parent: Node | None, attrs: Attrs) -> None:
+        self.ino = ino
+        self.kind = kind
+        self.name = name
+        self.parent = parent
+        self.mode = attrs.mode
+        self.uid = attrs.uid
+        self.gid = attrs.gid
+        self.mtime_ns = attrs.mtime_ns
+        self.ctime_ns = attrs.mtime_ns
+        self.xattrs = attrs.xattrs
+        self.size = 0
+        self.etag: str | None = None
+        self.remote = False
+        self.meta_known = True
+        self.attached = True
+        self.target: bytes | None = None
+        self.children: dict[str, Node] = {}
+        self.listed_at: float | None = None
+        self.staging: str | None = None
+        self.fd: int | None = None
+        self.open_count = 0
+        self.writers = 0
+        self.dirty = False
+        self.version = 0
+        self.content_gen = 0
+        self.kernel_gen = -1
+        self.touched = 0.0
+        self.lookups = 0
+        self.lock = trio.Lock()
+        self.rid = Journal.new_id()
+        self.source = _NodeSource(self)
+
+    def path(self) -> tuple[str, ...]:
+        parts: list[str] = []
+        node: Node | None = self
+        while node is not None and node.parent is not None:
+            parts.append(node.name)
+            node = node.parent
+        return tuple(reversed(parts))
+
+    def attrs(self) -> Attrs:
+        return Attrs(self.mode, self.uid, self.gid, self.mtime_ns, self.xattrs)
+
+    def walk(self) -> Iterable[Node]:
+        yield self
+        for child in list(self.children.values()):
+            yield from child.walk()
+
+
+class _NodeSource:
+    """Adapter that lets the write-back engine upload a node."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.rid = node.rid
+        self.namespace: Namespace | None = None
+
+    def snapshot(self) -> Upload | None:
+        assert self.namespace is not None
+        return self.namespace._snapshot(self.node)
+
+    async def uploaded(self, upload: Upload, etag: str) -> bool:
+        assert self.namespace is not None
+        return await self.namespace._uploaded(self.node, upload, etag)
+
+
+@dataclass
+class Handle:
+    node: Node
+    writable: bool
+
+
+@dataclass
+class DirHandle:
+    node: Node
+    entries: list[tuple[str, Node]] = field(default_factory=list)
+
+
+@dataclass
+class StatFs:
+    block_size: int
+    blocks: int
+    blocks_free: int
+    files: int
+    files_free: int
+    name_max: int
+
+
+class Namespace:
+    """Inode table plus every filesystem operation, over cache, journal and store."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        keymap: KeyMap,
+        cache: ContentCache,
+        journal: Journal,
+        writeback: WriteBack,
+        limiter: trio.CapacityLimiter,
+        tmp_dir: Path,
+        *,
+        uid: int,
+        gid: int,
+        metadata_ttl: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.keymap = keymap
+        self.cache = cache
+        self.journal = journal
+        self.writeback = writeback
+        self.limiter = limiter
+        self.tmp_dir = tmp_dir
+        self.uid = uid
+        self.gid = gid
+        self.ttl = metadata_ttl
+        self.clock = clock
+        root = Node(ROOT_INODE, DIR, "", None, Attrs(DEFAULT_DIR_MODE, uid, gid, time.time_ns()))
+        root.remote = True
+        self.root = root
+        self.inodes: dict[int, Node] = {ROOT_INODE: root}
+        self._wire(root)
+        self._next_ino = ROOT_INODE + 1
+        self.handles: dict[int, Handle | DirHandle] = {}
+        self._next_fh = 1
+        self._tree_lock = trio.Lock()
+
+    # -- helpers ------------------------------------------------------------
+
+    async def _io(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a blocking store call on a worker thread (never on the trio loop)."""
+        return await trio.to_thread.run_sync(partial(fn, *args), limiter=self.limiter)
+
+    def _wire(self, node: Node) -> Node:
+        node.source.namespace = self
+        return node
+
+    def _new_node(self, parent: Node, name: str, kind: str, attrs: Attrs) -> Node:
+        node = self._wire(Node(self._next_ino, kind, name, parent, attrs))
+        self._next_ino += 1
+        self.inodes[node.ino] = node
+        parent.children[name] = node
+        return node
+
+    def key(self, node: Node) -> str:
+        return self.keymap.dir_key(node.path()) if node.kind == DIR else self.keymap.file_key(node.path())
+
+    def node(self, ino: int) -> Node:
+        try:
+            return self.inodes[ino]
+        except KeyError:
+            raise NotFound(f"inode {ino}") from None
+
+    def _dir(self, ino: int) -> Node:
+        node = self.node(ino)
+        if node.kind != DIR:
+            raise NotADirectory(node.name)
+        return node
+
+    def _detach(self, node: Node) -> None:
+        if node.parent is not None and node.parent.children.get(node.name) is node:
+            del node.parent.children[node.name]
+        node.attached = False
+        self._maybe_drop(node)
+
+    def _maybe_drop(self, node: Node) -> None:
+        if node.attached or node.lookups > 0 or node.open_count > 0:
+            return
+        self.inodes.pop(node.ino, None)
+        if node.fd is not None:
+            os.close(node.fd)
+            node.fd = None
+        if node.staging is not None:
+            self.journal.discard_staging(node.staging)
+            node.staging = None
+
+    def _apply_attrs(self, node: Node, attrs: Attrs) -> None:
+        node.mode, node.uid, node.gid = attrs.mode, attrs.uid, attrs.gid
+        node.mtime_ns = node.ctime_ns = attrs.mtime_ns
+        node.xattrs = attrs.xattrs
+
+    def _claim_key(self, key: str) -> None:
+        """A new object is about to take ``key``: an older pending delete must not hit it."""
+        if self.writeback.cancel_delete(key):
+            self.journal.remove_delete(key)
+
+    def _release_key(self, key: str) -> None:
+        """``key`` must go from the store (after any in-flight put of it)."""
+        self.journal.write_delete(key)
+        self.writeback.schedule_delete(key)
+
+    def _unsynced(self, node: Node) -> bool:
+        """Whether the store lacks something this node holds."""
+        return not node.remote or node.staging is not None or self.writeback.is_pending(node.source)
+
+    def _locally_owned(self, node: Node) -> bool:
+        """Whether this mount knows better than a listing (unsynced or open)."""
+        return self._unsynced(node) or node.open_count > 0
+
+    # -- listings and metadata -------------------------------------------
+
+    async def _refresh(self, dir_node: Node) -> None:
+        """Make ``dir_node.children`` reflect the store (one LIST per TTL)."""
+        if dir_node.listed_at is not None and self.clock() - dir_node.listed_at < self.ttl:
+            return
+        async with dir_node.lock:
+            if dir_node.listed_at is not None and self.clock() - dir_node.listed_at < self.ttl:
+                return
+            prefix = self.key(dir_node)
+            started = self.clock()
+            page = await self._io(self.store.list_all, prefix, "/")
+            if dir_node.attached:
+                self._merge(dir_node, prefix, page, started)
+            dir_node.listed_at = started
+
+    def _merge(self, dir_node: Node, prefix: str, page: ListPage, started: float) -> None:
+        """Fold a listing into the tree; what changed here since it started wins."""
+        remote: dict[str, ObjectInfo | None] = {}
+        for sub in page.prefixes:
+            name = KeyMap.child_name(prefix, sub)
+            if is_listable(name):
+                remote[name] = _PREFIX_ONLY
+        for info in page.objects:
+            if info.key == prefix:
+                continue
+            name = KeyMap.child_name(prefix, info.key)
+            if is_listable(name) and name not in remote:
+                remote[name] = info
+        for name, info in remote.items():
+            child = dir_node.children.get(name)
+            key = prefix + name + ("/" if info is _PREFIX_ONLY else "")
+            if child is not None and (self._locally_owned(child) or child.touched >= started):
+                continue
+            if child is None and self.writeback.delete_pending(key):
+                continue
+            if child is not None and (child.kind == DIR) == (info is _PREFIX_ONLY):
+                if info is not None and child.etag != info.etag:
+                    self._changed_remotely(child, info)
+                continue
+            if child is not None:
+                self._detach(child)
+            self._node_from_listing(dir_node, name, info)
+        for name, child in list(dir_node.children.items()):
+            if name not in remote and not self._locally_owned(child) and child.touched < started:
+                self._detach(child)
+
+    def _node_from_listing(self, parent: Node, name: str, info: ObjectInfo | None) -> Node:
+        if info is _PREFIX_ONLY:
+            node = self._new_node(parent, name, DIR, Attrs(DEFAULT_DIR_MODE, self.uid, self.gid, 0))
+        else:
+            attrs = Attrs(DEFAULT_FILE_MODE, self.uid, self.gid, int(info.last_modified * 1e9))
+            node = self._new_node(parent, name, FILE, attrs)
+            node.size, node.etag = info.size, info.etag
+        node.remote = True
+        node.meta_known = False
+        return node
+
+    def _changed_remotely(self, node: Node, info: ObjectInfo) -> None:
+        node.etag, node.size = info.etag, info.size
+        node.meta_known = False
+        node.target = None
+        node.content_gen += 1
+        if node.fd is not None and node.open_count == 0:
+            os.close(node.fd)
+            node.fd = None
+
+    async def _ensure_meta(self, node: Node) -> None:
+        """Fill in mode/uid/gid/mtime/xattrs of a listed object (cache, else HEAD)."""
+        if node.meta_known:
+            return
+        key = self.key(node)
+        meta = self.cache.get_meta(key, node.etag) if node.etag else None
+        if meta is not None:
+            self._apply_meta(node, meta, node.mtime_ns / 1e9)
+            return
+        try:
+            info = await self._io(self.store.head, key)
+        except ObjectNotFound:
+            if node.kind == DIR:
+                node.meta_known = True
+                return
+            self._detach(node)
+            raise NotFound(node.name) from None
+        if node.kind != DIR:
+            node.etag, node.size = info.etag, info.size
+        self.cache.put_meta(key, info.etag, info.metadata or {})
+        self._apply_meta(node, info.metadata or {}, info.last_modified)
+
+    def _apply_meta(self, node: Node, meta: dict[str, str], last_modified: float) -> None:
+        attrs = from_metadata(meta, is_dir=node.kind == DIR, last_modified=last_modified, uid=self.uid, gid=self.gid)
+        self._apply_attrs(node, attrs)
+        if node.kind != DIR:
+            node.kind = LINK if stat.S_ISLNK(attrs.mode) else FILE
+            if node.kind == FILE and not stat.S_ISREG(attrs.mode):
+                node.mode = DEFAULT_FILE_MODE
+        node.meta_known = True
+
+    async def _ensure_meta_all(self, nodes: list[Node]) -> None:
+        unknown = [n for n in nodes if not n.meta_known]
+        if not unknown:
+            return
+        async with trio.open_nursery() as nursery:
+            for node in unknown:
+                nursery.start_soon(self._ensure_meta_quiet, node)
+
+    async def _ensure_meta_quiet(self, node: Node) -> None:
+        try:
+            await self._ensure_meta(node)
+        except NotFound:
+            pass
+
+    async def _child(self, parent: Node, name: str) -> Node:
+        await self._refresh(parent)
+        child = parent.children.get(name)
+        if child is None:
+            raise NotFound(name)
+        await self._ensure_meta(child)
+        if not child.attached:
+            raise NotFound(name)
+        return child
+
+    # -- lookups ------------------------------------------------------------
+
+    async def lookup(self, parent_ino: int, raw_name: bytes) -> Node:
+        parent = self._dir(parent_ino)
+        child = await self._child(parent, component(raw_name))
+        child.lookups += 1
+        return child
+
+    def remember(self, node: Node) -> None:
+        """The kernel got an entry for ``node`` (readdirplus): count it."""
+        node.lookups += 1
+
+    def forget(self, ino: int, count: int) -> None:
+        node = self.inodes.get(ino)
+        if node is None or ino == ROOT_INODE:
+            return
+        node.lookups = max(0, node.lookups - count)
+        self._maybe_drop(node)
+
+    async def getattr(self, ino: int) -> Node:
+        node = self.node(ino)
+        await self._ensure_meta(node)
+        return node
+
+    async def opendir(self, ino: int) -> int:
+        return self._add_handle(DirHandle(self._dir(ino)))
+
+    async def readdir(self, fh: int, start: int) -> list[tuple[str, Node]]:
+        """Entries from position ``start`` of a listing snapshotted at position 0."""
+        handle = self.handles[fh]
+        assert isinstance(handle, DirHandle)
+        if start == 0:
+            node = handle.node
+            await self._refresh(node)
+            children = list(node.children.values())
+            await self._ensure_meta_all(children)
+            handle.entries = sorted((c.name, c) for c in children if c.attached)
+        return handle.entries[start:]
+
+    def release_handle(self, fh: int) -> None:
+        self.handles.pop(fh, None)
+
+    def _add_handle(self, handle: Handle | DirHandle) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self.handles[fh] = handle
+        return fh
+
+    # -- creating and removing --------------------------------------------
+
+    async def _new_entry(self, parent_ino: int, raw_name: bytes, kind: str) -> tuple[Node, str]:
+        """Checks shared by create/mkdir/symlink: the name, the key, no clash."""
+        parent = self._dir(parent_ino)
+        name = component(raw_name)
+        self.keymap.checked_key(parent.path() + (name,), kind == DIR)
+        await self._refresh(parent)
+        if name in parent.children:
+            raise AlreadyExists(name)
+        return parent, name
+
+    async def create(self, parent_ino: int, raw_name: bytes, mode: int, uid: int, gid: int) -> tuple[Node, int]:
+        async with self._tree_lock:
+            parent, name = await self._new_entry(parent_ino, raw_name, FILE)
+            attrs = Attrs(stat.S_IFREG | (mode & 0o7777), uid, gid, time.time_ns())
+            node = self._new_node(parent, name, FILE, attrs)
+            node.staging, node.fd = self.journal.create_staging()
+            node.dirty = True
+            self._claim_key(self.key(node))
+            node.lookups += 1
+        return node, self._open_handle(node, writable=True)
+
+    async def mkdir(self, parent_ino: int, raw_name: bytes, mode: int, uid: int, gid: int) -> Node:
+        async with self._tree_lock:
+            parent, name = await self._new_entry(parent_ino, raw_name, DIR)
+            attrs = Attrs(stat.S_IFDIR | (mode & 0o7777), uid, gid, time.time_ns())
+            node = self._new_node(parent, name, DIR, attrs)
+            node.listed_at = self.clock()
+            self._claim_key(self.key(node))
+            self._persist(node)
+            node.lookups += 1
+            return node
+
+    async def symlink(self, parent_ino: int, raw_name: bytes, target: bytes, uid: int, gid: int) -> Node:
+        async with self._tree_lock:
+            parent, name = await self._new_entry(parent_ino, raw_name, LINK)
+            node = self._new_node(parent, name, LINK, Attrs(stat.S_IFLNK | 0o777, uid, gid, time.time_ns()))
+            node.target = target
+            node.size = len(target)
+            self._claim_key(self.key(node))
+            self._persist(node)
+            node.lookups += 1
+            return node
+
+    async def readlink(self, ino: int) -> bytes:
+        node = self.node(ino)
+        await self._ensure_meta(node)
+        if node.kind != LINK:
+            raise InvalidArgument(f"{node.name} is not a symlink")
+        if node.target is None:
+            data, _ = await self._io(self.store.get, self.key(node))
+            node.target = data
+        return node.target
+
+    def _forget_pending(self, node: Node) -> None:
+        """``node`` left the tree: drop its not-yet-uploaded intent, delete its object."""
+        key = self.key(node)
+        self._detach(node)
+        self.writeback.cancel(node.source)
+        if not self.writeback.is_pending(node.source):
+            self.journal.remove_put(node.rid)
+        if node.remote:
+            self._release_key(key)
+
+    async def unlink(self, parent_ino: int, raw_name: bytes) -> None:
+        async with self._tree_lock:
+            parent = self._dir(parent_ino)
+            node = await self._child(parent, component(raw_name))
+            if node.kind == DIR:
+                raise IsADirectory(node.name)
+            self._forget_pending(node)
+
+    async def rmdir(self, parent_ino: int, raw_name: bytes) -> None:
+        async with self._tree_lock:
+            parent = self._dir(parent_ino)
+            node = await self._child(parent, component(raw_name))
+            if node.kind != DIR:
+                raise NotADirectory(node.name)
+            await self._refresh(node)
+            if node.children:
+                raise NotEmpty(node.name)
+            self._forget_pending(node)
+
+    async def link(self) -> None:
+        raise NotPermitted("hard links are not supported")
+
+    # -- rename -------------------------------------------------------------
+
+    async def rename(self, old_ino: int, old_raw: bytes, new_ino: int, new_raw: bytes, flags: int) -> None:
+        if flags & RENAME_EXCHANGE or flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE):
+            raise InvalidArgument("RENAME_EXCHANGE is not supported")
+        async with self._tree_lock:
+            old_parent, new_parent = self._dir(old_ino), self._dir(new_ino)
+            node = await self._child(old_parent, component(old_raw))
+            new_name = component(new_raw)
+            self.keymap.checked_key(new_parent.path() + (new_name,), node.kind == DIR)
+            await self._refresh(new_parent)
+            target = new_parent.children.get(new_name)
+            if target is node:
+                return
+            ancestor: Node | None = new_parent
+            while ancestor is not None:
+                if ancestor is node:
+                    raise InvalidArgument("cannot move a folder into itself")
+                ancestor = ancestor.parent
+            if target is not None:
+                await self._check_replace(node, target, flags)
+            old_key = self.key(node)
+            new_key = (
+                self.keymap.dir_key(new_parent.path() + (new_name,))
+                if node.kind == DIR
+                else self.keymap.file_key(new_parent.path() + (new_name,))
+            )
+            if target is not None:
+                self._detach(target)
+                self.writeback.cancel(target.source)
+                if not self.writeback.is_pending(target.source):
+                    self.journal.remove_put(target.rid)
+            self._claim_key(new_key)
+            unsynced = node.kind != DIR and self._unsynced(node)
+            if node.kind == DIR:
+                await self._move_dir_objects(old_key, new_key)
+            elif not unsynced:
+                await self.writeback.copy(old_key, new_key, to_metadata(node.attrs()))
+            if node.remote:
+                self._release_key(old_key)
+            del old_parent.children[node.name]
+            node.name, node.parent = new_name, new_parent
+            new_parent.children[new_name] = node
+            node.ctime_ns = time.time_ns()
+            if unsynced:
+                self._persist(node)
+            for moved in node.walk():
+                if self.writeback.is_pending(moved.source):
+                    self._write_record(moved)
+
+    async def _check_replace(self, node: Node, target: Node, flags: int) -> None:
+        if flags & RENAME_NOREPLACE:
+            raise AlreadyExists(target.name)
+        if node.kind == DIR:
+            if target.kind != DIR:
+                raise NotADirectory(target.name)
+            await self._refresh(target)
+            if target.children:
+                raise NotEmpty(target.name)
+        elif target.kind == DIR:
+            raise IsADirectory(target.name)
+
+    async def _move_dir_objects(self, old_prefix: str, new_prefix: str) -> None:
+        """Server-side copy of every object under a folder, then delete the old keys."""
+        listing = await self._io(self.store.list_all, old_prefix, None)
+        keys = [o.key for o in listing.objects if not self.writeback.delete_pending(o.key)]
+        for key in keys:
+            self._claim_key(self.keymap.rebase(key, old_prefix, new_prefix))
+        async with trio.open_nursery() as nursery:
+            for key in keys:
+                nursery.start_soon(self.writeback.copy, key, self.keymap.rebase(key, old_prefix, new_prefix))
+        for key in keys:
+            self._release_key(key)
+
+    # -- open files -----------------------------------------------------------
+
+    def _open_handle(self, node: Node, writable: bool) -> int:
+        node.open_count += 1
+        if writable:
+            node.writers += 1
+        return self._add_handle(Handle(node, writable))
+
+    def handle(self, fh: int) -> Handle:
+        handle = self.handles.get(fh)
+        if not isinstance(handle, Handle):
+            raise InvalidArgument(f"bad file handle {fh}")
+        return handle
+
+    async def open(self, ino: int, flags: int) -> tuple[int, bool]:
+        """Open a file; returns the handle and whether the kernel may keep its page cache."""
+        node = self.node(ino)
+        await self._ensure_meta(node)
+        if node.kind == DIR:
+            raise IsADirectory(node.name)
+        writable = (flags & os.O_ACCMODE) != os.O_RDONLY
+        if writable:
+            await self._make_writable(node, truncate=bool(flags & os.O_TRUNC))
+        keep_cache = node.kernel_gen == node.content_gen
+        node.kernel_gen = node.content_gen
+        return self._open_handle(node, writable), keep_cache
+
+    async def _make_writable(self, node: Node, truncate: bool) -> None:
+        """Give ``node`` a staging file holding its current bytes (copy on write)."""
+        async with node.lock:
+            if node.staging is None:
+                staging, fd = self.journal.create_staging()
+                try:
+                    if not truncate and node.size > 0:
+                        src = await self._clean_fd(node)
+                        await trio.to_thread.run_sync(_copy_fd, src, fd, node.size)
+                except BaseException:
+                    os.close(fd)
+                    self.journal.discard_staging(staging)
+                    raise
+                if node.fd is not None:
+                    os.close(node.fd)
+                node.staging, node.fd = staging, fd
+            if truncate and node.size:
+                os.ftruncate(node.fd, 0)
+                self._modified(node, 0)
+
+    async def _clean_fd(self, node: Node) -> int:
+        """A descriptor on the clean bytes of ``node``: cache hit, else download."""
+        if node.fd is not None:
+            return node.fd
+        key = self.key(node)
+        fd = self.cache.open(key, node.etag) if node.etag else None
+        if fd is None:
+            fd, info = await self._io(self._download, key)
+            if info.etag != node.etag:
+                node.etag, node.size = info.etag, info.size
+                self._apply_meta(node, info.metadata or {}, info.last_modified)
+        node.fd = fd
+        return fd
+
+    def _download(self, key: str) -> tuple[int, ObjectInfo]:
+        """Fetch a whole object into the cache; blocking, runs on a worker thread."""
+        with tempfile.TemporaryFile(dir=self.tmp_dir) as tmp:
+            try:
+                info = self.store.get_to_file(key, tmp)
+            except ObjectNotFound:
+                raise NotFound(key) from None
+            tmp.flush()
+            self.cache.put_file(key, info.etag, tmp.fileno())
+            self.cache.put_meta(key, info.etag, info.metadata or {})
+            return os.dup(tmp.fileno()), info
+
+    async def read(self, fh: int, offset: int, size: int) -> bytes:
+        node = self.handle(fh).node
+        if node.fd is None:
+            async with node.lock:
+                await self._clean_fd(node)
+        return os.pread(node.fd, size, offset)
+
+    async def write(self, fh: int, offset: int, data: bytes) -> int:
+        handle = self.handle(fh)
+        if not handle.writable:
+            raise InvalidArgument("handle not open for writing")
+        node = handle.node
+        written = os.pwrite(node.fd, data, offset)
+        self._modified(node, max(node.size, offset + written))
+        return written
+
+    def _modified(self, node: Node, size: int) -> None:
+        node.size = size
+        node.mtime_ns = node.ctime_ns = time.time_ns()
+        node.dirty = True
+
+    async def flush(self, fh: int) -> None:
+        handle = self.handle(fh)
+        if handle.writable:
+            self._commit(handle.node)
+
+    async def fsync(self, fh: int) -> None:
+        node = self.handle(fh).node
+        self._commit(node)
+        await self.writeback.flush(node.source)
+
+    async def release(self, fh: int) -> None:
+        handle = self.handles.pop(fh, None)
+        if not isinstance(handle, Handle):
+            return
+        node = handle.node
+        node.open_count -= 1
+        if handle.writable:
+            node.writers -= 1
+            self._commit(node)
+        if node.open_count == 0:
+            if not node.attached:
+                self._maybe_drop(node)
+            elif node.staging is None and node.fd is not None:
+                os.close(node.fd)
+                node.fd = None
+            elif node.staging is not None and not self.writeback.is_pending(node.source):
+                await self._retire_staging(node)
+
+    # -- persistence -------------------------------------------------------
+
+    def _commit(self, node: Node) -> None:
+        """Close/flush: make the node's changes durable in the journal, schedule upload."""
+        if not node.dirty or not node.attached:
+            return
+        if node.staging is not None:
+            os.fsync(node.fd)
+        self._persist(node)
+
+    def _persist(self, node: Node) -> None:
+        node.touched = self.clock()
+        node.dirty = False
+        node.version += 1
+        self._write_record(node)
+        self.writeback.schedule(node.source)
+
+    def _intent(self, node: Node) -> tuple[str, str | None, bytes]:
+        if node.kind == DIR:
+            return BODY_EMPTY, None, b""
+        if node.kind == LINK:
+            return BODY_INLINE, None, node.target or b""
+        if node.staging is not None:
+            return BODY_STAGING, node.staging, b""
+        return (BODY_METADATA_ONLY if node.remote else BODY_EMPTY), None, b""
+
+    def _write_record(self, node: Node) -> None:
+        body, staging, inline = self._intent(node)
+        self.journal.write_put(PutRecord(node.rid, self.key(node), body, staging, to_metadata(node.attrs()), inline))
+
+    def _snapshot(self, node: Node) -> Upload | None:
+        if not node.attached:
+            return None
+        body, staging, inline = self._intent(node)
+        return Upload(
+            key=self.key(node),
+            body=body,
+            metadata=to_metadata(node.attrs()),
+            version=node.version,
+            staging=self.journal.staging_path(staging) if staging else None,
+            inline=inline,
+        )
+
+    async def _uploaded(self, node: Node, upload: Upload, etag: str) -> bool:
+        current = self.key(node) if node.attached else None
+        if current != upload.key:
+            if not self._key_in_use(upload.key):
+                self._release_key(upload.key)
+            return not node.attached
+        node.etag, node.remote = etag, True
+        node.touched = self.clock()
+        self.cache.put_meta(upload.key, etag, upload.metadata)
+        if upload.version == node.version and node.open_count == 0 and node.staging is not None:
+            await self._retire_staging(node)
+        return True
+
+    def _key_in_use(self, key: str) -> bool:
+        """Whether some node in the tree now maps to ``key`` (it must not be deleted)."""
+        node = self.root
+        path = key[len(self.keymap.dir_key(())):].rstrip("/").split("/")
+        for name in path:
+            node = node.children.get(name)
+            if node is None:
+                return False
+        return True
+
+    async def _retire_staging(self, node: Node) -> None:
+        """Hand an uploaded, closed staging file to the clean cache and free it."""
+        staging, version, key, etag = node.staging, node.version, self.key(node), node.etag
+        if staging is None or etag is None:
+            return
+        fd = node.fd
+        await trio.to_thread.run_sync(self.cache.put_file, key, etag, fd)
+        if node.staging != staging or node.version != version or node.dirty or node.open_count:
+            self.cache.discard(key)
+            return
+        os.close(fd)
+        node.fd = None
+        node.staging = None
+        self.journal.discard_staging(staging)
+
+    # -- attributes ---------------------------------------------------------
+
+    async def setattr(
+        self,
+        ino: int,
+        *,
+        mode: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        size: int | None = None,
+        mtime_ns: int | None = None,
+    ) -> Node:
+        node = self.node(ino)
+        await self._ensure_meta(node)
+        if size is not None:
+            if node.kind == DIR:
+                raise IsADirectory(node.name)
+            if node.kind == LINK:
+                raise InvalidArgument("cannot truncate a symlink")
+            await self._make_writable(node, truncate=size == 0)
+            os.ftruncate(node.fd, size)
+            self._modified(node, size)
+        if mode is not None:
+            node.mode = stat.S_IFMT(node.mode) | (mode & 0o7777)
+        if uid is not None:
+            node.uid = uid
+        if gid is not None:
+            node.gid = gid
+        if mtime_ns is not None:
+            node.mtime_ns = mtime_ns
+        self._attrs_changed(node)
+        return node
+
+    async def getxattr(self, ino: int, raw_name: bytes) -> bytes:
+        node = await self.getattr(ino)
+        try:
+            return node.xattrs[_xattr_name(raw_name)]
+        except KeyError:
+            raise NoAttribute(raw_name.decode(errors="replace")) from None
+
+    async def listxattr(self, ino: int) -> list[bytes]:
+        node = await self.getattr(ino)
+        return [name.encode() for name in sorted(node.xattrs)]
+
+    async def setxattr(self, ino: int, raw_name: bytes, value: bytes) -> None:
+        node = await self.getattr(ino)
+        name = _xattr_name(raw_name)
+        if not name.startswith("user."):
+            raise Unsupported(f"only user.* extended attributes are stored ({name})")
+        updated = dict(node.xattrs, **{name: bytes(value)})
+        check_xattrs_fit(updated)
+        node.xattrs = updated
+        self._attrs_changed(node)
+
+    async def removexattr(self, ino: int, raw_name: bytes) -> None:
+        node = await self.getattr(ino)
+        name = _xattr_name(raw_name)
+        if name not in node.xattrs:
+            raise NoAttribute(name)
+        node.xattrs = {k: v for k, v in node.xattrs.items() if k != name}
+        self._attrs_changed(node)
+
+    def _attrs_changed(self, node: Node) -> None:
+        node.ctime_ns = time.time_ns()
+        node.dirty = True
+        if node.writers == 0:
+            self._commit(node)
+
+    def statfs(self) -> StatFs:
+        block = 4096
+        total = 2**50 // block
+        used = sum((n.size + block - 1) // block for n in self.inodes.values())
+        return StatFs(block, total, total - used, 2**32, 2**32 - len(self.inodes), 255)
+
+    # -- whole-mount operations ---------------------------------------------
+
+    def dirty_bytes(self) -> int:
+        """Bytes held in staging files that the store does not have yet."""
+        return sum(
+            n.size
+            for n in self.inodes.values()
+            if n.staging is not None and (n.dirty or self.writeback.is_pending(n.source))
+        )
+
+    async def sync(self) -> None:
+        """Everything written before this call reaches the store (sync, umount, SIGTERM)."""
+        for node in list(self.inodes.values()):
+            if node.dirty and node.open_count:
+                self._commit(node)
+        await self.writeback.drain()
+
+
+def _xattr_name(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidArgument("xattr name is not UTF-8") from None
+
+
+def _copy_fd(src: int, dst: int, size: int) -> None:
+    offset = 0
+    while offset < size:
+        chunk = os.pread(src, min(1 << 20, size - offset), offset)
+        if not chunk:
+            break
+        os.pwrite(dst, chunk, offset)
+        offset += len(chunk)

@@ -1,0 +1,108 @@
+"""The ObjectStore interface: the only thing cowfs needs from a bucket.
+
+Both implementations (``s3`` and ``local``) pass the same contract tests
+(``tests/test_store_contract.py``). Every method blocks; callers on the trio
+loop run them in worker threads.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import BinaryIO, Iterator
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What the store says about one object.
+
+    ``metadata`` holds the user metadata (the part after ``x-amz-meta-``,
+    lower-case names); it is ``None`` when the info came from a listing, which
+    does not carry metadata.
+    """
+
+    key: str
+    size: int
+    etag: str
+    last_modified: float
+    metadata: dict[str, str] | None = None
+
+
+@dataclass
+class ListPage:
+    """One page of a delimited listing: objects, and the sub-prefixes seen."""
+
+    objects: list[ObjectInfo] = field(default_factory=list)
+    prefixes: list[str] = field(default_factory=list)
+
+
+class ObjectStore(abc.ABC):
+    """A flat key space of immutable objects with user metadata.
+
+    Keys are ``str`` (UTF-8 in the store). ETags are opaque strings compared
+    for equality only.
+    """
+
+    #: A human-readable name for messages ("s3://bucket/prefix", "file:///x").
+    url: str
+
+    @abc.abstractmethod
+    def check(self) -> None:
+        """Raise ``AccessDenied``/``StoreError`` unless the store is usable."""
+
+    @abc.abstractmethod
+    def head(self, key: str) -> ObjectInfo:
+        """Info with metadata; ``ObjectNotFound`` if absent."""
+
+    @abc.abstractmethod
+    def get(self, key: str, start: int | None = None, end: int | None = None) -> tuple[bytes, ObjectInfo]:
+        """Bytes ``[start, end)`` of the object (whole object when both None)."""
+
+    @abc.abstractmethod
+    def get_to_file(self, key: str, out: BinaryIO) -> ObjectInfo:
+        """Write the whole object into ``out``; return its info."""
+
+    @abc.abstractmethod
+    def put(
+        self,
+        key: str,
+        body: bytes | BinaryIO,
+        metadata: dict[str, str],
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> str:
+        """Store ``body`` under ``key``; return the new ETag.
+
+        ``if_match`` makes the write conditional on the current ETag,
+        ``if_none_match`` on the key being absent; a lost condition raises
+        ``PreconditionFailed``. A file object body is read from its current
+        position to the end (large ones may go up as a multipart upload).
+        """
+
+    @abc.abstractmethod
+    def copy(self, src: str, dst: str, metadata: dict[str, str] | None = None) -> str:
+        """Server-side copy; ``metadata`` replaces the source's when given."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove ``key``; absent keys are not an error."""
+
+    @abc.abstractmethod
+    def delete_many(self, keys: list[str]) -> None:
+        """Remove every key (batched); absent keys are not an error."""
+
+    @abc.abstractmethod
+    def list_pages(self, prefix: str, delimiter: str | None = "/") -> Iterator[ListPage]:
+        """Keys starting with ``prefix`` in lexicographic order, page by page.
+
+        With a delimiter, keys that have it after the prefix are rolled up into
+        ``prefixes`` (each ending in the delimiter), as S3 does.
+        """
+
+    def list_all(self, prefix: str, delimiter: str | None = "/") -> ListPage:
+        """Every page of a listing merged into one."""
+        out = ListPage()
+        for page in self.list_pages(prefix, delimiter):
+            out.objects.extend(page.objects)
+            out.prefixes.extend(page.prefixes)
+        return out

@@ -1,0 +1,381 @@
+"""The ObjectStore on any S3-compatible endpoint, through boto3.
+
+The store is rooted at a key prefix: every method takes and returns keys
+relative to it, so a mount never sees (or touches) keys outside its prefix.
+Credentials come from boto3's standard chain (environment, config files,
+instance roles); they never appear in an error message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, BinaryIO, Callable, Iterator, Sequence, TypeVar
+
+import boto3
+import urllib3.exceptions
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionError as BotoConnectionError,
+    HTTPClientError,
+    NoCredentialsError,
+    PartialCredentialsError,
+)
+
+from ..errors import AccessDenied, ObjectNotFound, PreconditionFailed, StoreError
+from .base import ListPage, ObjectInfo, ObjectStore
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+MAX_PARTS = 10_000  # S3's limit on the parts of one multipart upload
+DELETE_BATCH = 1_000  # S3's limit on the keys of one DeleteObjects call
+CHUNK = MiB
+
+# Error codes by meaning; responses without a body (HEAD) carry only the status.
+_NOT_FOUND = {"NoSuchKey", "NotFound"}
+_PRECONDITION = {"PreconditionFailed", "ConditionalRequestConflict"}
+_DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket"}
+
+
+class S3Store(ObjectStore):
+    """Objects under ``prefix`` in ``bucket`` of an S3-compatible endpoint."""
+
+    #: S3 refuses CopyObject above this size; larger objects are copied part by part.
+    max_copy_size: int = 5 * GiB
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        path_style: bool = False,
+        connect_timeout: float = 5,
+        read_timeout: float = 30,
+        max_attempts: int = 3,
+        multipart_threshold: int = 8 * MiB,
+        part_size: int = 8 * MiB,
+        max_workers: int = 16,
+    ) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.url = f"s3://{bucket}/{self.prefix}".rstrip("/")
+        self.multipart_threshold = multipart_threshold
+        self.part_size = part_size
+        self.max_workers = max_workers
+        config = Config(
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            retries={"mode": "standard", "max_attempts": max_attempts},
+            max_pool_connections=max(10, 2 * max_workers),
+            s3={"addressing_style": "path"} if path_style else None,
+            # S3-compatible stores differ in their support for the checksums
+            # boto3 sends by default since 1.36; send them only where S3 needs them.
+            request_checksum_calculation="when_required",
+        )
+        self._client = boto3.session.Session().client(
+            "s3", endpoint_url=endpoint_url, region_name=region, config=config
+        )
+        self.endpoint = self._client.meta.endpoint_url
+
+    # -- interface -------------------------------------------------------------
+
+    def check(self) -> None:
+        what = f"bucket {self.bucket} at {self.endpoint}"
+        try:
+            with self._translated(what):
+                self._client.head_bucket(Bucket=self.bucket)
+        except ObjectNotFound:
+            raise AccessDenied(f"{what}: no such bucket") from None
+
+    def head(self, key: str) -> ObjectInfo:
+        with self._translated(f"head {self._where(key)}"):
+            return _info(key, self._client.head_object(Bucket=self.bucket, Key=self.prefix + key))
+
+    def get(self, key: str, start: int | None = None, end: int | None = None) -> tuple[bytes, ObjectInfo]:
+        ranged: dict[str, str] = {}
+        if start is not None or end is not None:
+            first = start or 0
+            if end is not None and end <= first:
+                return b"", self.head(key)
+            ranged["Range"] = f"bytes={first}-{'' if end is None else end - 1}"
+        with self._translated(f"get {self._where(key)}"):
+            try:
+                response = self._client.get_object(Bucket=self.bucket, Key=self.prefix + key, **ranged)
+            except ClientError as exc:
+                if _status(exc) != 416:  # a range starting at or past the end
+                    raise
+                return b"", self.head(key)
+            return response["Body"].read(), _info(key, response)
+
+    def get_to_file(self, key: str, out: BinaryIO) -> ObjectInfo:
+        """Stream the object into ``out`` from its current position.
+
+        The first request fetches up to ``multipart_threshold`` bytes; anything
+        beyond is fetched in ``part_size`` ranges in parallel, each conditional
+        on the first response's ETag so that the parts belong to one version.
+        """
+        full_key = self.prefix + key
+        with self._translated(f"get {self._where(key)}"):
+            try:
+                response = self._client.get_object(
+                    Bucket=self.bucket, Key=full_key, Range=f"bytes=0-{self.multipart_threshold - 1}"
+                )
+            except ClientError as exc:
+                if _status(exc) != 416:  # S3 refuses any range of an empty object
+                    raise
+                response = self._client.get_object(Bucket=self.bucket, Key=full_key)
+            info = _info(key, response)
+            base = out.tell()
+            shutil.copyfileobj(response["Body"], out, CHUNK)
+            out.flush()
+            fd = out.fileno()
+
+            def fetch(offset: int) -> None:
+                last = min(offset + self.part_size, info.size) - 1
+                part = self._client.get_object(
+                    Bucket=self.bucket, Key=full_key, Range=f"bytes={offset}-{last}", IfMatch=info.etag
+                )
+                for chunk in part["Body"].iter_chunks(CHUNK):
+                    _pwrite_all(fd, chunk, base + offset)
+                    offset += len(chunk)
+
+            _parallel(fetch, range(self.multipart_threshold, info.size, self.part_size), self.max_workers)
+        out.seek(base + info.size)
+        return info
+
+    def put(
+        self,
+        key: str,
+        body: bytes | BinaryIO,
+        metadata: dict[str, str],
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> str:
+        size, read = _reader(body)
+        conditions: dict[str, str] = {}
+        if if_match is not None:
+            conditions["IfMatch"] = if_match
+        if if_none_match:
+            conditions["IfNoneMatch"] = "*"
+        try:
+            with self._translated(f"put {self._where(key)}"):
+                if size <= self.multipart_threshold:
+                    response = self._client.put_object(
+                        Bucket=self.bucket, Key=self.prefix + key, Body=read(0, size), Metadata=metadata, **conditions
+                    )
+                    return response["ETag"]
+
+                def send(upload_id: str, number: int, start: int, end: int) -> str:
+                    return self._client.upload_part(
+                        Bucket=self.bucket,
+                        Key=self.prefix + key,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        Body=read(start, end - start),
+                    )["ETag"]
+
+                return self._multipart(key, metadata, size, send, conditions)
+        except ObjectNotFound as exc:
+            if if_match is None:
+                raise
+            # S3 answers If-Match on a missing key with 404: the condition lost.
+            raise PreconditionFailed(str(exc)) from None
+
+    def copy(self, src: str, dst: str, metadata: dict[str, str] | None = None) -> str:
+        source = self.head(src)
+        copy_source = {"Bucket": self.bucket, "Key": self.prefix + src}
+        with self._translated(f"copy {self._where(src)} to {self._where(dst)}"):
+            if source.size > self.max_copy_size:
+                # Every part is conditional on the ETag we sized, so all come from one version.
+                def send(upload_id: str, number: int, start: int, end: int) -> str:
+                    return self._client.upload_part_copy(
+                        Bucket=self.bucket,
+                        Key=self.prefix + dst,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        CopySource=copy_source,
+                        CopySourceRange=f"bytes={start}-{end - 1}",
+                        CopySourceIfMatch=source.etag,
+                    )["CopyPartResult"]["ETag"]
+
+                kept = source.metadata or {}
+                return self._multipart(dst, kept if metadata is None else metadata, source.size, send, {})
+            directive: dict[str, Any] = (
+                {"MetadataDirective": "COPY"}
+                if metadata is None
+                else {"MetadataDirective": "REPLACE", "Metadata": metadata}
+            )
+            response = self._client.copy_object(
+                Bucket=self.bucket, Key=self.prefix + dst, CopySource=copy_source, **directive
+            )
+            return response["CopyObjectResult"]["ETag"]
+
+    def delete(self, key: str) -> None:
+        with self._translated(f"delete {self._where(key)}"):
+            self._client.delete_object(Bucket=self.bucket, Key=self.prefix + key)
+
+    def delete_many(self, keys: list[str]) -> None:
+        def delete_batch(batch: Sequence[str]) -> None:
+            response = self._client.delete_objects(
+                Bucket=self.bucket,
+                Delete={"Objects": [{"Key": self.prefix + key} for key in batch], "Quiet": True},
+            )
+            if errors := response.get("Errors"):
+                first = errors[0]
+                raise StoreError(
+                    f"delete {self.url}: {len(errors)} keys not deleted, e.g. {first.get('Key')}: "
+                    f"{first.get('Code')} {first.get('Message', '')}".rstrip()
+                )
+
+        batches = [keys[i : i + DELETE_BATCH] for i in range(0, len(keys), DELETE_BATCH)]
+        with self._translated(f"delete {self.url}"):
+            _parallel(delete_batch, batches, self.max_workers)
+
+    def list_pages(self, prefix: str, delimiter: str | None = "/") -> Iterator[ListPage]:
+        cut = len(self.prefix)
+        params = {"Bucket": self.bucket, "Prefix": self.prefix + prefix}
+        if delimiter:
+            params["Delimiter"] = delimiter
+        with self._translated(f"list {self._where(prefix)}"):
+            for response in self._client.get_paginator("list_objects_v2").paginate(**params):
+                yield ListPage(
+                    objects=[
+                        ObjectInfo(
+                            key=item["Key"][cut:],
+                            size=item["Size"],
+                            etag=item["ETag"],
+                            last_modified=item["LastModified"].timestamp(),
+                        )
+                        for item in response.get("Contents", [])
+                    ],
+                    prefixes=[item["Prefix"][cut:] for item in response.get("CommonPrefixes", [])],
+                )
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _where(self, key: str) -> str:
+        return f"{self.url}/{key}"
+
+    def _multipart(
+        self,
+        key: str,
+        metadata: dict[str, str],
+        size: int,
+        send: Callable[[str, int, int, int], str],
+        conditions: dict[str, str],
+    ) -> str:
+        """Create an upload, send its parts in parallel, complete it; abort on any failure.
+
+        ``send(upload_id, part_number, start, end)`` uploads bytes ``[start, end)``
+        and returns the part's ETag.
+        """
+        full_key = self.prefix + key
+        part_size = max(self.part_size, -(-size // MAX_PARTS))
+        starts = range(0, size, part_size)
+        upload = self._client.create_multipart_upload(Bucket=self.bucket, Key=full_key, Metadata=metadata)
+        upload_id = upload["UploadId"]
+
+        def part(number: int) -> dict[str, Any]:
+            start = starts[number - 1]
+            return {"PartNumber": number, "ETag": send(upload_id, number, start, min(start + part_size, size))}
+
+        try:
+            parts = _parallel(part, range(1, len(starts) + 1), self.max_workers)
+            response = self._client.complete_multipart_upload(
+                Bucket=self.bucket, Key=full_key, UploadId=upload_id, MultipartUpload={"Parts": parts}, **conditions
+            )
+            return response["ETag"]
+        except BaseException:
+            with contextlib.suppress(BotoCoreError, ClientError, urllib3.exceptions.HTTPError):
+                self._client.abort_multipart_upload(Bucket=self.bucket, Key=full_key, UploadId=upload_id)
+            raise
+
+    @contextlib.contextmanager
+    def _translated(self, what: str) -> Iterator[None]:
+        """Let botocore/urllib3 errors out only as cowfs store errors."""
+        try:
+            yield
+        except (BotoCoreError, ClientError, urllib3.exceptions.HTTPError) as exc:
+            raise _store_error(exc, what, self.endpoint) from exc
+
+
+def _store_error(exc: Exception, what: str, endpoint: str) -> StoreError:
+    """The cowfs error for a botocore/urllib3 error: the one place that decides."""
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = _status(exc)
+        message = _one_line(f"{what}: {code} {error.get('Message', '')}")
+        if code in _DENIED or status == 403:
+            return AccessDenied(message)
+        if code in _NOT_FOUND or status == 404:
+            return ObjectNotFound(message)
+        if code in _PRECONDITION or status == 412:
+            return PreconditionFailed(message)
+        return StoreError(message)
+    if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
+        return AccessDenied(_one_line(f"{what}: {exc}"))
+    if isinstance(exc, (BotoConnectionError, HTTPClientError, urllib3.exceptions.HTTPError)):
+        return StoreError(_one_line(f"{what}: cannot reach {endpoint} ({exc})"))
+    return StoreError(_one_line(f"{what}: {exc}"))
+
+
+def _status(exc: ClientError) -> int | None:
+    return exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _info(key: str, response: dict[str, Any]) -> ObjectInfo:
+    """ObjectInfo from a HeadObject/GetObject response; a ranged GET names the full size in Content-Range."""
+    content_range = response.get("ContentRange")
+    size = int(content_range.rsplit("/", 1)[1]) if content_range else response["ContentLength"]
+    return ObjectInfo(
+        key=key,
+        size=size,
+        etag=response["ETag"],
+        last_modified=response["LastModified"].timestamp(),
+        metadata=response.get("Metadata", {}),
+    )
+
+
+def _reader(body: bytes | BinaryIO) -> tuple[int, Callable[[int, int], bytes]]:
+    """The size of ``body`` and a thread-safe ``read(offset, n)`` over it.
+
+    A real file is read with ``os.pread`` from its current position, so that
+    parts can be read in parallel without sharing a file position.
+    """
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        data = bytes(body)
+        return len(data), lambda offset, n: data[offset : offset + n]
+    try:
+        fd = body.fileno()
+    except (AttributeError, OSError):  # an in-memory file object such as BytesIO
+        return _reader(body.read())
+    start = body.tell()
+    return os.fstat(fd).st_size - start, lambda offset, n: os.pread(fd, n, start + offset)
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+def _parallel(fn: Callable[[T], R], items: Sequence[T], workers: int) -> list[R]:
+    """``fn`` over ``items`` on a thread pool, in order; the first failure cancels what has not started."""
+    if not items:
+        return []
+    with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
+        return list(pool.map(fn, items))

@@ -1,0 +1,300 @@
+"""Write-back: puts the store in line with the journal, in the background.
+
+A *source* (a node of the namespace) is scheduled after close; it is
+uploaded once its write-back delay has passed, counted from the first
+schedule after the last upload, so a file appended to line by line goes up
+at most once per delay, not once per line. Deletes wait the same delay and go
+up in batches of up to 1000 keys. Operations on one key never overlap, so a
+delete and a later put of the same key land in order. Failed operations are
+retried with capped exponential backoff and jitter; nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+import trio
+
+from .errors import StoreError
+from .journal import BODY_EMPTY, BODY_INLINE, BODY_METADATA_ONLY, BODY_STAGING, Journal
+from .store import ObjectStore
+
+log = logging.getLogger(__name__)
+
+#: Files up to this size are read into memory before upload (a stable snapshot).
+SNAPSHOT_IN_MEMORY = 8 * 1024 * 1024
+MAX_BACKOFF = 30.0
+DELETE_BATCH = 1000
+
+
+@dataclass
+class Upload:
+    """One snapshot of what a key should hold, taken on the trio thread."""
+
+    key: str
+    body: str
+    metadata: dict[str, str]
+    version: int
+    staging: Path | None = None
+    inline: bytes = b""
+
+
+class Source(Protocol):
+    rid: str
+
+    def snapshot(self) -> Upload | None:
+        """What to upload now; None when the source no longer needs the store."""
+
+    async def uploaded(self, upload: Upload, etag: str) -> bool:
+        """Record success; True when nothing newer is waiting to go up."""
+
+
+@dataclass
+class _Pending:
+    source: Source
+    due: float
+    attempts: int = 0
+    running: bool = False
+    again: bool = False
+    next_due: float = 0.0
+    done: trio.Event = field(default_factory=trio.Event)
+
+
+@dataclass
+class Stats:
+    pending_uploads: int
+    pending_deletes: int
+    uploads: int
+    deletes: int
+    retries: int
+    last_error: str | None
+
+
+class WriteBack:
+    """Background uploader and deleter with per-key ordering."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        journal: Journal,
+        limiter: trio.CapacityLimiter,
+        delay: float = 1.0,
+        concurrency: int = 16,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.journal = journal
+        self.limiter = limiter
+        self.delay = delay
+        self.clock = clock
+        self._slots = trio.Semaphore(concurrency)
+        self._puts: dict[str, _Pending] = {}
+        self._deletes: dict[str, float] = {}
+        self._delete_attempts: dict[str, int] = {}
+        self._busy: dict[str, trio.Event] = {}
+        self._wake = trio.Event()
+        self._idle = trio.Event()
+        self._idle.set()
+        self.uploads = self.deletes = self.retries = 0
+        self.last_error: str | None = None
+
+    # -- scheduling (called on the trio thread) ---------------------------
+
+    def schedule(self, source: Source, now: bool = False) -> None:
+        """Upload ``source`` after the write-back delay (or at once)."""
+        due = self.clock() + (0 if now else self.delay)
+        entry = self._puts.get(source.rid)
+        if entry is None:
+            self._puts[source.rid] = _Pending(source, due)
+        elif entry.running:
+            entry.next_due = min(entry.next_due, due) if entry.again else due
+            entry.again = True
+        else:
+            entry.due = min(entry.due, due)
+        self._kick()
+
+    def cancel(self, source: Source) -> None:
+        """Forget a pending upload whose source went away (unlinked, replaced)."""
+        entry = self._puts.get(source.rid)
+        if entry is not None and not entry.running:
+            del self._puts[source.rid]
+            entry.done.set()
+            self._check_idle()
+
+    def schedule_delete(self, key: str) -> None:
+        self._deletes.setdefault(key, self.clock() + self.delay)
+        self._kick()
+
+    def cancel_delete(self, key: str) -> bool:
+        """Drop a pending delete (a new object takes the key); True if there was one."""
+        if self._deletes.pop(key, None) is None:
+            return False
+        self._delete_attempts.pop(key, None)
+        return True
+
+    def is_pending(self, source: Source) -> bool:
+        return source.rid in self._puts
+
+    def delete_pending(self, key: str) -> bool:
+        return key in self._deletes
+
+    async def copy(self, src: str, dst: str, metadata: dict[str, str] | None = None) -> str:
+        """Server-side copy that waits for, and blocks, other operations on ``dst``."""
+        await self._claim(dst)
+        try:
+            return await trio.to_thread.run_sync(self.store.copy, src, dst, metadata, limiter=self.limiter)
+        finally:
+            self._release(dst)
+
+    async def flush(self, source: Source) -> None:
+        """Upload ``source`` now and wait until the store has it (fsync)."""
+        entry = self._puts.get(source.rid)
+        if entry is None:
+            return
+        self.schedule(source, now=True)
+        await entry.done.wait()
+
+    async def drain(self) -> None:
+        """Wait until every pending upload and delete is in the store."""
+        while self._puts or self._deletes or self._busy:
+            for entry in self._puts.values():
+                entry.due = min(entry.due, self.clock())
+            for key in self._deletes:
+                self._deletes[key] = min(self._deletes[key], self.clock())
+            self._kick()
+            await self._idle.wait()
+
+    def stats(self) -> Stats:
+        return Stats(len(self._puts), len(self._deletes), self.uploads, self.deletes, self.retries, self.last_error)
+
+    # -- the worker -------------------------------------------------------
+
+    def _kick(self) -> None:
+        self._idle = trio.Event() if self._idle.is_set() else self._idle
+        self._wake.set()
+
+    def _check_idle(self) -> None:
+        if not self._puts and not self._deletes and not self._busy:
+            self._idle.set()
+
+    async def run(self) -> None:
+        """Start due work forever; run it in the daemon's nursery."""
+        async with trio.open_nursery() as nursery:
+            while True:
+                self._wake = trio.Event()
+                now = self.clock()
+                next_due = now + 3600
+                for rid, entry in list(self._puts.items()):
+                    if entry.running:
+                        continue
+                    if entry.due <= now:
+                        entry.running = True
+                        nursery.start_soon(self._upload, rid, entry)
+                    else:
+                        next_due = min(next_due, entry.due)
+                due_keys = [k for k, t in self._deletes.items() if t <= now and k not in self._busy]
+                for i in range(0, len(due_keys), DELETE_BATCH):
+                    batch = due_keys[i:i + DELETE_BATCH]
+                    for key in batch:
+                        del self._deletes[key]
+                        self._busy[key] = trio.Event()
+                    nursery.start_soon(self._delete_batch, batch)
+                for t in self._deletes.values():
+                    next_due = min(next_due, t)
+                self._check_idle()
+                with trio.move_on_after(max(0.0, next_due - self.clock())):
+                    await self._wake.wait()
+
+    async def _claim(self, key: str) -> None:
+        while key in self._busy:
+            await self._busy[key].wait()
+        self._busy[key] = trio.Event()
+
+    def _release(self, key: str) -> None:
+        self._busy.pop(key).set()
+        self._check_idle()
+
+    def _backoff(self, attempts: int) -> float:
+        return min(MAX_BACKOFF, 0.2 * 2 ** attempts) * random.uniform(0.5, 1.0)
+
+    async def _upload(self, rid: str, entry: _Pending) -> None:
+        async with self._slots:
+            upload = entry.source.snapshot()
+            if upload is None:
+                self._finish(rid, entry, settled=True)
+                return
+            await self._claim(upload.key)
+            try:
+                etag = await trio.to_thread.run_sync(self._put_blocking, upload, limiter=self.limiter)
+            except StoreError as exc:
+                self._release(upload.key)
+                self.retries += 1
+                self.last_error = f"upload {upload.key}: {exc}"
+                log.warning("upload of %s failed (attempt %d): %s", upload.key, entry.attempts + 1, exc)
+                entry.attempts += 1
+                entry.running = False
+                entry.due = self.clock() + self._backoff(entry.attempts)
+                self._kick()
+                return
+            self.uploads += 1
+            settled = await entry.source.uploaded(upload, etag)
+            self._release(upload.key)
+            self._finish(rid, entry, settled)
+
+    def _finish(self, rid: str, entry: _Pending, settled: bool) -> None:
+        entry.running = False
+        entry.attempts = 0
+        if entry.again or not settled:
+            entry.due = entry.next_due if entry.again else self.clock()
+            entry.again = False
+            self._kick()
+            return
+        del self._puts[rid]
+        self.journal.remove_put(rid)
+        entry.done.set()
+        self._check_idle()
+
+    def _put_blocking(self, upload: Upload) -> str:
+        if upload.body == BODY_METADATA_ONLY:
+            return self.store.copy(upload.key, upload.key, upload.metadata)
+        if upload.body == BODY_EMPTY:
+            return self.store.put(upload.key, b"", upload.metadata)
+        if upload.body == BODY_INLINE:
+            return self.store.put(upload.key, upload.inline, upload.metadata)
+        assert upload.body == BODY_STAGING and upload.staging is not None
+        try:
+            with open(upload.staging, "rb") as f:
+                size = f.seek(0, 2)
+                f.seek(0)
+                body = f.read() if size <= SNAPSHOT_IN_MEMORY else f
+                return self.store.put(upload.key, body, upload.metadata)
+        except FileNotFoundError:
+            raise StoreError(f"staging file of {upload.key} vanished") from None
+
+    async def _delete_batch(self, keys: list[str]) -> None:
+        async with self._slots:
+            try:
+                await trio.to_thread.run_sync(self.store.delete_many, keys, limiter=self.limiter)
+            except StoreError as exc:
+                self.retries += 1
+                self.last_error = f"delete of {len(keys)} keys: {exc}"
+                log.warning("delete of %d keys failed: %s", len(keys), exc)
+                for key in keys:
+                    attempts = self._delete_attempts.get(key, 0) + 1
+                    self._delete_attempts[key] = attempts
+                    self._deletes.setdefault(key, self.clock() + self._backoff(attempts))
+            else:
+                self.deletes += len(keys)
+                for key in keys:
+                    self._delete_attempts.pop(key, None)
+                    if key not in self._deletes:
+                        self.journal.remove_delete(key)
+            finally:
+                for key in keys:
+                    self._release(key)
+                self._kick()

@@ -1,0 +1,302 @@
+"""POSIX operations through a real mount, checked again in the bucket with boto3."""
+
+from __future__ import annotations
+
+import base64
+import ctypes
+import errno
+import hashlib
+import json
+import os
+import stat
+import time
+import urllib.parse
+
+import pytest
+
+from mounting import cowfs, is_mounted
+
+
+def body(bucket, key: str) -> bytes:
+    return bucket.client.get_object(Bucket=bucket.name, Key=key)["Body"].read()
+
+
+def meta(bucket, key: str) -> dict[str, str]:
+    return bucket.client.head_object(Bucket=bucket.name, Key=key)["Metadata"]
+
+
+def keys(bucket, prefix: str = "") -> set[str]:
+    out: set[str] = set()
+    for page in bucket.client.get_paginator("list_objects_v2").paginate(Bucket=bucket.name, Prefix=prefix):
+        out.update(o["Key"] for o in page.get("Contents", []))
+    return out
+
+
+def test_create_read_overwrite_append_random_write_truncate(mnt, ws, s3_bucket):
+    f = ws / "notes.txt"
+    f.write_bytes(b"hello world\n")
+    assert f.read_bytes() == b"hello world\n"
+    f.write_bytes(b"overwritten\n")
+    with open(f, "ab") as out:
+        out.write(b"appended\n")
+    with open(f, "r+b") as out:
+        out.seek(4)
+        out.write(b"XX")
+        out.seek(100)
+        out.write(b"end")
+    expected = bytearray(b"overwritten\nappended\n")
+    expected[4:6] = b"XX"
+    expected += b"\0" * (100 - len(expected)) + b"end"
+    assert f.read_bytes() == bytes(expected)
+    os.truncate(f, 50)
+    assert f.read_bytes() == bytes(expected[:50])
+    assert f.stat().st_size == 50
+    mnt.sync()
+    assert body(s3_bucket, "t1/ws1/notes.txt") == bytes(expected[:50])
+
+
+def test_rename_file_and_folder_of_100_files(mnt, ws, s3_bucket):
+    (ws / "a.txt").write_bytes(b"A")
+    mnt.sync()
+    (ws / "a.txt").rename(ws / "b.txt")
+    assert (ws / "b.txt").read_bytes() == b"A"
+    assert not (ws / "a.txt").exists()
+    src = ws / "src"
+    src.mkdir()
+    (src / "sub").mkdir()
+    for i in range(100):
+        (src / ("sub" if i % 10 == 0 else ".") / f"f{i}").write_bytes(f"file {i}".encode())
+    mnt.sync()
+    src.rename(ws / "dst")
+    assert not src.exists()
+    assert len(list((ws / "dst").iterdir())) == 91
+    assert (ws / "dst" / "sub" / "f10").read_bytes() == b"file 10"
+    mnt.sync()
+    found = keys(s3_bucket, "t1/ws1/")
+    assert "t1/ws1/b.txt" in found and "t1/ws1/a.txt" not in found
+    assert not [k for k in found if k.startswith("t1/ws1/src/")]
+    for i in range(100):
+        key = f"t1/ws1/dst/{'sub/' if i % 10 == 0 else ''}f{i}"
+        assert body(s3_bucket, key) == f"file {i}".encode()
+
+
+def test_rename_of_unsynced_files_lands_under_new_name(mnt, ws, s3_bucket):
+    (ws / "tmp").write_bytes(b"fresh")
+    (ws / "tmp").rename(ws / "final")
+    d = ws / "newdir"
+    d.mkdir()
+    (d / "x").write_bytes(b"x")
+    d.rename(ws / "moved")
+    mnt.sync()
+    found = keys(s3_bucket, "t1/ws1/")
+    assert body(s3_bucket, "t1/ws1/final") == b"fresh"
+    assert body(s3_bucket, "t1/ws1/moved/x") == b"x"
+    assert "t1/ws1/tmp" not in found and not [k for k in found if k.startswith("t1/ws1/newdir")]
+
+
+def test_unlink_mkdir_rmdir(mnt, ws, s3_bucket):
+    d = ws / "dir"
+    d.mkdir()
+    (d / "f").write_bytes(b"1")
+    with pytest.raises(OSError) as exc:
+        d.rmdir()
+    assert exc.value.errno == errno.ENOTEMPTY
+    mnt.sync()
+    assert keys(s3_bucket, "t1/ws1/dir/") == {"t1/ws1/dir/", "t1/ws1/dir/f"}
+    (d / "f").unlink()
+    assert not (d / "f").exists()
+    d.rmdir()
+    assert not d.exists()
+    (ws / "empty").mkdir()
+    mnt.sync()
+    assert keys(s3_bucket, "t1/ws1/") >= {"t1/ws1/empty/"}
+    assert not [k for k in keys(s3_bucket, "t1/ws1/") if k.startswith("t1/ws1/dir")]
+
+
+def test_symlink_readlink(mnt, ws, s3_bucket):
+    (ws / "target.txt").write_bytes(b"t")
+    os.symlink("target.txt", ws / "link")
+    assert os.readlink(ws / "link") == "target.txt"
+    assert (ws / "link").read_bytes() == b"t"
+    assert stat.S_ISLNK(os.lstat(ws / "link").st_mode)
+    mnt.sync()
+    assert body(s3_bucket, "t1/ws1/link") == b"target.txt"
+    assert stat.S_ISLNK(int(meta(s3_bucket, "t1/ws1/link")["mode"]))
+
+
+def test_chmod_utimens_and_user_xattrs(mnt, ws, s3_bucket):
+    f = ws / "script.sh"
+    f.write_bytes(b"#!/bin/sh\n")
+    os.chmod(f, 0o750)
+    os.utime(f, ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
+    os.setxattr(f, "user.task", b"task-42")
+    os.setxattr(f, "user.Tool", "grep ü".encode())
+    os.setxattr(f, "user.gone", b"x")
+    os.removexattr(f, "user.gone")
+    st = f.stat()
+    assert stat.S_IMODE(st.st_mode) == 0o750
+    assert st.st_mtime_ns == 1_600_000_000_123_456_789
+    assert os.getxattr(f, "user.task") == b"task-42"
+    assert sorted(os.listxattr(f)) == ["user.Tool", "user.task"]
+    with pytest.raises(OSError) as exc:
+        os.getxattr(f, "user.gone")
+    assert exc.value.errno == errno.ENODATA
+    with pytest.raises(OSError) as exc:
+        os.setxattr(f, "trusted.x", b"1")
+    assert exc.value.errno in (errno.EOPNOTSUPP, errno.EPERM)
+    mnt.sync()
+    m = meta(s3_bucket, "t1/ws1/script.sh")
+    assert int(m["mode"]) == stat.S_IFREG | 0o750
+    assert m["mtime"] == "1600000000.123456789"
+    xattrs = {k: base64.b64decode(v) for k, v in json.loads(urllib.parse.unquote(m["xattr"])).items()}
+    assert xattrs == {"user.task": b"task-42", "user.Tool": "grep ü".encode()}
+
+
+def test_remount_with_empty_cache_restores_bytes_mode_mtime(mount_factory, s3_bucket):
+    first = mount_factory("one")
+    ws = first.path / "t1" / "ws1"
+    ws.mkdir(parents=True)
+    files = {}
+    for i in range(20):
+        data = os.urandom(i * 997)
+        path = ws / f"d{i % 3}" / f"f{i}.bin"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(data)
+        os.chmod(path, 0o600 + i % 8)
+        os.utime(path, ns=(1_500_000_000_000_000_000 + i, 1_500_000_000_000_000_000 + i))
+        files[path.relative_to(first.path)] = (hashlib.sha256(data).hexdigest(), 0o600 + i % 8, 1_500_000_000_000_000_000 + i)
+    os.symlink("d0/f0.bin", ws / "ln")
+    first.umount()
+    second = mount_factory("two")
+    for rel, (digest, mode, mtime) in files.items():
+        path = second.path / rel
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+        st = path.stat()
+        assert stat.S_IMODE(st.st_mode) == mode
+        assert st.st_mtime_ns == mtime
+    assert os.readlink(second.path / "t1" / "ws1" / "ln") == "d0/f0.bin"
+
+
+def test_object_put_by_boto3_appears(mnt, ws, s3_bucket):
+    data = os.urandom(12345)
+    s3_bucket.client.put_object(Bucket=s3_bucket.name, Key="t1/ws1/from-boto/x.bin", Body=data)
+    s3_bucket.client.put_object(Bucket=s3_bucket.name, Key="t1/ws1/plain.txt", Body=b"plain")
+    time.sleep(1.2)
+    st = (ws / "from-boto" / "x.bin").stat()
+    assert st.st_size == 12345
+    assert stat.S_IMODE(st.st_mode) == 0o644
+    assert stat.S_IMODE((ws / "from-boto").stat().st_mode) == 0o755
+    assert (ws / "from-boto" / "x.bin").read_bytes() == data
+    assert sorted(os.listdir(ws)) == ["from-boto", "plain.txt"]
+
+
+def test_fsync_returns_only_when_object_is_in_bucket(mnt, ws, s3_bucket):
+    fd = os.open(ws / "durable.txt", os.O_CREAT | os.O_WRONLY, 0o644)
+    try:
+        os.write(fd, b"must survive")
+        os.fsync(fd)
+        assert body(s3_bucket, "t1/ws1/durable.txt") == b"must survive"
+    finally:
+        os.close(fd)
+
+
+def test_write_is_local_until_close_then_uploaded_after_delay(mount_factory, s3_bucket):
+    m = mount_factory("slow", extra=["--write-back-delay", "3"])
+    ws = m.path / "t1" / "ws1"
+    ws.mkdir(parents=True)
+    with open(ws / "late.txt", "wb") as f:
+        f.write(b"pending")
+        f.flush()
+        assert "t1/ws1/late.txt" not in keys(s3_bucket)
+    assert (ws / "late.txt").read_bytes() == b"pending"
+    assert "t1/ws1/late.txt" not in keys(s3_bucket)
+    assert list((m.cache_dir / "journal").glob("put-*.json"))
+    m.sync()
+    assert body(s3_bucket, "t1/ws1/late.txt") == b"pending"
+
+
+def test_umount_waits_for_pending_uploads(mount_factory, s3_bucket):
+    m = mount_factory("um", extra=["--write-back-delay", "30"])
+    ws = m.path / "t1" / "ws1"
+    ws.mkdir(parents=True)
+    for i in range(30):
+        (ws / f"f{i}").write_bytes(b"x" * i)
+    m.umount()
+    for i in range(30):
+        assert body(s3_bucket, f"t1/ws1/f{i}") == b"x" * i
+
+
+def test_closed_file_survives_kill_9(mount_factory, s3_bucket):
+    m = mount_factory("crash", extra=["--write-back-delay", "60"])
+    ws = m.path / "t1" / "ws1"
+    ws.mkdir(parents=True)
+    (ws / "closed.txt").write_bytes(b"closed before the crash")
+    m.kill()
+    assert "t1/ws1/closed.txt" not in keys(s3_bucket)
+    again = mount_factory("crash-again", cache=m.cache_dir)
+    assert body(s3_bucket, "t1/ws1/closed.txt") == b"closed before the crash"
+    assert (again.path / "t1" / "ws1" / "closed.txt").read_bytes() == b"closed before the crash"
+
+
+def test_names_too_long_or_invalid_write_nothing(mnt, ws, s3_bucket):
+    deep = ws
+    for i in range(5):
+        deep = deep / (f"{i}" * 200)
+    deep.mkdir(parents=True)
+    mnt.sync()
+    before = keys(s3_bucket)
+    refused = [
+        (ws / ("x" * 256), errno.ENAMETOOLONG),
+        (deep / ("5" * 200), errno.ENAMETOOLONG),
+        (deep / ("y" * 30), errno.ENAMETOOLONG),
+    ]
+    for path, code in refused:
+        with pytest.raises(OSError) as exc:
+            path.write_bytes(b"1")
+        assert exc.value.errno == code
+    with pytest.raises(OSError) as exc:
+        (deep / ("5" * 200)).mkdir()
+    assert exc.value.errno == errno.ENAMETOOLONG
+    with pytest.raises(OSError) as exc:
+        os.open(os.fsencode(ws) + b"/bad\xff", os.O_CREAT | os.O_WRONLY)
+    assert exc.value.errno == errno.EINVAL
+    mnt.sync()
+    assert keys(s3_bucket) == before
+
+
+def test_hard_link_refused_with_eperm(mnt, ws):
+    (ws / "a").write_bytes(b"a")
+    with pytest.raises(OSError) as exc:
+        os.link(ws / "a", ws / "b")
+    assert exc.value.errno == errno.EPERM
+
+
+def test_rename_noreplace_honoured(mnt, ws):
+    (ws / "a").write_bytes(b"a")
+    (ws / "b").write_bytes(b"b")
+    libc = ctypes.CDLL(None, use_errno=True)
+    AT_FDCWD, RENAME_NOREPLACE = -100, 1
+    rc = libc.renameat2(AT_FDCWD, os.fsencode(ws / "a"), AT_FDCWD, os.fsencode(ws / "b"), RENAME_NOREPLACE)
+    assert rc == -1 and ctypes.get_errno() == errno.EEXIST
+    assert (ws / "b").read_bytes() == b"b"
+
+
+def test_mount_refuses_unreachable_store(tmp_path, moto_server):
+    done = cowfs("mount", "s3://no-such-bucket-here", str(tmp_path), "--endpoint-url", moto_server,
+                 "--path-style", check=False)
+    assert done.returncode == 1
+    assert len(done.stderr.strip().splitlines()) == 1 and "error" in done.stderr
+    done = cowfs("mount", "s3://bucket", str(tmp_path), "--endpoint-url", "http://127.0.0.1:9", check=False)
+    assert done.returncode == 1
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_sigterm_flushes_and_unmounts(mount_factory, s3_bucket):
+    m = mount_factory("term", extra=["--write-back-delay", "30"])
+    ws = m.path / "t1" / "ws1"
+    ws.mkdir(parents=True)
+    (ws / "before-term").write_bytes(b"flushed on SIGTERM")
+    m.proc.terminate()
+    assert m.proc.wait(timeout=60) == 0
+    assert not is_mounted(m.path)
+    assert body(s3_bucket, "t1/ws1/before-term") == b"flushed on SIGTERM"

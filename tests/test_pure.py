@@ -1,0 +1,94 @@
+"""Pure logic, no FUSE and no network: names, keys, metadata, journal replay order."""
+
+from __future__ import annotations
+
+import stat
+
+import pytest
+
+from cowfs.attrs import Attrs, check_xattrs_fit, from_metadata, to_metadata
+from cowfs.errors import InvalidName, NameTooLong, NoSpace
+from cowfs.journal import BODY_STAGING, DeleteRecord, Journal, PutRecord, plan_replay
+from cowfs.keys import KeyMap
+from cowfs.names import check_key_length, component, is_listable
+
+
+def test_component_rules():
+    assert component(b"hello world.txt") == "hello world.txt"
+    assert component("ü".encode()) == "ü"
+    assert component(b"x" * 255) == "x" * 255
+    with pytest.raises(NameTooLong):
+        component(b"x" * 256)
+    with pytest.raises(NameTooLong):
+        component("ü".encode() * 128)
+    for bad in (b"\xff", b"", b".", b"..", b"a/b", b"a\0b"):
+        with pytest.raises(InvalidName):
+            component(bad)
+    assert not is_listable("") and is_listable("ok")
+
+
+def test_key_length_includes_store_prefix():
+    check_key_length("k" * 1024)
+    with pytest.raises(NameTooLong):
+        check_key_length("k" * 1020, "pre/p")
+    with pytest.raises(NameTooLong):
+        check_key_length("ü" * 513)
+
+
+def test_keymap_roots_and_rebase():
+    whole = KeyMap()
+    assert whole.file_key(("t", "w", "f")) == "t/w/f"
+    assert whole.dir_key(("t", "w")) == "t/w/"
+    assert whole.dir_key(()) == ""
+    tenant = KeyMap(root=("acme",))
+    assert tenant.file_key(("w", "f")) == "acme/w/f"
+    assert tenant.dir_key(()) == "acme/"
+    assert KeyMap.child_name("acme/w/", "acme/w/sub/") == "sub"
+    assert whole.rebase("a/b/c", "a/", "z/") == "z/b/c"
+    with pytest.raises(NameTooLong):
+        whole.checked_key(("a" * 200,) * 6, is_dir=True)
+
+
+def test_metadata_round_trip_and_foreign_objects():
+    attrs = Attrs(stat.S_IFREG | 0o640, 1000, 1001, 1_600_000_000_123_456_789, {"user.k": b"\x00\xff"})
+    meta = to_metadata(attrs)
+    assert meta["mode"] == str(stat.S_IFREG | 0o640)
+    assert meta["mtime"] == "1600000000.123456789"
+    assert all(v.isascii() for v in meta.values())
+    back = from_metadata(meta, is_dir=False, last_modified=0, uid=0, gid=0)
+    assert back == attrs
+    foreign = from_metadata(None, is_dir=False, last_modified=1234.5, uid=7, gid=8)
+    assert foreign == Attrs(stat.S_IFREG | 0o644, 7, 8, 1_234_500_000_000, {})
+    assert from_metadata({}, is_dir=True, last_modified=0, uid=0, gid=0).mode == stat.S_IFDIR | 0o755
+    assert from_metadata({"mtime": "1700000000"}, is_dir=False, last_modified=0, uid=0, gid=0).mtime_ns == 1_700_000_000 * 10**9
+    assert from_metadata({"mode": "420"}, is_dir=False, last_modified=0, uid=0, gid=0).mode == stat.S_IFREG | 0o644
+
+
+def test_xattrs_limited_to_object_metadata_size():
+    check_xattrs_fit({"user.a": b"x" * 1000})
+    with pytest.raises(NoSpace):
+        check_xattrs_fit({"user.a": b"x" * 1500})
+
+
+def test_replay_plan_deletes_first_and_drops_superseded_deletes():
+    put = PutRecord("r1", "t/w/a", BODY_STAGING, "s1", {})
+    deletes, puts = plan_replay([DeleteRecord("t/w/a"), DeleteRecord("t/w/b"), put])
+    assert deletes == ["t/w/b"]
+    assert puts == [put]
+
+
+def test_journal_records_survive_reopen(tmp_path):
+    journal = Journal(tmp_path / "j")
+    staging, fd = journal.create_staging()
+    journal.write_put(PutRecord("r1", "t/w/a", BODY_STAGING, staging, {"mode": "33188"}, b""))
+    journal.write_put(PutRecord("r1", "t/w/renamed", BODY_STAGING, staging, {"mode": "33188"}, b""))
+    journal.write_delete("t/w/old")
+    journal.close()
+    again = Journal(tmp_path / "j")
+    records = again.records()
+    assert PutRecord("r1", "t/w/renamed", BODY_STAGING, staging, {"mode": "33188"}, b"") in records
+    assert DeleteRecord("t/w/old") in records
+    assert len(records) == 2
+    again.remove_put("r1")
+    again.remove_delete("t/w/old")
+    assert again.records() == []

@@ -1,0 +1,514 @@
+"""The ObjectStore contract: every test runs against the local store and S3 (moto)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
+
+import pytest
+from botocore.exceptions import ClientError, NoCredentialsError, ReadTimeoutError
+
+from cowfs.errors import AccessDenied, ObjectNotFound, PreconditionFailed, StoreError, UsageError
+from cowfs.store import ObjectStore, default_store_path, open_store
+from cowfs.store.local import LocalStore
+from cowfs.store.s3 import S3Store, _store_error
+
+if TYPE_CHECKING:
+    from conftest import S3Bucket
+
+MiB = 1024 * 1024
+MULTIPART_THRESHOLD = 5 * MiB  # as the `store` fixture sets it for S3
+LARGE = 2 * MULTIPART_THRESHOLD + MiB  # three parts on the test S3 store
+META = {"mode": "33188", "mtime": "1700000000.25", "uid": "1000"}
+
+
+def put_all(store: ObjectStore, keys: list[str], body: bytes = b"x") -> None:
+    """Put many small objects at once, so that thousands of keys stay quick on moto."""
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda key: store.put(key, body, {}), keys))
+
+
+def quoted_md5(data: bytes) -> str:
+    return f'"{hashlib.md5(data).hexdigest()}"'
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# -- put / head / get ----------------------------------------------------------
+
+
+def test_put_head_get_round_trip(store: ObjectStore) -> None:
+    before = time.time()
+    etag = store.put("t/ws/notes.txt", b"hello world", META)
+    info = store.head("t/ws/notes.txt")
+    assert etag == quoted_md5(b"hello world")
+    assert (info.key, info.size, info.etag, info.metadata) == ("t/ws/notes.txt", 11, etag, META)
+    assert before - 5 <= info.last_modified <= time.time() + 5
+    data, got = store.get("t/ws/notes.txt")
+    assert data == b"hello world"
+    assert got == info
+
+
+def test_metadata_names_come_back_lower_case(store: ObjectStore) -> None:
+    store.put("k", b"", {"Mode": "16877"})
+    assert store.head("k").metadata == {"mode": "16877"}
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "expected"),
+    [
+        (10, 20, bytes(range(10, 20))),
+        (90, None, bytes(range(90, 100))),
+        (95, 500, bytes(range(95, 100))),
+        (None, 5, bytes(range(5))),
+        (100, None, b""),
+        (150, 200, b""),
+        (7, 7, b""),
+    ],
+)
+def test_get_byte_range(store: ObjectStore, start: int | None, end: int | None, expected: bytes) -> None:
+    etag = store.put("r", bytes(range(100)), META)
+    data, info = store.get("r", start, end)
+    assert data == expected
+    assert (info.size, info.etag, info.metadata) == (100, etag, META)
+
+
+def test_get_range_of_empty_object(store: ObjectStore) -> None:
+    store.put("empty", b"", {})
+    data, info = store.get("empty", 0, 10)
+    assert (data, info.size) == (b"", 0)
+
+
+@pytest.mark.parametrize("size", [0, 1000, LARGE], ids=["empty", "small", "large"])
+def test_get_to_file(store: ObjectStore, tmp_path: Path, size: int) -> None:
+    content = os.urandom(size)
+    etag = store.put("blob", content, META)
+    out_path = tmp_path / "out"
+    with open(out_path, "wb") as out:
+        info = store.get_to_file("blob", out)
+        assert out.tell() == size
+    assert sha256_of(out_path) == hashlib.sha256(content).hexdigest()
+    assert (info.size, info.etag, info.metadata) == (size, etag, META)
+
+
+def test_get_to_file_writes_from_current_position(store: ObjectStore, tmp_path: Path) -> None:
+    content = os.urandom(LARGE)
+    store.put("blob", content, {})
+    out_path = tmp_path / "out"
+    with open(out_path, "wb") as out:
+        out.write(b"header")
+        store.get_to_file("blob", out)
+        out.write(b"trailer")
+    assert out_path.read_bytes() == b"header" + content + b"trailer"
+
+
+@pytest.mark.parametrize("size", [100_000, LARGE], ids=["small", "large"])
+def test_put_from_file_reads_from_current_position(store: ObjectStore, tmp_path: Path, size: int) -> None:
+    content = os.urandom(size)
+    source = tmp_path / "source"
+    source.write_bytes(b"skip me" + content)
+    with open(source, "rb") as f:
+        f.seek(len(b"skip me"))
+        store.put("from-file", f, META)
+    data, info = store.get("from-file")
+    assert hashlib.sha256(data).digest() == hashlib.sha256(content).digest()
+    assert (info.size, info.metadata) == (size, META)
+
+
+def make_body(kind: str, data: bytes, tmp_path: Path) -> bytes | BinaryIO:
+    if kind == "bytes":
+        return data
+    if kind == "bytesio":
+        return io.BytesIO(data)
+    (tmp_path / "body").write_bytes(data)
+    return open(tmp_path / "body", "rb")
+
+
+@pytest.mark.parametrize("kind", ["bytes", "bytesio", "file"])
+def test_multipart_put_round_trip(store: ObjectStore, tmp_path: Path, kind: str) -> None:
+    content = os.urandom(LARGE)
+    body = make_body(kind, content, tmp_path)
+    try:
+        etag = store.put("big", body, META)
+    finally:
+        if not isinstance(body, bytes):
+            body.close()
+    data, info = store.get("big")
+    assert hashlib.sha256(data).digest() == hashlib.sha256(content).digest()
+    assert (info.size, info.etag, info.metadata) == (LARGE, etag, META)
+    if isinstance(store, S3Store):
+        assert etag.endswith('-3"'), "a multipart ETag names its part count"
+
+
+def test_head_and_get_of_missing_key(store: ObjectStore, tmp_path: Path) -> None:
+    with pytest.raises(ObjectNotFound):
+        store.head("nope")
+    with pytest.raises(ObjectNotFound):
+        store.get("nope")
+    with pytest.raises(ObjectNotFound):
+        store.get("nope", 0, 10)
+    with open(tmp_path / "out", "wb") as out, pytest.raises(ObjectNotFound):
+        store.get_to_file("nope", out)
+
+
+# -- conditional writes ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [10, LARGE], ids=["small", "multipart"])
+def test_if_none_match(store: ObjectStore, size: int) -> None:
+    first = os.urandom(size)
+    etag = store.put("once", first, {}, if_none_match=True)
+    with pytest.raises(PreconditionFailed):
+        store.put("once", os.urandom(size), {"mode": "1"}, if_none_match=True)
+    data, info = store.get("once")
+    assert data == first
+    assert (info.etag, info.metadata) == (etag, {})
+
+
+def test_if_match(store: ObjectStore) -> None:
+    stale = store.put("k", b"one", {})
+    current = store.put("k", b"two", {}, if_match=stale)
+    assert current != stale
+    with pytest.raises(PreconditionFailed):
+        store.put("k", b"three", {}, if_match=stale)
+    assert store.get("k")[0] == b"two"
+    assert store.put("k", b"four", {}, if_match=current) == quoted_md5(b"four")
+
+
+def test_if_match_on_missing_key(store: ObjectStore) -> None:
+    with pytest.raises(PreconditionFailed):
+        store.put("gone", b"x", {}, if_match=quoted_md5(b"x"))
+    with pytest.raises(ObjectNotFound):
+        store.head("gone")
+
+
+# -- copy and delete -------------------------------------------------------------
+
+
+def test_copy_keeps_metadata(store: ObjectStore) -> None:
+    etag = store.put("src", b"content", META)
+    assert store.copy("src", "dst") == etag
+    data, info = store.get("dst")
+    assert (data, info.metadata) == (b"content", META)
+    assert store.get("src")[0] == b"content"
+
+
+def test_copy_replaces_metadata(store: ObjectStore) -> None:
+    store.put("src", b"content", META)
+    store.copy("src", "dst", {"mode": "33261"})
+    assert store.head("dst").metadata == {"mode": "33261"}
+    assert store.head("src").metadata == META
+
+
+def test_copy_onto_itself_replaces_metadata(store: ObjectStore) -> None:
+    store.put("k", b"content", META)
+    store.copy("k", "k", {"mode": "33261"})
+    data, info = store.get("k")
+    assert (data, info.metadata) == (b"content", {"mode": "33261"})
+
+
+def test_copy_over_existing_object(store: ObjectStore) -> None:
+    store.put("src", b"new", {})
+    store.put("dst", b"old", {})
+    store.copy("src", "dst")
+    assert store.get("dst")[0] == b"new"
+
+
+def test_copy_of_missing_key(store: ObjectStore) -> None:
+    with pytest.raises(ObjectNotFound):
+        store.copy("nope", "dst")
+    with pytest.raises(ObjectNotFound):
+        store.head("dst")
+
+
+@pytest.mark.parametrize("metadata", [None, {"mode": "33261"}], ids=["keep", "replace"])
+def test_copy_of_large_object(store: ObjectStore, metadata: dict[str, str] | None) -> None:
+    if isinstance(store, S3Store):
+        store.max_copy_size = MULTIPART_THRESHOLD  # S3 itself needs this above 5 GiB
+    content = os.urandom(LARGE)
+    store.put("src", content, META)
+    etag = store.copy("src", "dst", metadata)
+    data, info = store.get("dst")
+    assert hashlib.sha256(data).digest() == hashlib.sha256(content).digest()
+    assert (info.etag, info.metadata) == (etag, metadata or META)
+    if isinstance(store, S3Store):
+        assert etag.endswith('-3"'), "copied part by part"
+
+
+def test_delete(store: ObjectStore) -> None:
+    store.put("k", b"x", {})
+    store.put("keep", b"y", {})
+    store.delete("k")
+    with pytest.raises(ObjectNotFound):
+        store.head("k")
+    store.delete("k")
+    store.delete("never-existed")
+    assert store.get("keep")[0] == b"y"
+
+
+def test_delete_many_in_batches(store: ObjectStore) -> None:
+    count = 1_100 if isinstance(store, S3Store) else 2_500  # more than one batch of 1,000 either way
+    keys = [f"d/{i:05}" for i in range(count)]
+    put_all(store, [*keys, "keep"])
+    store.delete_many([*keys, "d/absent"])
+    assert store.list_all("d/", delimiter=None).objects == []
+    assert [o.key for o in store.list_all("", delimiter=None).objects] == ["keep"]
+
+
+def test_delete_many_of_nothing(store: ObjectStore) -> None:
+    store.put("keep", b"", {})
+    store.delete_many([])
+    assert store.head("keep").size == 0
+
+
+# -- listings --------------------------------------------------------------------
+
+TREE = [
+    "ws/a.txt",
+    "ws/b-x",
+    "ws/b/",
+    "ws/b/c.txt",
+    "ws/b/d/e.txt",
+    "ws/c/deep/er/f",
+    "ws/z.txt",
+    "ws/é.txt",
+    "ws/日本.txt",
+    "ws/😀",
+    "wsx/outside",
+]
+
+
+def utf8_sorted(keys: list[str]) -> list[str]:
+    return sorted(keys, key=lambda k: k.encode())
+
+
+@pytest.fixture
+def tree(store: ObjectStore) -> ObjectStore:
+    put_all(store, TREE, b"tree")
+    return store
+
+
+def test_list_with_delimiter(tree: ObjectStore) -> None:
+    listing = tree.list_all("ws/")
+    assert [o.key for o in listing.objects] == ["ws/a.txt", "ws/b-x", "ws/z.txt", "ws/é.txt", "ws/日本.txt", "ws/😀"]
+    assert listing.prefixes == ["ws/b/", "ws/c/"]
+    first = listing.objects[0]
+    assert (first.size, first.etag, first.metadata) == (4, quoted_md5(b"tree"), None)
+
+
+def test_list_shows_folder_marker_as_object(tree: ObjectStore) -> None:
+    listing = tree.list_all("ws/b/")
+    assert [o.key for o in listing.objects] == ["ws/b/", "ws/b/c.txt"]
+    assert listing.prefixes == ["ws/b/d/"]
+
+
+def test_list_prefix_that_is_not_a_folder(tree: ObjectStore) -> None:
+    listing = tree.list_all("ws/b")
+    assert [o.key for o in listing.objects] == ["ws/b-x"]
+    assert listing.prefixes == ["ws/b/"]
+
+
+def test_list_root(tree: ObjectStore) -> None:
+    listing = tree.list_all("")
+    assert (listing.objects, listing.prefixes) == ([], ["ws/", "wsx/"])
+
+
+def test_list_without_delimiter(tree: ObjectStore) -> None:
+    listing = tree.list_all("ws/", delimiter=None)
+    assert [o.key for o in listing.objects] == utf8_sorted([k for k in TREE if k.startswith("ws/")])
+    assert listing.prefixes == []
+
+
+@pytest.mark.parametrize("prefix", ["nothing/", "ws/a.txt/", "ws/c/deep/er/f/"])
+def test_list_of_nothing(tree: ObjectStore, prefix: str) -> None:
+    listing = tree.list_all(prefix)
+    assert (listing.objects, listing.prefixes) == ([], [])
+
+
+def test_list_more_than_one_page(store: ObjectStore) -> None:
+    keys = [f"p/{i:04}/f" for i in range(1_001)]
+    put_all(store, keys)
+    pages = list(store.list_pages("p/", delimiter=None))
+    assert [len(page.objects) for page in pages] == [1_000, 1]
+    assert [o.key for page in pages for o in page.objects] == keys
+    rolled_up = list(store.list_pages("p/"))
+    assert [len(page.prefixes) for page in rolled_up] == [1_000, 1]
+    assert [p for page in rolled_up for p in page.prefixes] == [key[: -len("f")] for key in keys]
+
+
+# -- S3 specifics ------------------------------------------------------------------
+
+
+def s3_store(bucket: S3Bucket, **options: object) -> S3Store:
+    return S3Store(bucket.name, endpoint_url=bucket.endpoint, region="us-east-1", path_style=True, **options)
+
+
+def test_s3_prefix_isolates_keys(s3_bucket: S3Bucket) -> None:
+    s3_bucket.client.put_object(Bucket=s3_bucket.name, Key="other/x", Body=b"not mine")
+    s3_bucket.client.put_object(Bucket=s3_bucket.name, Key="prefixed", Body=b"not mine either")
+    store = s3_store(s3_bucket, prefix="/pre/fix/")
+    assert (store.prefix, store.url) == ("pre/fix/", f"s3://{s3_bucket.name}/pre/fix")
+    store.put("t/a", b"mine", {})
+    store.copy("t/a", "t/b")
+    listing = store.list_all("")
+    assert (listing.objects, listing.prefixes) == ([], ["t/"])
+    assert [o.key for o in store.list_all("t/").objects] == ["t/a", "t/b"]
+    assert store.head("t/a").key == "t/a"
+    with pytest.raises(ObjectNotFound):
+        store.head("other/x")
+    raw = s3_bucket.client.list_objects_v2(Bucket=s3_bucket.name)["Contents"]
+    assert sorted(o["Key"] for o in raw) == ["other/x", "pre/fix/t/a", "pre/fix/t/b", "prefixed"]
+    store.delete_many(["t/a", "t/b"])
+    assert s3_bucket.client.list_objects_v2(Bucket=s3_bucket.name)["KeyCount"] == 2
+
+
+def test_s3_failed_multipart_put_is_aborted(s3_bucket: S3Bucket) -> None:
+    store = s3_store(s3_bucket, multipart_threshold=MULTIPART_THRESHOLD, part_size=MULTIPART_THRESHOLD)
+    store.put("k", b"first", {})
+    with pytest.raises(PreconditionFailed):
+        store.put("k", os.urandom(LARGE), {}, if_none_match=True)
+    assert "Uploads" not in s3_bucket.client.list_multipart_uploads(Bucket=s3_bucket.name)
+    assert store.get("k")[0] == b"first"
+
+
+def client_error(code: str, status: int) -> ClientError:
+    return ClientError({"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject")
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (client_error("NoSuchKey", 404), ObjectNotFound),
+        (client_error("404", 404), ObjectNotFound),
+        (client_error("PreconditionFailed", 412), PreconditionFailed),
+        (client_error("ConditionalRequestConflict", 409), PreconditionFailed),
+        (client_error("SignatureDoesNotMatch", 403), AccessDenied),
+        (client_error("NoSuchBucket", 404), AccessDenied),
+        (client_error("InternalError", 500), StoreError),
+        (NoCredentialsError(), AccessDenied),
+        (ReadTimeoutError(endpoint_url="http://x"), StoreError),
+    ],
+)
+def test_s3_error_mapping(error: Exception, expected: type[StoreError]) -> None:
+    mapped = _store_error(error, "put s3://b/k", "http://x")
+    assert type(mapped) is expected
+    assert str(mapped).startswith("put s3://b/k: ") and "\n" not in str(mapped)
+
+
+def test_s3_check(s3_bucket: S3Bucket) -> None:
+    s3_store(s3_bucket).check()
+
+
+def test_s3_check_missing_bucket(s3_bucket: S3Bucket) -> None:
+    store = S3Store("no-such-bucket-here", endpoint_url=s3_bucket.endpoint, path_style=True)
+    with pytest.raises(AccessDenied, match="no-such-bucket-here"):
+        store.check()
+
+
+def test_s3_check_unreachable_endpoint(fake_aws_env: None) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    store = S3Store(
+        "bucket", endpoint_url=f"http://127.0.0.1:{port}", connect_timeout=1, read_timeout=1, max_attempts=1
+    )
+    started = time.monotonic()
+    with pytest.raises(StoreError, match="cannot reach") as caught:
+        store.check()
+    assert not isinstance(caught.value, AccessDenied)
+    assert "\n" not in str(caught.value) and "testing" not in str(caught.value)
+    assert time.monotonic() - started < 5
+
+
+# -- the embedded store ------------------------------------------------------------
+
+
+def test_local_check_creates_root(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "a" / "b")
+    store.check()
+    assert (tmp_path / "a" / "b").is_dir()
+    assert store.url == (tmp_path / "a" / "b").as_uri()
+
+
+def test_local_check_refuses_a_file(tmp_path: Path) -> None:
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(StoreError):
+        LocalStore(tmp_path / "file").check()
+
+
+def test_local_instances_share_one_store(tmp_path: Path) -> None:
+    """Two instances stand for two processes: a daemon and a CLI command."""
+    racers = [LocalStore(tmp_path) for _ in range(2)]
+
+    def create(i: int) -> bool:
+        try:
+            racers[i % 2].put("lock", str(i).encode(), {}, if_none_match=True)
+        except PreconditionFailed:
+            return False
+        return True
+
+    with ThreadPoolExecutor(8) as pool:
+        won = list(pool.map(create, range(16)))
+    assert won.count(True) == 1
+    assert racers[1].get("lock")[0] == str(won.index(True)).encode()
+    assert len(list((tmp_path / "blobs").iterdir())) == 1, "losers leave no content behind"
+
+
+def test_local_replaced_content_is_removed(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    store.put("k", b"one", {})
+    store.put("k", b"two", {})
+    store.copy("k", "k2")
+    store.delete("k")
+    assert [p.read_bytes() for p in (tmp_path / "blobs").iterdir()] == [b"two"]
+
+
+# -- opening stores by URL -----------------------------------------------------------
+
+
+def test_open_store_s3_url(fake_aws_env: None) -> None:
+    store = open_store("s3://bucket/pre/sub/", endpoint_url="http://127.0.0.1:9", region="eu-west-1", path_style=True)
+    assert isinstance(store, S3Store)
+    assert (store.bucket, store.prefix, store.url) == ("bucket", "pre/sub/", "s3://bucket/pre/sub")
+    assert store.endpoint == "http://127.0.0.1:9"
+    bare = open_store("s3://bucket", max_workers=2)
+    assert isinstance(bare, S3Store)
+    assert (bare.prefix, bare.url, bare.max_workers) == ("", "s3://bucket", 2)
+
+
+def test_open_store_file_url(tmp_path: Path) -> None:
+    store = open_store((tmp_path / "my store").as_uri())
+    assert isinstance(store, LocalStore)
+    assert store.root == tmp_path / "my store"
+    assert store.prefix == ""
+
+
+def test_open_store_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    store = open_store(None)
+    assert isinstance(store, LocalStore)
+    assert store.root == tmp_path / "data" / "cowfs" / "store"
+    store.put("k", b"v", {})
+    assert (tmp_path / "data" / "cowfs" / "store" / "index.sqlite3").exists()
+
+
+def test_default_store_path_without_xdg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert default_store_path() == tmp_path / ".local" / "share" / "cowfs" / "store"
+
+
+@pytest.mark.parametrize(
+    "url", ["", "ftp://host/x", "s3://", "s3:///prefix", "file://relative/path", "/plain/path", "s3://b/p?x=1"]
+)
+def test_open_store_bad_url(url: str) -> None:
+    with pytest.raises(UsageError, match="s3://BUCKET"):
+        open_store(url)
