@@ -106,9 +106,9 @@ def test_mount_behaves_like_a_local_folder(mount_factory, tmp_path):
         def rmdir(self, path):
             self.apply(os.rmdir, path)
 
-        @rule(path=PATHS, target=NAMES)
-        def symlink(self, path, target):
-            self.apply(lambda p, t: os.symlink(t, p), path, extra=(target,))
+        @rule(path=PATHS, link_to=NAMES)
+        def symlink(self, path, link_to):
+            self.apply(lambda p, t: os.symlink(t, p), path, extra=(link_to,))
 
         @rule(path=PATHS, mode=st.sampled_from([0o600, 0o644, 0o755, 0o700]))
         def chmod(self, path, mode):
