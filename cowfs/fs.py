@@ -148,8 +148,7 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
-        await self.ns.link()
-        raise AssertionError("unreachable")
+        return self._entry(await self.ns.link(inode, new_parent_inode, new_name))
 
     @_errors
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:

@@ -409,7 +409,12 @@ class Namespace:
         self._maybe_drop(node)
 
     async def getattr(self, ino: int) -> Node:
+        """Attributes, revalidated against the parent's listing once per TTL."""
         node = self.node(ino)
+        if node.parent is not None and node.attached:
+            await self._refresh(node.parent)
+            if not node.attached:
+                raise NotFound(node.name)
         await self._ensure_meta(node)
         return node
 
@@ -521,7 +526,8 @@ class Namespace:
                 raise NotEmpty(node.name)
             self._forget_pending(node)
 
-    async def link(self) -> None:
+    async def link(self, ino: int, new_parent_ino: int, raw_name: bytes) -> Node:
+        """Hard links cannot be expressed as objects: always EPERM."""
         raise NotPermitted("hard links are not supported")
 
     # -- rename -------------------------------------------------------------

@@ -300,3 +300,30 @@ def test_sigterm_flushes_and_unmounts(mount_factory, s3_bucket):
     assert m.proc.wait(timeout=60) == 0
     assert not is_mounted(m.path)
     assert body(s3_bucket, "t1/ws1/before-term") == b"flushed on SIGTERM"
+
+
+def test_object_changed_by_another_client_is_seen_after_ttl(mnt, ws, s3_bucket):
+    f = ws / "shared.txt"
+    f.write_bytes(b"version one")
+    mnt.sync()
+    assert f.read_bytes() == b"version one"
+    s3_bucket.client.put_object(Bucket=s3_bucket.name, Key="t1/ws1/shared.txt", Body=b"version two, longer")
+    time.sleep(1.5)
+    assert f.stat().st_size == len(b"version two, longer")
+    assert f.read_bytes() == b"version two, longer"
+    s3_bucket.client.delete_object(Bucket=s3_bucket.name, Key="t1/ws1/shared.txt")
+    time.sleep(1.5)
+    assert not f.exists()
+
+
+def test_large_file_goes_up_as_multipart_and_comes_back(mount_factory, s3_bucket):
+    m = mount_factory("big")
+    ws = m.path / "t1" / "ws1"
+    ws.mkdir(parents=True)
+    data = os.urandom(20 * 1024 * 1024 + 123)
+    (ws / "big.bin").write_bytes(data)
+    m.umount()
+    assert hashlib.sha256(body(s3_bucket, "t1/ws1/big.bin")).digest() == hashlib.sha256(data).digest()
+    assert "-" in s3_bucket.client.head_object(Bucket=s3_bucket.name, Key="t1/ws1/big.bin")["ETag"]
+    again = mount_factory("big-again")
+    assert hashlib.sha256((again.path / "t1" / "ws1" / "big.bin").read_bytes()).digest() == hashlib.sha256(data).digest()
