@@ -7,11 +7,32 @@ under ``--cache-size``. An entry is valid only for the ETag it was stored with.
 
 from __future__ import annotations
 
+import functools
 import io
+import logging
 import os
+import sqlite3
 from pathlib import Path
+from typing import Any, Callable, TypeVar
 
 import diskcache
+
+log = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _best_effort(fn: F) -> F:
+    """A failing cache (disk full, I/O error) costs a re-download, never an operation."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
+            log.warning("cache %s failed: %s", fn.__name__, exc)
+            return None
+
+    return wrapper  # type: ignore[return-value]
 
 
 class ContentCache:
@@ -28,6 +49,7 @@ class ContentCache:
     def close(self) -> None:
         self._cache.close()
 
+    @_best_effort
     def open(self, key: str, etag: str) -> int | None:
         """A read-only descriptor on the cached copy of ``key`` at ``etag``, if any.
 
@@ -42,18 +64,22 @@ class ContentCache:
                 return None
             return os.dup(reader.fileno())
 
+    @_best_effort
     def put_file(self, key: str, etag: str, fd: int) -> None:
         """Keep a clean copy of ``key`` at ``etag`` from an open descriptor."""
         with os.fdopen(os.dup(fd), "rb") as src:
             src.seek(0)
             self._cache.set(("data", key), src, read=True, tag=etag)
 
+    @_best_effort
     def put_bytes(self, key: str, etag: str, data: bytes) -> None:
         self._cache.set(("data", key), io.BytesIO(data), read=True, tag=etag)
 
+    @_best_effort
     def discard(self, key: str) -> None:
         self._cache.delete(("data", key))
 
+    @_best_effort
     def get_meta(self, key: str, etag: str) -> dict[str, str] | None:
         """Object metadata remembered for ``key`` at ``etag`` (saves a HEAD)."""
         entry = self._cache.get(("meta", key))
@@ -61,6 +87,7 @@ class ContentCache:
             return None
         return entry[1]
 
+    @_best_effort
     def put_meta(self, key: str, etag: str, metadata: dict[str, str]) -> None:
         self._cache.set(("meta", key), (etag, metadata))
 

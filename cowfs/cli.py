@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-size", type=parse_size, default=10 * 1024**3, help="cache size limit (default 10G)")
     p.add_argument("--write-back-delay", type=float, default=1.0, help="seconds between close and upload")
     p.add_argument("--metadata-ttl", type=float, default=1.0, help="seconds metadata is trusted")
+    p.add_argument("--store-timeout", type=float, default=30.0, help="seconds before a read that needs the store fails with EIO")
     p.add_argument("-o", dest="fuse_options", action="append", default=[], help="FUSE options, comma separated")
     p.add_argument("--debug", action="store_true", help="log every FUSE request")
     _store_options(p)
@@ -91,6 +92,7 @@ def _cmd_mount(args: argparse.Namespace) -> None:
         cache_size=args.cache_size,
         write_back_delay=args.write_back_delay,
         metadata_ttl=args.metadata_ttl,
+        store_timeout=args.store_timeout,
         endpoint_url=args.endpoint_url,
         region=args.region,
         path_style=args.path_style,
@@ -194,7 +196,7 @@ def _fail(parser: argparse.ArgumentParser, exc: Exception, code: int) -> int:
 
 #: ``mount -o`` names that are cowfs options rather than FUSE ones.
 HELPER_OPTIONS = {
-    "tenant", "cache_dir", "cache_size", "write_back_delay", "metadata_ttl",
+    "tenant", "cache_dir", "cache_size", "write_back_delay", "metadata_ttl", "store_timeout",
     "endpoint_url", "region", "path_style", "debug",
 }
 

@@ -18,15 +18,17 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import pyfuse3
 import trio
 
 from . import control
+from .activity import Activity
 from .cache import ContentCache
 from .errors import CowfsError, UsageError
 from .fs import Operations
+from .hooks import WorkspaceHooks
 from .journal import Journal
 from .keys import KeyMap
 from .namespace import Namespace
@@ -52,6 +54,7 @@ class MountOptions:
     cache_size: int = 10 * 1024**3
     write_back_delay: float = 1.0
     metadata_ttl: float = 1.0
+    store_timeout: float = 30.0
     endpoint_url: str | None = None
     region: str | None = None
     path_style: bool = False
@@ -62,7 +65,7 @@ class MountOptions:
         """The command line that mounts the same thing in the foreground."""
         args = ["mount"] + ([self.store_url] if self.store_url else []) + [str(self.mountpoint), "-f"]
         args += ["--cache-size", str(self.cache_size), "--write-back-delay", str(self.write_back_delay)]
-        args += ["--metadata-ttl", str(self.metadata_ttl)]
+        args += ["--metadata-ttl", str(self.metadata_ttl), "--store-timeout", str(self.store_timeout)]
         for flag, value in (
             ("--tenant", self.tenant),
             ("--cache-dir", self.cache_dir),
@@ -161,53 +164,64 @@ async def _serve(
     opts: MountOptions, store: ObjectStore, cache: ContentCache, journal: Journal, tmp_dir: Path, cache_dir: Path
 ) -> None:
     limiter = trio.CapacityLimiter(THREADS)
-    writeback = WriteBack(store, journal, limiter, delay=opts.write_back_delay)
+    activity = Activity(store, limiter)
+    writeback = WriteBack(store, journal, limiter, delay=opts.write_back_delay, on_stored=activity.mark)
     keymap = KeyMap(root=(opts.tenant,) if opts.tenant else (), store_prefix=getattr(store, "prefix", ""))
+    started = time.time()
+
+    def status() -> dict[str, Any]:
+        stats = writeback.stats()
+        return {
+            "pid": os.getpid(),
+            "mountpoint": str(opts.mountpoint),
+            "store": store.url,
+            "cacheDir": str(cache_dir),
+            "pendingUploads": stats.pending_uploads,
+            "pendingDeletes": stats.pending_deletes,
+            "dirtyBytes": ns.dirty_bytes(),
+            "uploads": stats.uploads,
+            "deletes": stats.deletes,
+            "retries": stats.retries,
+            "lastError": stats.last_error,
+            "cacheBytes": cache.volume(),
+            "uptime": round(time.time() - started, 3),
+        }
+
+    hooks = WorkspaceHooks(store, limiter, activity, status)
     ns = Namespace(
-        store, keymap, cache, journal, writeback, limiter, tmp_dir,
-        uid=os.getuid(), gid=os.getgid(), metadata_ttl=opts.metadata_ttl,
+        store, keymap, cache, journal, writeback, limiter, tmp_dir, hooks,
+        uid=os.getuid(), gid=os.getgid(), metadata_ttl=opts.metadata_ttl, store_timeout=opts.store_timeout,
     )
+
+    async def sync_all() -> None:
+        await ns.sync()
+        await activity.flush()
+
     fuse_options = {"fsname=" + store.url.replace(",", "_"), "subtype=cowfs", "default_permissions"}
     fuse_options.update(o for o in opts.fuse_options if o)
     if opts.debug:
         fuse_options.add("debug")
     control_path = control.socket_path(opts.mountpoint)
     pyfuse3.init(Operations(ns, opts.metadata_ttl), str(opts.mountpoint), fuse_options)
-    started = time.time()
 
     async def handle(request: dict[str, Any]) -> dict[str, Any]:
         if request.get("cmd") == "sync":
-            await ns.sync()
+            await sync_all()
             return {"ok": True}
         if request.get("cmd") == "status":
-            stats = writeback.stats()
-            return {
-                "ok": True,
-                "pid": os.getpid(),
-                "mountpoint": str(opts.mountpoint),
-                "store": store.url,
-                "cacheDir": str(cache_dir),
-                "pendingUploads": stats.pending_uploads,
-                "pendingDeletes": stats.pending_deletes,
-                "dirtyBytes": ns.dirty_bytes(),
-                "uploads": stats.uploads,
-                "deletes": stats.deletes,
-                "retries": stats.retries,
-                "lastError": stats.last_error,
-                "cacheBytes": cache.volume(),
-                "uptime": time.time() - started,
-            }
+            return {"ok": True, **status()}
         return {"ok": False, "error": f"unknown command {request.get('cmd')!r}"}
 
     unmounted = False
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(writeback.run)
+            nursery.start_soon(activity.run)
             nursery.start_soon(control.serve, control_path, handle)
-            nursery.start_soon(_stop_on_signal, ns)
+            nursery.start_soon(_stop_on_signal, sync_all)
             nursery.start_soon(_announce_ready, opts.mountpoint)
             await pyfuse3.main()
-            await ns.sync()
+            await sync_all()
             nursery.cancel_scope.cancel()
         unmounted = True
     finally:
@@ -216,11 +230,11 @@ async def _serve(
             log.info("unmounted %s; every pending change is in the store", opts.mountpoint)
 
 
-async def _stop_on_signal(ns: Namespace) -> None:
+async def _stop_on_signal(sync_all: Callable[[], Awaitable[None]]) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
             log.info("%s: flushing pending uploads, then unmounting", signal.Signals(signum).name)
-            await ns.sync()
+            await sync_all()
             pyfuse3.terminate()
             return
 

@@ -152,8 +152,8 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
-        fh, keep_cache = await self.ns.open(inode, flags)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache)
+        opened = await self.ns.open(inode, flags)
+        return pyfuse3.FileInfo(fh=opened.fh, keep_cache=opened.keep_cache, direct_io=opened.direct_io)
 
     @_errors
     async def create(

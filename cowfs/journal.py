@@ -16,8 +16,10 @@ Crash windows and how replay repairs them (``plan_replay``):
 | unlink(): delete record written      | del record (+ maybe put rec.) | deletes first, then puts         |
 | rename(): new record, old not gone   | two puts of one node          | both keys hold the bytes         |
 
-(*) until the durability issue snapshots staging files on close, bytes written
-after the last close but before the crash may be part of that upload.
+(*) a record names the staging file and the size it had at close. Writes after
+a close only append beyond that size, or go to a fresh copy of the staging file
+(copy on write) while the record is pending, so replay uploads exactly the last
+closed version, never a mix.
 
 Records are whole files replaced atomically (write, fsync, rename, fsync of
 the folder), so a record is either the old or the new version, never torn.
@@ -26,12 +28,15 @@ the folder), so a record is either the old or the new version, never torn.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
+import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Iterator
 
 #: What a put record's object body is.
 BODY_STAGING = "staging"
@@ -48,6 +53,7 @@ class PutRecord:
     staging: str | None
     metadata: dict[str, str]
     inline: bytes = b""
+    size: int = 0
 
 
 @dataclass(frozen=True)
@@ -117,6 +123,7 @@ class Journal:
                 "staging": record.staging,
                 "metadata": record.metadata,
                 "inline": base64.b64encode(record.inline).decode(),
+                "size": record.size,
             },
         )
 
@@ -142,8 +149,43 @@ class Journal:
             elif path.name.startswith("put-"):
                 rid = path.name[len("put-"):-len(".json")]
                 inline = base64.b64decode(doc.get("inline", ""))
-                out.append(PutRecord(rid, doc["key"], doc["body"], doc.get("staging"), doc.get("metadata", {}), inline))
+                out.append(
+                    PutRecord(
+                        rid, doc["key"], doc["body"], doc.get("staging"), doc.get("metadata", {}), inline,
+                        doc.get("size", 0),
+                    )
+                )
         return out
+
+
+#: Committed bytes up to this size are read into memory for upload.
+SNAPSHOT_IN_MEMORY = 8 * 1024 * 1024
+
+
+@contextlib.contextmanager
+def committed_body(path: Path, size: int, spill_dir: Path) -> Iterator[bytes | BinaryIO]:
+    """Exactly the first ``size`` bytes of a staging file: what was committed.
+
+    Bytes appended after the commit may already follow in the file; they are
+    not part of this version. Large bodies are copied to a temporary file so
+    the upload reads a stable snapshot.
+    """
+    with open(path, "rb") as src:
+        if size <= SNAPSHOT_IN_MEMORY:
+            data = os.pread(src.fileno(), size, 0)
+            if len(data) != size:
+                raise OSError(f"staging file {path.name} is shorter than its committed size")
+            yield data
+            return
+        with tempfile.TemporaryFile(dir=spill_dir) as snap:
+            copied = 0
+            while copied < size:
+                sent = os.copy_file_range(src.fileno(), snap.fileno(), size - copied, copied, copied)
+                if sent == 0:
+                    raise OSError(f"staging file {path.name} is shorter than its committed size")
+                copied += sent
+            snap.seek(0)
+            yield snap
 
 
 def plan_replay(records: list[PutRecord | DeleteRecord]) -> tuple[list[str], list[PutRecord]]:

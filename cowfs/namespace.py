@@ -17,6 +17,7 @@ Ordering rules (why nothing is lost or resurrected):
 from __future__ import annotations
 
 import logging
+import math
 import os
 import stat
 import tempfile
@@ -24,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Protocol
 
 import trio
 
@@ -47,8 +48,11 @@ from .errors import (
     NotFound,
     NotPermitted,
     ObjectNotFound,
+    ReadOnly,
+    StoreError,
     Unsupported,
 )
+from . import layout
 from .journal import BODY_EMPTY, BODY_INLINE, BODY_METADATA_ONLY, BODY_STAGING, Journal, PutRecord
 from .keys import KeyMap
 from .names import component, is_listable
@@ -58,6 +62,8 @@ from .writeback import Upload, WriteBack
 log = logging.getLogger(__name__)
 
 ROOT_INODE = 1
+#: After a store failure, listings are served from memory for this long before trying again.
+STORE_RETRY_PAUSE = 5.0
 FILE, DIR, LINK = "file", "dir", "symlink"
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -87,6 +93,11 @@ class Node:
         self.children: dict[str, Node] = {}
         self.listed_at: float | None = None
         self.staging: str | None = None
+        self.committed: str | None = None
+        self.committed_size = 0
+        self.clean_size = 0
+        self.write_failed = False
+        self.condition = "etag"
         self.fd: int | None = None
         self.open_count = 0
         self.writers = 0
@@ -95,6 +106,7 @@ class Node:
         self.content_gen = 0
         self.kernel_gen = -1
         self.touched = 0.0
+        self.virtual: str | None = None
         self.lookups = 0
         self.lock = trio.Lock()
         self.rid = Journal.new_id()
@@ -133,11 +145,43 @@ class _NodeSource:
         assert self.namespace is not None
         return await self.namespace._uploaded(self.node, upload, etag)
 
+    def conflicted(self, upload: Upload) -> None:
+        assert self.namespace is not None
+        self.namespace._conflicted(self.node, upload)
+
+
+class Hooks(Protocol):
+    """What the namespace asks of the workspace layer (``hooks.py``)."""
+
+    async def create_workspace(self, tenant: str, name: str, uid: int) -> None:
+        """``mkdir TENANT/NAME``: write the workspace record."""
+
+    def workspace_deleted(self, tenant: str, name: str) -> None:
+        """The workspace is gone: stop tracking its activity."""
+
+    async def render(self, kind: str, parts: tuple[str, ...]) -> bytes:
+        """Content of a generated file (``workspace.json`` …) for the folder at ``parts``."""
+
+
+#: Generated files in ``.cowfs``: the daemon's status at the mount root, records in each workspace.
+ROOT_GENERATED = ("status.json",)
+WORKSPACE_GENERATED = ("workspace.json", "sessions.json")
+
+DERIVED_XATTRS = ("user.cowfs.type", "user.cowfs.session")
+
 
 @dataclass
 class Handle:
     node: Node
     writable: bool
+    data: bytes | None = None
+
+
+@dataclass
+class OpenResult:
+    fh: int
+    keep_cache: bool
+    direct_io: bool = False
 
 
 @dataclass
@@ -168,10 +212,12 @@ class Namespace:
         writeback: WriteBack,
         limiter: trio.CapacityLimiter,
         tmp_dir: Path,
+        hooks: Hooks,
         *,
         uid: int,
         gid: int,
         metadata_ttl: float = 1.0,
+        store_timeout: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
@@ -181,16 +227,20 @@ class Namespace:
         self.writeback = writeback
         self.limiter = limiter
         self.tmp_dir = tmp_dir
+        self.hooks = hooks
         self.uid = uid
         self.gid = gid
         self.ttl = metadata_ttl
+        self.store_timeout = store_timeout
         self.clock = clock
+        self._store_down_until = 0.0
         root = Node(ROOT_INODE, DIR, "", None, Attrs(DEFAULT_DIR_MODE, uid, gid, time.time_ns()))
         root.remote = True
         self.root = root
         self.inodes: dict[int, Node] = {ROOT_INODE: root}
         self._wire(root)
         self._next_ino = ROOT_INODE + 1
+        self._decorate(root)
         self.handles: dict[int, Handle | DirHandle] = {}
         self._next_fh = 1
         self._tree_lock = trio.Lock()
@@ -198,8 +248,20 @@ class Namespace:
     # -- helpers ------------------------------------------------------------
 
     async def _io(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run a blocking store call on a worker thread (never on the trio loop)."""
-        return await trio.to_thread.run_sync(partial(fn, *args), limiter=self.limiter)
+        """Run a blocking store call on a worker thread (never on the trio loop).
+
+        A caller waits at most ``store_timeout`` (then EIO); the thread is left
+        to finish on its own, so a hung store never hangs a file operation.
+        """
+        try:
+            with trio.fail_after(self.store_timeout):
+                return await trio.to_thread.run_sync(partial(fn, *args), limiter=self.limiter, abandon_on_cancel=True)
+        except trio.TooSlowError:
+            self._store_down_until = self.clock() + STORE_RETRY_PAUSE
+            raise StoreError(f"the store did not answer within {self.store_timeout:g} s") from None
+        except StoreError:
+            self._store_down_until = self.clock() + STORE_RETRY_PAUSE
+            raise
 
     def _wire(self, node: Node) -> Node:
         node.source.namespace = self
@@ -210,6 +272,34 @@ class Namespace:
         self._next_ino += 1
         self.inodes[node.ino] = node
         parent.children[name] = node
+        return node
+
+    def full(self, node: Node) -> tuple[str, ...]:
+        """Path of ``node`` from the store root (what the layout rules speak of)."""
+        return self.keymap.root + node.path()
+
+    def _decorate(self, node: Node) -> None:
+        """Give a folder its generated ``.cowfs`` files, if its depth has any."""
+        if node is self.root:
+            names = ROOT_GENERATED
+        elif node.kind == DIR and len(self.full(node)) == layout.WORKSPACE_DEPTH:
+            names = WORKSPACE_GENERATED
+        else:
+            return
+        now = time.time_ns()
+        control = self._new_node(node, layout.CONTROL_DIR, DIR, Attrs(stat.S_IFDIR | 0o555, self.uid, self.gid, now))
+        control.virtual = "dir"
+        control.listed_at = math.inf
+        for name in names:
+            child = self._new_node(control, name, FILE, Attrs(stat.S_IFREG | 0o444, self.uid, self.gid, now))
+            child.virtual = name
+        for generated in (control, *control.children.values()):
+            generated.remote = True
+
+    @staticmethod
+    def _writable(node: Node) -> Node:
+        if node.virtual:
+            raise ReadOnly(f"{node.name} is generated by cowfs and read-only")
         return node
 
     def key(self, node: Node) -> str:
@@ -240,19 +330,24 @@ class Namespace:
         if node.fd is not None:
             os.close(node.fd)
             node.fd = None
-        if node.staging is not None:
-            self.journal.discard_staging(node.staging)
-            node.staging = None
+        for staging in {node.staging, node.committed} - {None}:
+            self.journal.discard_staging(staging)
+        node.staging = node.committed = None
 
     def _apply_attrs(self, node: Node, attrs: Attrs) -> None:
         node.mode, node.uid, node.gid = attrs.mode, attrs.uid, attrs.gid
         node.mtime_ns = node.ctime_ns = attrs.mtime_ns
         node.xattrs = attrs.xattrs
 
-    def _claim_key(self, key: str) -> None:
-        """A new object is about to take ``key``: an older pending delete must not hit it."""
+    def _claim_key(self, key: str) -> bool:
+        """A new object is about to take ``key``: an older pending delete must not hit it.
+
+        True when such a delete was pending (the old object may still be there).
+        """
         if self.writeback.cancel_delete(key):
             self.journal.remove_delete(key)
+            return True
+        return False
 
     def _release_key(self, key: str) -> None:
         """``key`` must go from the store (after any in-flight put of it)."""
@@ -265,7 +360,7 @@ class Namespace:
 
     def _locally_owned(self, node: Node) -> bool:
         """Whether this mount knows better than a listing (unsynced or open)."""
-        return self._unsynced(node) or node.open_count > 0
+        return self._unsynced(node) or node.open_count > 0 or node.virtual is not None
 
     # -- listings and metadata -------------------------------------------
 
@@ -273,12 +368,22 @@ class Namespace:
         """Make ``dir_node.children`` reflect the store (one LIST per TTL)."""
         if dir_node.listed_at is not None and self.clock() - dir_node.listed_at < self.ttl:
             return
+        if dir_node.virtual:
+            return
+        if dir_node.listed_at is not None and self.clock() < self._store_down_until:
+            return
         async with dir_node.lock:
             if dir_node.listed_at is not None and self.clock() - dir_node.listed_at < self.ttl:
                 return
             prefix = self.key(dir_node)
             started = self.clock()
-            page = await self._io(self.store.list_all, prefix, "/")
+            try:
+                page = await self._io(self.store.list_all, prefix, "/")
+            except StoreError as exc:
+                if dir_node.listed_at is None:
+                    raise
+                log.warning("listing %s failed, serving the last known listing: %s", prefix or "/", exc)
+                return
             if dir_node.attached:
                 self._merge(dir_node, prefix, page, started)
             dir_node.listed_at = started
@@ -286,15 +391,16 @@ class Namespace:
     def _merge(self, dir_node: Node, prefix: str, page: ListPage, started: float) -> None:
         """Fold a listing into the tree; what changed here since it started wins."""
         remote: dict[str, ObjectInfo | None] = {}
+        base = self.full(dir_node)
         for sub in page.prefixes:
             name = KeyMap.child_name(prefix, sub)
-            if is_listable(name):
+            if is_listable(name) and layout.visible(base + (name,), is_dir=True):
                 remote[name] = _PREFIX_ONLY
         for info in page.objects:
             if info.key == prefix:
                 continue
             name = KeyMap.child_name(prefix, info.key)
-            if is_listable(name) and name not in remote:
+            if is_listable(name) and name not in remote and layout.visible(base + (name,), is_dir=False):
                 remote[name] = info
         for name, info in remote.items():
             child = dir_node.children.get(name)
@@ -317,6 +423,7 @@ class Namespace:
     def _node_from_listing(self, parent: Node, name: str, info: ObjectInfo | None) -> Node:
         if info is _PREFIX_ONLY:
             node = self._new_node(parent, name, DIR, Attrs(DEFAULT_DIR_MODE, self.uid, self.gid, 0))
+            self._decorate(node)
         else:
             attrs = Attrs(DEFAULT_FILE_MODE, self.uid, self.gid, int(info.last_modified * 1e9))
             node = self._new_node(parent, name, FILE, attrs)
@@ -336,7 +443,7 @@ class Namespace:
 
     async def _ensure_meta(self, node: Node) -> None:
         """Fill in mode/uid/gid/mtime/xattrs of a listed object (cache, else HEAD)."""
-        if node.meta_known:
+        if node.meta_known or node.virtual:
             return
         key = self.key(node)
         meta = self.cache.get_meta(key, node.etag) if node.etag else None
@@ -430,7 +537,7 @@ class Namespace:
             await self._refresh(node)
             children = list(node.children.values())
             await self._ensure_meta_all(children)
-            handle.entries = sorted((c.name, c) for c in children if c.attached)
+            handle.entries = sorted((c.name, c) for c in children if c.attached and not c.virtual)
         return handle.entries[start:]
 
     def release_handle(self, fh: int) -> None:
@@ -446,8 +553,9 @@ class Namespace:
 
     async def _new_entry(self, parent_ino: int, raw_name: bytes, kind: str) -> tuple[Node, str]:
         """Checks shared by create/mkdir/symlink: the name, the key, no clash."""
-        parent = self._dir(parent_ino)
+        parent = self._writable(self._dir(parent_ino))
         name = component(raw_name)
+        layout.check_new_entry(self.full(parent) + (name,), kind == DIR)
         self.keymap.checked_key(parent.path() + (name,), kind == DIR)
         await self._refresh(parent)
         if name in parent.children:
@@ -461,18 +569,26 @@ class Namespace:
             node = self._new_node(parent, name, FILE, attrs)
             node.staging, node.fd = self.journal.create_staging()
             node.dirty = True
-            self._claim_key(self.key(node))
+            node.condition = "none" if self._claim_key(self.key(node)) else "absent"
             node.lookups += 1
         return node, self._open_handle(node, writable=True)
 
     async def mkdir(self, parent_ino: int, raw_name: bytes, mode: int, uid: int, gid: int) -> Node:
         async with self._tree_lock:
             parent, name = await self._new_entry(parent_ino, raw_name, DIR)
+            full = self.full(parent) + (name,)
+            if len(full) == layout.WORKSPACE_DEPTH:
+                await self.hooks.create_workspace(full[0], name, uid)
             attrs = Attrs(stat.S_IFDIR | (mode & 0o7777), uid, gid, time.time_ns())
             node = self._new_node(parent, name, DIR, attrs)
             node.listed_at = self.clock()
+            node.condition = "none"
             self._claim_key(self.key(node))
-            self._persist(node)
+            if len(full) == layout.WORKSPACE_DEPTH:
+                node.remote, node.touched = True, self.clock()
+                self._decorate(node)
+            else:
+                self._persist(node)
             node.lookups += 1
             return node
 
@@ -482,6 +598,7 @@ class Namespace:
             node = self._new_node(parent, name, LINK, Attrs(stat.S_IFLNK | 0o777, uid, gid, time.time_ns()))
             node.target = target
             node.size = len(target)
+            node.condition = "none"
             self._claim_key(self.key(node))
             self._persist(node)
             node.lookups += 1
@@ -510,7 +627,7 @@ class Namespace:
     async def unlink(self, parent_ino: int, raw_name: bytes) -> None:
         async with self._tree_lock:
             parent = self._dir(parent_ino)
-            node = await self._child(parent, component(raw_name))
+            node = self._writable(await self._child(parent, component(raw_name)))
             if node.kind == DIR:
                 raise IsADirectory(node.name)
             self._forget_pending(node)
@@ -518,13 +635,23 @@ class Namespace:
     async def rmdir(self, parent_ino: int, raw_name: bytes) -> None:
         async with self._tree_lock:
             parent = self._dir(parent_ino)
-            node = await self._child(parent, component(raw_name))
+            node = self._writable(await self._child(parent, component(raw_name)))
             if node.kind != DIR:
                 raise NotADirectory(node.name)
             await self._refresh(node)
-            if node.children:
+            if any(not child.virtual for child in node.children.values()):
                 raise NotEmpty(node.name)
+            full = self.full(node)
+            if len(full) == layout.WORKSPACE_DEPTH:
+                await self._delete_prefix(self.key(node))
+                self.hooks.workspace_deleted(full[0], full[1])
             self._forget_pending(node)
+
+    async def _delete_prefix(self, prefix: str) -> None:
+        """Delete every object under ``prefix``, shown or not (a workspace's record too)."""
+        listing = await self._io(self.store.list_all, prefix, None)
+        for info in listing.objects:
+            self._release_key(info.key)
 
     async def link(self, ino: int, new_parent_ino: int, raw_name: bytes) -> Node:
         """Hard links cannot be expressed as objects: always EPERM."""
@@ -537,13 +664,20 @@ class Namespace:
             raise InvalidArgument("RENAME_EXCHANGE is not supported")
         async with self._tree_lock:
             old_parent, new_parent = self._dir(old_ino), self._dir(new_ino)
-            node = await self._child(old_parent, component(old_raw))
+            node = self._writable(await self._child(old_parent, component(old_raw)))
+            self._writable(new_parent)
             new_name = component(new_raw)
+            new_full = self.full(new_parent) + (new_name,)
+            if not (layout.can_rename(self.full(node)) and layout.can_rename(new_full)):
+                raise NotPermitted("tenants and workspaces cannot be renamed")
+            layout.check_new_entry(new_full, node.kind == DIR)
             self.keymap.checked_key(new_parent.path() + (new_name,), node.kind == DIR)
             await self._refresh(new_parent)
             target = new_parent.children.get(new_name)
             if target is node:
                 return
+            if target is not None:
+                self._writable(target)
             ancestor: Node | None = new_parent
             while ancestor is not None:
                 if ancestor is node:
@@ -574,6 +708,7 @@ class Namespace:
             node.name, node.parent = new_name, new_parent
             new_parent.children[new_name] = node
             node.ctime_ns = time.time_ns()
+            node.condition = "none"
             if unsynced:
                 self._persist(node)
             for moved in node.walk():
@@ -618,18 +753,32 @@ class Namespace:
             raise InvalidArgument(f"bad file handle {fh}")
         return handle
 
-    async def open(self, ino: int, flags: int) -> tuple[int, bool]:
-        """Open a file; returns the handle and whether the kernel may keep its page cache."""
+    async def open(self, ino: int, flags: int) -> OpenResult:
+        """Open a file; the kernel may keep its page cache while the content is unchanged."""
         node = self.node(ino)
         await self._ensure_meta(node)
         if node.kind == DIR:
             raise IsADirectory(node.name)
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
+        if node.virtual:
+            if writable:
+                self._writable(node)
+            return await self._open_generated(node)
         if writable:
             await self._make_writable(node, truncate=bool(flags & os.O_TRUNC))
         keep_cache = node.kernel_gen == node.content_gen
         node.kernel_gen = node.content_gen
-        return self._open_handle(node, writable), keep_cache
+        return OpenResult(self._open_handle(node, writable), keep_cache)
+
+    async def _open_generated(self, node: Node) -> OpenResult:
+        """Render a generated file once per open; direct I/O, as its size is not known before."""
+        assert node.parent is not None and node.virtual is not None
+        data = await self.hooks.render(node.virtual, self.full(node.parent.parent or node.parent))
+        node.size = len(data)
+        node.mtime_ns = node.ctime_ns = time.time_ns()
+        fh = self._open_handle(node, writable=False)
+        self.handle(fh).data = data
+        return OpenResult(fh, keep_cache=False, direct_io=True)
 
     async def _make_writable(self, node: Node, truncate: bool) -> None:
         """Give ``node`` a staging file holding its current bytes (copy on write)."""
@@ -647,9 +796,11 @@ class Namespace:
                 if node.fd is not None:
                     os.close(node.fd)
                 node.staging, node.fd = staging, fd
-            if truncate and node.size:
-                os.ftruncate(node.fd, 0)
-                self._modified(node, 0)
+                node.clean_size = node.size
+        if truncate and node.size:
+            await self._before_change(node, 0)
+            os.ftruncate(node.fd, 0)
+            self._modified(node, 0)
 
     async def _clean_fd(self, node: Node) -> int:
         """A descriptor on the clean bytes of ``node``: cache hit, else download."""
@@ -678,7 +829,10 @@ class Namespace:
             return os.dup(tmp.fileno()), info
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
-        node = self.handle(fh).node
+        handle = self.handle(fh)
+        if handle.data is not None:
+            return handle.data[offset:offset + size]
+        node = handle.node
         if node.fd is None:
             async with node.lock:
                 await self._clean_fd(node)
@@ -689,9 +843,39 @@ class Namespace:
         if not handle.writable:
             raise InvalidArgument("handle not open for writing")
         node = handle.node
-        written = os.pwrite(node.fd, data, offset)
+        try:
+            await self._before_change(node, offset)
+            written = os.pwrite(node.fd, data, offset)
+        except OSError:
+            node.write_failed = True
+            raise
         self._modified(node, max(node.size, offset + written))
         return written
+
+    async def _before_change(self, node: Node, offset: int) -> None:
+        """Copy on write: bytes a pending record refers to are never changed in place.
+
+        Appends past the committed size need no copy: the record names the size.
+        """
+        if (
+            node.committed is None
+            or node.committed != node.staging
+            or offset >= node.committed_size
+            or not self.writeback.is_pending(node.source)
+        ):
+            return
+        async with node.lock:
+            if node.committed != node.staging:
+                return
+            staging, fd = self.journal.create_staging()
+            try:
+                await trio.to_thread.run_sync(_copy_fd, node.fd, fd, node.size)
+            except BaseException:
+                os.close(fd)
+                self.journal.discard_staging(staging)
+                raise
+            os.close(node.fd)
+            node.staging, node.fd = staging, fd
 
     def _modified(self, node: Node, size: int) -> None:
         node.size = size
@@ -730,16 +914,42 @@ class Namespace:
 
     def _commit(self, node: Node) -> None:
         """Close/flush: make the node's changes durable in the journal, schedule upload."""
+        if node.write_failed:
+            self._revert_failed_writes(node)
         if not node.dirty or not node.attached:
             return
         if node.staging is not None:
             os.fsync(node.fd)
         self._persist(node)
 
+    def _revert_failed_writes(self, node: Node) -> None:
+        """A write failed (ENOSPC…): fall back to the last committed version, never store a torn file."""
+        log.warning("a write to %s failed; keeping its last complete version", self.key(node))
+        node.write_failed = False
+        node.content_gen += 1
+        if node.committed is not None and node.committed != node.staging:
+            os.close(node.fd)
+            self.journal.discard_staging(node.staging)
+            node.staging, node.fd = node.committed, os.open(self.journal.staging_path(node.committed), os.O_RDWR)
+        if node.committed is not None:
+            os.ftruncate(node.fd, node.committed_size)
+            node.size, node.dirty = node.committed_size, False
+        elif node.remote:
+            os.close(node.fd)
+            self.journal.discard_staging(node.staging)
+            node.staging, node.fd = None, None
+            node.size, node.dirty = node.clean_size, False
+        else:
+            os.ftruncate(node.fd, 0)
+            node.size, node.dirty = 0, True
+
     def _persist(self, node: Node) -> None:
         node.touched = self.clock()
         node.dirty = False
         node.version += 1
+        if node.staging != node.committed and node.committed is not None:
+            self.journal.discard_staging(node.committed)
+        node.committed, node.committed_size = node.staging, node.size
         self._write_record(node)
         self.writeback.schedule(node.source)
 
@@ -748,13 +958,15 @@ class Namespace:
             return BODY_EMPTY, None, b""
         if node.kind == LINK:
             return BODY_INLINE, None, node.target or b""
-        if node.staging is not None:
-            return BODY_STAGING, node.staging, b""
+        if node.committed is not None:
+            return BODY_STAGING, node.committed, b""
         return (BODY_METADATA_ONLY if node.remote else BODY_EMPTY), None, b""
 
     def _write_record(self, node: Node) -> None:
         body, staging, inline = self._intent(node)
-        self.journal.write_put(PutRecord(node.rid, self.key(node), body, staging, to_metadata(node.attrs()), inline))
+        self.journal.write_put(
+            PutRecord(node.rid, self.key(node), body, staging, to_metadata(node.attrs()), inline, node.committed_size)
+        )
 
     def _snapshot(self, node: Node) -> Upload | None:
         if not node.attached:
@@ -767,6 +979,9 @@ class Namespace:
             version=node.version,
             staging=self.journal.staging_path(staging) if staging else None,
             inline=inline,
+            size=node.committed_size,
+            if_match=node.etag if node.condition == "etag" and node.remote else None,
+            if_none_match=node.condition == "absent",
         )
 
     async def _uploaded(self, node: Node, upload: Upload, etag: str) -> bool:
@@ -775,12 +990,28 @@ class Namespace:
             if not self._key_in_use(upload.key):
                 self._release_key(upload.key)
             return not node.attached
-        node.etag, node.remote = etag, True
+        node.etag, node.remote, node.condition = etag, True, "etag"
         node.touched = self.clock()
         self.cache.put_meta(upload.key, etag, upload.metadata)
         if upload.version == node.version and node.open_count == 0 and node.staging is not None:
             await self._retire_staging(node)
         return True
+
+    def _conflicted(self, node: Node, upload: Upload) -> None:
+        """Another writer's version holds the key now: show theirs; ours sits beside it."""
+        node.condition = "etag"
+        if node.open_count or node.dirty or upload.version != node.version:
+            return
+        for staging in {node.staging, node.committed} - {None}:
+            self.journal.discard_staging(staging)
+        if node.fd is not None:
+            os.close(node.fd)
+        node.staging = node.committed = node.fd = None
+        node.etag, node.meta_known, node.remote = None, False, True
+        node.content_gen += 1
+        if node.parent is not None:
+            node.parent.listed_at = None
+            node.touched = 0.0
 
     def _key_in_use(self, key: str) -> bool:
         """Whether some node in the tree now maps to ``key`` (it must not be deleted)."""
@@ -797,14 +1028,26 @@ class Namespace:
         staging, version, key, etag = node.staging, node.version, self.key(node), node.etag
         if staging is None or etag is None:
             return
+        if node.committed != staging:
+            if not node.dirty:
+                os.close(node.fd)
+                node.fd, node.staging = None, None
+                self.journal.discard_staging(staging)
+            return
         fd = node.fd
         await trio.to_thread.run_sync(self.cache.put_file, key, etag, fd)
-        if node.staging != staging or node.version != version or node.dirty or node.open_count:
+        if (
+            node.staging != staging
+            or node.committed != staging
+            or node.version != version
+            or node.dirty
+            or node.open_count
+        ):
             self.cache.discard(key)
             return
         os.close(fd)
         node.fd = None
-        node.staging = None
+        node.staging = node.committed = None
         self.journal.discard_staging(staging)
 
     # -- attributes ---------------------------------------------------------
@@ -819,7 +1062,7 @@ class Namespace:
         size: int | None = None,
         mtime_ns: int | None = None,
     ) -> Node:
-        node = self.node(ino)
+        node = self._writable(self.node(ino))
         await self._ensure_meta(node)
         if size is not None:
             if node.kind == DIR:
@@ -827,6 +1070,7 @@ class Namespace:
             if node.kind == LINK:
                 raise InvalidArgument("cannot truncate a symlink")
             await self._make_writable(node, truncate=size == 0)
+            await self._before_change(node, size)
             os.ftruncate(node.fd, size)
             self._modified(node, size)
         if mode is not None:
@@ -840,30 +1084,46 @@ class Namespace:
         self._attrs_changed(node)
         return node
 
+    def _derived_xattrs(self, node: Node) -> dict[str, bytes]:
+        """``user.cowfs.type`` / ``user.cowfs.session``, which follow from the path."""
+        full = self.full(node)
+        if node.virtual or layout.workspace_of(full) is None:
+            return {}
+        kind, session = layout.artifact_type(full)
+        derived = {"user.cowfs.type": kind.encode()}
+        if session is not None:
+            derived["user.cowfs.session"] = session.encode()
+        return derived
+
     async def getxattr(self, ino: int, raw_name: bytes) -> bytes:
         node = await self.getattr(ino)
-        try:
-            return node.xattrs[_xattr_name(raw_name)]
-        except KeyError:
-            raise NoAttribute(raw_name.decode(errors="replace")) from None
+        name = _xattr_name(raw_name)
+        value = self._derived_xattrs(node).get(name, node.xattrs.get(name))
+        if value is None:
+            raise NoAttribute(name)
+        return value
 
     async def listxattr(self, ino: int) -> list[bytes]:
         node = await self.getattr(ino)
-        return [name.encode() for name in sorted(node.xattrs)]
+        return [name.encode() for name in sorted({**node.xattrs, **self._derived_xattrs(node)})]
 
     async def setxattr(self, ino: int, raw_name: bytes, value: bytes) -> None:
-        node = await self.getattr(ino)
+        node = self._writable(await self.getattr(ino))
         name = _xattr_name(raw_name)
         if not name.startswith("user."):
             raise Unsupported(f"only user.* extended attributes are stored ({name})")
+        if name in DERIVED_XATTRS:
+            raise NotPermitted(f"{name} follows from the path and cannot be set")
         updated = dict(node.xattrs, **{name: bytes(value)})
         check_xattrs_fit(updated)
         node.xattrs = updated
         self._attrs_changed(node)
 
     async def removexattr(self, ino: int, raw_name: bytes) -> None:
-        node = await self.getattr(ino)
+        node = self._writable(await self.getattr(ino))
         name = _xattr_name(raw_name)
+        if name in DERIVED_XATTRS:
+            raise NotPermitted(f"{name} follows from the path and cannot be removed")
         if name not in node.xattrs:
             raise NoAttribute(name)
         node.xattrs = {k: v for k, v in node.xattrs.items() if k != name}

@@ -10,7 +10,15 @@ import logging
 from dataclasses import dataclass, field
 
 from .errors import ObjectNotFound
-from .journal import BODY_EMPTY, BODY_INLINE, BODY_METADATA_ONLY, BODY_STAGING, Journal, plan_replay
+from .journal import (
+    BODY_EMPTY,
+    BODY_INLINE,
+    BODY_METADATA_ONLY,
+    BODY_STAGING,
+    Journal,
+    committed_body,
+    plan_replay,
+)
 from .store import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -44,8 +52,8 @@ def replay(store: ObjectStore, journal: Journal) -> Report:
                 report.lost.append(record.key)
                 journal.remove_put(record.rid)
                 continue
-            with open(path, "rb") as f:
-                store.put(record.key, f, record.metadata)
+            with committed_body(path, record.size, journal.root) as body:
+                store.put(record.key, body, record.metadata)
         elif record.body == BODY_METADATA_ONLY:
             try:
                 store.copy(record.key, record.key, record.metadata)

@@ -13,21 +13,21 @@ from __future__ import annotations
 
 import logging
 import random
+import socket
 import time
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
 import trio
 
-from .errors import StoreError
-from .journal import BODY_EMPTY, BODY_INLINE, BODY_METADATA_ONLY, BODY_STAGING, Journal
+from .errors import PreconditionFailed, StoreError
+from .journal import BODY_EMPTY, BODY_INLINE, BODY_METADATA_ONLY, BODY_STAGING, Journal, committed_body
 from .store import ObjectStore
 
 log = logging.getLogger(__name__)
 
-#: Files up to this size are read into memory before upload (a stable snapshot).
-SNAPSHOT_IN_MEMORY = 8 * 1024 * 1024
 MAX_BACKOFF = 30.0
 DELETE_BATCH = 1000
 
@@ -42,6 +42,14 @@ class Upload:
     version: int
     staging: Path | None = None
     inline: bytes = b""
+    size: int = 0
+    if_match: str | None = None
+    if_none_match: bool = False
+
+    def conflict_key(self) -> str:
+        """Where this version goes when another writer changed the key meanwhile."""
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        return f"{self.key}.conflict-{socket.gethostname()}-{stamp}"
 
 
 class Source(Protocol):
@@ -52,6 +60,9 @@ class Source(Protocol):
 
     async def uploaded(self, upload: Upload, etag: str) -> bool:
         """Record success; True when nothing newer is waiting to go up."""
+
+    def conflicted(self, upload: Upload) -> None:
+        """Another writer won the key; this version was kept beside it."""
 
 
 @dataclass
@@ -86,12 +97,15 @@ class WriteBack:
         delay: float = 1.0,
         concurrency: int = 16,
         clock: Callable[[], float] = time.monotonic,
+        on_stored: Callable[[str], None] = lambda key: None,
     ) -> None:
+        """``on_stored(key)`` is told of every object that reached the store."""
         self.store = store
         self.journal = journal
         self.limiter = limiter
         self.delay = delay
         self.clock = clock
+        self.on_stored = on_stored
         self._slots = trio.Semaphore(concurrency)
         self._puts: dict[str, _Pending] = {}
         self._deletes: dict[str, float] = {}
@@ -230,7 +244,14 @@ class WriteBack:
                 return
             await self._claim(upload.key)
             try:
-                etag = await trio.to_thread.run_sync(self._put_blocking, upload, limiter=self.limiter)
+                try:
+                    etag = await trio.to_thread.run_sync(self._put_blocking, upload, limiter=self.limiter)
+                except PreconditionFailed:
+                    await self._keep_conflict(upload)
+                    entry.source.conflicted(upload)
+                    self._release(upload.key)
+                    self._finish(rid, entry, settled=True)
+                    return
             except StoreError as exc:
                 self._release(upload.key)
                 self.retries += 1
@@ -242,6 +263,7 @@ class WriteBack:
                 self._kick()
                 return
             self.uploads += 1
+            self.on_stored(upload.key)
             settled = await entry.source.uploaded(upload, etag)
             self._release(upload.key)
             self._finish(rid, entry, settled)
@@ -259,20 +281,24 @@ class WriteBack:
         entry.done.set()
         self._check_idle()
 
+    async def _keep_conflict(self, upload: Upload) -> None:
+        """Store this version beside the key another writer changed; lose neither."""
+        conflict = upload.conflict_key()
+        plain = Upload(conflict, upload.body, upload.metadata, upload.version, upload.staging, upload.inline, upload.size)
+        await trio.to_thread.run_sync(self._put_blocking, plain, limiter=self.limiter)
+        self.on_stored(conflict)
+        log.warning("%s was changed by another writer; this mount's version is kept as %s", upload.key, conflict)
+
     def _put_blocking(self, upload: Upload) -> str:
         if upload.body == BODY_METADATA_ONLY:
             return self.store.copy(upload.key, upload.key, upload.metadata)
-        if upload.body == BODY_EMPTY:
-            return self.store.put(upload.key, b"", upload.metadata)
-        if upload.body == BODY_INLINE:
-            return self.store.put(upload.key, upload.inline, upload.metadata)
+        conditions = {"if_match": upload.if_match, "if_none_match": upload.if_none_match}
+        if upload.body in (BODY_EMPTY, BODY_INLINE):
+            return self.store.put(upload.key, upload.inline, upload.metadata, **conditions)
         assert upload.body == BODY_STAGING and upload.staging is not None
         try:
-            with open(upload.staging, "rb") as f:
-                size = f.seek(0, 2)
-                f.seek(0)
-                body = f.read() if size <= SNAPSHOT_IN_MEMORY else f
-                return self.store.put(upload.key, body, upload.metadata)
+            with committed_body(upload.staging, upload.size, self.journal.root) as body:
+                return self.store.put(upload.key, body, upload.metadata, **conditions)
         except FileNotFoundError:
             raise StoreError(f"staging file of {upload.key} vanished") from None
 

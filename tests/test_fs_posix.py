@@ -137,7 +137,7 @@ def test_chmod_utimens_and_user_xattrs(mnt, ws, s3_bucket):
     assert stat.S_IMODE(st.st_mode) == 0o750
     assert st.st_mtime_ns == 1_600_000_000_123_456_789
     assert os.getxattr(f, "user.task") == b"task-42"
-    assert sorted(os.listxattr(f)) == ["user.Tool", "user.task"]
+    assert sorted(os.listxattr(f)) == ["user.Tool", "user.cowfs.type", "user.task"]
     with pytest.raises(OSError) as exc:
         os.getxattr(f, "user.gone")
     assert exc.value.errno == errno.ENODATA

@@ -92,3 +92,39 @@ def test_journal_records_survive_reopen(tmp_path):
     again.remove_put("r1")
     again.remove_delete("t/w/old")
     assert again.records() == []
+
+
+def test_layout_rules_by_depth():
+    from cowfs import layout
+    from cowfs.errors import NotPermitted
+
+    layout.check_new_entry(("acme",), is_dir=True)
+    layout.check_new_entry(("acme", "ws-1.a_b"), is_dir=True)
+    layout.check_new_entry(("acme", "ws", "any name ü.txt"), is_dir=False)
+    layout.check_new_entry(("acme", "ws", "sessions", "sess_789"), is_dir=True)
+    for parts in (("acme",), ("acme", "ws")):
+        with pytest.raises(NotPermitted):
+            layout.check_new_entry(parts, is_dir=False)
+    for parts in (("bad name",), (".hidden",), ("acme", "-x"), ("acme", "w" * 129), ("acme", "ws", "sessions", "a b")):
+        with pytest.raises(InvalidName):
+            layout.check_new_entry(parts, is_dir=True)
+    assert not layout.visible(("acme", "ws", ".cowfs"), is_dir=True)
+    assert layout.visible(("acme", "ws", "sub", ".cowfs"), is_dir=True)
+    assert not layout.visible(("file-at-root",), is_dir=False)
+    assert not layout.can_rename(("acme", "ws")) and layout.can_rename(("acme", "ws", "f"))
+    assert layout.workspace_of(("acme", "ws", "f")) == ("acme", "ws")
+    assert layout.workspace_of(("acme", "ws")) is None
+
+
+def test_artifact_type_follows_the_path():
+    from cowfs.layout import artifact_type
+
+    ws = ("acme", "ws")
+    assert artifact_type(ws + ("sessions", "s1", "history.jsonl")) == ("session_history", "s1")
+    assert artifact_type(ws + ("sessions", "s1", "artifacts", "out.txt")) == ("tool_output", "s1")
+    assert artifact_type(ws + ("sessions", "s1", "diffs", "a", "b.diff")) == ("file_diff", "s1")
+    assert artifact_type(ws + ("sessions", "s1", "notes.txt")) == ("file", "s1")
+    assert artifact_type(ws + ("sessions", "s1")) == ("file", "s1")
+    assert artifact_type(ws + ("sessions", "s1", "artifacts")) == ("file", "s1")
+    assert artifact_type(ws + ("README.md",)) == ("file", None)
+    assert artifact_type(ws + ("history.jsonl",)) == ("file", None)

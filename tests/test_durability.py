@@ -1,0 +1,168 @@
+"""Nothing lost: crashes, store outages, several mounts, a full cache disk."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import subprocess
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+from faultproxy import ERROR, HANG, PASS, REFUSE, FaultProxy
+from mounting import cowfs, is_mounted
+
+HERE = Path(__file__).parent
+
+
+def keys(bucket, prefix: str = "") -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    for page in bucket.client.get_paginator("list_objects_v2").paginate(Bucket=bucket.name, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            out[obj["Key"]] = bucket.client.get_object(Bucket=bucket.name, Key=obj["Key"])["Body"].read()
+    return out
+
+
+@pytest.fixture
+def proxy(moto_server):
+    proxy = FaultProxy(urllib.parse.urlparse(moto_server).port)
+    yield proxy
+    proxy.stop()
+
+
+def test_kill_9_during_write_storm_keeps_every_closed_file(mount_factory, s3_bucket):
+    m = mount_factory("storm", extra=["--write-back-delay", "0.3"])
+    ws = m.path / "t1" / "ws1"
+    ws.mkdir(parents=True)
+    writer = subprocess.Popen([sys.executable, str(HERE / "storm.py"), str(ws), "300"],
+                              stdout=subprocess.PIPE, text=True)
+    time.sleep(2.5)
+    m.kill()
+    log, _ = writer.communicate(timeout=60)
+    closed: dict[str, str] = {}
+    closing: dict[str, set[str]] = {}
+    for line in log.splitlines():
+        kind, name, digest = line.split()
+        if kind == "pre":
+            closing.setdefault(name, set()).add(digest)
+        else:
+            closed[name] = digest
+            closing[name] = set()
+    assert len(closed) > 100, "the storm should have closed hundreds of files"
+    m2 = mount_factory("storm-again", cache=m.cache_dir)
+    m2.sync()
+    stored = {k[len("t1/ws1/"):]: hashlib.sha256(v).hexdigest()
+              for k, v in keys(s3_bucket, "t1/ws1/").items() if not k.endswith("/") and "/.cowfs/" not in k}
+    for name, digest in closed.items():
+        assert stored.get(name) in {digest} | closing[name], f"{name}: not its last closed version"
+    for name in set(stored) - set(closed):
+        assert stored[name] in closing.get(name, set()), f"{name}: a version that was never closed"
+
+
+def test_store_outage_writes_succeed_and_arrive_later(mount_factory, s3_bucket, proxy):
+    m = mount_factory("outage", extra=["--endpoint-url", proxy.endpoint, "--write-back-delay", "0.2"])
+    ws = m.path / "t1" / "ws1"
+    ws.mkdir(parents=True)
+    (ws / "history.jsonl").write_text("line 0\n")
+    m.sync()
+    written = {}
+    for mode in (ERROR, REFUSE):
+        proxy.set_mode(mode)
+        for i in range(20):
+            name = f"{mode}-{i}.txt"
+            (ws / name).write_text(f"{mode} {i}")
+            written[name] = f"{mode} {i}".encode()
+            with open(ws / "history.jsonl", "a") as f:
+                f.write(f"{mode} {i}\n")
+        time.sleep(1.5)
+    status = cowfs("status", str(m.path)).stdout
+    assert "retries: 0" not in status
+    done = cowfs("sync", str(m.path), "--timeout", "2", check=False)
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1
+    proxy.set_mode(PASS)
+    cowfs("sync", str(m.path), "--timeout", "120")
+    stored = keys(s3_bucket, "t1/ws1/")
+    for name, data in written.items():
+        assert stored[f"t1/ws1/{name}"] == data
+    expected_history = "line 0\n" + "".join(f"{mode} {i}\n" for mode in (ERROR, REFUSE) for i in range(20))
+    assert stored["t1/ws1/history.jsonl"].decode() == expected_history
+
+
+def test_outage_reads_cached_ok_uncached_eio_within_timeout(mount_factory, s3_bucket, proxy):
+    m = mount_factory("reads", extra=["--endpoint-url", proxy.endpoint, "--store-timeout", "2"])
+    ws = m.path / "t1" / "ws1"
+    ws.mkdir(parents=True)
+    (ws / "cached.txt").write_text("cached")
+    s3_bucket.client.put_object(Bucket=s3_bucket.name, Key="t1/ws1/remote.txt", Body=b"remote")
+    m.sync()
+    time.sleep(1.2)
+    assert sorted(os.listdir(ws)) == ["cached.txt", "remote.txt"]
+    assert (ws / "cached.txt").read_text() == "cached"
+    proxy.set_mode(HANG)
+    time.sleep(1.2)
+    started = time.monotonic()
+    with pytest.raises(OSError) as exc:
+        (ws / "remote.txt").read_text()
+    assert exc.value.errno == errno.EIO
+    assert time.monotonic() - started < 15
+    assert (ws / "cached.txt").read_text() == "cached"
+    assert sorted(os.listdir(ws)) == ["cached.txt", "remote.txt"]
+    proxy.set_mode(PASS)
+    assert (ws / "remote.txt").read_text() == "remote"
+
+
+def test_two_mounts_close_to_open_and_conflicts_keep_both(mount_factory, s3_bucket):
+    a = mount_factory("a", extra=["--write-back-delay", "30"])
+    b = mount_factory("b", extra=["--write-back-delay", "30"])
+    (a.path / "t1" / "ws1").mkdir(parents=True)
+    fa, fb = a.path / "t1" / "ws1" / "shared.txt", b.path / "t1" / "ws1" / "shared.txt"
+    fa.write_text("from a")
+    a.sync()
+    deadline = time.monotonic() + 3
+    while not fb.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert fb.read_text() == "from a"
+    fa.write_text("a wins")
+    fb.write_text("b loses the race")
+    a.sync()
+    b.sync()
+    stored = keys(s3_bucket, "t1/ws1/")
+    assert stored["t1/ws1/shared.txt"] == b"a wins"
+    conflicts = [k for k in stored if k.startswith("t1/ws1/shared.txt.conflict-")]
+    assert len(conflicts) == 1 and stored[conflicts[0]] == b"b loses the race"
+    assert "was changed by another writer" in b.log_text()
+    time.sleep(1.5)
+    assert fb.read_text() == "a wins"
+    assert any(n.startswith("shared.txt.conflict-") for n in os.listdir(b.path / "t1" / "ws1"))
+
+
+def test_full_cache_disk_gives_enospc_and_keeps_the_daemon(mount_factory, s3_bucket, tmp_path):
+    cache = tmp_path / "small-cache"
+    cache.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(cache)], check=True)
+    try:
+        m = mount_factory("full", cache=cache)
+        ws = m.path / "t1" / "ws1"
+        ws.mkdir(parents=True)
+        (ws / "small.txt").write_bytes(b"s" * 1000)
+        with pytest.raises(OSError) as exc:
+            with open(ws / "big.bin", "wb") as f:
+                for _ in range(16):
+                    f.write(os.urandom(1024 * 1024))
+        assert exc.value.errno == errno.ENOSPC
+        assert m.proc.poll() is None
+        assert (ws / "small.txt").read_bytes() == b"s" * 1000
+        (ws / "after.txt").write_text("still works")
+        m.sync()
+        stored = keys(s3_bucket, "t1/ws1/")
+        assert stored["t1/ws1/small.txt"] == b"s" * 1000
+        assert stored["t1/ws1/after.txt"] == b"still works"
+        assert stored.get("t1/ws1/big.bin", b"") == b""
+        m.umount()
+    finally:
+        subprocess.run(["umount", "-l", str(cache)], check=False)
+    assert not is_mounted(cache)
