@@ -537,7 +537,7 @@ class Namespace:
             await self._refresh(node)
             children = list(node.children.values())
             await self._ensure_meta_all(children)
-            handle.entries = sorted((c.name, c) for c in children if c.attached and not c.virtual)
+            handle.entries = sorted((c.name, c) for c in children if c.attached and c.virtual != "dir")
         return handle.entries[start:]
 
     def release_handle(self, fh: int) -> None:

@@ -45,6 +45,7 @@ def test_mkdir_creates_workspace_record_and_rm_r_deletes_everything(mnt, s3_buck
     (ws / "sessions" / "s1" / "artifacts" / "out.txt").write_text("out")
     s3_bucket.client.put_object(Bucket=s3_bucket.name, Key="acme/proj/hidden//odd", Body=b"x")
     mnt.sync()
+    time.sleep(1.2)
     assert sorted(os.listdir(ws)) == ["hidden", "sessions"]
     subprocess.run(["rm", "-r", str(ws)], check=True)
     assert not ws.exists()
