@@ -166,3 +166,25 @@ def test_full_cache_disk_gives_enospc_and_keeps_the_daemon(mount_factory, s3_buc
     finally:
         subprocess.run(["umount", "-l", str(cache)], check=False)
     assert not is_mounted(cache)
+
+
+def test_fsck_replays_a_journal_without_mounting(mount_factory, s3_bucket):
+    m = mount_factory("fsck", extra=["--write-back-delay", "60"])
+    ws = m.path / "t1" / "ws1"
+    ws.mkdir(parents=True)
+    (ws / "gone.txt").write_text("x")
+    m.sync()
+    (ws / "pending.txt").write_text("only in the journal")
+    (ws / "gone.txt").unlink()
+    m.kill()
+    assert "t1/ws1/pending.txt" not in keys(s3_bucket, "t1/ws1/")
+    done = cowfs("fsck", f"s3://{s3_bucket.name}", "--cache-dir", str(m.cache_dir),
+                 "--endpoint-url", s3_bucket.endpoint, "--path-style")
+    assert "uploaded t1/ws1/pending.txt" in done.stdout
+    assert "deleted t1/ws1/gone.txt" in done.stdout
+    stored = keys(s3_bucket, "t1/ws1/")
+    assert stored["t1/ws1/pending.txt"] == b"only in the journal"
+    assert "t1/ws1/gone.txt" not in stored
+    again = cowfs("fsck", f"s3://{s3_bucket.name}", "--cache-dir", str(m.cache_dir),
+                  "--endpoint-url", s3_bucket.endpoint, "--path-style")
+    assert again.stdout.strip() == "nothing to recover"
