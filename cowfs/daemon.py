@@ -32,6 +32,7 @@ from .hooks import WorkspaceHooks
 from .journal import Journal
 from .keys import KeyMap
 from .namespace import Namespace
+from .notify import notify
 from .recovery import replay
 from .store import ObjectStore, open_store
 from .writeback import WriteBack
@@ -234,6 +235,7 @@ async def _stop_on_signal(sync_all: Callable[[], Awaitable[None]]) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
             log.info("%s: flushing pending uploads, then unmounting", signal.Signals(signum).name)
+            notify("STOPPING=1")
             await sync_all()
             pyfuse3.terminate()
             return
@@ -243,6 +245,7 @@ async def _announce_ready(mountpoint: Path) -> None:
     """Tell whoever started us (background parent) once the mount answers a stat."""
     await trio.to_thread.run_sync(os.stat, mountpoint)
     log.info("mounted at %s", mountpoint)
+    notify("READY=1")
     fd = os.environ.pop(READY_FD_ENV, None)
     if fd is not None:
         with os.fdopen(int(fd), "w") as ready:
