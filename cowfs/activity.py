@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timezone
-from functools import partial
 from typing import Callable
 
 import trio
@@ -12,6 +11,7 @@ import trio
 from . import layout
 from .errors import CowfsError
 from .store import ObjectStore
+from .threads import blocking
 from .workspaces import touch_workspace
 
 log = logging.getLogger(__name__)
@@ -54,9 +54,7 @@ class Activity:
         active, self._active = self._active, {}
         for (tenant, workspace), when in active.items():
             try:
-                await trio.to_thread.run_sync(
-                    partial(touch_workspace, self.store, tenant, workspace, when), limiter=self.limiter
-                )
+                await blocking(touch_workspace, self.store, tenant, workspace, when, limiter=self.limiter)
             except CowfsError as exc:
                 log.warning("could not update lastActiveAt of %s/%s: %s", tenant, workspace, exc)
                 self._active.setdefault((tenant, workspace), when)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import socket
 from pathlib import Path
@@ -16,6 +17,8 @@ from typing import Any, Awaitable, Callable
 import trio
 
 from .errors import CowfsError, StoreError
+
+log = logging.getLogger(__name__)
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -60,7 +63,13 @@ def partial_handler(handler: Handler) -> Callable[[trio.SocketStream], Awaitable
                 reply = await handler(json.loads(data))
             except CowfsError as exc:
                 reply = {"ok": False, "error": str(exc)}
-            await stream.send_all(json.dumps(reply).encode() + b"\n")
+            except Exception as exc:
+                log.exception("control request %r failed", data[:200])
+                reply = {"ok": False, "error": f"internal error: {exc}"}
+            try:
+                await stream.send_all(json.dumps(reply).encode() + b"\n")
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                log.info("control client left before the reply (it timed out)")
 
     return on_connection
 

@@ -188,7 +188,7 @@ async def _serve(
             "uptime": round(time.time() - started, 3),
         }
 
-    hooks = WorkspaceHooks(store, limiter, activity, status)
+    hooks = WorkspaceHooks(store, limiter, activity, status, opts.store_timeout)
     ns = Namespace(
         store, keymap, cache, journal, writeback, limiter, tmp_dir, hooks,
         uid=os.getuid(), gid=os.getgid(), metadata_ttl=opts.metadata_ttl, store_timeout=opts.store_timeout,

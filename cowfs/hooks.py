@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import pwd
-from functools import partial
 from typing import Any, Callable
 
 import trio
@@ -17,6 +16,7 @@ from . import layout
 from .activity import Activity
 from .sessions import summarize_sessions
 from .store import ObjectStore
+from .threads import blocking
 from .workspaces import create_workspace, get_workspace
 
 
@@ -40,14 +40,16 @@ class WorkspaceHooks:
         limiter: trio.CapacityLimiter,
         activity: Activity,
         status: Callable[[], dict[str, Any]],
+        store_timeout: float = 30.0,
     ) -> None:
         self.store = store
+        self.store_timeout = store_timeout
         self.limiter = limiter
         self.activity = activity
         self.status = status
 
     async def _io(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return await trio.to_thread.run_sync(partial(fn, *args, **kwargs), limiter=self.limiter)
+        return await blocking(fn, *args, limiter=self.limiter, timeout=self.store_timeout, **kwargs)
 
     async def create_workspace(self, tenant: str, name: str, uid: int) -> None:
         await self._io(create_workspace, self.store, tenant, user_name(uid), "general", workspace_id=name)

@@ -23,7 +23,6 @@ import stat
 import tempfile
 import time
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol
 
@@ -57,6 +56,7 @@ from .journal import BODY_EMPTY, BODY_INLINE, BODY_METADATA_ONLY, BODY_STAGING, 
 from .keys import KeyMap
 from .names import component, is_listable
 from .store import ListPage, ObjectInfo, ObjectStore
+from .threads import blocking
 from .writeback import Upload, WriteBack
 
 log = logging.getLogger(__name__)
@@ -248,17 +248,9 @@ class Namespace:
     # -- helpers ------------------------------------------------------------
 
     async def _io(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run a blocking store call on a worker thread (never on the trio loop).
-
-        A caller waits at most ``store_timeout`` (then EIO); the thread is left
-        to finish on its own, so a hung store never hangs a file operation.
-        """
+        """A store call on a worker thread, failing with EIO after ``store_timeout``."""
         try:
-            with trio.fail_after(self.store_timeout):
-                return await trio.to_thread.run_sync(partial(fn, *args), limiter=self.limiter, abandon_on_cancel=True)
-        except trio.TooSlowError:
-            self._store_down_until = self.clock() + STORE_RETRY_PAUSE
-            raise StoreError(f"the store did not answer within {self.store_timeout:g} s") from None
+            return await blocking(fn, *args, limiter=self.limiter, timeout=self.store_timeout)
         except StoreError:
             self._store_down_until = self.clock() + STORE_RETRY_PAUSE
             raise

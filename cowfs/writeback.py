@@ -252,11 +252,12 @@ class WriteBack:
                     self._release(upload.key)
                     self._finish(rid, entry, settled=True)
                     return
-            except StoreError as exc:
+            except Exception as exc:
                 self._release(upload.key)
                 self.retries += 1
                 self.last_error = f"upload {upload.key}: {exc}"
-                log.warning("upload of %s failed (attempt %d): %s", upload.key, entry.attempts + 1, exc)
+                log.warning("upload of %s failed (attempt %d): %s", upload.key, entry.attempts + 1, exc,
+                            exc_info=not isinstance(exc, StoreError))
                 entry.attempts += 1
                 entry.running = False
                 entry.due = self.clock() + self._backoff(entry.attempts)
@@ -264,7 +265,11 @@ class WriteBack:
                 return
             self.uploads += 1
             self.on_stored(upload.key)
-            settled = await entry.source.uploaded(upload, etag)
+            try:
+                settled = await entry.source.uploaded(upload, etag)
+            except Exception:
+                log.exception("bookkeeping after the upload of %s failed; the store has it", upload.key)
+                settled = True
             self._release(upload.key)
             self._finish(rid, entry, settled)
 
@@ -306,7 +311,7 @@ class WriteBack:
         async with self._slots:
             try:
                 await trio.to_thread.run_sync(self.store.delete_many, keys, limiter=self.limiter)
-            except StoreError as exc:
+            except Exception as exc:
                 self.retries += 1
                 self.last_error = f"delete of {len(keys)} keys: {exc}"
                 log.warning("delete of %d keys failed: %s", len(keys), exc)
