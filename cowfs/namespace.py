@@ -64,6 +64,8 @@ log = logging.getLogger(__name__)
 ROOT_INODE = 1
 #: After a store failure, listings are served from memory for this long before trying again.
 STORE_RETRY_PAUSE = 5.0
+#: Objects up to this size are fetched whole when their metadata is first needed.
+PREFETCH_BYTES = 256 * 1024
 FILE, DIR, LINK = "file", "dir", "symlink"
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -434,7 +436,11 @@ class Namespace:
             node.fd = None
 
     async def _ensure_meta(self, node: Node) -> None:
-        """Fill in mode/uid/gid/mtime/xattrs of a listed object (cache, else HEAD)."""
+        """Fill in mode/uid/gid/mtime/xattrs of a listed object: from the cache, else one request.
+
+        A small object is fetched whole (GET returns metadata and bytes at once),
+        so a cold ``ls -l`` followed by reads costs one request per file, not two.
+        """
         if node.meta_known or node.virtual:
             return
         key = self.key(node)
@@ -442,9 +448,13 @@ class Namespace:
         if meta is not None:
             self._apply_meta(node, meta, node.mtime_ns / 1e9)
             return
+        small = node.kind != DIR and node.size <= PREFETCH_BYTES
         try:
-            info = await self._io(self.store.head, key)
-        except ObjectNotFound:
+            if small:
+                fd, info = await self._io(self._download, key)
+            else:
+                info = await self._io(self.store.head, key)
+        except (ObjectNotFound, NotFound):
             if node.kind == DIR:
                 node.meta_known = True
                 return
@@ -454,6 +464,10 @@ class Namespace:
             node.etag, node.size = info.etag, info.size
         self.cache.put_meta(key, info.etag, info.metadata or {})
         self._apply_meta(node, info.metadata or {}, info.last_modified)
+        if small:
+            if node.kind == LINK:
+                node.target = os.pread(fd, info.size, 0)
+            os.close(fd)
 
     def _apply_meta(self, node: Node, meta: dict[str, str], last_modified: float) -> None:
         attrs = from_metadata(meta, is_dir=node.kind == DIR, last_modified=last_modified, uid=self.uid, gid=self.gid)
