@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from mounting import is_mounted
 
@@ -45,3 +49,21 @@ def test_notify_ready_after_mount_answers_and_stopping_on_sigterm(s3_bucket, tmp
         if is_mounted(mnt):
             subprocess.run(["fusermount3", "-u", "-z", str(mnt)])
         listener.close()
+
+
+def test_systemd_units_verify(tmp_path):
+    """``systemd-analyze verify`` on every unit, the cowfs path pointed at this install."""
+    if shutil.which("systemd-analyze") is None:
+        pytest.fail("systemd-analyze is not installed (apt-get install systemd)")
+    cowfs_bin = Path(sys.prefix) / "bin" / "cowfs"
+    units = []
+    for unit in sorted((Path(__file__).parent.parent / "systemd").iterdir()):
+        if unit.suffix not in (".service", ".timer", ".mount"):
+            continue
+        name = unit.name.replace("@.", "@test.")
+        (tmp_path / name).write_text(unit.read_text().replace("/usr/local/bin/cowfs", str(cowfs_bin)))
+        units.append(str(tmp_path / name))
+    assert len(units) == 4
+    done = subprocess.run(["systemd-analyze", "verify", *units], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert not [line for line in done.stderr.splitlines() if tmp_path.name in line or "cowfs" in line], done.stderr
