@@ -37,6 +37,7 @@ from .attrs import (
     to_metadata,
 )
 from .cache import ContentCache
+from .config import TenantOwner
 from .errors import (
     AlreadyExists,
     InvalidArgument,
@@ -109,6 +110,7 @@ class Node:
         self.kernel_gen = -1
         self.touched = 0.0
         self.virtual: str | None = None
+        self.pinned = False
         self.lookups = 0
         self.lock = trio.Lock()
         self.rid = Journal.new_id()
@@ -220,8 +222,11 @@ class Namespace:
         gid: int,
         metadata_ttl: float = 1.0,
         store_timeout: float = 30.0,
+        tenants: dict[str, TenantOwner] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``tenants`` (from the config file) makes a multi-user mount: only those
+        tenants exist, each owned by its uid/gid/mode, and new entries take its group."""
         self.store = store
         self.keymap = keymap
         self.cache = cache
@@ -235,6 +240,7 @@ class Namespace:
         self.ttl = metadata_ttl
         self.store_timeout = store_timeout
         self.clock = clock
+        self.tenants = tenants
         self._store_down_until = 0.0
         root = Node(ROOT_INODE, DIR, "", None, Attrs(DEFAULT_DIR_MODE, uid, gid, time.time_ns()))
         root.remote = True
@@ -243,6 +249,12 @@ class Namespace:
         self._wire(root)
         self._next_ino = ROOT_INODE + 1
         self._decorate(root)
+        self._own_tenant(root)
+        if tenants is not None and not keymap.root:
+            for name in sorted(tenants):
+                tenant = self._new_node(root, name, DIR, Attrs(DEFAULT_DIR_MODE, uid, gid, time.time_ns()))
+                tenant.remote, tenant.pinned = True, True
+                self._own_tenant(tenant)
         self.handles: dict[int, Handle | DirHandle] = {}
         self._next_fh = 1
         self._tree_lock = trio.Lock()
@@ -289,6 +301,16 @@ class Namespace:
             child.virtual = name
         for generated in (control, *control.children.values()):
             generated.remote = True
+
+    def _owner(self, full: tuple[str, ...]) -> TenantOwner | None:
+        return self.tenants.get(full[0]) if self.tenants and full else None
+
+    def _own_tenant(self, node: Node) -> None:
+        """A configured tenant's folder always shows its configured owner and mode."""
+        full = self.full(node)
+        owner = self._owner(full)
+        if owner is not None and len(full) == layout.TENANT_DEPTH:
+            node.uid, node.gid, node.mode = owner.uid, owner.gid, stat.S_IFDIR | owner.mode
 
     @staticmethod
     def _writable(node: Node) -> Node:
@@ -354,7 +376,7 @@ class Namespace:
 
     def _locally_owned(self, node: Node) -> bool:
         """Whether this mount knows better than a listing (unsynced or open)."""
-        return self._unsynced(node) or node.open_count > 0 or node.virtual is not None
+        return self._unsynced(node) or node.open_count > 0 or node.virtual is not None or node.pinned
 
     # -- listings and metadata -------------------------------------------
 
@@ -388,7 +410,7 @@ class Namespace:
         base = self.full(dir_node)
         for sub in page.prefixes:
             name = KeyMap.child_name(prefix, sub)
-            if is_listable(name) and layout.visible(base + (name,), is_dir=True):
+            if is_listable(name) and layout.visible(base + (name,), is_dir=True) and self._may_exist(base + (name,)):
                 remote[name] = _PREFIX_ONLY
         for info in page.objects:
             if info.key == prefix:
@@ -414,10 +436,15 @@ class Namespace:
             if name not in remote and not self._locally_owned(child) and child.touched < started:
                 self._detach(child)
 
+    def _may_exist(self, full: tuple[str, ...]) -> bool:
+        """With a tenants table, only configured tenants exist."""
+        return self.tenants is None or len(full) != layout.TENANT_DEPTH or full[0] in self.tenants
+
     def _node_from_listing(self, parent: Node, name: str, info: ObjectInfo | None) -> Node:
         if info is _PREFIX_ONLY:
             node = self._new_node(parent, name, DIR, Attrs(DEFAULT_DIR_MODE, self.uid, self.gid, 0))
             self._decorate(node)
+            self._own_tenant(node)
         else:
             attrs = Attrs(DEFAULT_FILE_MODE, self.uid, self.gid, int(info.last_modified * 1e9))
             node = self._new_node(parent, name, FILE, attrs)
@@ -476,6 +503,7 @@ class Namespace:
             node.kind = LINK if stat.S_ISLNK(attrs.mode) else FILE
             if node.kind == FILE and not stat.S_ISREG(attrs.mode):
                 node.mode = DEFAULT_FILE_MODE
+        self._own_tenant(node)
         node.meta_known = True
 
     async def _ensure_meta_all(self, nodes: list[Node]) -> None:
@@ -562,15 +590,23 @@ class Namespace:
         parent = self._writable(self._dir(parent_ino))
         name = component(raw_name)
         layout.check_new_entry(self.full(parent) + (name,), kind == DIR)
+        if not self._may_exist(self.full(parent) + (name,)):
+            raise NotPermitted(f"tenant {name!r} is not configured on this mount")
         self.keymap.checked_key(parent.path() + (name,), kind == DIR)
         await self._refresh(parent)
         if name in parent.children:
             raise AlreadyExists(name)
         return parent, name
 
+    def _group(self, parent: Node, gid: int) -> int:
+        """New entries in a configured tenant take the tenant's group (like a setgid folder)."""
+        owner = self._owner(self.full(parent))
+        return owner.gid if owner is not None else gid
+
     async def create(self, parent_ino: int, raw_name: bytes, mode: int, uid: int, gid: int) -> tuple[Node, int]:
         async with self._tree_lock:
             parent, name = await self._new_entry(parent_ino, raw_name, FILE)
+            gid = self._group(parent, gid)
             attrs = Attrs(stat.S_IFREG | (mode & 0o7777), uid, gid, time.time_ns())
             node = self._new_node(parent, name, FILE, attrs)
             node.staging, node.fd = self.journal.create_staging()
@@ -582,11 +618,13 @@ class Namespace:
     async def mkdir(self, parent_ino: int, raw_name: bytes, mode: int, uid: int, gid: int) -> Node:
         async with self._tree_lock:
             parent, name = await self._new_entry(parent_ino, raw_name, DIR)
+            gid = self._group(parent, gid)
             full = self.full(parent) + (name,)
             if len(full) == layout.WORKSPACE_DEPTH:
                 await self.hooks.create_workspace(full[0], name, uid)
             attrs = Attrs(stat.S_IFDIR | (mode & 0o7777), uid, gid, time.time_ns())
             node = self._new_node(parent, name, DIR, attrs)
+            self._own_tenant(node)
             node.listed_at = self.clock()
             node.condition = "none"
             self._claim_key(self.key(node))
@@ -601,6 +639,7 @@ class Namespace:
     async def symlink(self, parent_ino: int, raw_name: bytes, target: bytes, uid: int, gid: int) -> Node:
         async with self._tree_lock:
             parent, name = await self._new_entry(parent_ino, raw_name, LINK)
+            gid = self._group(parent, gid)
             node = self._new_node(parent, name, LINK, Attrs(stat.S_IFLNK | 0o777, uid, gid, time.time_ns()))
             node.target = target
             node.size = len(target)
@@ -644,6 +683,8 @@ class Namespace:
             node = self._writable(await self._child(parent, component(raw_name)))
             if node.kind != DIR:
                 raise NotADirectory(node.name)
+            if node.pinned:
+                raise NotPermitted(f"tenant {node.name!r} is configured on this mount")
             await self._refresh(node)
             if any(not child.virtual for child in node.children.values()):
                 raise NotEmpty(node.name)
