@@ -97,7 +97,8 @@ def test_outage_reads_cached_ok_uncached_eio_within_timeout(mount_factory, s3_bu
     ws = m.path / "t1" / "ws1"
     ws.mkdir(parents=True)
     (ws / "cached.txt").write_text("cached")
-    s3_bucket.client.put_object(Bucket=s3_bucket.name, Key="t1/ws1/remote.txt", Body=b"remote")
+    remote = os.urandom(1024 * 1024)
+    s3_bucket.client.put_object(Bucket=s3_bucket.name, Key="t1/ws1/remote.txt", Body=remote)
     m.sync()
     time.sleep(1.2)
     assert sorted(os.listdir(ws)) == ["cached.txt", "remote.txt"]
@@ -106,13 +107,13 @@ def test_outage_reads_cached_ok_uncached_eio_within_timeout(mount_factory, s3_bu
     time.sleep(1.2)
     started = time.monotonic()
     with pytest.raises(OSError) as exc:
-        (ws / "remote.txt").read_text()
+        (ws / "remote.txt").read_bytes()
     assert exc.value.errno == errno.EIO
     assert time.monotonic() - started < 15
     assert (ws / "cached.txt").read_text() == "cached"
     assert sorted(os.listdir(ws)) == ["cached.txt", "remote.txt"]
     proxy.set_mode(PASS)
-    assert (ws / "remote.txt").read_text() == "remote"
+    assert (ws / "remote.txt").read_bytes() == remote
 
 
 def test_two_mounts_close_to_open_and_conflicts_keep_both(mount_factory, s3_bucket):

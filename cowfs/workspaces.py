@@ -1,0 +1,126 @@
+"""Workspace records on the store: create (idempotent for local scope), read, touch."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from .errors import InvalidName, NotFound, ObjectNotFound, PreconditionFailed, UsageError
+from .names import SCOPED_NAME
+from .store import ObjectStore
+
+SCOPES = ("local", "general", "cloud")
+
+
+def _iso(when: datetime) -> str:
+    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+
+
+@dataclass
+class WorkspaceRecord:
+    workspaceId: str
+    workspaceScope: str
+    tenantId: str
+    userId: str
+    localPath: str | None
+    createdAt: datetime
+    lastActiveAt: datetime
+
+    def to_json(self) -> dict:
+        return {
+            "workspaceId": self.workspaceId,
+            "workspaceScope": self.workspaceScope,
+            "tenantId": self.tenantId,
+            "userId": self.userId,
+            "localPath": self.localPath,
+            "createdAt": _iso(self.createdAt),
+            "lastActiveAt": _iso(self.lastActiveAt),
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict) -> "WorkspaceRecord":
+        return cls(doc["workspaceId"], doc["workspaceScope"], doc["tenantId"], doc.get("userId", ""),
+                   doc.get("localPath"), _parse(doc["createdAt"]), _parse(doc["lastActiveAt"]))
+
+
+def record_key(tenant: str, workspace: str) -> str:
+    return f"{tenant}/{workspace}/.cowfs/workspace.json"
+
+
+def check_scoped_name(kind: str, name: str) -> str:
+    if not SCOPED_NAME.match(name):
+        raise InvalidName(f"invalid {kind} name {name!r}")
+    return name
+
+
+def _put_record(store: ObjectStore, record: WorkspaceRecord, **conditions) -> str:
+    body = json.dumps(record.to_json(), indent=2).encode()
+    return store.put(record_key(record.tenantId, record.workspaceId), body, {}, **conditions)
+
+
+def _read(store: ObjectStore, tenant: str, workspace: str) -> tuple[WorkspaceRecord, str]:
+    data, info = store.get(record_key(tenant, workspace))
+    return WorkspaceRecord.from_json(json.loads(data)), info.etag
+
+
+def create_workspace(store: ObjectStore, tenant: str, user: str, scope: str, local_path: str | None = None,
+                     workspace_id: str | None = None, now: datetime | None = None) -> WorkspaceRecord:
+    check_scoped_name("tenant", tenant)
+    if scope not in SCOPES:
+        raise UsageError(f"unknown scope {scope!r} (local, general or cloud)")
+    if scope == "local":
+        if not local_path:
+            raise UsageError("a local workspace needs --local-path")
+        local_path = os.path.normpath(local_path)
+        digest = hashlib.sha256(f"{tenant}\0{user}\0{local_path}".encode()).hexdigest()[:24]
+        workspace_id = workspace_id or f"ws-{digest}"
+    workspace_id = check_scoped_name("workspace", workspace_id or f"ws-{uuid.uuid4().hex[:24]}")
+    now = now or datetime.now(timezone.utc)
+    record = WorkspaceRecord(workspace_id, scope, tenant, user, local_path, now, now)
+    try:
+        _put_record(store, record, if_none_match=True)
+    except PreconditionFailed:
+        return _read(store, tenant, workspace_id)[0]
+    return record
+
+
+def get_workspace(store: ObjectStore, tenant: str, workspace: str) -> WorkspaceRecord:
+    try:
+        return _read(store, tenant, workspace)[0]
+    except ObjectNotFound:
+        pass
+    listing = store.list_all(f"{tenant}/{workspace}/", None)
+    if not listing.objects:
+        raise NotFound(f"no workspace {tenant}/{workspace}")
+    newest = datetime.fromtimestamp(max(o.last_modified for o in listing.objects), timezone.utc)
+    return WorkspaceRecord(workspace, "general", tenant, "", None, newest, newest)
+
+
+def touch_workspace(store: ObjectStore, tenant: str, workspace: str, when: datetime) -> None:
+    for _ in range(5):
+        try:
+            record, etag = _read(store, tenant, workspace)
+        except ObjectNotFound:
+            record = get_workspace(store, tenant, workspace)
+            record.lastActiveAt = max(record.lastActiveAt, when)
+            try:
+                _put_record(store, record, if_none_match=True)
+                return
+            except PreconditionFailed:
+                continue
+        if record.lastActiveAt >= when:
+            return
+        record.lastActiveAt = when
+        try:
+            _put_record(store, record, if_match=etag)
+            return
+        except PreconditionFailed:
+            continue
