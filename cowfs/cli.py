@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import __version__, control
+from . import __version__, control, helper_install, progress
+from .config import Config, load, parse_size
 from .daemon import READY_FD_ENV, MountOptions, mount
 from .errors import CowfsError, UsageError
 from .journal import Journal
@@ -24,16 +25,13 @@ from .recovery import replay
 from .store import open_store
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\Z", re.IGNORECASE)
 
 
-def parse_size(text: str) -> int:
-    """``10G``, ``512M``, ``4096`` -> bytes (binary units)."""
-    match = _SIZE.match(text.strip())
-    if not match:
-        raise argparse.ArgumentTypeError(f"invalid size {text!r} (use e.g. 512M or 10G)")
-    number, unit = match.groups()
-    return int(float(number) * 1024 ** "_KMGT".index(unit.upper() or "_"))
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _store_options(parser: argparse.ArgumentParser) -> None:
@@ -54,10 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
     p.add_argument("--tenant", help="mount one tenant as the root")
     p.add_argument("--cache-dir", type=Path, help="local cache and journal directory")
-    p.add_argument("--cache-size", type=parse_size, default=10 * 1024**3, help="cache size limit (default 10G)")
-    p.add_argument("--write-back-delay", type=float, default=1.0, help="seconds between close and upload")
-    p.add_argument("--metadata-ttl", type=float, default=1.0, help="seconds metadata is trusted")
-    p.add_argument("--store-timeout", type=float, default=30.0, help="seconds before a read that needs the store fails with EIO")
+    p.add_argument("--cache-size", type=_size, help="cache size limit (default 10G)")
+    p.add_argument("--write-back-delay", type=float, help="seconds between close and upload (default 1)")
+    p.add_argument("--metadata-ttl", type=float, help="seconds metadata is trusted (default 1)")
+    p.add_argument("--store-timeout", type=float, help="seconds before a read that needs the store fails with EIO (default 30)")
     p.add_argument("-o", dest="fuse_options", action="append", default=[], help="FUSE options, comma separated")
     p.add_argument("--debug", action="store_true", help="log every FUSE request")
     _store_options(p)
@@ -69,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("mountpoint", metavar="MOUNTPOINT")
         p.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
 
+    p = sub.add_parser("install-helper", help="let mount(8) and /etc/fstab mount cowfs (type fuse.cowfs)")
+    p.add_argument("--dir", type=Path, default=Path("/sbin"), help="where mount(8) looks for helpers")
+
     p = sub.add_parser("fsck", help="replay a journal left by a stopped daemon")
     p.add_argument("store", metavar="STORE", nargs="?")
     p.add_argument("--cache-dir", type=Path, required=True)
@@ -77,33 +78,43 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_mount(args: argparse.Namespace) -> None:
+    config: Config = args.loaded_config
     if args.mountpoint is None:
-        store_url, mountpoint = None, args.store_or_mountpoint
+        store_url, mountpoint = config.get("store"), args.store_or_mountpoint
     else:
         store_url, mountpoint = args.store_or_mountpoint, args.mountpoint
+    mountpoint = mountpoint or config.get("mountpoint")
     if mountpoint is None:
-        raise UsageError("mount needs a MOUNTPOINT")
+        raise UsageError("mount needs a MOUNTPOINT (argument or 'mountpoint' in the config file)")
+
+    def pick(name: str, default: object) -> object:
+        value = getattr(args, name)
+        return value if value is not None else config.get(name, default)
+
+    cache_dir = pick("cache_dir", None)
     opts = MountOptions(
         mountpoint=Path(mountpoint).resolve(),
         store_url=store_url,
         foreground=args.foreground,
-        tenant=args.tenant,
-        cache_dir=args.cache_dir.resolve() if args.cache_dir else None,
-        cache_size=args.cache_size,
-        write_back_delay=args.write_back_delay,
-        metadata_ttl=args.metadata_ttl,
-        store_timeout=args.store_timeout,
-        endpoint_url=args.endpoint_url,
-        region=args.region,
-        path_style=args.path_style,
-        fuse_options=[o for group in args.fuse_options for o in group.split(",") if o],
+        tenant=pick("tenant", None),
+        cache_dir=Path(cache_dir).resolve() if cache_dir else None,
+        cache_size=pick("cache_size", 10 * 1024**3),
+        write_back_delay=pick("write_back_delay", 1.0),
+        metadata_ttl=pick("metadata_ttl", 1.0),
+        store_timeout=pick("store_timeout", 30.0),
+        endpoint_url=pick("endpoint_url", None),
+        region=pick("region", None),
+        path_style=args.path_style or config.get("path_style", False),
+        fuse_options=config.get("options", []) + [o for group in args.fuse_options for o in group.split(",") if o],
         debug=args.debug,
+        config_path=config.path,
+        tenants=config.tenants or None,
     )
     mount(opts)
 
 
 def _cmd_sync(args: argparse.Namespace) -> None:
-    control.request(args.mountpoint, {"cmd": "sync"}, timeout=args.timeout)
+    progress.sync(args.mountpoint, args.timeout)
 
 
 def _cmd_status(args: argparse.Namespace) -> None:
@@ -116,7 +127,7 @@ def _cmd_status(args: argparse.Namespace) -> None:
 def _cmd_umount(args: argparse.Namespace) -> None:
     """Flush, unmount, and wait for the daemon to exit: then the store has everything."""
     status = control.request(args.mountpoint, {"cmd": "status"}, timeout=args.timeout)
-    control.request(args.mountpoint, {"cmd": "sync"}, timeout=args.timeout)
+    progress.sync(args.mountpoint, args.timeout)
     done = subprocess.run(["fusermount3", "-u", str(args.mountpoint)], capture_output=True, text=True)
     if done.returncode != 0:
         raise CowfsError(done.stderr.strip() or f"could not unmount {args.mountpoint}")
@@ -137,6 +148,11 @@ def _alive(pid: int) -> bool:
             return f.read().split(") ")[-1][:1] != "Z"
     except FileNotFoundError:
         return False
+
+
+def _cmd_install_helper(args: argparse.Namespace) -> None:
+    for path in helper_install.install(args.dir):
+        print(path)
 
 
 def _cmd_fsck(args: argparse.Namespace) -> None:
@@ -160,6 +176,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "sync": _cmd_sync,
     "status": _cmd_status,
     "fsck": _cmd_fsck,
+    "install-helper": _cmd_install_helper,
 }
 
 
@@ -174,6 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
+        args.loaded_config = load(args.config)
         COMMANDS[args.command](args)
     except UsageError as exc:
         return _fail(parser, exc, EXIT_USAGE)
@@ -196,6 +214,7 @@ def _fail(parser: argparse.ArgumentParser, exc: Exception, code: int) -> int:
 
 #: ``mount -o`` names that are cowfs options rather than FUSE ones.
 HELPER_OPTIONS = {
+    "config",
     "tenant", "cache_dir", "cache_size", "write_back_delay", "metadata_ttl", "store_timeout",
     "endpoint_url", "region", "path_style", "debug",
 }
@@ -222,6 +241,10 @@ def mount_helper_main(argv: Sequence[str] | None = None) -> int:
         print("mount.cowfs: usage: mount.cowfs STORE MOUNTPOINT [-o options]", file=sys.stderr)
         return EXIT_USAGE
     args = ["mount", positional[0], positional[1]]
+    config = [o.partition("=")[2] for o in options if o.startswith("config=")]
+    options = [o for o in options if not o.startswith("config=")]
+    if config:
+        args = ["--config", config[-1]] + args
     fuse: list[str] = []
     for opt in options:
         name, _, value = opt.partition("=")

@@ -26,6 +26,7 @@ import trio
 from . import control
 from .activity import Activity
 from .cache import ContentCache
+from .config import TenantOwner
 from .errors import CowfsError, UsageError
 from .fs import Operations
 from .hooks import WorkspaceHooks
@@ -61,10 +62,13 @@ class MountOptions:
     path_style: bool = False
     fuse_options: list[str] = field(default_factory=list)
     debug: bool = False
+    config_path: Path | None = None
+    tenants: dict[str, TenantOwner] | None = None
 
     def argv(self) -> list[str]:
         """The command line that mounts the same thing in the foreground."""
-        args = ["mount"] + ([self.store_url] if self.store_url else []) + [str(self.mountpoint), "-f"]
+        args = (["--config", str(self.config_path)] if self.config_path else []) + ["mount"]
+        args += ([self.store_url] if self.store_url else []) + [str(self.mountpoint), "-f"]
         args += ["--cache-size", str(self.cache_size), "--write-back-delay", str(self.write_back_delay)]
         args += ["--metadata-ttl", str(self.metadata_ttl), "--store-timeout", str(self.store_timeout)]
         for flag, value in (
@@ -192,6 +196,7 @@ async def _serve(
     ns = Namespace(
         store, keymap, cache, journal, writeback, limiter, tmp_dir, hooks,
         uid=os.getuid(), gid=os.getgid(), metadata_ttl=opts.metadata_ttl, store_timeout=opts.store_timeout,
+        tenants=opts.tenants,
     )
 
     async def sync_all() -> None:

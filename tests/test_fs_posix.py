@@ -9,6 +9,8 @@ import hashlib
 import json
 import os
 import stat
+import subprocess
+import sys
 import time
 import urllib.parse
 
@@ -327,3 +329,22 @@ def test_large_file_goes_up_as_multipart_and_comes_back(mount_factory, s3_bucket
     assert "-" in s3_bucket.client.head_object(Bucket=s3_bucket.name, Key="t1/ws1/big.bin")["ETag"]
     again = mount_factory("big-again")
     assert hashlib.sha256((again.path / "t1" / "ws1" / "big.bin").read_bytes()).digest() == hashlib.sha256(data).digest()
+
+
+def test_sync_shows_progress_on_a_terminal(mount_factory, s3_bucket):
+    m = mount_factory("tty", extra=["--write-back-delay", "30"])
+    ws = m.path / "t1" / "ws1"
+    ws.mkdir(parents=True)
+    for i in range(40):
+        (ws / f"f{i}").write_text(str(i))
+    leader, follower = os.openpty()
+    try:
+        done = subprocess.run([sys.executable, "-m", "cowfs", "sync", str(m.path)],
+                              stdout=follower, stderr=follower, timeout=120)
+        output = os.read(leader, 1 << 16)
+    finally:
+        os.close(leader)
+        os.close(follower)
+    assert done.returncode == 0
+    assert b"syncing" in output
+    assert {f"t1/ws1/f{i}" for i in range(40)} <= keys(s3_bucket, "t1/ws1/")

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+import time
+import uuid
 from pathlib import Path
 
 import pytest
 
-from mounting import is_mounted
+from mounting import cowfs, is_mounted
 
 
 def test_notify_ready_after_mount_answers_and_stopping_on_sigterm(s3_bucket, tmp_path):
@@ -67,3 +71,113 @@ def test_systemd_units_verify(tmp_path):
     done = subprocess.run(["systemd-analyze", "verify", *units], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert not [line for line in done.stderr.splitlines() if tmp_path.name in line or "cowfs" in line], done.stderr
+
+
+def _wait_unmounted_and_stored(bucket, key: str, mnt: Path) -> bytes:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            return bucket.client.get_object(Bucket=bucket.name, Key=key)["Body"].read()
+        except bucket.client.exceptions.NoSuchKey:
+            time.sleep(0.2)
+    raise AssertionError(f"{key} never reached the bucket")
+
+
+def test_mount_t_fuse_cowfs_through_the_helper(s3_bucket, tmp_path):
+    sbin = Path("/sbin")
+    installed = [sbin / "mount.fuse.cowfs", sbin / "mount.cowfs"]
+    if any(p.exists() for p in installed):
+        pytest.fail("a mount.cowfs helper is already installed on this machine; refusing to overwrite it")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    try:
+        cowfs("install-helper")
+        assert all(os.access(p, os.X_OK) for p in installed)
+        options = f"endpoint_url={s3_bucket.endpoint},path_style,cache_dir={tmp_path / 'cache'},write_back_delay=30"
+        done = subprocess.run(["mount", "-t", "fuse.cowfs", f"s3://{s3_bucket.name}", str(mnt), "-o", options],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert is_mounted(mnt)
+        (mnt / "t1" / "ws1").mkdir(parents=True)
+        (mnt / "t1" / "ws1" / "via-helper.txt").write_text("mounted by mount(8)")
+        assert subprocess.run(["umount", str(mnt)], capture_output=True).returncode == 0
+        assert _wait_unmounted_and_stored(s3_bucket, "t1/ws1/via-helper.txt", mnt) == b"mounted by mount(8)"
+        assert not is_mounted(mnt)
+    finally:
+        if is_mounted(mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)])
+        for path in installed:
+            path.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def two_users():
+    """Two unprivileged users, each in a group of its own; removed afterwards."""
+    suffix = uuid.uuid4().hex[:6]
+    names = [f"cowfs-a-{suffix}", f"cowfs-b-{suffix}"]
+    try:
+        for name in names:
+            subprocess.run(["useradd", "--system", "--no-create-home", "--user-group", name], check=True)
+        yield [(name, pwd.getpwnam(name).pw_uid, pwd.getpwnam(name).pw_gid) for name in names]
+    finally:
+        for name in names:
+            subprocess.run(["userdel", name], capture_output=True)
+            subprocess.run(["groupdel", name], capture_output=True)
+
+
+def as_user(user: str, *command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["runuser", "-u", user, "--", *command], capture_output=True, text=True, timeout=60)
+
+
+def test_two_users_in_two_tenants_are_kept_apart(s3_bucket, two_users):
+    (a, uid_a, gid_a), (b, uid_b, gid_b) = two_users
+    top = Path(tempfile.mkdtemp(prefix="cowfs-mu-"))
+    top.chmod(0o755)
+    mnt = top / "mnt"
+    mnt.mkdir()
+    config = top / "cowfs.toml"
+    config.write_text(
+        f'store = "s3://{s3_bucket.name}"\nmountpoint = "{mnt}"\nendpoint_url = "{s3_bucket.endpoint}"\n'
+        f'path_style = true\ncache_dir = "{top / "cache"}"\noptions = ["allow_other"]\n'
+        f"[tenants.ta]\nuid = {uid_a}\ngid = {gid_a}\n[tenants.tb]\nuid = {uid_b}\ngid = {gid_b}\nmode = \"0770\"\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-m", "cowfs", "--config", str(config), "mount", "-f"],
+                            stderr=open(top / "log", "w"))
+    try:
+        deadline = time.monotonic() + 30
+        while not is_mounted(mnt):
+            assert proc.poll() is None and time.monotonic() < deadline, (top / "log").read_text()
+            time.sleep(0.05)
+        assert sorted(os.listdir(mnt)) == ["ta", "tb"]
+        assert (os.stat(mnt / "ta").st_uid, os.stat(mnt / "ta").st_gid) == (uid_a, gid_a)
+        for user, own, other in ((a, "ta", "tb"), (b, "tb", "ta")):
+            assert as_user(user, "mkdir", str(mnt / own / "ws")).returncode == 0
+            assert as_user(user, "sh", "-c", f"echo mine > {mnt / own / 'ws' / 'f.txt'}").returncode == 0
+            assert as_user(user, "cat", str(mnt / own / "ws" / "f.txt")).stdout == "mine\n"
+            denied = as_user(user, "ls", str(mnt / other))
+            assert denied.returncode != 0 and "Permission denied" in denied.stderr
+            denied = as_user(user, "sh", "-c", f"echo x > {mnt / other / 'ws' / 'g.txt'}")
+            assert denied.returncode != 0 and "Permission denied" in denied.stderr
+        assert os.stat(mnt / "ta" / "ws" / "f.txt").st_gid == gid_a
+        assert os.stat(mnt / "tb" / "ws" / "f.txt").st_gid == gid_b
+    finally:
+        if is_mounted(mnt):
+            subprocess.run(["fusermount3", "-u", str(mnt)])
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if is_mounted(mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)])
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def test_broken_config_is_refused_naming_the_key(tmp_path):
+    bad = tmp_path / "bad.toml"
+    for text, key in (('stroe = "x"', "stroe"), ("cache_size = true", "cache_size"),
+                      ("[tenants.t]\nuid = 3999999999\ngid = 0", "uid")):
+        bad.write_text(text)
+        done = cowfs("--config", str(bad), "mount", str(tmp_path), check=False)
+        assert done.returncode == 2
+        assert len(done.stderr.strip().splitlines()) == 1 and key in done.stderr and str(bad) in done.stderr
