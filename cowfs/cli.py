@@ -14,15 +14,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NoReturn, Sequence
 
-from . import __version__, control, helper_install, progress
+import json
+
+from . import __version__, control, helper_install, progress, sessions, workspaces
 from .config import Config, load, parse_size
 from .daemon import READY_FD_ENV, MountOptions, mount
 from .errors import CowfsError, UsageError
 from .journal import Journal
 from .recovery import replay
-from .store import open_store
+from .store import ObjectStore, open_store
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -34,14 +36,25 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _store_options(parser: argparse.ArgumentParser) -> None:
+def _store_options(parser: argparse.ArgumentParser, json_flag: bool = False, store_flag: bool = True) -> None:
+    if json_flag:
+        parser.add_argument("--json", action="store_true", help="machine-readable output")
+    if store_flag:
+        parser.add_argument("--store", help="s3://BUCKET[/PREFIX] or file:///PATH (default: $COWFS_STORE, config, embedded)")
     parser.add_argument("--endpoint-url", help="S3 endpoint, e.g. http://127.0.0.1:9000")
     parser.add_argument("--region", help="S3 region")
     parser.add_argument("--path-style", action="store_true", help="path-style S3 addressing")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cowfs", description="Mount agent workspaces kept in an S3 bucket.")
+    parser = _Parser(prog="cowfs", description="Mount agent workspaces kept in an S3 bucket.")
     parser.add_argument("--version", action="version", version=f"cowfs {__version__}")
     parser.add_argument("--config", type=Path, help="TOML configuration file")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -58,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store-timeout", type=float, help="seconds before a read that needs the store fails with EIO (default 30)")
     p.add_argument("-o", dest="fuse_options", action="append", default=[], help="FUSE options, comma separated")
     p.add_argument("--debug", action="store_true", help="log every FUSE request")
-    _store_options(p)
+    _store_options(p, store_flag=False)
 
     for name, text in (("umount", "flush pending uploads, then unmount"),
                        ("sync", "wait until everything written is in the store"),
@@ -67,13 +80,47 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("mountpoint", metavar="MOUNTPOINT")
         p.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
 
+    p = sub.add_parser("workspace", help="create, list, show, delete or resolve workspaces")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, text in (("create", "create a workspace (prints its id)"),
+                       ("resolve", "the local-scope workspace of tenant+user+path (created if missing)")):
+        a = actions.add_parser(name, help=text)
+        a.add_argument("--tenant", required=True)
+        a.add_argument("--user", required=True)
+        if name == "create":
+            a.add_argument("--scope", choices=workspaces.SCOPES, default="general")
+            a.add_argument("--local-path")
+        else:
+            a.add_argument("--local-path", required=True)
+        _store_options(a, json_flag=True)
+    a = actions.add_parser("list", help="workspaces of every tenant, or of one")
+    a.add_argument("--tenant")
+    _store_options(a, json_flag=True)
+    for name, text in (("show", "one workspace record"), ("delete", "delete a workspace and every object in it")):
+        a = actions.add_parser(name, help=text)
+        a.add_argument("workspace", metavar="TENANT/WORKSPACE")
+        _store_options(a, json_flag=name == "show")
+
+    p = sub.add_parser("sessions", help="sessions of a workspace")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    a = actions.add_parser("list", help="most recently active first, a page at a time")
+    a.add_argument("workspace", metavar="TENANT/WORKSPACE")
+    a.add_argument("--limit", type=int, default=20, help="page size, 1-100 (default 20)")
+    a.add_argument("--next-token", help="the token printed with the previous page")
+    _store_options(a, json_flag=True)
+
+    p = sub.add_parser("purge", help="delete workspaces idle for N days")
+    p.add_argument("--inactive-days", type=float, required=True)
+    p.add_argument("--dry-run", action="store_true", help="only print what would be deleted")
+    _store_options(p)
+
     p = sub.add_parser("install-helper", help="let mount(8) and /etc/fstab mount cowfs (type fuse.cowfs)")
     p.add_argument("--dir", type=Path, default=Path("/sbin"), help="where mount(8) looks for helpers")
 
     p = sub.add_parser("fsck", help="replay a journal left by a stopped daemon")
     p.add_argument("store", metavar="STORE", nargs="?")
     p.add_argument("--cache-dir", type=Path, required=True)
-    _store_options(p)
+    _store_options(p, store_flag=False)
     return parser
 
 
@@ -150,6 +197,85 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _open_store(args: argparse.Namespace) -> ObjectStore:
+    """The store a command works on: --store, $COWFS_STORE, the config file, else the embedded one."""
+    config: Config = args.loaded_config
+    url = args.store or os.environ.get("COWFS_STORE") or config.get("store")
+    store = open_store(
+        url,
+        endpoint_url=args.endpoint_url or config.get("endpoint_url"),
+        region=args.region or config.get("region"),
+        path_style=args.path_style or config.get("path_style", False),
+    )
+    store.check()
+    return store
+
+
+def _split(workspace: str) -> tuple[str, str]:
+    tenant, _, name = workspace.partition("/")
+    if not name or "/" in name:
+        raise UsageError(f"expected TENANT/WORKSPACE, got {workspace!r}")
+    return workspaces.check_scoped_name("tenant", tenant), workspaces.check_scoped_name("workspace", name)
+
+
+def _print_record(record: workspaces.WorkspaceRecord, as_json: bool) -> None:
+    print(json.dumps(record.to_json()) if as_json else record.workspaceId)
+
+
+def _cmd_workspace(args: argparse.Namespace) -> None:
+    store = _open_store(args)
+    if args.action in ("create", "resolve"):
+        scope = "local" if args.action == "resolve" else args.scope
+        record = workspaces.create_workspace(store, args.tenant, args.user, scope, args.local_path)
+        _print_record(record, args.json)
+    elif args.action == "list":
+        records = workspaces.list_workspaces(store, args.tenant)
+        if args.json:
+            print(json.dumps({"workspaces": [r.to_json() for r in records]}))
+        for r in [] if args.json else records:
+            print(f"{r.tenantId}/{r.workspaceId}\t{r.workspaceScope}\t{r.to_json()['lastActiveAt']}")
+    elif args.action == "show":
+        record = workspaces.get_workspace(store, *_split(args.workspace))
+        print(json.dumps(record.to_json(), indent=None if args.json else 2))
+    else:
+        count = workspaces.delete_workspace(store, *_split(args.workspace))
+        print(f"deleted {args.workspace} ({count} objects)")
+
+
+def _cmd_sessions(args: argparse.Namespace) -> None:
+    store = _open_store(args)
+    tenant, name = _split(args.workspace)
+    found = sessions.summarize_sessions(store, tenant, name)
+    page, token = sessions.page_sessions(found, args.limit, args.next_token, sessions.pagination_secret(store),
+                                         f"{tenant}/{name}")
+    if args.json:
+        doc: dict = {"sessions": [s.to_json() for s in page]}
+        if token:
+            doc["nextToken"] = token
+        print(json.dumps(doc))
+        return
+    for s in page:
+        j = s.to_json()
+        print(f"{j['sessionId']}\t{j['lastActiveAt']}\t{j['createdAt']}\t{j['files']} files\t{j['bytes']} bytes")
+    if token:
+        print(f"next-token: {token}")
+
+
+def _cmd_purge(args: argparse.Namespace) -> None:
+    store = _open_store(args)
+    verb = "would delete" if args.dry_run else "deleted"
+    shown = sys.stderr.isatty()
+
+    def report(record: workspaces.WorkspaceRecord) -> None:
+        if shown:
+            sys.stderr.write("\r" + " " * 60 + "\r")
+        print(f"{verb} {record.tenantId}/{record.workspaceId} (last active {record.to_json()['lastActiveAt']})")
+
+    done = workspaces.purge(store, args.inactive_days, dry_run=args.dry_run, progress=report)
+    if not done:
+        print("nothing to purge")
+
+
 def _cmd_install_helper(args: argparse.Namespace) -> None:
     for path in helper_install.install(args.dir):
         print(path)
@@ -177,6 +303,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "status": _cmd_status,
     "fsck": _cmd_fsck,
     "install-helper": _cmd_install_helper,
+    "workspace": _cmd_workspace,
+    "sessions": _cmd_sessions,
+    "purge": _cmd_purge,
 }
 
 

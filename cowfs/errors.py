@@ -94,6 +94,12 @@ class AccessDenied(StoreError):
     errno = errno.EACCES
 
 
+class InvalidToken(CowfsError):
+    """A sessions next-token that was forged, damaged, or made stale by changes."""
+
+    errno = errno.EINVAL
+
+
 class UsageError(CowfsError):
     """Bad command line or configuration: exit status 2."""
 

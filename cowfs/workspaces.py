@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import os
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from typing import Callable
 
 from .errors import InvalidName, NotFound, ObjectNotFound, PreconditionFailed, UsageError
 from .names import SCOPED_NAME
@@ -124,3 +126,49 @@ def touch_workspace(store: ObjectStore, tenant: str, workspace: str, when: datet
             return
         except PreconditionFailed:
             continue
+
+
+def list_workspaces(store: ObjectStore, tenant: str | None = None) -> list[WorkspaceRecord]:
+    """Every workspace (of one tenant), records read in parallel."""
+    tenants = [check_scoped_name("tenant", tenant)] if tenant else [
+        p.rstrip("/") for p in store.list_all("", "/").prefixes if SCOPED_NAME.match(p.rstrip("/"))]
+    pairs = [(t, p[len(t) + 1:].rstrip("/")) for t in tenants for p in store.list_all(f"{t}/", "/").prefixes]
+    pairs = [(t, w) for t, w in pairs if SCOPED_NAME.match(w)]
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        records = list(pool.map(lambda tw: _get_or_none(store, *tw), pairs))
+    return sorted((r for r in records if r is not None), key=lambda r: (r.tenantId, r.workspaceId))
+
+
+def _get_or_none(store: ObjectStore, tenant: str, workspace: str) -> WorkspaceRecord | None:
+    try:
+        return get_workspace(store, tenant, workspace)
+    except NotFound:
+        return None
+
+
+def delete_workspace(store: ObjectStore, tenant: str, workspace: str) -> int:
+    """Delete every object under the workspace; how many there were."""
+    check_scoped_name("tenant", tenant)
+    check_scoped_name("workspace", workspace)
+    keys = [o.key for o in store.list_all(f"{tenant}/{workspace}/", None).objects]
+    if not keys:
+        raise NotFound(f"no workspace {tenant}/{workspace}")
+    store.delete_many(keys)
+    return len(keys)
+
+
+def inactive_workspaces(store: ObjectStore, inactive_days: float, now: datetime) -> list[WorkspaceRecord]:
+    cutoff = now - timedelta(days=inactive_days)
+    return [r for r in list_workspaces(store) if r.lastActiveAt < cutoff]
+
+
+def purge(store: ObjectStore, inactive_days: float, now: datetime | None = None, dry_run: bool = False,
+          progress: Callable[[WorkspaceRecord], None] | None = None) -> list[WorkspaceRecord]:
+    """Delete workspaces idle for longer than ``inactive_days`` (or only name them)."""
+    idle = inactive_workspaces(store, inactive_days, now or datetime.now(timezone.utc))
+    for record in idle:
+        if not dry_run:
+            delete_workspace(store, record.tenantId, record.workspaceId)
+        if progress is not None:
+            progress(record)
+    return idle
