@@ -7,7 +7,6 @@ returns, so the test knows which versions were closed.
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import sys
 from pathlib import Path
