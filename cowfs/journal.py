@@ -104,11 +104,13 @@ class Journal:
         os.fsync(self._dir_fd)
 
     def _remove(self, name: str) -> None:
-        try:
-            os.unlink(self.root / name)
-        except FileNotFoundError:
-            return
-        os.fsync(self._dir_fd)
+        """Drop a record whose change reached the store.
+
+        No fsync: if a crash brings the record back, replay uploads (or
+        deletes) the same thing again, or finds its staging file gone and
+        drops it; either way nothing is lost.
+        """
+        (self.root / name).unlink(missing_ok=True)
 
     @staticmethod
     def _delete_name(key: str) -> str:
