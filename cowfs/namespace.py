@@ -374,6 +374,15 @@ class Namespace:
         """Whether the store lacks something this node holds."""
         return not node.remote or node.staging is not None or self.writeback.is_pending(node.source)
 
+    def _carries_data(self, node: Node) -> bool:
+        """Whether this node's next upload sends its bytes (else the store's copy is the only one)."""
+        return (
+            not node.remote
+            or node.staging is not None
+            or node.committed is not None
+            or (node.kind == LINK and node.target is not None)
+        )
+
     def _locally_owned(self, node: Node) -> bool:
         """Whether this mount knows better than a listing (unsynced or open)."""
         return self._unsynced(node) or node.open_count > 0 or node.virtual is not None or node.pinned
@@ -744,10 +753,10 @@ class Namespace:
                 if not self.writeback.is_pending(target.source):
                     self.journal.remove_put(target.rid)
             self._claim_key(new_key)
-            unsynced = node.kind != DIR and self._unsynced(node)
+            carries_data = node.kind != DIR and self._carries_data(node)
             if node.kind == DIR:
                 await self._move_dir_objects(old_key, new_key)
-            elif not unsynced:
+            elif not carries_data:
                 await self.writeback.copy(old_key, new_key, to_metadata(node.attrs()))
             if node.remote:
                 self._release_key(old_key)
@@ -756,7 +765,7 @@ class Namespace:
             new_parent.children[new_name] = node
             node.ctime_ns = time.time_ns()
             node.condition = "none"
-            if unsynced:
+            if carries_data:
                 self._persist(node)
             for moved in node.walk():
                 if self.writeback.is_pending(moved.source):
@@ -997,6 +1006,7 @@ class Namespace:
         if node.staging != node.committed and node.committed is not None:
             self.journal.discard_staging(node.committed)
         node.committed, node.committed_size = node.staging, node.size
+        log.debug("persist %s v%d staging=%s remote=%s", self.key(node), node.version, node.staging, node.remote)
         self._write_record(node)
         self.writeback.schedule(node.source)
 
@@ -1077,6 +1087,7 @@ class Namespace:
             return
         if node.committed != staging:
             if not node.dirty:
+                log.debug("dropped unchanged staging of %s", key)
                 os.close(node.fd)
                 node.fd, node.staging = None, None
                 self.journal.discard_staging(staging)
@@ -1095,6 +1106,7 @@ class Namespace:
         os.close(fd)
         node.fd = None
         node.staging = node.committed = None
+        log.debug("retired %s v%d", key, version)
         self.journal.discard_staging(staging)
 
     # -- attributes ---------------------------------------------------------

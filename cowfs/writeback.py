@@ -22,7 +22,7 @@ from typing import Callable, Protocol
 
 import trio
 
-from .errors import PreconditionFailed, StoreError
+from .errors import ObjectNotFound, PreconditionFailed, StoreError
 from .journal import BODY_EMPTY, BODY_INLINE, BODY_METADATA_ONLY, BODY_STAGING, Journal, committed_body
 from .store import ObjectStore
 
@@ -246,6 +246,14 @@ class WriteBack:
             try:
                 try:
                     etag = await trio.to_thread.run_sync(self._put_blocking, upload, limiter=self.limiter)
+                except ObjectNotFound:
+                    if upload.body != BODY_METADATA_ONLY:
+                        raise
+                    log.error("%s vanished from the store before its metadata could be updated", upload.key)
+                    self.last_error = f"{upload.key} vanished from the store"
+                    self._release(upload.key)
+                    self._finish(rid, entry, settled=True)
+                    return
                 except PreconditionFailed:
                     await self._keep_conflict(upload)
                     entry.source.conflicted(upload)

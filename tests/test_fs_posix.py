@@ -348,3 +348,24 @@ def test_sync_shows_progress_on_a_terminal(mount_factory, s3_bucket):
     assert done.returncode == 0
     assert b"syncing" in output
     assert {f"t1/ws1/f{i}" for i in range(40)} <= keys(s3_bucket, "t1/ws1/")
+
+
+def test_rename_after_fsync_and_chmod_keeps_the_data(mount_factory, s3_bucket):
+    """git's pack finalisation: write, fsync, rename, chmod, rename again."""
+    m = mount_factory("pack")
+    ws = m.path / "t1" / "ws1"
+    ws.mkdir(parents=True)
+    data = os.urandom(5000)
+    fd = os.open(ws / "tmp_idx", os.O_CREAT | os.O_WRONLY, 0o644)
+    os.write(fd, data)
+    os.fsync(fd)
+    os.close(fd)
+    time.sleep(0.5)  # the kernel's RELEASE is asynchronous: let the uploaded staging file retire
+    os.rename(ws / "tmp_idx", ws / ".tmp-pack.idx")
+    os.chmod(ws / ".tmp-pack.idx", 0o444)
+    os.rename(ws / ".tmp-pack.idx", ws / "pack.idx")
+    assert (ws / "pack.idx").read_bytes() == data
+    m.umount()
+    assert body(s3_bucket, "t1/ws1/pack.idx") == data
+    assert int(meta(s3_bucket, "t1/ws1/pack.idx")["mode"]) & 0o777 == 0o444
+    assert {"t1/ws1/tmp_idx", "t1/ws1/.tmp-pack.idx"}.isdisjoint(keys(s3_bucket, "t1/ws1/"))
