@@ -8,7 +8,6 @@ under ``--cache-size``. An entry is valid only for the ETag it was stored with.
 from __future__ import annotations
 
 import functools
-import io
 import logging
 import os
 import sqlite3
@@ -70,10 +69,6 @@ class ContentCache:
         with os.fdopen(os.dup(fd), "rb") as src:
             src.seek(0)
             self._cache.set(("data", key), src, read=True, tag=etag)
-
-    @_best_effort
-    def put_bytes(self, key: str, etag: str, data: bytes) -> None:
-        self._cache.set(("data", key), io.BytesIO(data), read=True, tag=etag)
 
     @_best_effort
     def discard(self, key: str) -> None:

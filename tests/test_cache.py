@@ -9,6 +9,16 @@ from cowfs.cache import ContentCache
 from mounting import Mount
 
 
+def put(cache: ContentCache, key: str, etag: str, data: bytes, tmp_path) -> None:
+    path = tmp_path / "src"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        cache.put_file(key, etag, fd)
+    finally:
+        os.close(fd)
+
+
 def read_fd(fd: int) -> bytes:
     try:
         return os.pread(fd, 1 << 20, 0)
@@ -18,7 +28,7 @@ def read_fd(fd: int) -> bytes:
 
 def test_entry_is_valid_only_for_its_etag(tmp_path):
     cache = ContentCache(tmp_path / "c", 1 << 30)
-    cache.put_bytes("t/w/a", '"e1"', b"one")
+    put(cache, "t/w/a", '"e1"', b"one", tmp_path)
     assert read_fd(cache.open("t/w/a", '"e1"')) == b"one"
     assert cache.open("t/w/a", '"e2"') is None
     assert cache.open("t/w/a", '"e1"') is None
@@ -31,7 +41,7 @@ def test_size_limit_evicts_least_recently_used(tmp_path):
     limit = 4 * 1024 * 1024
     cache = ContentCache(tmp_path / "c", limit)
     for i in range(40):
-        cache.put_bytes(f"k{i}", "e", os.urandom(256 * 1024))
+        put(cache, f"k{i}", "e", os.urandom(256 * 1024), tmp_path)
         fd = cache.open("k0", "e")
         assert fd is not None, "the entry used most recently must survive eviction"
         os.close(fd)
