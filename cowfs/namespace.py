@@ -90,6 +90,7 @@ class Node:
         self.size = 0
         self.etag: str | None = None
         self.remote = False
+        self.shadows = False
         self.meta_known = True
         self.attached = True
         self.target: bytes | None = None
@@ -374,6 +375,10 @@ class Namespace:
         """Whether the store lacks something this node holds."""
         return not node.remote or node.staging is not None or self.writeback.is_pending(node.source)
 
+    def _may_hold_object(self, node: Node) -> bool:
+        """Whether the store may have an object at this node's key (ours, or an older one we replace)."""
+        return node.remote or node.shadows
+
     def _carries_data(self, node: Node) -> bool:
         """Whether this node's next upload sends its bytes (else the store's copy is the only one)."""
         return (
@@ -620,7 +625,8 @@ class Namespace:
             node = self._new_node(parent, name, FILE, attrs)
             node.staging, node.fd = self.journal.create_staging()
             node.dirty = True
-            node.condition = "none" if self._claim_key(self.key(node)) else "absent"
+            node.shadows = self._claim_key(self.key(node))
+            node.condition = "none" if node.shadows else "absent"
             node.lookups += 1
         return node, self._open_handle(node, writable=True)
 
@@ -636,7 +642,7 @@ class Namespace:
             self._own_tenant(node)
             node.listed_at = self.clock()
             node.condition = "none"
-            self._claim_key(self.key(node))
+            node.shadows = self._claim_key(self.key(node))
             if len(full) == layout.WORKSPACE_DEPTH:
                 node.remote, node.touched = True, self.clock()
                 self._decorate(node)
@@ -653,7 +659,7 @@ class Namespace:
             node.target = target
             node.size = len(target)
             node.condition = "none"
-            self._claim_key(self.key(node))
+            node.shadows = self._claim_key(self.key(node))
             self._persist(node)
             node.lookups += 1
             return node
@@ -675,7 +681,7 @@ class Namespace:
         self.writeback.cancel(node.source)
         if not self.writeback.is_pending(node.source):
             self.journal.remove_put(node.rid)
-        if node.remote:
+        if self._may_hold_object(node):
             self._release_key(key)
 
     async def unlink(self, parent_ino: int, raw_name: bytes) -> None:
@@ -752,14 +758,15 @@ class Namespace:
                 self.writeback.cancel(target.source)
                 if not self.writeback.is_pending(target.source):
                     self.journal.remove_put(target.rid)
-            self._claim_key(new_key)
+            shadows = self._claim_key(new_key) or (target is not None and self._may_hold_object(target))
             carries_data = node.kind != DIR and self._carries_data(node)
             if node.kind == DIR:
                 await self._move_dir_objects(old_key, new_key)
             elif not carries_data:
                 await self.writeback.copy(old_key, new_key, to_metadata(node.attrs()))
-            if node.remote:
+            if self._may_hold_object(node):
                 self._release_key(old_key)
+            node.shadows = shadows
             del old_parent.children[node.name]
             node.name, node.parent = new_name, new_parent
             new_parent.children[new_name] = node
@@ -1163,8 +1170,9 @@ class Namespace:
         return value
 
     async def listxattr(self, ino: int) -> list[bytes]:
+        """Stored names only: the derived ones are read by name, so copying tools never try to set them."""
         node = await self.getattr(ino)
-        return [name.encode() for name in sorted({**node.xattrs, **self._derived_xattrs(node)})]
+        return [name.encode() for name in sorted(node.xattrs)]
 
     async def setxattr(self, ino: int, raw_name: bytes, value: bytes) -> None:
         node = self._writable(await self.getattr(ino))
