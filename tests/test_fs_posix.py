@@ -392,3 +392,20 @@ def test_a_file_that_replaces_a_stored_object_takes_it_along_when_removed(mount_
     m.umount()
     assert keys(s3_bucket, "t1/ws1/") == {"t1/ws1/.cowfs/workspace.json", "t1/ws1/journal", "t1/ws1/ref"}
     assert body(s3_bucket, "t1/ws1/journal") == b"again"
+
+
+def test_shared_writable_mmap_reaches_the_bucket(mnt, ws, s3_bucket):
+    path = ws / "mapped.bin"
+    path.write_bytes(b"\0" * 8192)
+    # In a child process: mmap.flush() keeps the GIL, and this process serves S3 to the daemon.
+    subprocess.run([sys.executable, "-c", """if True:
+        import mmap, sys
+        with open(sys.argv[1], "r+b") as f, mmap.mmap(f.fileno(), 8192) as m:
+            m[100:105] = b"hello"
+            m.flush()
+            m[8000:8003] = b"end"
+        """, str(path)], check=True, timeout=60)
+    want = b"\0" * 100 + b"hello" + b"\0" * 7895 + b"end" + b"\0" * 189
+    assert path.read_bytes() == want
+    mnt.sync()
+    assert body(s3_bucket, "t1/ws1/mapped.bin") == want
