@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import random
+import re
 import shutil
 import signal
 import socket
@@ -215,8 +216,19 @@ def run_cmd(argv: list[str], timeout: float = 900) -> float:
     done = subprocess.run(argv, capture_output=True, timeout=timeout)
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
-        raise Fail(f"{Path(argv[0]).name} exited {done.returncode}: {first_line(done.stderr) or first_line(done.stdout)}")
+        raise Fail(f"{Path(argv[0]).name} exited {done.returncode}: {error_summary(done.stderr or done.stdout)}")
     return elapsed
+
+
+def error_summary(output: bytes) -> str:
+    """'8× Cannot create symlink to ‘…’: Input/output error' rather than the first of 8 long lines."""
+    lines = [line for line in output.decode(errors="replace").splitlines() if line.strip()]
+    if not lines:
+        return "no message"
+    messages = [re.sub(r"‘[^’]*’|'[^']*'", "‘…’", line.split(": ", 2)[-1]) for line in lines]
+    first = messages[0]
+    same = sum(1 for m in messages if m == first)
+    return f"{same}× {first}" + (f" (+{len(lines) - same} other lines)" if len(lines) > same else "") if len(lines) > 1 else lines[0]
 
 
 # -- the S3 server ------------------------------------------------------------------
@@ -664,6 +676,7 @@ class Run:
     big: dict[int, str] = field(default_factory=dict)
     trees: dict[int, Path] = field(default_factory=dict)
     extras: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
+    untar_failed: bool = False
 
     def fresh_dir(self, workload: str, rep: int) -> Path:
         path = self.target.workdir / workload / f"r{rep}"
@@ -850,19 +863,22 @@ def wl_seq_read_cold(run: Run, rep: int) -> float:
 
 
 def extract(run: Run, rep: int) -> tuple[float, Path]:
+    """tar -xf into a fresh folder; the tree is remembered even when tar fails half-way."""
     dest = run.fresh_dir("untar", rep)
-    elapsed = run_cmd(["tar", "-xf", str(run.tarball().path), "-C", str(dest)])
     run.trees[rep] = dest / "src"
+    elapsed = run_cmd(["tar", "-xf", str(run.tarball().path), "-C", str(dest)])
     return elapsed, dest / "src"
 
 
 def wl_untar(run: Run, rep: int) -> float:
     try:
         elapsed, tree = extract(run, rep)
-    finally:
-        run.trees.setdefault(rep, run.target.workdir / "untar" / f"r{rep}" / "src")
+    except Fail:
+        run.untar_failed = True
+        raise
     problem = compare_manifests(run.tarball().manifest, manifest(tree))
     if problem:
+        run.untar_failed = True
         raise Fail(problem)
     return elapsed
 
@@ -870,6 +886,8 @@ def wl_untar(run: Run, rep: int) -> float:
 def wl_rm_r(run: Run, rep: int) -> float:
     """rm -r of the extracted tree; then every mount must have dropped its keys from the bucket."""
     tree = run.trees.get(rep)
+    if run.untar_failed:
+        run.extra("rm_r", "partial_tree", rep)
     if tree is None or not tree.exists():
         try:
             extract(run, rep)
@@ -1015,8 +1033,9 @@ def run_target(run: Run, workloads: list[str], results: dict[str, Cell]) -> None
         target.start()
     except (Fail, OSError, subprocess.SubprocessError) as exc:
         log(f"{target.name}: cannot start: {short(exc)}")
+        run.extra("mount", "error", short(exc))
         for name in workloads:
-            results[name] = Cell(status="fail", error=f"mount: {short(exc)}")
+            results[name] = Cell(status="fail", error="cannot mount (see below)")
         return
     for name in workloads:
         results[name] = run_workload(run, name)
@@ -1040,7 +1059,7 @@ def cell_text(cell: Cell | None) -> str:
     if cell.status == "ok":
         return fmt_seconds(cell.median) if cell.median is not None else ""
     if cell.status == "fail":
-        text = cell.error if len(cell.error) <= 70 else cell.error[:67] + "..."
+        text = cell.error if len(cell.error) <= 90 else cell.error[:87] + "..."
         return "FAIL: " + text.replace("|", "\\|")
     return cell.status
 
@@ -1079,16 +1098,18 @@ def daemon_problems(logs: list[Path]) -> list[str]:
     return found
 
 
-def summary_notes(runs: dict[str, Run], params: Params, extra_lines: list[str]) -> list[str]:
+def summary_notes(runs: dict[str, Run], params: Params, workloads: list[str], extra_lines: list[str]) -> list[str]:
     notes = [
         f"Median of {params.reps} rep(s) in seconds; ratios: peer/cowfs > 1 means cowfs is faster, "
         "cowfs/local is cowfs's cost over the local disk.",
-        f"bucket_1000 ({params.bucket_files} files × {params.small_size // KiB} KiB): from the first create until "
-        f"list_objects_v2 (polled every {POLL} s) shows them all — the same polling for every target, "
-        "no `cowfs sync`.",
-        "Cold reads: unmount (after every upload is done) and mount again with an empty cache; "
-        "local drops the page cache (best effort).",
     ]
+    if "bucket_1000" in workloads:
+        notes.append(f"bucket_1000 ({params.bucket_files} files × {params.small_size // KiB} KiB): from the first "
+                     f"create until list_objects_v2 (polled every {POLL} s) shows them all — the same polling for "
+                     "every target, no `cowfs sync`.")
+    if {"small_read_cold", "seq_read_cold"} & set(workloads):
+        notes.append("Cold reads: unmount (after every upload is done) and mount again with an empty cache; "
+                     "local drops the page cache (best effort).")
     for name, run in runs.items():
         if run.target.describe():
             notes.append(f"{name}: {run.target.describe()}.")
@@ -1107,6 +1128,11 @@ def summary_notes(runs: dict[str, Run], params: Params, extra_lines: list[str]) 
             apparent, disk = target.cache_sizes[-1]
             notes.append(f"cowfs cache dir at the last unmount: {apparent / MiB:.1f} MiB apparent, {disk / MiB:.1f} MiB on disk "
                          f"(largest of {len(target.cache_sizes)}: {max(a for a, _ in target.cache_sizes) / MiB:.1f} MiB).")
+    for name, run in runs.items():
+        for error in run.extras.get("mount", {}).get("error", []):
+            notes.append(f"{name}: cannot mount: {error}")
+        if run.extras.get("rm_r", {}).get("partial_tree"):
+            notes.append(f"{name}: untar failed, so rm_r removed the partial tree tar left behind.")
     for name in PEERS:
         run = runs.get(name)
         if run is not None and run.target.rss_kib:
@@ -1199,7 +1225,8 @@ def main(argv: list[str]) -> int:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     json_path = args.json or Path(f"/tmp/cowfs-bench-{stamp}.json")
     tmp = Path(tempfile.mkdtemp(prefix="cowfs-bench-"))
-    env = {k: v for k, v in os.environ.items() if k not in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL")}
+    # No AWS_* of the machine (a profile, AWS_CA_BUNDLE, which rclone refuses) reaches the daemons.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(FAKE_AWS_ENV)
     os.environ.update(FAKE_AWS_ENV)
     started = datetime.datetime.now(datetime.timezone.utc)
@@ -1252,7 +1279,7 @@ def main(argv: list[str]) -> int:
         extra_lines += [f"    {line[:300]}" for line in problems[:15]]
     extra_lines.append(f"Logs of every daemon: {logs_dir}")
     table = markdown(results, targets, args.workloads)
-    notes = summary_notes(runs, params, extra_lines)
+    notes = summary_notes(runs, params, args.workloads, extra_lines)
     report = table + "\n\n" + "\n".join(f"- {n}" if not n.startswith("    ") else n for n in notes)
     if interrupted:
         report = f"**Stopped early ({interrupted}): partial results.**\n\n" + report
