@@ -31,9 +31,10 @@ import time
 import traceback
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import boto3
 
@@ -58,7 +59,14 @@ POLL = 0.1
 
 
 class Fail(Exception):
-    """A workload's verdict: wrong data, a failed command, a missing prerequisite."""
+    """A workload's verdict: wrong data, a failed command, a missing prerequisite.
+
+    ``detail`` keeps what the short message leaves out (a command's whole stderr) for the JSON.
+    """
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail
 
 
 class Timeout(Exception):
@@ -87,7 +95,8 @@ class Params:
     seed: int = 20240611
 
 
-QUICK = dict(reps=1, small_files=200, big_mib=16, bucket_files=200, tar_entries=500, tar_big_files=4, tar_links=8)
+QUICK = {"reps": 1, "small_files": 200, "big_mib": 16, "bucket_files": 200, "tar_entries": 500, "tar_big_files": 4,
+         "tar_links": 8}
 
 
 # -- processes and mounts ----------------------------------------------------------
@@ -161,12 +170,12 @@ def fuse_unmount(path: Path, lazy_fallback: bool = True) -> None:
     for _ in range(20):
         if not is_mounted(path):
             return
-        subprocess.run(["fusermount3", "-u", str(path)], capture_output=True)
+        subprocess.run(["fusermount3", "-u", str(path)], check=False, capture_output=True)
         if not is_mounted(path):
             return
         time.sleep(0.25)
     if lazy_fallback and is_mounted(path):
-        subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True)
+        subprocess.run(["fusermount3", "-u", "-z", str(path)], check=False, capture_output=True)
 
 
 def peak_rss_kib(pid: int) -> int | None:
@@ -204,7 +213,7 @@ def first_line(text: str | bytes) -> str:
 
 def command_version(argv: list[str]) -> str:
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        done = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"unknown ({exc})"
     return first_line(done.stdout) or first_line(done.stderr)
@@ -213,10 +222,11 @@ def command_version(argv: list[str]) -> str:
 def run_cmd(argv: list[str], timeout: float = 900) -> float:
     """Run a command, return its wall time; a non-zero exit is a Fail naming stderr."""
     start = time.perf_counter()
-    done = subprocess.run(argv, capture_output=True, timeout=timeout)
+    done = subprocess.run(argv, check=False, capture_output=True, timeout=timeout)
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
-        raise Fail(f"{Path(argv[0]).name} exited {done.returncode}: {error_summary(done.stderr or done.stdout)}")
+        raise Fail(f"{Path(argv[0]).name} exited {done.returncode}: {error_summary(done.stderr or done.stdout)}",
+                   detail=(done.stderr or done.stdout).decode(errors="replace")[:8000])
     return elapsed
 
 
@@ -375,7 +385,7 @@ class Target:
             fuse_unmount(self.root)
         stop_pid(self.proc)
         if is_mounted(self.root):
-            subprocess.run(["fusermount3", "-u", "-z", str(self.root)], capture_output=True)
+            subprocess.run(["fusermount3", "-u", "-z", str(self.root)], check=False, capture_output=True)
 
     def describe(self) -> str:
         return ""
@@ -521,8 +531,9 @@ class S3fsTarget(Target):
     def mount(self) -> None:
         assert self.moto is not None and self.bucket is not None
         passwd = self.base / "passwd"
-        passwd.write_text(f"{self.env['AWS_ACCESS_KEY_ID']}:{self.env['AWS_SECRET_ACCESS_KEY']}\n")
-        passwd.chmod(0o600)
+        fd = os.open(passwd, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # s3fs refuses a readable one
+        with os.fdopen(fd, "w") as out:
+            out.write(f"{self.env['AWS_ACCESS_KEY_ID']}:{self.env['AWS_SECRET_ACCESS_KEY']}\n")
         options = f"url={self.moto.endpoint},use_path_request_style,passwd_file={passwd},endpoint=us-east-1"
         self.proc = spawn(["s3fs", self.bucket, str(self.root), "-f", "-o", options], self.base / "s3fs.log", self.env)
         wait_mounted(self.root, self.proc, self.base / "s3fs.log")
@@ -564,8 +575,9 @@ def json_blob(rng: random.Random, size: int, **fields: Any) -> bytes:
     return blob
 
 
-WORDS = ("alpha beta gamma delta core util net io parse render cache store index model view test docs build "
-         "config api client server handler worker queue event log metric auth user session token").split()
+WORDS = ("alpha", "beta", "gamma", "delta", "core", "util", "net", "io", "parse", "render", "cache", "store", "index",
+         "model", "view", "test", "docs", "build", "config", "api", "client", "server", "handler", "worker", "queue",
+         "event", "log", "metric", "auth", "user", "session", "token")
 EXTS = ("py", "c", "h", "rs", "go", "js", "ts", "md", "txt", "json", "toml", "yaml")
 FIXED_MTIME = 1_700_000_000
 
@@ -626,18 +638,19 @@ def manifest(root: Path) -> dict[str, str]:
     return entries
 
 
-def compare_manifests(expected: dict[str, str], got: dict[str, str]) -> str | None:
-    """None when equal, else a short account of the differences."""
+def compare_manifests(expected: dict[str, str], got: dict[str, str]) -> Fail | None:
+    """None when equal, else a short account of the differences (all of them in ``detail``)."""
     missing = sorted(set(expected) - set(got))
     extra = sorted(set(got) - set(expected))
     changed = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
     if not (missing or extra or changed):
         return None
-    parts = []
+    parts, detail = [], []
     for label, names in (("missing", missing), ("extra", extra), ("different", changed)):
         if names:
             parts.append(f"{len(names)} {label} (e.g. {names[0]})")
-    return "tree differs: " + ", ".join(parts)
+            detail += [f"{label}: {name}" for name in names[:50]]
+    return Fail("tree differs: " + ", ".join(parts), detail="\n".join(detail))
 
 
 @dataclass
@@ -879,7 +892,7 @@ def wl_untar(run: Run, rep: int) -> float:
     problem = compare_manifests(run.tarball().manifest, manifest(tree))
     if problem:
         run.untar_failed = True
-        raise Fail(problem)
+        raise problem
     return elapsed
 
 
@@ -896,15 +909,30 @@ def wl_rm_r(run: Run, rep: int) -> float:
         tree = run.trees.get(rep, run.target.workdir / "untar" / f"r{rep}" / "src")
     if not tree.exists():
         raise Fail("no extracted tree to remove")
-    elapsed = run_cmd(["rm", "-r", str(tree)])
+    try:
+        elapsed = run_cmd(["rm", "-r", str(tree)])
+    except Fail as exc:
+        exc.detail += "\nleft in the tree after rm -r:\n" + "\n".join(leftovers(tree))
+        raise
     if tree.exists():
-        raise Fail("tree still there after rm -r")
+        raise Fail("tree still there after rm -r", detail="\n".join(leftovers(tree)))
     if run.target.bucket is not None:
         run.extra("rm_r", "sync_after_s", run.target.sync())
         left = list_keys(run.s3, run.target.bucket, run.target.key(tree) + "/")
         if left:
-            raise Fail(f"{len(left)} keys remain in the bucket after sync (e.g. {sorted(left)[0]})")
+            raise Fail(f"{len(left)} keys remain in the bucket after sync (e.g. {min(left)})")
     return elapsed
+
+
+def leftovers(tree: Path, limit: int = 40) -> list[str]:
+    """What a failed rm -r left: each entry's path, and what a folder still lists."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(tree):
+        for name in dirnames + filenames:
+            found.append(os.path.relpath(os.path.join(dirpath, name), tree) + ("/" if name in dirnames else ""))
+            if len(found) >= limit:
+                return found
+    return found or ["(nothing listed)"]
 
 
 def wl_bucket_1000(run: Run, rep: int) -> float:
@@ -980,8 +1008,9 @@ class Cell:
     """One workload on one target: every rep's seconds, or why there are none."""
 
     times: list[float] = field(default_factory=list)
-    status: str = "ok"  # ok | fail | timeout | n/a | skipped
+    status: str = "ok"  # ok | fail | timeout | n/a
     error: str = ""
+    detail: str = ""
 
     @property
     def median(self) -> float | None:
@@ -1016,12 +1045,14 @@ def run_workload(run: Run, name: str) -> Cell:
         except Timeout as exc:
             cell.status, cell.error = "timeout", short(exc)
         except (Fail, OSError, subprocess.SubprocessError, ValueError, RuntimeError) as exc:
-            cell.status, cell.error = "fail", short(exc)
+            cell.status, cell.error, cell.detail = "fail", short(exc), getattr(exc, "detail", "")
         else:
             cell.times.append(seconds)
             log(f"{run.target.name} {name} rep {rep + 1}: {seconds:.3f} s")
             continue
         log(f"{run.target.name} {name} rep {rep + 1}: {cell.status.upper()}: {cell.error}")
+        for line in cell.detail.splitlines()[:10]:
+            log(f"    {line}")
         break
     return cell
 
@@ -1099,10 +1130,8 @@ def daemon_problems(logs: list[Path]) -> list[str]:
 
 
 def summary_notes(runs: dict[str, Run], params: Params, workloads: list[str], extra_lines: list[str]) -> list[str]:
-    notes = [
-        f"Median of {params.reps} rep(s) in seconds; ratios: peer/cowfs > 1 means cowfs is faster, "
-        "cowfs/local is cowfs's cost over the local disk.",
-    ]
+    notes = [(f"Median of {params.reps} rep(s) in seconds; ratios: peer/cowfs > 1 means cowfs is faster, "
+              "cowfs/local is cowfs's cost over the local disk.")]
     if "bucket_1000" in workloads:
         notes.append(f"bucket_1000 ({params.bucket_files} files × {params.small_size // KiB} KiB): from the first "
                      f"create until list_objects_v2 (polled every {POLL} s) shows them all — the same polling for "
@@ -1229,7 +1258,7 @@ def main(argv: list[str]) -> int:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(FAKE_AWS_ENV)
     os.environ.update(FAKE_AWS_ENV)
-    started = datetime.datetime.now(datetime.timezone.utc)
+    started = datetime.datetime.now(datetime.UTC)
     runs: dict[str, Run] = {}
     results: dict[str, dict[str, Cell]] = {t: {} for t in targets}
     moto: Moto | None = None
@@ -1286,7 +1315,7 @@ def main(argv: list[str]) -> int:
     print(report)
     data = {
         "date": started.isoformat(),
-        "duration_s": round((datetime.datetime.now(datetime.timezone.utc) - started).total_seconds(), 1),
+        "duration_s": round((datetime.datetime.now(datetime.UTC) - started).total_seconds(), 1),
         "hostname": socket.gethostname(),
         "cpu_count": os.cpu_count(),
         "kernel": " ".join(platform.uname()[2:4]),
@@ -1295,7 +1324,8 @@ def main(argv: list[str]) -> int:
         "targets": targets,
         "workloads": args.workloads,
         "tarball": {"entries": tarball[0].entries, "bytes": tarball[0].bytes} if tarball else None,
-        "results": {t: {w: {"times": c.times, "median": c.median, "status": c.status, "error": c.error}
+        "results": {t: {w: {"times": c.times, "median": c.median, "status": c.status, "error": c.error,
+                            "detail": c.detail}
                         for w, c in cells.items()} for t, cells in results.items()},
         "extras": {t: {**run.extras, "restart_s": run.target.restarts, "peak_rss_kib": run.target.rss_kib}
                    for t, run in runs.items()},
