@@ -437,7 +437,7 @@ class Namespace:
             key = prefix + name + ("/" if info is _PREFIX_ONLY else "")
             if child is not None and (self._locally_owned(child) or child.touched >= started):
                 continue
-            if child is None and self.writeback.delete_pending(key):
+            if child is None and self.writeback.may_still_list(key, started):
                 continue
             if child is not None and (child.kind == DIR) == (info is _PREFIX_ONLY):
                 if info is not None and child.etag != info.etag:
@@ -774,7 +774,9 @@ class Namespace:
             node.condition = "none"
             if carries_data:
                 self._persist(node)
+            now = self.clock()
             for moved in node.walk():
+                moved.touched = now
                 if self.writeback.is_pending(moved.source):
                     self._write_record(moved)
 
@@ -793,7 +795,7 @@ class Namespace:
     async def _move_dir_objects(self, old_prefix: str, new_prefix: str) -> None:
         """Server-side copy of every object under a folder, then delete the old keys."""
         listing = await self._io(self.store.list_all, old_prefix, None)
-        keys = [o.key for o in listing.objects if not self.writeback.delete_pending(o.key)]
+        keys = [o.key for o in listing.objects if not self.writeback.deleting(o.key)]
         for key in keys:
             self._claim_key(self.keymap.rebase(key, old_prefix, new_prefix))
         async with trio.open_nursery() as nursery:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections import Counter, deque
 import socket
 import time
 from datetime import datetime, timezone
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 30.0
 DELETE_BATCH = 1000
+#: How long a finished delete is remembered: longer than any listing can take.
+DELETED_MEMORY = 600.0
 
 
 @dataclass
@@ -111,6 +114,10 @@ class WriteBack:
         self._deletes: dict[str, float] = {}
         self._delete_attempts: dict[str, int] = {}
         self._busy: dict[str, trio.Event] = {}
+        self._deleting: set[str] = set()
+        self._deleting_under: Counter[str] = Counter()
+        self._deleted_at: dict[str, float] = {}
+        self._deleted_log: deque[tuple[float, str]] = deque()
         self._wake = trio.Event()
         self._idle = trio.Event()
         self._idle.set()
@@ -142,6 +149,7 @@ class WriteBack:
 
     def schedule_delete(self, key: str) -> None:
         self._deletes.setdefault(key, self.clock() + self.delay)
+        self._mark_deleting(key)
         self._kick()
 
     def cancel_delete(self, key: str) -> bool:
@@ -149,13 +157,56 @@ class WriteBack:
         if self._deletes.pop(key, None) is None:
             return False
         self._delete_attempts.pop(key, None)
+        if key not in self._busy:
+            self._unmark_deleting(key, done=False)
         return True
+
+    def may_still_list(self, key: str, started: float) -> bool:
+        """Whether a listing started at ``started`` may show ``key`` although this mount deleted it.
+
+        ``key`` is an object key or a folder prefix (ending in ``/``): true while
+        a delete of it (or of anything under it) is pending or in flight, or
+        finished after the listing started.
+        """
+        if self._deleting_under[key] > 0:
+            return True
+        return self._deleted_at.get(key, -1.0) >= started
+
+    @staticmethod
+    def _prefixes(key: str) -> list[str]:
+        """``key`` and every folder prefix above it: what a listing may show it as."""
+        parts = key.rstrip("/").split("/")
+        out = ["/".join(parts[:i]) + "/" for i in range(1, len(parts))]
+        return out + [key]
+
+    def _mark_deleting(self, key: str) -> None:
+        if key not in self._deleting:
+            self._deleting.add(key)
+            self._deleting_under.update(self._prefixes(key))
+
+    def _unmark_deleting(self, key: str, done: bool) -> None:
+        if key not in self._deleting:
+            return
+        self._deleting.discard(key)
+        now = self.clock()
+        for prefix in self._prefixes(key):
+            self._deleting_under[prefix] -= 1
+            if self._deleting_under[prefix] <= 0:
+                del self._deleting_under[prefix]
+            if done:
+                self._deleted_at[prefix] = now
+                self._deleted_log.append((now, prefix))
+        while self._deleted_log and self._deleted_log[0][0] < now - DELETED_MEMORY:
+            old, prefix = self._deleted_log.popleft()
+            if self._deleted_at.get(prefix) == old:
+                del self._deleted_at[prefix]
 
     def is_pending(self, source: Source) -> bool:
         return source.rid in self._puts
 
-    def delete_pending(self, key: str) -> bool:
-        return key in self._deletes
+    def deleting(self, key: str) -> bool:
+        """Whether a delete of ``key`` is pending or in flight."""
+        return key in self._deleting
 
     async def copy(self, src: str, dst: str, metadata: dict[str, str] | None = None) -> str:
         """Server-side copy that waits for, and blocks, other operations on ``dst``."""
@@ -333,6 +384,7 @@ class WriteBack:
                     self._delete_attempts.pop(key, None)
                     if key not in self._deletes:
                         self.journal.remove_delete(key)
+                        self._unmark_deleting(key, done=True)
             finally:
                 for key in keys:
                     self._release(key)

@@ -1,0 +1,76 @@
+"""Write-back engine rules that need no FUSE: what listings may still show."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import trio
+
+from cowfs.journal import Journal
+from cowfs.store.local import LocalStore
+from cowfs.writeback import WriteBack
+
+
+class GatedStore(LocalStore):
+    """A real local store whose batched deletes wait until the test opens the gate."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def delete_many(self, keys: list[str]) -> None:
+        self.entered.set()
+        self.gate.wait(10)
+        super().delete_many(keys)
+
+
+def test_a_deleted_folder_stays_hidden_from_listings_that_started_before_its_deletes_finished(tmp_path):
+    store = GatedStore(tmp_path / "store")
+    for key in ("t/ws/src/", "t/ws/src/a", "t/ws/src/sub/b"):
+        store.put(key, b"x", {})
+    journal = Journal(tmp_path / "journal")
+
+    async def main() -> None:
+        wb = WriteBack(store, journal, trio.CapacityLimiter(4), delay=0.0)
+        before = wb.clock()
+        for key in ("t/ws/src/", "t/ws/src/a", "t/ws/src/sub/b"):
+            journal.write_delete(key)
+            wb.schedule_delete(key)
+        assert wb.may_still_list("t/ws/src/", before)
+        assert wb.may_still_list("t/ws/src/sub/", before)
+        assert wb.deleting("t/ws/src/a")
+        assert not wb.may_still_list("t/ws/other/", before)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wb.run)
+            await trio.to_thread.run_sync(store.entered.wait, 10)
+            in_flight = wb.clock()
+            assert wb.may_still_list("t/ws/src/", in_flight), "a delete in flight must hide the folder"
+            assert wb.deleting("t/ws/src/sub/b")
+            store.gate.set()
+            await wb.drain()
+            nursery.cancel_scope.cancel()
+        assert wb.may_still_list("t/ws/src/", in_flight), "a listing that started before the delete may show it"
+        assert not wb.may_still_list("t/ws/src/", wb.clock())
+        assert not wb.deleting("t/ws/src/a")
+        assert store.list_all("t/ws/", None).objects == []
+
+    trio.run(main)
+    journal.close()
+
+
+def test_a_cancelled_delete_hides_nothing(tmp_path):
+    journal = Journal(tmp_path / "journal")
+
+    async def main() -> None:
+        wb = WriteBack(LocalStore(tmp_path / "store"), journal, trio.CapacityLimiter(4), delay=60)
+        start = wb.clock()
+        wb.schedule_delete("t/ws/f")
+        assert wb.may_still_list("t/ws/f", start)
+        assert wb.cancel_delete("t/ws/f")
+        assert not wb.may_still_list("t/ws/f", start)
+        assert not wb.may_still_list("t/ws/", start)
+
+    trio.run(main)
+    journal.close()
