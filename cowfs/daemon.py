@@ -30,7 +30,7 @@ from .config import TenantOwner
 from .errors import CowfsError, UsageError
 from .fs import Operations
 from .hooks import WorkspaceHooks
-from .journal import Journal
+from .journal import GROUP_COMMIT, Journal
 from .keys import KeyMap
 from .namespace import Namespace
 from .notify import notify
@@ -222,6 +222,7 @@ async def _serve(
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(writeback.run)
+            nursery.start_soon(_group_commit, journal)
             nursery.start_soon(activity.run)
             nursery.start_soon(control.serve, control_path, handle)
             nursery.start_soon(_stop_on_signal, sync_all)
@@ -234,6 +235,20 @@ async def _serve(
         pyfuse3.close(unmount=True)
         if unmounted:
             log.info("unmounted %s; every pending change is in the store", opts.mountpoint)
+
+
+async def _group_commit(journal: Journal) -> None:
+    """One ``syncfs`` for every batch of closes: on the disk within ``GROUP_COMMIT`` seconds."""
+    synced = 0
+    while True:
+        await trio.sleep(GROUP_COMMIT)
+        if journal.changes == synced:
+            continue
+        synced = journal.changes
+        try:
+            await trio.to_thread.run_sync(journal.sync_to_disk)
+        except OSError as exc:
+            log.error("cannot flush the journal to disk: %s", exc)
 
 
 async def _stop_on_signal(sync_all: Callable[[], Awaitable[None]]) -> None:

@@ -72,6 +72,10 @@ class Unsupported(CowfsError):
     errno = errno.EOPNOTSUPP
 
 
+class StagingLost(CowfsError):
+    """A journal record's staging bytes are gone or short (a machine crash inside the group-commit window)."""
+
+
 class StoreError(CowfsError):
     """The object store failed or could not be reached."""
 

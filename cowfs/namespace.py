@@ -978,13 +978,11 @@ class Namespace:
     # -- persistence -------------------------------------------------------
 
     def _commit(self, node: Node) -> None:
-        """Close/flush: make the node's changes durable in the journal, schedule upload."""
+        """Close/flush: record the node's changes in the journal (group commit), schedule upload."""
         if node.write_failed:
             self._revert_failed_writes(node)
         if not node.dirty or not node.attached:
             return
-        if node.staging is not None:
-            os.fsync(node.fd)
         self._persist(node)
 
     def _revert_failed_writes(self, node: Node) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from .errors import ObjectNotFound
+from .errors import ObjectNotFound, StagingLost
 from .journal import (
     BODY_EMPTY,
     BODY_INLINE,
@@ -47,13 +47,13 @@ def replay(store: ObjectStore, journal: Journal) -> Report:
         report.deleted.extend(deletes)
     for record in puts:
         if record.body == BODY_STAGING:
-            path = journal.staging_path(record.staging or "")
-            if not path.exists():
+            try:
+                with committed_body(journal.staging_path(record.staging or ""), record.size, journal.root) as body:
+                    store.put(record.key, body, record.metadata)
+            except (FileNotFoundError, StagingLost):
                 report.lost.append(record.key)
                 journal.remove_put(record.rid)
                 continue
-            with committed_body(path, record.size, journal.root) as body:
-                store.put(record.key, body, record.metadata)
         elif record.body == BODY_METADATA_ONLY:
             try:
                 store.copy(record.key, record.key, record.metadata)

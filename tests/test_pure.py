@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import stat
 
 import pytest
@@ -92,6 +94,31 @@ def test_journal_records_survive_reopen(tmp_path):
     again.remove_put("r1")
     again.remove_delete("t/w/old")
     assert again.records() == []
+
+
+def test_replay_reports_a_version_whose_bytes_did_not_reach_the_disk_and_uploads_the_rest(tmp_path):
+    """After a machine crash inside the group-commit window a staging file may come back short."""
+    from cowfs.recovery import replay
+    from cowfs.store.local import LocalStore
+
+    store = LocalStore(tmp_path / "store")
+    store.put("t/w/short", b"old version", {})
+    journal = Journal(tmp_path / "j")
+    short, fd = journal.create_staging()
+    os.write(fd, b"0123")
+    os.close(fd)
+    whole, fd = journal.create_staging()
+    os.write(fd, b"all of it")
+    os.close(fd)
+    journal.write_put(PutRecord("r1", "t/w/short", BODY_STAGING, short, {}, b"", 10))
+    journal.write_put(PutRecord("r2", "t/w/whole", BODY_STAGING, whole, {}, b"", 9))
+    journal.sync_to_disk()
+    report = replay(store, journal)
+    assert report.lost == ["t/w/short"]
+    assert report.uploaded == ["t/w/whole"]
+    assert store.get("t/w/short")[0] == b"old version"
+    assert store.get("t/w/whole")[0] == b"all of it"
+    assert journal.records() == []
 
 
 def test_layout_rules_by_depth():
