@@ -149,6 +149,8 @@ def serve(opts: MountOptions, store: ObjectStore) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         raise CowfsError(f"cache directory {cache_dir} is in use by another cowfs daemon") from None
+    if os.environ.get("COWFS_SWITCH"):
+        sys.setswitchinterval(float(os.environ["COWFS_SWITCH"]))
     journal = Journal(cache_dir / "journal")
     report = replay(store, journal)
     if report.lines():
@@ -222,7 +224,9 @@ async def _serve(
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(writeback.run)
-            nursery.start_soon(_group_commit, journal)
+            nursery.start_soon(ns.run)
+            if not os.environ.get("COWFS_NOGC"):
+                nursery.start_soon(_group_commit, journal)
             nursery.start_soon(activity.run)
             nursery.start_soon(control.serve, control_path, handle)
             nursery.start_soon(_stop_on_signal, sync_all)

@@ -40,6 +40,7 @@ from .cache import ContentCache
 from .config import TenantOwner
 from .errors import (
     AlreadyExists,
+    CowfsError,
     InvalidArgument,
     IsADirectory,
     NoAttribute,
@@ -67,6 +68,9 @@ ROOT_INODE = 1
 STORE_RETRY_PAUSE = 5.0
 #: Objects up to this size are fetched whole when their metadata is first needed.
 PREFETCH_BYTES = 256 * 1024
+#: Read-ahead of a freshly listed folder: its small files, at most this many per listing, this many at a time.
+READ_AHEAD_FILES = 2000
+READ_AHEAD_PARALLEL = 8
 FILE, DIR, LINK = "file", "dir", "symlink"
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -259,6 +263,15 @@ class Namespace:
         self.handles: dict[int, Handle | DirHandle] = {}
         self._next_fh = 1
         self._tree_lock = trio.Lock()
+        self._fetching: dict[Node, trio.Event] = {}
+        self._read_ahead_slots = trio.CapacityLimiter(READ_AHEAD_PARALLEL)
+        self._background: trio.Nursery | None = None
+
+    async def run(self) -> None:
+        """Host background work (read-ahead); run it in the daemon's nursery."""
+        async with trio.open_nursery() as nursery:
+            self._background = nursery
+            await trio.sleep_forever()
 
     # -- helpers ------------------------------------------------------------
 
@@ -368,6 +381,7 @@ class Namespace:
 
     def _release_key(self, key: str) -> None:
         """``key`` must go from the store (after any in-flight put of it)."""
+        self.writeback.changed()
         self.journal.write_delete(key)
         self.writeback.schedule_delete(key)
 
@@ -415,11 +429,15 @@ class Namespace:
                 log.warning("listing %s failed, serving the last known listing: %s", prefix or "/", exc)
                 return
             if dir_node.attached:
-                self._merge(dir_node, prefix, page, started)
+                self._read_ahead(self._merge(dir_node, prefix, page, started))
             dir_node.listed_at = started
 
-    def _merge(self, dir_node: Node, prefix: str, page: ListPage, started: float) -> None:
-        """Fold a listing into the tree; what changed here since it started wins."""
+    def _merge(self, dir_node: Node, prefix: str, page: ListPage, started: float) -> list[Node]:
+        """Fold a listing into the tree; what changed here since it started wins.
+
+        Returns the nodes it added or whose object changed: their metadata is unknown.
+        """
+        fresh: list[Node] = []
         remote: dict[str, ObjectInfo | None] = {}
         base = self.full(dir_node)
         for sub in page.prefixes:
@@ -442,13 +460,35 @@ class Namespace:
             if child is not None and (child.kind == DIR) == (info is _PREFIX_ONLY):
                 if info is not None and child.etag != info.etag:
                     self._changed_remotely(child, info)
+                    fresh.append(child)
                 continue
             if child is not None:
                 self._detach(child)
-            self._node_from_listing(dir_node, name, info)
+            fresh.append(self._node_from_listing(dir_node, name, info))
         for name, child in list(dir_node.children.items()):
             if name not in remote and not self._locally_owned(child) and child.touched < started:
                 self._detach(child)
+        return fresh
+
+    def _read_ahead(self, nodes: list[Node]) -> None:
+        """Fetch the small files of a just-listed folder in the background, a few at a time.
+
+        Whoever lists a folder usually reads its files next; each small object
+        costs one GET either way, but in parallel and ahead of the reader.
+        """
+        if self._background is None:
+            return
+        for node in [n for n in nodes if n.kind != DIR and n.size <= PREFETCH_BYTES][:READ_AHEAD_FILES]:
+            self._background.start_soon(self._read_ahead_one, node)
+
+    async def _read_ahead_one(self, node: Node) -> None:
+        async with self._read_ahead_slots:
+            if node.meta_known or not node.attached:
+                return
+            try:
+                await self._ensure_meta(node)
+            except (CowfsError, OSError) as exc:
+                log.debug("read-ahead of %s: %s", node.name, exc)
 
     def _may_exist(self, full: tuple[str, ...]) -> bool:
         """With a tenants table, only configured tenants exist."""
@@ -481,9 +521,23 @@ class Namespace:
 
         A small object is fetched whole (GET returns metadata and bytes at once),
         so a cold ``ls -l`` followed by reads costs one request per file, not two.
+        One fetch per node at a time: a reader joins a read-ahead already under way.
         """
-        if node.meta_known or node.virtual:
-            return
+        while not (node.meta_known or node.virtual):
+            under_way = self._fetching.get(node)
+            if under_way is not None:
+                await under_way.wait()
+                if not node.attached:
+                    raise NotFound(node.name)
+                continue
+            done = self._fetching[node] = trio.Event()
+            try:
+                await self._fetch_meta(node)
+            finally:
+                del self._fetching[node]
+                done.set()
+
+    async def _fetch_meta(self, node: Node) -> None:
         key = self.key(node)
         meta = self.cache.get_meta(key, node.etag) if node.etag else None
         if meta is not None:
@@ -914,6 +968,7 @@ class Namespace:
         except OSError:
             node.write_failed = True
             raise
+        self.writeback.changed()
         self._modified(node, max(node.size, offset + written))
         return written
 
@@ -1007,6 +1062,7 @@ class Namespace:
             node.size, node.dirty = 0, True
 
     def _persist(self, node: Node) -> None:
+        self.writeback.changed()
         node.touched = self.clock()
         node.dirty = False
         node.version += 1

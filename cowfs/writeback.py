@@ -4,7 +4,10 @@ A *source* (a node of the namespace) is scheduled after close; it is
 uploaded once its write-back delay has passed, counted from the first
 schedule after the last upload, so a file appended to line by line goes up
 at most once per delay, not once per line. Deletes wait the same delay and go
-up in batches of up to 1000 keys. Operations on one key never overlap, so a
+up in batches of up to 1000 keys. While the mount is busy (a change less than
+``QUIET`` seconds ago: an untar, a build, a clone) due work waits for a pause,
+at most ``MAX_DEFER`` seconds, so uploads do not compete with the burst that
+causes them; fsync, ``cowfs sync`` and unmount never wait. Operations on one key never overlap, so a
 delete and a later put of the same key land in order. Failed operations are
 retried with capped exponential backoff and jitter; nothing is dropped.
 """
@@ -33,6 +36,10 @@ MAX_BACKOFF = 30.0
 DELETE_BATCH = 1000
 #: How long a finished delete is remembered: longer than any listing can take.
 DELETED_MEMORY = 600.0
+#: Due work starts once the mount has seen no change for this long ...
+QUIET = 0.25
+#: ... or once it has been due for this long.
+MAX_DEFER = 4.0
 
 
 @dataclass
@@ -76,6 +83,8 @@ class _Pending:
     running: bool = False
     again: bool = False
     next_due: float = 0.0
+    urgent: bool = False
+    next_urgent: bool = False
     done: trio.Event = field(default_factory=trio.Event)
 
 
@@ -121,22 +130,35 @@ class WriteBack:
         self._wake = trio.Event()
         self._idle = trio.Event()
         self._idle.set()
+        self._last_change = -MAX_DEFER
+        self._draining = 0
         self.uploads = self.deletes = self.retries = 0
         self.last_error: str | None = None
 
     # -- scheduling (called on the trio thread) ---------------------------
+
+    def changed(self) -> None:
+        """The mount just changed something: due work waits for a pause (at most ``MAX_DEFER``)."""
+        self._last_change = self.clock()
+
+    def _start_at(self, due: float, urgent: bool) -> float:
+        if urgent or self._draining:
+            return due
+        return max(due, min(self._last_change + QUIET, due + MAX_DEFER))
 
     def schedule(self, source: Source, now: bool = False) -> None:
         """Upload ``source`` after the write-back delay (or at once)."""
         due = self.clock() + (0 if now else self.delay)
         entry = self._puts.get(source.rid)
         if entry is None:
-            self._puts[source.rid] = _Pending(source, due)
+            entry = self._puts[source.rid] = _Pending(source, due, urgent=now)
         elif entry.running:
             entry.next_due = min(entry.next_due, due) if entry.again else due
+            entry.next_urgent = entry.next_urgent or now
             entry.again = True
         else:
             entry.due = min(entry.due, due)
+            entry.urgent = entry.urgent or now
         self._kick()
 
     def cancel(self, source: Source) -> None:
@@ -226,13 +248,17 @@ class WriteBack:
 
     async def drain(self) -> None:
         """Wait until every pending upload and delete is in the store."""
-        while self._puts or self._deletes or self._busy:
-            for entry in self._puts.values():
-                entry.due = min(entry.due, self.clock())
-            for key in self._deletes:
-                self._deletes[key] = min(self._deletes[key], self.clock())
-            self._kick()
-            await self._idle.wait()
+        self._draining += 1
+        try:
+            while self._puts or self._deletes or self._busy:
+                for entry in self._puts.values():
+                    entry.due = min(entry.due, self.clock())
+                for key in self._deletes:
+                    self._deletes[key] = min(self._deletes[key], self.clock())
+                self._kick()
+                await self._idle.wait()
+        finally:
+            self._draining -= 1
 
     def stats(self) -> Stats:
         return Stats(len(self._puts), len(self._deletes), self.uploads, self.deletes, self.retries, self.last_error)
@@ -257,12 +283,15 @@ class WriteBack:
                 for rid, entry in list(self._puts.items()):
                     if entry.running:
                         continue
-                    if entry.due <= now:
+                    start_at = self._start_at(entry.due, entry.urgent)
+                    if start_at <= now:
                         entry.running = True
                         nursery.start_soon(self._upload, rid, entry)
                     else:
-                        next_due = min(next_due, entry.due)
-                due_keys = [k for k, t in self._deletes.items() if t <= now and k not in self._busy]
+                        next_due = min(next_due, start_at)
+                due_keys = [
+                    k for k, t in self._deletes.items() if self._start_at(t, False) <= now and k not in self._busy
+                ]
                 for i in range(0, len(due_keys), DELETE_BATCH):
                     batch = due_keys[i:i + DELETE_BATCH]
                     for key in batch:
@@ -270,7 +299,7 @@ class WriteBack:
                         self._busy[key] = trio.Event()
                     nursery.start_soon(self._delete_batch, batch)
                 for t in self._deletes.values():
-                    next_due = min(next_due, t)
+                    next_due = min(next_due, self._start_at(t, False))
                 self._check_idle()
                 with trio.move_on_after(max(0.0, next_due - self.clock())):
                     await self._wake.wait()
@@ -337,6 +366,7 @@ class WriteBack:
         entry.attempts = 0
         if entry.again or not settled:
             entry.due = entry.next_due if entry.again else self.clock()
+            entry.urgent, entry.next_urgent = entry.next_urgent, False
             entry.again = False
             self._kick()
             return
