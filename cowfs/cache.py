@@ -3,6 +3,11 @@
 Nothing here is ever the only copy: dirty bytes live in the journal's staging
 area until the store has them, so diskcache may evict any entry (LRU) to stay
 under ``--cache-size``. An entry is valid only for the ETag it was stored with.
+
+The limit is kept on what the folder really takes on disk: a file entry
+counts whole blocks, room is made before a file is added (not after), a file
+larger than the whole cache is not kept, and SQLite's write-ahead log is kept
+small and counted out of the limit.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import functools
 import logging
 import os
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -18,6 +24,23 @@ import diskcache
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
+
+BLOCK = 4096
+#: SQLite's write-ahead log is checkpointed every this many pages and truncated to this size.
+WAL_PAGES = 64
+WAL_LIMIT = 512 * 1024
+#: Per-connection SQLite page cache (in pages; every worker thread has its own connection).
+SQLITE_CACHE_PAGES = 256
+
+
+class _BlockDisk(diskcache.Disk):
+    """Counts a file entry by the blocks it occupies, so many small files cannot overrun the limit."""
+
+    def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> tuple:
+        size, mode, filename, db_value = super().store(value, read, key=key)
+        if filename is not None:
+            size = -(-size // BLOCK) * BLOCK + BLOCK
+        return size, mode, filename, db_value
 
 
 def _best_effort(fn: F) -> F:
@@ -38,12 +61,19 @@ class ContentCache:
     """File contents and object metadata, keyed by store key, tagged by ETag."""
 
     def __init__(self, directory: Path, size_limit: int) -> None:
+        self.limit = max(0, size_limit - WAL_LIMIT)
         self._cache = diskcache.Cache(
             str(directory),
-            size_limit=size_limit,
+            disk=_BlockDisk,
+            size_limit=self.limit,
+            cull_limit=0,
             eviction_policy="least-recently-used",
-            disk_min_file_size=0,
+            sqlite_cache_size=SQLITE_CACHE_PAGES,
+            sqlite_mmap_size=0,
+            sqlite_wal_autocheckpoint=WAL_PAGES,
+            sqlite_journal_size_limit=WAL_LIMIT,
         )
+        self._room = threading.Lock()
 
     def close(self) -> None:
         self._cache.close()
@@ -65,10 +95,26 @@ class ContentCache:
 
     @_best_effort
     def put_file(self, key: str, etag: str, fd: int) -> None:
-        """Keep a clean copy of ``key`` at ``etag`` from an open descriptor."""
-        with os.fdopen(os.dup(fd), "rb") as src:
-            src.seek(0)
-            self._cache.set(("data", key), src, read=True, tag=etag)
+        """Keep a clean copy of ``key`` at ``etag`` from an open descriptor, evicting first to make room."""
+        size = -(-os.fstat(fd).st_size // BLOCK) * BLOCK + BLOCK
+        with self._room:
+            self._cache.delete(("data", key))
+            if size > self.limit:
+                return
+            self._make_room(size)
+            with os.fdopen(os.dup(fd), "rb") as src:
+                src.seek(0)
+                self._cache.set(("data", key), src, read=True, tag=etag)
+
+    def _make_room(self, size: int) -> None:
+        """Evict least recently used entries until ``size`` more bytes fit under the limit."""
+        if self._cache.volume() + size <= self.limit:
+            return
+        self._cache.reset("size_limit", max(0, self.limit - size))
+        try:
+            self._cache.cull()
+        finally:
+            self._cache.reset("size_limit", self.limit)
 
     @_best_effort
     def discard(self, key: str) -> None:

@@ -11,6 +11,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -149,8 +150,7 @@ def serve(opts: MountOptions, store: ObjectStore) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         raise CowfsError(f"cache directory {cache_dir} is in use by another cowfs daemon") from None
-    if os.environ.get("COWFS_SWITCH"):
-        sys.setswitchinterval(float(os.environ["COWFS_SWITCH"]))
+    _raise_fd_limit()
     journal = Journal(cache_dir / "journal")
     report = replay(store, journal)
     if report.lines():
@@ -225,8 +225,7 @@ async def _serve(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(writeback.run)
             nursery.start_soon(ns.run)
-            if not os.environ.get("COWFS_NOGC"):
-                nursery.start_soon(_group_commit, journal)
+            nursery.start_soon(_group_commit, journal)
             nursery.start_soon(activity.run)
             nursery.start_soon(control.serve, control_path, handle)
             nursery.start_soon(_stop_on_signal, sync_all)
@@ -239,6 +238,13 @@ async def _serve(
         pyfuse3.close(unmount=True)
         if unmounted:
             log.info("unmounted %s; every pending change is in the store", opts.mountpoint)
+
+
+def _raise_fd_limit() -> None:
+    """Every open file holds a descriptor here: take the hard limit, not the soft 1024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 async def _group_commit(journal: Journal) -> None:

@@ -77,8 +77,23 @@ RENAME_EXCHANGE = 2
 _PREFIX_ONLY = None  # a listing entry that is a folder
 
 
+_NO_CHILDREN: dict[str, "Node"] = {}
+
+
 class Node:
-    """One file, folder or symlink the kernel may know by inode number."""
+    """One file, folder or symlink the kernel may know by inode number.
+
+    Slots, and a lock, journal id and write-back adapter made only when first
+    needed: a mount lists hundreds of thousands of nodes and changes few.
+    """
+
+    __slots__ = (
+        "ino", "kind", "name", "parent", "mode", "uid", "gid", "mtime_ns", "ctime_ns", "xattrs", "size",
+        "etag", "remote", "shadows", "meta_known", "attached", "target", "children", "listed_at", "staging",
+        "committed", "committed_size", "clean_size", "write_failed", "condition", "fd", "open_count", "writers",
+        "dirty", "version", "content_gen", "kernel_gen", "touched", "virtual", "pinned", "lookups", "_lock",
+        "_rid", "source",
+    )
 
     def __init__(self, ino: int, kind: str, name: str, parent: Node | None, attrs: Attrs) -> None:
         self.ino = ino
@@ -98,7 +113,7 @@ class Node:
         self.meta_known = True
         self.attached = True
         self.target: bytes | None = None
-        self.children: dict[str, Node] = {}
+        self.children: dict[str, Node] = {} if kind == DIR else _NO_CHILDREN
         self.listed_at: float | None = None
         self.staging: str | None = None
         self.committed: str | None = None
@@ -117,9 +132,22 @@ class Node:
         self.virtual: str | None = None
         self.pinned = False
         self.lookups = 0
-        self.lock = trio.Lock()
-        self.rid = Journal.new_id()
-        self.source = _NodeSource(self)
+        self._lock: trio.Lock | None = None
+        self._rid: str | None = None
+        self.source: _NodeSource | None = None
+
+    @property
+    def lock(self) -> trio.Lock:
+        if self._lock is None:
+            self._lock = trio.Lock()
+        return self._lock
+
+    @property
+    def rid(self) -> str:
+        """Names this node's journal record and write-back entry."""
+        if self._rid is None:
+            self._rid = Journal.new_id()
+        return self._rid
 
     def path(self) -> tuple[str, ...]:
         parts: list[str] = []
@@ -141,21 +169,20 @@ class Node:
 class _NodeSource:
     """Adapter that lets the write-back engine upload a node."""
 
-    def __init__(self, node: Node) -> None:
+    __slots__ = ("node", "rid", "namespace")
+
+    def __init__(self, node: Node, namespace: Namespace) -> None:
         self.node = node
         self.rid = node.rid
-        self.namespace: Namespace | None = None
+        self.namespace = namespace
 
     def snapshot(self) -> Upload | None:
-        assert self.namespace is not None
         return self.namespace._snapshot(self.node)
 
     async def uploaded(self, upload: Upload, etag: str) -> bool:
-        assert self.namespace is not None
         return await self.namespace._uploaded(self.node, upload, etag)
 
     def conflicted(self, upload: Upload) -> None:
-        assert self.namespace is not None
         self.namespace._conflicted(self.node, upload)
 
 
@@ -251,7 +278,6 @@ class Namespace:
         root.remote = True
         self.root = root
         self.inodes: dict[int, Node] = {ROOT_INODE: root}
-        self._wire(root)
         self._next_ino = ROOT_INODE + 1
         self._decorate(root)
         self._own_tenant(root)
@@ -283,12 +309,18 @@ class Namespace:
             self._store_down_until = self.clock() + STORE_RETRY_PAUSE
             raise
 
-    def _wire(self, node: Node) -> Node:
-        node.source.namespace = self
-        return node
+    def _source(self, node: Node) -> _NodeSource:
+        """The write-back engine's handle on ``node`` (made when it first has something to upload)."""
+        if node.source is None:
+            node.source = _NodeSource(node, self)
+        return node.source
+
+    def _pending(self, node: Node) -> bool:
+        """Whether ``node`` has an upload waiting or under way."""
+        return node.source is not None and self.writeback.is_pending(node.source)
 
     def _new_node(self, parent: Node, name: str, kind: str, attrs: Attrs) -> Node:
-        node = self._wire(Node(self._next_ino, kind, name, parent, attrs))
+        node = Node(self._next_ino, kind, name, parent, attrs)
         self._next_ino += 1
         self.inodes[node.ino] = node
         parent.children[name] = node
@@ -387,7 +419,7 @@ class Namespace:
 
     def _unsynced(self, node: Node) -> bool:
         """Whether the store lacks something this node holds."""
-        return not node.remote or node.staging is not None or self.writeback.is_pending(node.source)
+        return not node.remote or node.staging is not None or self._pending(node)
 
     def _may_hold_object(self, node: Node) -> bool:
         """Whether the store may have an object at this node's key (ours, or an older one we replace)."""
@@ -548,7 +580,7 @@ class Namespace:
             if small:
                 fd, info = await self._io(self._download, key)
             else:
-                info = await self._io(self.store.head, key)
+                info = await self._io(self._head, key)
         except (ObjectNotFound, NotFound):
             if node.kind == DIR:
                 node.meta_known = True
@@ -557,7 +589,6 @@ class Namespace:
             raise NotFound(node.name) from None
         if node.kind != DIR:
             node.etag, node.size = info.etag, info.size
-        self.cache.put_meta(key, info.etag, info.metadata or {})
         self._apply_meta(node, info.metadata or {}, info.last_modified)
         if small:
             if node.kind == LINK:
@@ -732,8 +763,9 @@ class Namespace:
         """``node`` left the tree: drop its not-yet-uploaded intent, delete its object."""
         key = self.key(node)
         self._detach(node)
-        self.writeback.cancel(node.source)
-        if not self.writeback.is_pending(node.source):
+        if node.source is not None:
+            self.writeback.cancel(node.source)
+        if node.source is not None and not self._pending(node):
             self.journal.remove_put(node.rid)
         if self._may_hold_object(node):
             self._release_key(key)
@@ -809,8 +841,9 @@ class Namespace:
             )
             if target is not None:
                 self._detach(target)
-                self.writeback.cancel(target.source)
-                if not self.writeback.is_pending(target.source):
+                if target.source is not None:
+                    self.writeback.cancel(target.source)
+                if target.source is not None and not self._pending(target):
                     self.journal.remove_put(target.rid)
             shadows = self._claim_key(new_key) or (target is not None and self._may_hold_object(target))
             carries_data = node.kind != DIR and self._carries_data(node)
@@ -831,7 +864,7 @@ class Namespace:
             now = self.clock()
             for moved in node.walk():
                 moved.touched = now
-                if self.writeback.is_pending(moved.source):
+                if self._pending(moved):
                     self._write_record(moved)
 
     async def _check_replace(self, node: Node, target: Node, flags: int) -> None:
@@ -935,6 +968,12 @@ class Namespace:
         node.fd = fd
         return fd
 
+    def _head(self, key: str) -> ObjectInfo:
+        """An object's metadata, remembered in the cache; blocking, runs on a worker thread."""
+        info = self.store.head(key)
+        self.cache.put_meta(key, info.etag, info.metadata or {})
+        return info
+
     def _download(self, key: str) -> tuple[int, ObjectInfo]:
         """Fetch a whole object into the cache; blocking, runs on a worker thread."""
         with tempfile.TemporaryFile(dir=self.tmp_dir) as tmp:
@@ -981,7 +1020,7 @@ class Namespace:
             node.committed is None
             or node.committed != node.staging
             or offset >= node.committed_size
-            or not self.writeback.is_pending(node.source)
+            or not self._pending(node)
         ):
             return
         async with node.lock:
@@ -1010,7 +1049,7 @@ class Namespace:
     async def fsync(self, fh: int) -> None:
         node = self.handle(fh).node
         self._commit(node)
-        await self.writeback.flush(node.source)
+        await self.writeback.flush(self._source(node))
 
     async def release(self, fh: int) -> None:
         handle = self.handles.pop(fh, None)
@@ -1027,7 +1066,7 @@ class Namespace:
             elif node.staging is None and node.fd is not None:
                 os.close(node.fd)
                 node.fd = None
-            elif node.staging is not None and not self.writeback.is_pending(node.source):
+            elif node.staging is not None and not self._pending(node):
                 await self._retire_staging(node)
 
     # -- persistence -------------------------------------------------------
@@ -1071,7 +1110,7 @@ class Namespace:
         node.committed, node.committed_size = node.staging, node.size
         log.debug("persist %s v%d staging=%s remote=%s", self.key(node), node.version, node.staging, node.remote)
         self._write_record(node)
-        self.writeback.schedule(node.source)
+        self.writeback.schedule(self._source(node))
 
     def _intent(self, node: Node) -> tuple[str, str | None, bytes]:
         if node.kind == DIR:
@@ -1112,7 +1151,7 @@ class Namespace:
             return not node.attached
         node.etag, node.remote, node.condition = etag, True, "etag"
         node.touched = self.clock()
-        self.cache.put_meta(upload.key, etag, upload.metadata)
+        await trio.to_thread.run_sync(self.cache.put_meta, upload.key, etag, upload.metadata)
         if upload.version == node.version and node.open_count == 0 and node.staging is not None:
             await self._retire_staging(node)
         return True
@@ -1271,7 +1310,7 @@ class Namespace:
         return sum(
             n.size
             for n in self.inodes.values()
-            if n.staging is not None and (n.dirty or self.writeback.is_pending(n.source))
+            if n.staging is not None and (n.dirty or self._pending(n))
         )
 
     async def sync(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -90,6 +91,23 @@ def test_store_outage_writes_succeed_and_arrive_later(mount_factory, s3_bucket, 
         assert stored[f"t1/ws1/{name}"] == data
     expected_history = "line 0\n" + "".join(f"{mode} {i}\n" for mode in (ERROR, REFUSE) for i in range(20))
     assert stored["t1/ws1/history.jsonl"].decode() == expected_history
+
+
+def test_opening_one_file_of_a_folder_fetches_its_small_files_ahead(mount_factory, s3_bucket, proxy):
+    files = {f"f{i:02d}.txt": os.urandom(1000 + i) for i in range(40)}
+    for name, data in files.items():
+        s3_bucket.client.put_object(Bucket=s3_bucket.name, Key=f"t1/ws1/docs/{name}", Body=data)
+    m = mount_factory("ahead", extra=["--endpoint-url", proxy.endpoint, "--store-timeout", "2"])
+    docs = m.path / "t1" / "ws1" / "docs"
+    assert (docs / "f00.txt").read_bytes() == files["f00.txt"]
+    deadline = time.monotonic() + 10
+    while json.loads((m.path / ".cowfs" / "status.json").read_text())["cacheBytes"] < 40 * 4096:
+        assert time.monotonic() < deadline, "the folder's other files were not fetched ahead"
+        time.sleep(0.1)
+    time.sleep(0.5)
+    proxy.set_mode(HANG)
+    for name, data in files.items():
+        assert (docs / name).read_bytes() == data, f"{name} was not fetched ahead of the reader"
 
 
 def test_outage_reads_cached_ok_uncached_eio_within_timeout(mount_factory, s3_bucket, proxy):

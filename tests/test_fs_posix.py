@@ -217,6 +217,31 @@ def test_write_is_local_until_close_then_uploaded_after_delay(mount_factory, s3_
     assert body(s3_bucket, "t1/ws1/late.txt") == b"pending"
 
 
+def test_uploads_wait_for_a_pause_in_a_burst_but_fsync_does_not(mount_factory, s3_bucket):
+    m = mount_factory("burst", extra=["--write-back-delay", "0.2"])
+    ws = m.path / "t1" / "ws1"
+    ws.mkdir(parents=True)
+    m.sync()
+    start = time.monotonic()
+    i = 0
+    while time.monotonic() - start < 1.5:
+        (ws / f"f{i}").write_bytes(b"burst %d" % i)
+        i += 1
+        time.sleep(0.02)
+    mid_burst = [k for k in keys(s3_bucket) if k.startswith("t1/ws1/f")]
+    with open(ws / "synced", "wb") as f:
+        f.write(b"now")
+        f.flush()
+        os.fsync(f.fileno())
+        assert body(s3_bucket, "t1/ws1/synced") == b"now"
+    assert mid_burst == [], "files closed 1.3 s ago went up while the burst went on"
+    deadline = time.monotonic() + 10
+    while len([k for k in keys(s3_bucket) if k.startswith("t1/ws1/f")]) < i:
+        assert time.monotonic() < deadline, "uploads did not follow the pause"
+        time.sleep(0.1)
+    assert body(s3_bucket, "t1/ws1/f0") == b"burst 0"
+
+
 def test_umount_waits_for_pending_uploads(mount_factory, s3_bucket):
     m = mount_factory("um", extra=["--write-back-delay", "30"])
     ws = m.path / "t1" / "ws1"
