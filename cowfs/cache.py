@@ -30,7 +30,7 @@ BLOCK = 4096
 WAL_PAGES = 64
 WAL_LIMIT = 512 * 1024
 #: Per-connection SQLite page cache (in pages; every worker thread has its own connection).
-SQLITE_CACHE_PAGES = 256
+SQLITE_CACHE_PAGES = 64
 
 
 class _BlockDisk(diskcache.Disk):

@@ -22,6 +22,7 @@ import os
 import stat
 import tempfile
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol
@@ -68,9 +69,11 @@ ROOT_INODE = 1
 STORE_RETRY_PAUSE = 5.0
 #: Objects up to this size are fetched whole when their metadata is first needed.
 PREFETCH_BYTES = 256 * 1024
-#: Read-ahead of a freshly listed folder: its small files, at most this many per listing, this many at a time.
-READ_AHEAD_FILES = 2000
+#: Read-ahead of freshly listed folders: at most this many small files queued, this many fetched at a time.
+READ_AHEAD_QUEUE = 4096
 READ_AHEAD_PARALLEL = 8
+#: Metadata of a folder's entries (readdir) is fetched this many at a time.
+META_PARALLEL = 32
 FILE, DIR, LINK = "file", "dir", "symlink"
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -290,7 +293,8 @@ class Namespace:
         self._next_fh = 1
         self._tree_lock = trio.Lock()
         self._fetching: dict[Node, trio.Event] = {}
-        self._read_ahead_slots = trio.CapacityLimiter(READ_AHEAD_PARALLEL)
+        self._read_ahead_queue: deque[Node] = deque(maxlen=READ_AHEAD_QUEUE)
+        self._read_ahead_workers = 0
         self._background: trio.Nursery | None = None
 
     async def run(self) -> None:
@@ -508,19 +512,21 @@ class Namespace:
         Whoever lists a folder usually reads its files next; each small object
         costs one GET either way, but in parallel and ahead of the reader.
         """
-        if self._background is None:
+        if self._background is None or not self.store.remote:
             return
-        for node in [n for n in nodes if n.kind != DIR and n.size <= PREFETCH_BYTES][:READ_AHEAD_FILES]:
-            self._background.start_soon(self._read_ahead_one, node)
+        self._read_ahead_queue.extend(n for n in nodes if n.kind != DIR and n.size <= PREFETCH_BYTES)
+        while self._read_ahead_workers < min(READ_AHEAD_PARALLEL, len(self._read_ahead_queue)):
+            self._read_ahead_workers += 1
+            self._background.start_soon(self._read_ahead_worker)
 
-    async def _read_ahead_one(self, node: Node) -> None:
-        async with self._read_ahead_slots:
-            if node.meta_known or not node.attached:
-                return
-            try:
-                await self._ensure_meta(node)
-            except (CowfsError, OSError) as exc:
-                log.debug("read-ahead of %s: %s", node.name, exc)
+    async def _read_ahead_worker(self) -> None:
+        try:
+            while self._read_ahead_queue:
+                node = self._read_ahead_queue.popleft()
+                if node.attached:
+                    await self._fetch_quietly(node)
+        finally:
+            self._read_ahead_workers -= 1
 
     def _may_exist(self, full: tuple[str, ...]) -> bool:
         """With a tenants table, only configured tenants exist."""
@@ -537,6 +543,8 @@ class Namespace:
             node.size, node.etag = info.size, info.etag
         node.remote = True
         node.meta_known = False
+        if info is not None and info.metadata is not None:
+            self._apply_meta(node, info.metadata, info.last_modified)
         return node
 
     def _changed_remotely(self, node: Node, info: ObjectInfo) -> None:
@@ -547,6 +555,8 @@ class Namespace:
         if node.fd is not None and node.open_count == 0:
             os.close(node.fd)
             node.fd = None
+        if info.metadata is not None:
+            self._apply_meta(node, info.metadata, info.last_modified)
 
     async def _ensure_meta(self, node: Node) -> None:
         """Fill in mode/uid/gid/mtime/xattrs of a listed object: from the cache, else one request.
@@ -575,7 +585,7 @@ class Namespace:
         if meta is not None:
             self._apply_meta(node, meta, node.mtime_ns / 1e9)
             return
-        small = node.kind != DIR and node.size <= PREFETCH_BYTES
+        small = node.kind != DIR and node.size <= PREFETCH_BYTES and self.store.remote
         try:
             if small:
                 fd, info = await self._io(self._download, key)
@@ -606,18 +616,26 @@ class Namespace:
         node.meta_known = True
 
     async def _ensure_meta_all(self, nodes: list[Node]) -> None:
-        unknown = [n for n in nodes if not n.meta_known]
-        if not unknown:
-            return
-        async with trio.open_nursery() as nursery:
-            for node in unknown:
-                nursery.start_soon(self._ensure_meta_quiet, node)
+        """Metadata of many nodes, a bounded number of fetches at a time."""
+        unknown = iter([n for n in nodes if not n.meta_known])
 
-    async def _ensure_meta_quiet(self, node: Node) -> None:
+        async def worker() -> None:
+            for node in unknown:
+                try:
+                    await self._ensure_meta(node)
+                except NotFound:
+                    pass
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(META_PARALLEL):
+                nursery.start_soon(worker)
+
+    async def _fetch_quietly(self, node: Node) -> None:
+        """``_ensure_meta`` for work nobody waits on: a failure only costs a later fetch."""
         try:
             await self._ensure_meta(node)
-        except NotFound:
-            pass
+        except (CowfsError, OSError) as exc:
+            log.debug("fetching %s ahead: %s", node.name, exc)
 
     async def _child(self, parent: Node, name: str) -> Node:
         await self._refresh(parent)
@@ -969,9 +987,10 @@ class Namespace:
         return fd
 
     def _head(self, key: str) -> ObjectInfo:
-        """An object's metadata, remembered in the cache; blocking, runs on a worker thread."""
+        """An object's metadata, remembered in the cache when the store is remote; blocking."""
         info = self.store.head(key)
-        self.cache.put_meta(key, info.etag, info.metadata or {})
+        if self.store.remote:
+            self.cache.put_meta(key, info.etag, info.metadata or {})
         return info
 
     def _download(self, key: str) -> tuple[int, ObjectInfo]:

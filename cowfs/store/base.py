@@ -17,8 +17,8 @@ class ObjectInfo:
     """What the store says about one object.
 
     ``metadata`` holds the user metadata (the part after ``x-amz-meta-``,
-    lower-case names); it is ``None`` when the info came from a listing, which
-    does not carry metadata.
+    lower-case names); it is ``None`` when the info came from a listing that
+    does not carry metadata (S3's; the local store's listings do).
     """
 
     key: str
@@ -45,6 +45,9 @@ class ObjectStore(abc.ABC):
 
     #: A human-readable name for messages ("s3://bucket/prefix", "file:///x").
     url: str
+    #: Whether each request costs a round trip: then a small object is fetched
+    #: whole with its metadata, and a listed folder's small files are read ahead.
+    remote: bool = True
 
     @abc.abstractmethod
     def check(self) -> None:

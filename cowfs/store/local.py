@@ -46,8 +46,14 @@ CREATE TABLE IF NOT EXISTS objects (
 """
 
 
+#: SQLite page cache per connection (one connection per worker thread).
+CACHE_KIB = 256
+
+
 class LocalStore(ObjectStore):
     """Objects in a directory: an SQLite index plus one blob file per object."""
+
+    remote = False
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root).absolute()
@@ -164,7 +170,7 @@ class LocalStore(ObjectStore):
     # -- helpers ---------------------------------------------------------------
 
     def _entries(self, prefix: str, delimiter: str | None) -> Iterator[ObjectInfo | str]:
-        """Objects and rolled-up prefixes in key order.
+        """Objects (with their metadata: the index has it) and rolled-up prefixes in key order.
 
         A rolled-up prefix costs one index seek past it, however many keys it
         holds. Rows are fetched in batches, so no read transaction stays open
@@ -172,7 +178,7 @@ class LocalStore(ObjectStore):
         """
         cursor: str | None = prefix
         upper = _successor(prefix)
-        sql = "SELECT key, size, etag, mtime FROM objects WHERE key >= ?"
+        sql = "SELECT key, size, etag, mtime, meta FROM objects WHERE key >= ?"
         sql += " AND key < ? ORDER BY key LIMIT ?" if upper is not None else " ORDER BY key LIMIT ?"
         while cursor is not None:
             with self._guard("list", prefix):
@@ -181,10 +187,10 @@ class LocalStore(ObjectStore):
             if not rows:
                 return
             cursor = rows[-1][0] + "\0"
-            for key, size, etag, mtime in rows:
+            for key, size, etag, mtime, meta in rows:
                 cut = key.find(delimiter, len(prefix)) if delimiter else -1
                 if cut < 0:
-                    yield ObjectInfo(key=key, size=size, etag=etag, last_modified=mtime)
+                    yield _info(key, size, etag, mtime, meta)
                     continue
                 rolled_up = key[: cut + len(delimiter)]
                 yield rolled_up
@@ -202,6 +208,7 @@ class LocalStore(ObjectStore):
             db = sqlite3.connect(self.root / "index.sqlite3", timeout=BUSY_TIMEOUT, isolation_level=None)
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = FULL")
+            db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
             db.execute(_SCHEMA)
             local.db, local.pid = db, os.getpid()
         return local.db
