@@ -184,3 +184,23 @@ def test_activity_writes_one_record_per_workspace_per_flush(tmp_path, monkeypatc
 
     trio.run(scenario)
     assert sorted(calls) == [("acme", "other"), ("acme", "proj")]
+
+
+def test_transcript_appended_line_by_line_goes_up_at_most_twice_per_write_back_window(mount_factory, s3_bucket):
+    m = mount_factory("transcript", extra=["--write-back-delay", "0.5"])
+    s = m.path / "acme" / "proj" / "sessions" / "s1"
+    s.mkdir(parents=True)
+    m.sync()
+    before = json.loads((m.path / ".cowfs" / "status.json").read_text())["uploads"]
+    lines = [json.dumps({"turn": i, "text": "x" * 200}) + "\n" for i in range(150)]
+    start = time.monotonic()
+    for line in lines:
+        with open(s / "history.jsonl", "a") as f:
+            f.write(line)
+        time.sleep(0.02)
+    m.sync()
+    windows = (time.monotonic() - start) / 0.5 + 1
+    uploads = json.loads((m.path / ".cowfs" / "status.json").read_text())["uploads"] - before
+    assert 1 <= uploads <= 2 * windows, f"{uploads} uploads of a transcript appended {len(lines)} times"
+    body = s3_bucket.client.get_object(Bucket=s3_bucket.name, Key="acme/proj/sessions/s1/history.jsonl")["Body"].read()
+    assert body.decode() == "".join(lines)
