@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS objects (
 
 #: SQLite page cache per connection (one connection per worker thread).
 CACHE_KIB = 256
+_SETUP_LOCK = threading.Lock()
 
 
 class LocalStore(ObjectStore):
@@ -204,12 +205,15 @@ class LocalStore(ObjectStore):
         """This thread's connection (SQLite connections must not cross threads or forks)."""
         local = self._local
         if getattr(local, "pid", None) != os.getpid():
-            self._blobs.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.root / "index.sqlite3", timeout=BUSY_TIMEOUT, isolation_level=None)
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA synchronous = FULL")
-            db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
-            db.execute(_SCHEMA)
+            # Switching a new database to WAL fails at once ("database is locked",
+            # no busy wait) while another connection does the same: one at a time.
+            with _SETUP_LOCK:
+                self._blobs.mkdir(parents=True, exist_ok=True)
+                db = sqlite3.connect(self.root / "index.sqlite3", timeout=BUSY_TIMEOUT, isolation_level=None)
+                db.execute("PRAGMA journal_mode = WAL")
+                db.execute("PRAGMA synchronous = FULL")
+                db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+                db.execute(_SCHEMA)
             local.db, local.pid = db, os.getpid()
         return local.db
 
