@@ -16,6 +16,7 @@ Ordering rules (why nothing is lost or resurrected):
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
 import os
@@ -78,6 +79,8 @@ FILE, DIR, LINK = "file", "dir", "symlink"
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 _PREFIX_ONLY = None  # a listing entry that is a folder
+#: Set in tasks that fetch ahead of any reader: their store calls do not hold back write-back.
+_AHEAD: contextvars.ContextVar[bool] = contextvars.ContextVar("cowfs_ahead", default=False)
 
 
 _NO_CHILDREN: dict[str, "Node"] = {}
@@ -306,12 +309,21 @@ class Namespace:
     # -- helpers ------------------------------------------------------------
 
     async def _io(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """A store call on a worker thread, failing with EIO after ``store_timeout``."""
+        """A store call on a worker thread, failing with EIO after ``store_timeout``.
+
+        While a caller waits on one, the write-back engine starts no new work.
+        """
+        waiting = not _AHEAD.get()
+        if waiting:
+            self.writeback.foreground_started()
         try:
             return await blocking(fn, *args, limiter=self.limiter, timeout=self.store_timeout)
         except StoreError:
             self._store_down_until = self.clock() + STORE_RETRY_PAUSE
             raise
+        finally:
+            if waiting:
+                self.writeback.foreground_done()
 
     def _source(self, node: Node) -> _NodeSource:
         """The write-back engine's handle on ``node`` (made when it first has something to upload)."""
@@ -520,6 +532,7 @@ class Namespace:
             self._background.start_soon(self._read_ahead_worker)
 
     async def _read_ahead_worker(self) -> None:
+        _AHEAD.set(True)
         try:
             while self._read_ahead_queue:
                 node = self._read_ahead_queue.popleft()

@@ -5,9 +5,10 @@ uploaded once its write-back delay has passed, counted from the first
 schedule after the last upload, so a file appended to line by line goes up
 at most once per delay, not once per line. Deletes wait the same delay and go
 up in batches of up to 1000 keys. While the mount is busy (a change less than
-``QUIET`` seconds ago: an untar, a build, a clone) due work waits for a pause,
-at most ``MAX_DEFER`` seconds, so uploads do not compete with the burst that
-causes them; fsync, ``cowfs sync`` and unmount never wait. Operations on one key never overlap, so a
+``QUIET`` seconds ago: an untar, a build, a clone), or a reader waits on the
+store, due work waits, at most ``MAX_DEFER`` seconds, so uploads do not
+compete with the work in front of the user; fsync, ``cowfs sync`` and unmount
+never wait. Operations on one key never overlap, so a
 delete and a later put of the same key land in order. Failed operations are
 retried with capped exponential backoff and jitter; nothing is dropped.
 """
@@ -107,7 +108,7 @@ class WriteBack:
         journal: Journal,
         limiter: trio.CapacityLimiter,
         delay: float = 1.0,
-        concurrency: int = 16,
+        concurrency: int = 8,
         clock: Callable[[], float] = time.monotonic,
         on_stored: Callable[[str], None] = lambda key: None,
     ) -> None:
@@ -132,6 +133,7 @@ class WriteBack:
         self._idle.set()
         self._last_change = -MAX_DEFER
         self._draining = 0
+        self._foreground = 0
         self.uploads = self.deletes = self.retries = 0
         self.last_error: str | None = None
 
@@ -141,9 +143,20 @@ class WriteBack:
         """The mount just changed something: due work waits for a pause (at most ``MAX_DEFER``)."""
         self._last_change = self.clock()
 
+    def foreground_started(self) -> None:
+        """A caller now waits on the store: start no new background work until it is served."""
+        self._foreground += 1
+
+    def foreground_done(self) -> None:
+        self._foreground -= 1
+        if self._foreground == 0:
+            self._kick()
+
     def _start_at(self, due: float, urgent: bool) -> float:
         if urgent or self._draining:
             return due
+        if self._foreground:
+            return due + MAX_DEFER
         return max(due, min(self._last_change + QUIET, due + MAX_DEFER))
 
     def schedule(self, source: Source, now: bool = False) -> None:

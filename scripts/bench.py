@@ -1039,6 +1039,7 @@ def run_workload(run: Run, name: str) -> Cell:
     for rep in range(run.params.reps):
         try:
             ensure_alive(run)
+            run.extra(name, "settle_s", run.target.sync())
             seconds = WORKLOADS[name](run, rep)
         except NotApplicable:
             return Cell(status="n/a")
@@ -1131,7 +1132,10 @@ def daemon_problems(logs: list[Path]) -> list[str]:
 
 def summary_notes(runs: dict[str, Run], params: Params, workloads: list[str], extra_lines: list[str]) -> list[str]:
     notes = [(f"Median of {params.reps} rep(s) in seconds; ratios: peer/cowfs > 1 means cowfs is faster, "
-              "cowfs/local is cowfs's cost over the local disk.")]
+              "cowfs/local is cowfs's cost over the local disk.",
+             "Before every repetition (untimed) each target settles: cowfs sync, rclone's upload queue empty "
+             "(s3fs uploads synchronously), so a workload is not charged for the uploads of the one before; "
+             "the settle times are in the JSON (settle_s).")]
     if "bucket_1000" in workloads:
         notes.append(f"bucket_1000 ({params.bucket_files} files × {params.small_size // KiB} KiB): from the first "
                      f"create until list_objects_v2 (polled every {POLL} s) shows them all — the same polling for "
