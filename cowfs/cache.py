@@ -27,8 +27,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 BLOCK = 4096
 #: SQLite's write-ahead log is checkpointed every this many pages and truncated to this size.
-WAL_PAGES = 64
-WAL_LIMIT = 512 * 1024
+WAL_PAGES = 256
+WAL_LIMIT = WAL_PAGES * 4096
 #: Per-connection SQLite page cache (in pages; every worker thread has its own connection).
 SQLITE_CACHE_PAGES = 64
 

@@ -259,15 +259,14 @@ def _raise_fd_limit() -> None:
 
 
 async def _group_commit(journal: Journal) -> None:
-    """One ``syncfs`` for every batch of closes: on the disk within ``GROUP_COMMIT`` seconds."""
-    synced = 0
+    """One batch of fsyncs for every batch of closes: on the disk within ``GROUP_COMMIT`` seconds."""
     while True:
         await trio.sleep(GROUP_COMMIT)
-        if journal.changes == synced:
+        paths = journal.take_unsynced()
+        if not paths:
             continue
-        synced = journal.changes
         try:
-            await trio.to_thread.run_sync(journal.sync_to_disk)
+            await trio.to_thread.run_sync(journal.sync_to_disk, paths)
         except OSError as exc:
             log.error("cannot flush the journal to disk: %s", exc)
 

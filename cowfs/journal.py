@@ -26,10 +26,12 @@ either the old or the new version, never torn.
 
 Durability of a close (group commit): a record and its staging bytes reach
 the kernel at once, so a crash of the daemon loses nothing; ``sync_to_disk``
-(one ``syncfs`` of the cache file system, run in the background within
-``GROUP_COMMIT`` seconds of a change) puts them on the disk, so a crash of
-the machine loses at most that window, as a local disk loses an un-fsync'ed
-close. A record whose staging file came back from such a crash shorter than
+(run in the background within ``GROUP_COMMIT`` seconds of a change: an fsync
+of every staging file and record written since the last one, then of the
+folders) puts them on the disk, so a crash of the machine loses at most that
+window, as a local disk loses an un-fsync'ed close. Only the journal's own
+files are synced, never the rest of the file system (``syncfs`` would wait
+for every other program's dirty data). A record whose staging file came back from such a crash shorter than
 its committed size (file systems extend a file's size only once its data is
 written) is reported lost by replay, never uploaded torn.
 """
@@ -38,7 +40,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import ctypes
 import hashlib
 import json
 import os
@@ -52,8 +53,6 @@ from .errors import StagingLost
 
 #: Seconds within which a closed file's journal record and bytes are on the disk.
 GROUP_COMMIT = 0.2
-
-_libc = ctypes.CDLL(None, use_errno=True)
 
 #: What a put record's object body is.
 BODY_STAGING = "staging"
@@ -86,16 +85,33 @@ class Journal:
         self.data = root / "data"
         self.data.mkdir(parents=True, exist_ok=True)
         self._dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-        self.changes = 0
+        self._unsynced: set[Path] = set()
 
     def close(self) -> None:
         os.close(self._dir_fd)
 
-    def sync_to_disk(self) -> None:
-        """Flush every record and staging byte written so far to the disk (blocking)."""
-        if _libc.syncfs(self._dir_fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"syncfs of the journal: {os.strerror(err)}")
+    def take_unsynced(self) -> set[Path]:
+        """The records and staging files written since the last call (on the thread that writes them)."""
+        paths, self._unsynced = self._unsynced, set()
+        return paths
+
+    def sync_to_disk(self, paths: set[Path] | None = None) -> None:
+        """Put ``paths`` (default: everything written so far) and the journal's folders on the disk; blocking."""
+        for path in self.take_unsynced() if paths is None else paths:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        for folder in (self.data, self.root):
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     @staticmethod
     def new_id() -> str:
@@ -123,7 +139,7 @@ class Journal:
         with open(tmp, "w") as f:
             json.dump(doc, f)
         os.rename(tmp, self.root / name)
-        self.changes += 1
+        self._unsynced.add(self.root / name)
 
     def _remove(self, name: str) -> None:
         """Drop a record whose change reached the store.
@@ -139,6 +155,8 @@ class Journal:
         return f"del-{hashlib.sha1(key.encode()).hexdigest()}.json"
 
     def write_put(self, record: PutRecord) -> None:
+        if record.staging is not None:
+            self._unsynced.add(self.staging_path(record.staging))
         self._write(
             f"put-{record.rid}.json",
             {
