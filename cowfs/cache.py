@@ -74,6 +74,7 @@ class ContentCache:
             sqlite_journal_size_limit=WAL_LIMIT,
         )
         self._room = threading.Lock()
+        self._reserved = 0
 
     def close(self) -> None:
         self._cache.close()
@@ -97,17 +98,22 @@ class ContentCache:
     def put_file(self, key: str, etag: str, fd: int) -> None:
         """Keep a clean copy of ``key`` at ``etag`` from an open descriptor, evicting first to make room."""
         size = -(-os.fstat(fd).st_size // BLOCK) * BLOCK + BLOCK
-        with self._room:
+        if size > self.limit:
             self._cache.delete(("data", key))
-            if size > self.limit:
-                return
-            self._make_room(size)
+            return
+        with self._room:
+            self._make_room(self._reserved + size)
+            self._reserved += size
+        try:
             with os.fdopen(os.dup(fd), "rb") as src:
                 src.seek(0)
                 self._cache.set(("data", key), src, read=True, tag=etag)
+        finally:
+            with self._room:
+                self._reserved -= size
 
     def _make_room(self, size: int) -> None:
-        """Evict least recently used entries until ``size`` more bytes fit under the limit."""
+        """Evict least recently used entries until ``size`` more bytes (copies under way included) fit."""
         if self._cache.volume() + size <= self.limit:
             return
         self._cache.reset("size_limit", max(0, self.limit - size))
