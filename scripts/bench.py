@@ -1132,8 +1132,8 @@ def daemon_problems(logs: list[Path]) -> list[str]:
 
 def summary_notes(runs: dict[str, Run], params: Params, workloads: list[str], extra_lines: list[str]) -> list[str]:
     notes = [(f"Median of {params.reps} rep(s) in seconds; ratios: peer/cowfs > 1 means cowfs is faster, "
-              "cowfs/local is cowfs's cost over the local disk.",
-             "Before every repetition (untimed) each target settles: cowfs sync, rclone's upload queue empty "
+              "cowfs/local is cowfs's cost over the local disk."),
+             ("Before every repetition (untimed) each target settles: cowfs sync, rclone's upload queue empty "
              "(s3fs uploads synchronously), so a workload is not charged for the uploads of the one before; "
              "the settle times are in the JSON (settle_s).")]
     if "bucket_1000" in workloads:
