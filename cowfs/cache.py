@@ -28,9 +28,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 BLOCK = 4096
 #: SQLite's write-ahead log is checkpointed every this many pages and truncated to this size.
 WAL_PAGES = 256
-WAL_LIMIT = WAL_PAGES * 4096
+WAL_LIMIT = WAL_PAGES * BLOCK
 #: Per-connection SQLite page cache (in pages; every worker thread has its own connection).
 SQLITE_CACHE_PAGES = 64
+
+
+def _on_disk(size: int) -> int:
+    """What a file entry of ``size`` bytes takes: whole blocks, plus one for its inode and folder entry."""
+    return -(-size // BLOCK) * BLOCK + BLOCK
 
 
 class _BlockDisk(diskcache.Disk):
@@ -39,7 +44,7 @@ class _BlockDisk(diskcache.Disk):
     def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> tuple:
         size, mode, filename, db_value = super().store(value, read, key=key)
         if filename is not None:
-            size = -(-size // BLOCK) * BLOCK + BLOCK
+            size = _on_disk(size)
         return size, mode, filename, db_value
 
 
@@ -74,7 +79,6 @@ class ContentCache:
             sqlite_journal_size_limit=WAL_LIMIT,
         )
         self._room = threading.Lock()
-        self._reserved = 0
 
     def close(self) -> None:
         self._cache.close()
@@ -97,23 +101,18 @@ class ContentCache:
     @_best_effort
     def put_file(self, key: str, etag: str, fd: int) -> None:
         """Keep a clean copy of ``key`` at ``etag`` from an open descriptor, evicting first to make room."""
-        size = -(-os.fstat(fd).st_size // BLOCK) * BLOCK + BLOCK
-        if size > self.limit:
-            self._cache.delete(("data", key))
-            return
+        size = _on_disk(os.fstat(fd).st_size)
         with self._room:
-            self._make_room(self._reserved + size)
-            self._reserved += size
-        try:
+            self._cache.delete(("data", key))
+            if size > self.limit:
+                return
+            self._make_room(size)
             with os.fdopen(os.dup(fd), "rb") as src:
                 src.seek(0)
                 self._cache.set(("data", key), src, read=True, tag=etag)
-        finally:
-            with self._room:
-                self._reserved -= size
 
     def _make_room(self, size: int) -> None:
-        """Evict least recently used entries until ``size`` more bytes (copies under way included) fit."""
+        """Evict least recently used entries until ``size`` more bytes fit under the limit."""
         if self._cache.volume() + size <= self.limit:
             return
         self._cache.reset("size_limit", max(0, self.limit - size))

@@ -31,9 +31,10 @@ of every staging file and record written since the last one, then of the
 folders) puts them on the disk, so a crash of the machine loses at most that
 window, as a local disk loses an un-fsync'ed close. Only the journal's own
 files are synced, never the rest of the file system (``syncfs`` would wait
-for every other program's dirty data). A record whose staging file came back from such a crash shorter than
-its committed size (file systems extend a file's size only once its data is
-written) is reported lost by replay, never uploaded torn.
+for every other program's dirty data). A record whose staging file came back
+from such a crash shorter than its committed size (file systems extend a
+file's size only once its data is written) is reported lost by replay, never
+uploaded torn.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ class Journal:
 
     def sync_to_disk(self, paths: set[Path] | None = None) -> None:
         """Put ``paths`` (default: everything written so far) and the journal's folders on the disk; blocking."""
-        for path in self.take_unsynced() if paths is None else paths:
+        for path in [*(self.take_unsynced() if paths is None else paths), self.data]:
             try:
                 fd = os.open(path, os.O_RDONLY)
             except FileNotFoundError:
@@ -106,12 +107,7 @@ class Journal:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        for folder in (self.data, self.root):
-            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        os.fsync(self._dir_fd)
 
     @staticmethod
     def new_id() -> str:

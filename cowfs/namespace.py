@@ -331,6 +331,14 @@ class Namespace:
             node.source = _NodeSource(node, self)
         return node.source
 
+    def _drop_intent(self, node: Node) -> None:
+        """``node`` left the tree: forget its waiting upload and, unless one is under way, its record."""
+        if node.source is None:
+            return
+        self.writeback.cancel(node.source)
+        if not self.writeback.is_pending(node.source):
+            self.journal.remove_put(node.rid)
+
     def _pending(self, node: Node) -> bool:
         """Whether ``node`` has an upload waiting or under way."""
         return node.source is not None and self.writeback.is_pending(node.source)
@@ -794,10 +802,7 @@ class Namespace:
         """``node`` left the tree: drop its not-yet-uploaded intent, delete its object."""
         key = self.key(node)
         self._detach(node)
-        if node.source is not None:
-            self.writeback.cancel(node.source)
-        if node.source is not None and not self._pending(node):
-            self.journal.remove_put(node.rid)
+        self._drop_intent(node)
         if self._may_hold_object(node):
             self._release_key(key)
 
@@ -872,10 +877,7 @@ class Namespace:
             )
             if target is not None:
                 self._detach(target)
-                if target.source is not None:
-                    self.writeback.cancel(target.source)
-                if target.source is not None and not self._pending(target):
-                    self.journal.remove_put(target.rid)
+                self._drop_intent(target)
             shadows = self._claim_key(new_key) or (target is not None and self._may_hold_object(target))
             carries_data = node.kind != DIR and self._carries_data(node)
             if node.kind == DIR:
@@ -1039,7 +1041,6 @@ class Namespace:
         except OSError:
             node.write_failed = True
             raise
-        self.writeback.changed()
         self._modified(node, max(node.size, offset + written))
         return written
 

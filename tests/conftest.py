@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import threading
 import uuid
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ import pytest
 from cowfs.store import ObjectStore
 from cowfs.store.local import LocalStore
 from cowfs.store.s3 import S3Store
-from mounting import Mount
+from mounting import Mount, in_ci, require_fuse
 
 MiB = 1024 * 1024
 #: Small enough that tests putting a few MiB exercise multipart uploads (S3's minimum part is 5 MiB).
@@ -44,10 +43,6 @@ class S3Bucket:
     client: Any
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
 def _set_fake_aws_env(mp: pytest.MonkeyPatch) -> None:
     for name, value in FAKE_AWS_ENV.items():
         mp.setenv(name, value)
@@ -68,7 +63,7 @@ def moto_server() -> Iterator[str]:
     The fake credentials go into os.environ so that subprocesses (a mounted
     daemon, the CLI) inherit them.
     """
-    unavailable = pytest.fail if _in_ci() else pytest.skip
+    unavailable = pytest.fail if in_ci() else pytest.skip
     try:
         from moto.server import ThreadedMotoServer
     except ImportError as exc:
@@ -124,22 +119,10 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
 
 
 
-def _require_fuse() -> None:
-    problem = None
-    if not os.path.exists("/dev/fuse"):
-        problem = "/dev/fuse is missing"
-    elif shutil.which("fusermount3") is None:
-        problem = "fusermount3 is not installed (apt-get install fuse3)"
-    if problem:
-        if _in_ci():
-            pytest.fail(f"cannot mount FUSE under CI: {problem}")
-        pytest.skip(problem)
-
-
 @pytest.fixture
 def mount_factory(s3_bucket, tmp_path):
     """Start real cowfs mounts of the test bucket; every one is unmounted at the end."""
-    _require_fuse()
+    require_fuse()
     mounts: list[Mount] = []
 
     def make(name: str = "mnt", extra: list[str] | tuple[str, ...] = (), cache: Path | None = None) -> Mount:

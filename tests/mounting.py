@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 READY_TIMEOUT = 30.0
 
@@ -18,6 +21,23 @@ def cowfs(*args: str, check: bool = True, timeout: float = 120) -> subprocess.Co
     if check and done.returncode != 0:
         raise AssertionError(f"cowfs {' '.join(args)} exited {done.returncode}: {done.stderr.strip()}")
     return done
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def require_fuse() -> None:
+    """Skip without FUSE, but fail under CI=true: CI must not pass by skipping."""
+    problem = None
+    if not os.path.exists("/dev/fuse"):
+        problem = "/dev/fuse is missing"
+    elif shutil.which("fusermount3") is None:
+        problem = "fusermount3 is not installed (apt-get install fuse3)"
+    if problem:
+        if in_ci():
+            pytest.fail(f"cannot mount FUSE under CI: {problem}")
+        pytest.skip(problem)
 
 
 def is_mounted(path: Path) -> bool:

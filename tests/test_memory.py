@@ -25,7 +25,7 @@ from typing import Self
 from unittest import mock
 
 import pytest
-from mounting import Mount, is_mounted
+from mounting import Mount, is_mounted, require_fuse
 
 from cowfs.attrs import DEFAULT_DIR_MODE, DEFAULT_FILE_MODE
 from cowfs.store.local import LocalStore
@@ -41,23 +41,6 @@ OPEN_FILES = 1000
 NOFILE_NEEDED = OPEN_FILES + 512
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
-def _require_fuse() -> None:
-    """As conftest's rule: skip without FUSE, but fail under CI=true."""
-    problem = None
-    if not os.path.exists("/dev/fuse"):
-        problem = "/dev/fuse is missing"
-    elif shutil.which("fusermount3") is None:
-        problem = "fusermount3 is not installed (apt-get install fuse3)"
-    if problem:
-        if _in_ci():
-            pytest.fail(f"cannot mount FUSE under CI: {problem}")
-        pytest.skip(problem)
-
-
 @pytest.fixture
 def file_mount_factory(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
     """Start real mounts of ``file://`` stores under tmp_path; every one is unmounted at the end.
@@ -66,7 +49,7 @@ def file_mount_factory(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
     (the 100,000-file test leaves ~1.5 GB in 300,000 files otherwise, which a
     later session's tmp_path clean-up would spend minutes deleting).
     """
-    _require_fuse()
+    require_fuse()
     mounts: list[Mount] = []
     stores: list[Path] = []
 
