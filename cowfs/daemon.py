@@ -192,6 +192,7 @@ async def _serve(
             "uploads": stats.uploads,
             "deletes": stats.deletes,
             "retries": stats.retries,
+            "listings": ns.listings,
             "lastError": stats.last_error,
             "cacheBytes": cache.volume(),
             "uptime": round(time.time() - started, 3),

@@ -98,7 +98,7 @@ class Node:
         "etag", "remote", "shadows", "meta_known", "attached", "target", "children", "listed_at", "staging",
         "committed", "committed_size", "clean_size", "write_failed", "condition", "fd", "open_count", "writers",
         "dirty", "version", "content_gen", "kernel_gen", "touched", "virtual", "pinned", "lookups", "_lock",
-        "_rid", "source",
+        "_rid", "source", "used_at",
     )
 
     def __init__(self, ino: int, kind: str, name: str, parent: Node | None, attrs: Attrs) -> None:
@@ -121,6 +121,7 @@ class Node:
         self.target: bytes | None = None
         self.children: dict[str, Node] = {} if kind == DIR else _NO_CHILDREN
         self.listed_at: float | None = None
+        self.used_at = 0.0
         self.staging: str | None = None
         self.committed: str | None = None
         self.committed_size = 0
@@ -280,6 +281,7 @@ class Namespace:
         self.clock = clock
         self.tenants = tenants
         self._store_down_until = 0.0
+        self.listings = 0
         root = Node(ROOT_INODE, DIR, "", None, Attrs(DEFAULT_DIR_MODE, uid, gid, time.time_ns()))
         root.remote = True
         self.root = root
@@ -464,19 +466,49 @@ class Namespace:
 
     # -- listings and metadata -------------------------------------------
 
-    async def _refresh(self, dir_node: Node) -> None:
-        """Make ``dir_node.children`` reflect the store (one LIST per TTL)."""
-        if dir_node.listed_at is not None and self.clock() - dir_node.listed_at < self.ttl:
+    async def _refresh(self, dir_node: Node, *, wait: bool = True) -> None:
+        """Make ``dir_node.children`` reflect the store (one LIST per TTL).
+
+        With ``wait=False`` (lookups, getattr, create) a folder in continuous
+        use — touched within the last TTL, listed within two — is answered from
+        its listing while a fresh one is made in the background: a burst of
+        creates never waits on a LIST, and another client's new name still
+        shows within two TTLs. A folder left alone for a TTL is re-listed first.
+        """
+        now = self.clock()
+        used, dir_node.used_at = dir_node.used_at, now
+        if dir_node.listed_at is not None and now - dir_node.listed_at < self.ttl:
             return
         if dir_node.virtual:
             return
-        if dir_node.listed_at is not None and self.clock() < self._store_down_until:
+        if dir_node.listed_at is not None and now < self._store_down_until:
             return
+        if (
+            not wait
+            and dir_node.listed_at is not None
+            and now - dir_node.listed_at < 2 * self.ttl
+            and now - used < self.ttl
+            and self._background is not None
+        ):
+            if not dir_node.lock.locked():
+                self._background.start_soon(self._refresh_behind, dir_node)
+            return
+        await self._list(dir_node)
+
+    async def _refresh_behind(self, dir_node: Node) -> None:
+        _AHEAD.set(True)
+        try:
+            await self._list(dir_node)
+        except (CowfsError, OSError) as exc:
+            log.debug("listing %s ahead: %s", self.key(dir_node) or "/", exc)
+
+    async def _list(self, dir_node: Node) -> None:
         async with dir_node.lock:
             if dir_node.listed_at is not None and self.clock() - dir_node.listed_at < self.ttl:
                 return
             prefix = self.key(dir_node)
             started = self.clock()
+            self.listings += 1
             try:
                 page = await self._io(self.store.list_all, prefix, "/")
             except StoreError as exc:
@@ -659,8 +691,18 @@ class Namespace:
             log.debug("fetching %s ahead: %s", node.name, exc)
 
     async def _child(self, parent: Node, name: str) -> Node:
-        await self._refresh(parent)
+        """``name`` in ``parent``; a known folder is trusted without re-listing its parent.
+
+        Walking a path looks up every folder on it once per TTL; re-listing each
+        ancestor for that would make every LIST of a deep tree's root, which
+        grows with the whole tree, part of every file access. A folder removed
+        by another client disappears when its parent is next listed (readdir,
+        or a lookup of a file or of a new name there).
+        """
         child = parent.children.get(name)
+        if child is None or child.kind != DIR or not child.attached:
+            await self._refresh(parent, wait=False)
+            child = parent.children.get(name)
         if child is None:
             raise NotFound(name)
         await self._ensure_meta(child)
@@ -688,10 +730,10 @@ class Namespace:
         self._maybe_drop(node)
 
     async def getattr(self, ino: int) -> Node:
-        """Attributes, revalidated against the parent's listing once per TTL."""
+        """Attributes, revalidated against the parent's listing once per TTL (files only, as in ``_child``)."""
         node = self.node(ino)
-        if node.parent is not None and node.attached:
-            await self._refresh(node.parent)
+        if node.parent is not None and node.attached and node.kind != DIR:
+            await self._refresh(node.parent, wait=False)
             if not node.attached:
                 raise NotFound(node.name)
         await self._ensure_meta(node)
@@ -731,7 +773,7 @@ class Namespace:
         if not self._may_exist(self.full(parent) + (name,)):
             raise NotPermitted(f"tenant {name!r} is not configured on this mount")
         self.keymap.checked_key(parent.path() + (name,), kind == DIR)
-        await self._refresh(parent)
+        await self._refresh(parent, wait=False)
         if name in parent.children:
             raise AlreadyExists(name)
         return parent, name
@@ -856,7 +898,7 @@ class Namespace:
                 raise NotPermitted("tenants and workspaces cannot be renamed")
             layout.check_new_entry(new_full, node.kind == DIR)
             self.keymap.checked_key(new_parent.path() + (new_name,), node.kind == DIR)
-            await self._refresh(new_parent)
+            await self._refresh(new_parent, wait=False)
             target = new_parent.children.get(new_name)
             if target is node:
                 return

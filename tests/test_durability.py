@@ -110,6 +110,44 @@ def test_opening_one_file_of_a_folder_fetches_its_small_files_ahead(mount_factor
         assert (docs / name).read_bytes() == data, f"{name} was not fetched ahead of the reader"
 
 
+def test_creates_in_a_busy_folder_do_not_wait_for_its_listing(mount_factory, s3_bucket, proxy):
+    ttl = 0.5
+    m = mount_factory("busy", extra=["--endpoint-url", proxy.endpoint, "--metadata-ttl", str(ttl),
+                                     "--write-back-delay", "30", "--store-timeout", "3"])
+    ws = m.path / "t1" / "ws1"
+    ws.mkdir(parents=True)
+    made = []
+
+    def create() -> float:
+        start = time.monotonic()
+        path = ws / f"f{len(made):04d}.txt"
+        path.write_text(path.name)
+        made.append(path.name)
+        return time.monotonic() - start
+
+    def listings() -> int:
+        return json.loads((m.path / ".cowfs" / "status.json").read_text())["listings"]
+
+    deadline = time.monotonic() + 3 * ttl
+    while time.monotonic() < deadline:
+        create()
+        time.sleep(0.02)
+    seen = listings()
+    while listings() == seen:
+        create()
+        time.sleep(0.01)
+    proxy.set_mode(HANG)
+    waits = []
+    for _ in range(int(1.5 * ttl / 0.02)):
+        waits.append(create())
+        time.sleep(0.02)
+    proxy.set_mode(PASS)
+    assert max(waits) < ttl, f"a create waited {max(waits):.2f} s for the store"
+    m.sync()
+    assert sorted(os.listdir(ws)) == sorted(made)
+    assert set(keys(s3_bucket, "t1/ws1/")) >= {f"t1/ws1/{name}" for name in made}
+
+
 def test_outage_reads_cached_ok_uncached_eio_within_timeout(mount_factory, s3_bucket, proxy):
     m = mount_factory("reads", extra=["--endpoint-url", proxy.endpoint, "--store-timeout", "2"])
     ws = m.path / "t1" / "ws1"

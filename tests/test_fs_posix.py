@@ -343,6 +343,45 @@ def test_object_changed_by_another_client_is_seen_after_ttl(mnt, ws, s3_bucket):
     assert not f.exists()
 
 
+def test_new_name_from_another_client_shows_within_two_ttls_in_a_busy_folder(mount_factory, s3_bucket):
+    ttl = 0.5
+    m = mount_factory("busy", extra=["--metadata-ttl", str(ttl)])
+    ws = m.path / "t1" / "ws1"
+    ws.mkdir(parents=True)
+    for i in range(int(2 * ttl / 0.02)):
+        (ws / f"f{i}.txt").write_text("x")
+        time.sleep(0.02)
+    s3_bucket.client.put_object(Bucket=s3_bucket.name, Key="t1/ws1/remote.txt", Body=b"remote")
+    put = time.monotonic()
+    i = 0
+    while not (ws / "remote.txt").exists():
+        assert time.monotonic() - put < 2 * ttl + 0.5, "a name put by another client stayed hidden"
+        (ws / f"g{i}.txt").write_text("x")
+        i += 1
+        time.sleep(0.02)
+    assert (ws / "remote.txt").read_bytes() == b"remote"
+
+
+def test_walking_a_deep_path_lists_only_the_folder_of_the_file(mount_factory, s3_bucket):
+    m = mount_factory("deep", extra=["--metadata-ttl", "0.2"])
+    deep = m.path / "t1" / "ws1" / "a" / "b" / "c"
+    deep.mkdir(parents=True)
+    (deep / "f.txt").write_bytes(b"x")
+    m.sync()
+
+    def listings() -> int:
+        return json.loads((m.path / ".cowfs" / "status.json").read_text())["listings"]
+
+    before = listings()
+    start = time.monotonic()
+    while time.monotonic() - start < 2.0:
+        assert (deep / "f.txt").stat().st_size == 1
+        time.sleep(0.05)
+    windows = (time.monotonic() - start) / 0.2 + 1
+    made = listings() - before
+    assert made <= windows + 1, f"{made} LISTs in {windows:.0f} TTL windows: ancestors were re-listed"
+
+
 def test_large_file_goes_up_as_multipart_and_comes_back(mount_factory, s3_bucket):
     m = mount_factory("big")
     ws = m.path / "t1" / "ws1"
