@@ -16,6 +16,7 @@ retried with capped exponential backoff and jitter; nothing is dropped.
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections import Counter, deque
 import socket
@@ -129,6 +130,7 @@ class WriteBack:
         self._deleted_at: dict[str, float] = {}
         self._deleted_log: deque[tuple[float, str]] = deque()
         self._wake = trio.Event()
+        self._next_wake = 0.0
         self._idle = trio.Event()
         self._idle.set()
         self._last_change = -MAX_DEFER
@@ -172,7 +174,7 @@ class WriteBack:
         else:
             entry.due = min(entry.due, due)
             entry.urgent = entry.urgent or now
-        self._kick()
+        self._kick(math.inf if entry.running else self._start_at(entry.due, entry.urgent))
 
     def cancel(self, source: Source) -> None:
         """Forget a pending upload whose source went away (unlinked, replaced)."""
@@ -183,9 +185,9 @@ class WriteBack:
             self._check_idle()
 
     def schedule_delete(self, key: str) -> None:
-        self._deletes.setdefault(key, self.clock() + self.delay)
+        due = self._deletes.setdefault(key, self.clock() + self.delay)
         self._mark_deleting(key)
-        self._kick()
+        self._kick(self._start_at(due, False))
 
     def cancel_delete(self, key: str) -> bool:
         """Drop a pending delete (a new object takes the key); True if there was one."""
@@ -278,9 +280,16 @@ class WriteBack:
 
     # -- the worker -------------------------------------------------------
 
-    def _kick(self) -> None:
+    def _kick(self, at: float | None = None) -> None:
+        """There is work; wake the scheduler unless it already wakes before ``at``.
+
+        A burst of closes schedules one upload each, all due after the ones
+        already waiting: rescanning every pending entry per close would make
+        the burst quadratic.
+        """
         self._idle = trio.Event() if self._idle.is_set() else self._idle
-        self._wake.set()
+        if at is None or at < self._next_wake:
+            self._wake.set()
 
     def _check_idle(self) -> None:
         if not self._puts and not self._deletes and not self._busy:
@@ -314,8 +323,10 @@ class WriteBack:
                 for t in self._deletes.values():
                     next_due = min(next_due, self._start_at(t, False))
                 self._check_idle()
+                self._next_wake = next_due
                 with trio.move_on_after(max(0.0, next_due - self.clock())):
                     await self._wake.wait()
+                self._next_wake = 0.0
 
     async def _claim(self, key: str) -> None:
         while key in self._busy:
