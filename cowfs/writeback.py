@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 30.0
 DELETE_BATCH = 1000
+#: While the mount stays busy, deletes past ``MAX_DEFER`` go together at most this often.
+DELETE_INTERVAL = 1.0
 #: How long a finished delete is remembered: longer than any listing can take.
 DELETED_MEMORY = 600.0
 #: Due work starts once the mount has seen no change for this long ...
@@ -134,6 +136,7 @@ class WriteBack:
         self._idle = trio.Event()
         self._idle.set()
         self._last_change = -MAX_DEFER
+        self._last_delete_batch = -DELETE_INTERVAL
         self._draining = 0
         self._foreground = 0
         self.uploads = self.deletes = self.retries = 0
@@ -311,22 +314,36 @@ class WriteBack:
                         nursery.start_soon(self._upload, rid, entry)
                     else:
                         next_due = min(next_due, start_at)
-                due_keys = [
-                    k for k, t in self._deletes.items() if self._start_at(t, False) <= now and k not in self._busy
-                ]
+                due_keys = self._due_deletes(now)
                 for i in range(0, len(due_keys), DELETE_BATCH):
                     batch = due_keys[i:i + DELETE_BATCH]
                     for key in batch:
                         del self._deletes[key]
                         self._busy[key] = trio.Event()
                     nursery.start_soon(self._delete_batch, batch)
-                for t in self._deletes.values():
-                    next_due = min(next_due, self._start_at(t, False))
+                next_due = min(next_due, self._deletes_start_at())
                 self._check_idle()
                 self._next_wake = next_due
                 with trio.move_on_after(max(0.0, next_due - self.clock())):
                     await self._wake.wait()
                 self._next_wake = 0.0
+
+    def _deletes_start_at(self) -> float:
+        """When the next batch of deletes may go: one batch costs what one key does, so
+        during a long burst (``rm -r``) deletes past ``MAX_DEFER`` go at most once a
+        ``DELETE_INTERVAL``, together, not a few keys per request."""
+        if not self._deletes:
+            return math.inf
+        start = min(self._start_at(t, False) for t in self._deletes.values())
+        if self._draining or self._last_change + QUIET <= start:
+            return start
+        return max(start, self._last_delete_batch + DELETE_INTERVAL)
+
+    def _due_deletes(self, now: float) -> list[str]:
+        if self._deletes_start_at() > now:
+            return []
+        self._last_delete_batch = now
+        return [k for k, t in self._deletes.items() if t <= now and k not in self._busy]
 
     async def _claim(self, key: str) -> None:
         while key in self._busy:

@@ -74,3 +74,47 @@ def test_a_cancelled_delete_hides_nothing(tmp_path):
 
     trio.run(main)
     journal.close()
+
+
+class CountingStore(LocalStore):
+    """A real local store that counts batched delete requests."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.batches: list[int] = []
+
+    def delete_many(self, keys: list[str]) -> None:
+        self.batches.append(len(keys))
+        super().delete_many(keys)
+
+
+def test_deletes_during_a_long_burst_go_in_few_batches(tmp_path, monkeypatch):
+    import cowfs.writeback as writeback
+
+    monkeypatch.setattr(writeback, "MAX_DEFER", 0.4)
+    monkeypatch.setattr(writeback, "DELETE_INTERVAL", 0.25)
+    store = CountingStore(tmp_path / "store")
+    keys = [f"t/ws/tree/f{i:04d}" for i in range(600)]
+    for key in keys:
+        store.put(key, b"x", {})
+    journal = Journal(tmp_path / "journal")
+
+    async def main() -> None:
+        wb = WriteBack(store, journal, trio.CapacityLimiter(4), delay=0.0)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wb.run)
+            start = wb.clock()
+            for key in keys:
+                wb.changed()
+                journal.write_delete(key)
+                wb.schedule_delete(key)
+                await trio.sleep(0.003)
+            busy = wb.clock() - start
+            await wb.drain()
+            nursery.cancel_scope.cancel()
+        assert sum(store.batches) == len(keys)
+        assert len(store.batches) <= busy / 0.25 + 3, f"{len(store.batches)} delete requests in a {busy:.1f} s burst"
+        assert store.list_all("t/ws/", None).objects == []
+
+    trio.run(main)
+    journal.close()
