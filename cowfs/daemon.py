@@ -208,6 +208,7 @@ async def _serve(
     async def sync_all() -> None:
         await ns.sync()
         await activity.flush()
+        await trio.to_thread.run_sync(journal.sync_to_disk)
 
     fuse_options = {"fsname=" + store.url.replace(",", "_"), "subtype=cowfs", "default_permissions"}
     fuse_options.update(o for o in opts.fuse_options if o)
@@ -263,11 +264,10 @@ async def _group_commit(journal: Journal) -> None:
     """One batch of fsyncs for every batch of closes: on the disk within ``GROUP_COMMIT`` seconds."""
     while True:
         await trio.sleep(GROUP_COMMIT)
-        paths = journal.take_unsynced()
-        if not paths:
+        if not journal.needs_sync():
             continue
         try:
-            await trio.to_thread.run_sync(journal.sync_to_disk, paths)
+            await trio.to_thread.run_sync(journal.sync_to_disk)
         except OSError as exc:
             log.error("cannot flush the journal to disk: %s", exc)
 

@@ -3,48 +3,58 @@
 Layout under ``CACHE_DIR/journal``::
 
     data/<id>          staging file: the bytes of a file written here, never evicted
-    put-<id>.json      "make KEY hold this node": staging id (or empty / metadata only)
-    del-<sha1>.json    "KEY must not exist"
+    log.jsonl          one JSON line per intent and per settled intent:
+                       put (make KEY hold this node: staging id, inline body or
+                       metadata only), done (that put reached the store),
+                       del (KEY must not exist), undel (that delete is settled)
+
+The live intents are the log read in order; they are kept in memory too, and
+when the log has grown well past them it is rewritten with only them
+(``_compact``: a new file, fsync'ed, renamed over the old one). A close costs
+one ``write`` to an open file, not a file created, renamed and later removed
+per record: on ext4 with online discard those metadata operations were most of
+a small file's close.
 
 Crash windows and how replay repairs them (``plan_replay``):
 
-| crash after                          | found on disk                 | replay does                      |
+| crash after                          | found in the log              | replay does                      |
 |--------------------------------------|-------------------------------|----------------------------------|
 | write(), before close                | staging bytes, old record     | uploads the last closed version* |
-| close(): record renamed into place   | staging + put record          | uploads it                       |
-| upload done, record not yet removed  | put record of an uploaded key | uploads the same bytes again     |
-| unlink(): delete record written      | del record (+ maybe put rec.) | deletes first, then puts         |
-| rename(): new record, old not gone   | two puts of one node          | both keys hold the bytes         |
+| close(): put line appended           | staging + put record          | uploads it                       |
+| upload done, done line not written   | put record of an uploaded key | uploads the same bytes again     |
+| unlink(): del line appended          | del record (+ maybe put rec.) | deletes first, then puts         |
+| rename(): new put, old not done      | two puts of one node          | both keys hold the bytes         |
 
 (*) a record names the staging file and the size it had at close. Writes after
 a close only append beyond that size, or go to a fresh copy of the staging file
 (copy on write) while the record is pending, so replay uploads exactly the last
 closed version, never a mix.
 
-Records are whole files replaced atomically (write, rename), so a record is
-either the old or the new version, never torn.
+A line cut short by a crash is not valid JSON and is skipped: the intent it
+carried was never promised (its close or unlink had not returned).
 
-Durability of a close (group commit): a record and its staging bytes reach
-the kernel at once, so a crash of the daemon loses nothing; ``sync_to_disk``
-(run in the background within ``GROUP_COMMIT`` seconds of a change: an fsync
-of every staging file and record written since the last one, then of the
-folders) puts them on the disk, so a crash of the machine loses at most that
+Durability of a close (group commit): a line and its staging bytes reach the
+kernel at once, so a crash of the daemon loses nothing; ``sync_to_disk`` (run
+in the background within ``GROUP_COMMIT`` seconds of a change: an fsync of
+every staging file written since the last one, of the data folder, then of
+the log) puts them on the disk, so a crash of the machine loses at most that
 window, as a local disk loses an un-fsync'ed close. Only the journal's own
 files are synced, never the rest of the file system (``syncfs`` would wait
 for every other program's dirty data). A record whose staging file came back
 from such a crash shorter than its committed size (file systems extend a
 file's size only once its data is written) is reported lost by replay, never
-uploaded torn.
+uploaded torn. Staging files of settled versions are removed in that
+background pass too, off the thread that serves the kernel.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import json
 import os
 import tempfile
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +64,20 @@ from .errors import StagingLost
 
 #: Seconds within which a closed file's journal record and bytes are on the disk.
 GROUP_COMMIT = 0.2
+
+#: The log is rewritten with only its live intents once it is this large ...
+COMPACT_BYTES = 1024 * 1024
+#: ... and this many times larger than they are.
+COMPACT_RATIO = 4
+
+LOG = "log.jsonl"
+#: Settled staging files kept, emptied, for reuse: creating a file where many
+#: were just deleted makes ext4 scan for an inode it may reuse
+#: (``recently_deleted``), which cost a quarter of a small file's close.
+SPARE_STAGING = 256
+#: Spares made ahead per group commit, off the thread that serves the kernel.
+SPARE_BATCH = 64
+SPARE_PREFIX = "spare-"
 
 #: What a put record's object body is.
 BODY_STAGING = "staging"
@@ -79,35 +103,155 @@ class DeleteRecord:
 
 
 class Journal:
-    """Staging files and intent records in one folder of the cache directory."""
+    """Staging files and an append-only intent log in one folder of the cache directory.
+
+    Records are written on the trio thread; ``sync_to_disk`` runs on a worker
+    thread. One lock orders the two (appends, the in-memory live set, the
+    log's replacement by compaction).
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.data = root / "data"
         self.data.mkdir(parents=True, exist_ok=True)
         self._dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        self._lock = threading.Lock()
+        self._puts: dict[str, str] = {}
+        self._deletes: dict[str, str] = {}
         self._unsynced: set[Path] = set()
+        self._doomed: list[tuple[Path, bool]] = []
+        self._spares: list[Path] = []
+        self._log_dirty = False
+        self._log_bytes = self._load()
+        self._fd = os.open(root / LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
     def close(self) -> None:
+        """Sync what is left (and remove settled staging files), then let go of the log."""
+        self.sync_to_disk()
+        os.close(self._fd)
         os.close(self._dir_fd)
 
-    def take_unsynced(self) -> set[Path]:
-        """The records and staging files written since the last call (on the thread that writes them)."""
-        paths, self._unsynced = self._unsynced, set()
-        return paths
+    # -- the log ------------------------------------------------------------
 
-    def sync_to_disk(self, paths: set[Path] | None = None) -> None:
-        """Put ``paths`` (default: everything written so far) and the journal's folders on the disk; blocking."""
-        for path in [*(self.take_unsynced() if paths is None else paths), self.data]:
+    def _load(self) -> int:
+        """Read the log (and records of the one-file-per-record layout before it) into the live set."""
+        try:
+            text = (self.root / LOG).read_text()
+        except FileNotFoundError:
+            text = ""
+        for line in text.splitlines():
             try:
-                fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
+                doc = json.loads(line)
+                self._apply(doc, line)
+            except (ValueError, KeyError, TypeError):
                 continue
+        legacy = sorted(self.root.glob("put-*.json")) + sorted(self.root.glob("del-*.json"))
+        for path in legacy:
             try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+                doc = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if path.name.startswith("put-"):
+                doc = {"op": "put", "rid": path.name[len("put-"):-len(".json")], **doc}
+            else:
+                doc = {"op": "del", "key": doc["key"]}
+            self._apply(doc, json.dumps(doc))
+        if not legacy:
+            return len(text.encode())
+        size = self._rewrite()
+        for path in legacy:
+            path.unlink(missing_ok=True)
+        return size
+
+    def _apply(self, doc: dict, line: str) -> None:
+        op = doc["op"]
+        if op == "put":
+            self._puts[doc["rid"]] = line
+        elif op == "done":
+            self._puts.pop(doc["rid"], None)
+        elif op == "del":
+            self._deletes[doc["key"]] = line
+        elif op == "undel":
+            self._deletes.pop(doc["key"], None)
+
+    def _append(self, doc: dict) -> None:
+        line = json.dumps(doc, separators=(",", ":"))
+        data = (line + "\n").encode()
+        with self._lock:
+            self._apply(doc, line)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view):]
+            self._log_bytes += len(data)
+            self._log_dirty = True
+
+    def _live_lines(self) -> list[str]:
+        return [*self._deletes.values(), *self._puts.values()]
+
+    def _rewrite(self) -> int:
+        """Replace the log by its live lines, durably; returns the new size. Caller holds the lock or is alone."""
+        data = "".join(line + "\n" for line in self._live_lines()).encode()
+        tmp = self.root / f".{LOG}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, self.root / LOG)
         os.fsync(self._dir_fd)
+        return len(data)
+
+    def _compact(self) -> None:
+        with self._lock:
+            self._log_bytes = self._rewrite()
+            old, self._fd = self._fd, os.open(self.root / LOG, os.O_WRONLY | os.O_APPEND)
+            os.close(old)
+
+    def compact(self) -> None:
+        """Rewrite the log with only its live intents (after replay: empty)."""
+        self._compact()
+
+    # -- durability ---------------------------------------------------------
+
+    def needs_sync(self) -> bool:
+        return self._log_dirty or bool(self._unsynced) or bool(self._doomed) or len(self._spares) < SPARE_STAGING
+
+    def sync_to_disk(self) -> None:
+        """Put everything written so far on the disk, then remove settled staging files; blocking, thread-safe."""
+        with self._lock:
+            paths, self._unsynced = self._unsynced, set()
+            doomed, self._doomed = self._doomed, []
+            self._log_dirty = False
+            fd = os.dup(self._fd)
+        try:
+            for path in paths:
+                try:
+                    data_fd = os.open(path, os.O_RDONLY)
+                except FileNotFoundError:
+                    continue
+                try:
+                    os.fsync(data_fd)
+                finally:
+                    os.close(data_fd)
+            if paths:
+                data_dir = os.open(self.data, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.fsync(data_dir)
+                finally:
+                    os.close(data_dir)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._recycle(doomed)
+        self._make_spares()
+        if self._log_bytes > COMPACT_BYTES:
+            with self._lock:
+                live = sum(len(line) + 1 for line in self._live_lines())
+            if self._log_bytes > COMPACT_RATIO * live:
+                self._compact()
+
+    # -- staging files --------------------------------------------------------
 
     @staticmethod
     def new_id() -> str:
@@ -117,80 +261,107 @@ class Journal:
         return self.data / staging
 
     def create_staging(self) -> tuple[str, int]:
-        """A new empty staging file: its id and a read-write descriptor."""
+        """A new empty staging file (an emptied spare when there is one): its id and a read-write descriptor."""
         staging = self.new_id()
-        fd = os.open(self.staging_path(staging), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        return staging, fd
+        path = self.staging_path(staging)
+        with self._lock:
+            spare = self._spares.pop() if self._spares else None
+        if spare is not None:
+            try:
+                os.rename(spare, path)
+                return staging, os.open(path, os.O_RDWR)
+            except FileNotFoundError:
+                pass
+        return staging, os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
 
-    def discard_staging(self, staging: str) -> None:
-        self.staging_path(staging).unlink(missing_ok=True)
+    def _make_spares(self) -> None:
+        with self._lock:
+            wanted = min(SPARE_BATCH, SPARE_STAGING - len(self._spares))
+        for _ in range(wanted):
+            spare = self.data / f"{SPARE_PREFIX}{self.new_id()}"
+            os.close(os.open(spare, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            with self._lock:
+                self._spares.append(spare)
+
+    def _recycle(self, doomed: list[tuple[Path, bool]]) -> None:
+        """Empty reusable settled staging files into spares (up to ``SPARE_STAGING``), remove the rest."""
+        for path, reuse in doomed:
+            with self._lock:
+                keep = reuse and len(self._spares) < SPARE_STAGING
+            if not keep:
+                path.unlink(missing_ok=True)
+                continue
+            spare = self.data / f"{SPARE_PREFIX}{self.new_id()}"
+            try:
+                os.truncate(path, 0)
+                os.rename(path, spare)
+            except FileNotFoundError:
+                continue
+            with self._lock:
+                self._spares.append(spare)
+
+    def discard_staging(self, staging: str, reuse: bool = False) -> None:
+        """Forget a staging file; the next ``sync_to_disk`` removes it (ids are never reused).
+
+        ``reuse``: nothing can still be reading it (its upload finished, no
+        descriptor is open), so its inode may become a spare.
+        """
+        path = self.staging_path(staging)
+        with self._lock:
+            self._unsynced.discard(path)
+            self._doomed.append((path, reuse))
 
     def clear_staging(self) -> None:
         """Remove every staging file; only safe when no record refers to one."""
+        with self._lock:
+            self._spares.clear()
         for path in self.data.iterdir():
             path.unlink(missing_ok=True)
 
-    def _write(self, name: str, doc: dict) -> None:
-        tmp = self.root / f".{name}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(doc, f)
-        os.rename(tmp, self.root / name)
-        self._unsynced.add(self.root / name)
-
-    def _remove(self, name: str) -> None:
-        """Drop a record whose change reached the store.
-
-        No fsync: if a crash brings the record back, replay uploads (or
-        deletes) the same thing again, or finds its staging file gone and
-        drops it; either way nothing is lost.
-        """
-        (self.root / name).unlink(missing_ok=True)
-
-    @staticmethod
-    def _delete_name(key: str) -> str:
-        return f"del-{hashlib.sha1(key.encode()).hexdigest()}.json"
+    # -- records --------------------------------------------------------------
 
     def write_put(self, record: PutRecord) -> None:
         if record.staging is not None:
-            self._unsynced.add(self.staging_path(record.staging))
-        self._write(
-            f"put-{record.rid}.json",
-            {
-                "key": record.key,
-                "body": record.body,
-                "staging": record.staging,
-                "metadata": record.metadata,
-                "inline": base64.b64encode(record.inline).decode(),
-                "size": record.size,
-            },
-        )
+            with self._lock:
+                self._unsynced.add(self.staging_path(record.staging))
+        self._append({
+            "op": "put",
+            "rid": record.rid,
+            "key": record.key,
+            "body": record.body,
+            "staging": record.staging,
+            "metadata": record.metadata,
+            "inline": base64.b64encode(record.inline).decode(),
+            "size": record.size,
+        })
 
     def remove_put(self, rid: str) -> None:
-        self._remove(f"put-{rid}.json")
+        """The put reached the store. No fsync of its own: if a crash brings the
+        record back, replay uploads the same bytes again or finds its staging gone."""
+        if rid in self._puts:
+            self._append({"op": "done", "rid": rid})
 
     def write_delete(self, key: str) -> None:
-        self._write(self._delete_name(key), {"key": key})
+        self._append({"op": "del", "key": key})
 
     def remove_delete(self, key: str) -> None:
-        self._remove(self._delete_name(key))
+        if key in self._deletes:
+            self._append({"op": "undel", "key": key})
 
     def records(self) -> list[PutRecord | DeleteRecord]:
-        """Every intent on disk; unreadable leftovers of a torn write are skipped."""
+        """Every live intent."""
+        with self._lock:
+            lines = self._live_lines()
         out: list[PutRecord | DeleteRecord] = []
-        for path in sorted(self.root.glob("*.json")):
-            try:
-                doc = json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue
-            if path.name.startswith("del-"):
+        for line in lines:
+            doc = json.loads(line)
+            if doc["op"] == "del":
                 out.append(DeleteRecord(doc["key"]))
-            elif path.name.startswith("put-"):
-                rid = path.name[len("put-"):-len(".json")]
-                inline = base64.b64decode(doc.get("inline", ""))
+            else:
                 out.append(
                     PutRecord(
-                        rid, doc["key"], doc["body"], doc.get("staging"), doc.get("metadata", {}), inline,
-                        doc.get("size", 0),
+                        doc["rid"], doc["key"], doc["body"], doc.get("staging"), doc.get("metadata", {}),
+                        base64.b64decode(doc.get("inline", "")), doc.get("size", 0),
                     )
                 )
         return out

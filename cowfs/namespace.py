@@ -72,6 +72,9 @@ STORE_RETRY_PAUSE = 5.0
 PREFETCH_BYTES = 256 * 1024
 #: Read-ahead of freshly listed folders: at most this many small files queued, this many fetched at a time.
 READ_AHEAD_QUEUE = 4096
+#: A closed version up to this size is written into its journal record, so
+#: the group commit syncs one log, not one staging file per small file.
+INLINE_RECORD = 16 * 1024
 READ_AHEAD_PARALLEL = 8
 #: Metadata of a folder's entries (readdir) is fetched this many at a time.
 META_PARALLEL = 32
@@ -1198,9 +1201,18 @@ class Namespace:
 
     def _write_record(self, node: Node) -> None:
         body, staging, inline = self._intent(node)
+        if body == BODY_STAGING and staging is not None and node.committed_size <= INLINE_RECORD:
+            body, staging, inline = BODY_INLINE, None, self._committed_bytes(node, staging)
         self.journal.write_put(
             PutRecord(node.rid, self.key(node), body, staging, to_metadata(node.attrs()), inline, node.committed_size)
         )
+
+    def _committed_bytes(self, node: Node, staging: str) -> bytes:
+        """The closed version of a small file (its staging file's first ``committed_size`` bytes)."""
+        if node.fd is not None and node.staging == staging:
+            return os.pread(node.fd, node.committed_size, 0)
+        with open(self.journal.staging_path(staging), "rb") as f:
+            return f.read(node.committed_size)
 
     def _snapshot(self, node: Node) -> Upload | None:
         if not node.attached:
@@ -1284,7 +1296,7 @@ class Namespace:
         node.fd = None
         node.staging = node.committed = None
         log.debug("retired %s v%d", key, version)
-        self.journal.discard_staging(staging)
+        self.journal.discard_staging(staging, reuse=True)
 
     # -- attributes ---------------------------------------------------------
 

@@ -68,6 +68,7 @@ def replay(store: ObjectStore, journal: Journal) -> Report:
     for key in deletes:
         journal.remove_delete(key)
     journal.clear_staging()
+    journal.compact()
     for line in report.lines():
         log.info("journal replay: %s", line)
     return report

@@ -212,9 +212,19 @@ def test_write_is_local_until_close_then_uploaded_after_delay(mount_factory, s3_
         assert "t1/ws1/late.txt" not in keys(s3_bucket)
     assert (ws / "late.txt").read_bytes() == b"pending"
     assert "t1/ws1/late.txt" not in keys(s3_bucket)
-    assert list((m.cache_dir / "journal").glob("put-*.json"))
+    big = os.urandom(100 * 1024)
+    (ws / "big.bin").write_bytes(big)
+    records = {}
+    for line in (m.cache_dir / "journal" / "log.jsonl").read_text().splitlines():
+        doc = json.loads(line)
+        if doc["op"] == "put":
+            records[doc["key"]] = doc
+    small, large = records["t1/ws1/late.txt"], records["t1/ws1/big.bin"]
+    assert small["body"] == "inline" and base64.b64decode(small["inline"]) == b"pending", "a small file's record holds it"
+    assert large["body"] == "staging" and large["size"] == len(big), "a large one's names its staging file"
     m.sync()
     assert body(s3_bucket, "t1/ws1/late.txt") == b"pending"
+    assert body(s3_bucket, "t1/ws1/big.bin") == big
 
 
 def test_uploads_wait_for_a_pause_in_a_burst_but_fsync_does_not(mount_factory, s3_bucket):

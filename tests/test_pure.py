@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import stat
@@ -94,6 +95,67 @@ def test_journal_records_survive_reopen(tmp_path):
     again.remove_put("r1")
     again.remove_delete("t/w/old")
     assert again.records() == []
+
+
+def test_journal_log_skips_a_torn_last_line_and_compacts_to_its_live_records(tmp_path, monkeypatch):
+    import cowfs.journal as journal_module
+
+    journal = Journal(tmp_path / "j")
+    for i in range(200):
+        journal.write_put(PutRecord(f"r{i}", f"t/w/f{i}", BODY_STAGING, None, {"n": "x" * 100}, b""))
+        if i != 7:
+            journal.remove_put(f"r{i}")
+    journal.write_delete("t/w/gone")
+    journal.close()
+    log = tmp_path / "j" / "log.jsonl"
+    with open(log, "a") as f:
+        f.write('{"op":"put","rid":"torn","key":"t/w/to')
+    again = Journal(tmp_path / "j")
+    assert {getattr(r, "key", None) for r in again.records()} == {"t/w/f7", "t/w/gone"}
+    before = log.stat().st_size
+    monkeypatch.setattr(journal_module, "COMPACT_BYTES", 1000)
+    again.write_delete("t/w/also")
+    again.sync_to_disk()
+    assert log.stat().st_size < before / 10
+    again.remove_delete("t/w/also")
+    again.close()
+    third = Journal(tmp_path / "j")
+    assert sorted(getattr(r, "key", None) for r in third.records()) == ["t/w/f7", "t/w/gone"]
+    third.close()
+
+
+def test_journal_reads_records_of_the_one_file_per_record_layout(tmp_path):
+    root = tmp_path / "j"
+    root.mkdir()
+    (root / "put-r1.json").write_text(json.dumps(
+        {"key": "t/w/a", "body": BODY_STAGING, "staging": "s1", "metadata": {}, "inline": "", "size": 3}))
+    (root / "del-0123.json").write_text(json.dumps({"key": "t/w/b"}))
+    journal = Journal(root)
+    records = journal.records()
+    assert PutRecord("r1", "t/w/a", BODY_STAGING, "s1", {}, b"", 3) in records and DeleteRecord("t/w/b") in records
+    assert not list(root.glob("*.json"))
+    journal.close()
+    assert len(Journal(root).records()) == 2
+
+
+def test_settled_staging_files_become_spares_and_others_are_removed(tmp_path):
+    journal = Journal(tmp_path / "j")
+    journal.sync_to_disk()
+    spares = {p.name for p in journal.data.iterdir()}
+    assert spares and all(name.startswith("spare-") for name in spares), "spares are made ahead"
+    uploaded, fd = journal.create_staging()
+    os.write(fd, b"uploaded bytes")
+    os.close(fd)
+    inode = journal.staging_path(uploaded).stat().st_ino
+    replaced, fd = journal.create_staging()
+    os.close(fd)
+    journal.discard_staging(uploaded, reuse=True)
+    journal.discard_staging(replaced)
+    journal.sync_to_disk()
+    assert not journal.staging_path(uploaded).exists() and not journal.staging_path(replaced).exists()
+    reused = [p for p in journal.data.iterdir() if p.stat().st_ino == inode]
+    assert reused and reused[0].name.startswith("spare-") and reused[0].stat().st_size == 0
+    journal.close()
 
 
 def test_replay_reports_a_version_whose_bytes_did_not_reach_the_disk_and_uploads_the_rest(tmp_path):
