@@ -51,6 +51,7 @@ from .errors import (
     NotFound,
     NotPermitted,
     ObjectNotFound,
+    PreconditionFailed,
     ReadOnly,
     StoreError,
     Unsupported,
@@ -72,6 +73,11 @@ STORE_RETRY_PAUSE = 5.0
 PREFETCH_BYTES = 256 * 1024
 #: Read-ahead of freshly listed folders: at most this many small files queued, this many fetched at a time.
 READ_AHEAD_QUEUE = 4096
+#: A folder read while its parent was read this recently is being walked
+#: (rm -r, find, du, rsync): its whole subtree is listed at once ...
+WALK_WINDOW = 5.0
+#: ... in at most this many flat pages (1000 keys each).
+DEEP_PAGES = 5
 #: A closed version up to this size is written into its journal record, so
 #: the group commit syncs one log, not one staging file per small file.
 INLINE_RECORD = 16 * 1024
@@ -101,7 +107,7 @@ class Node:
         "etag", "remote", "shadows", "meta_known", "attached", "target", "children", "listed_at", "staging",
         "committed", "committed_size", "clean_size", "write_failed", "condition", "fd", "open_count", "writers",
         "dirty", "version", "content_gen", "kernel_gen", "touched", "virtual", "pinned", "lookups", "_lock",
-        "_rid", "source", "used_at",
+        "_rid", "source", "used_at", "walked_at",
     )
 
     def __init__(self, ino: int, kind: str, name: str, parent: Node | None, attrs: Attrs) -> None:
@@ -125,6 +131,7 @@ class Node:
         self.children: dict[str, Node] = {} if kind == DIR else _NO_CHILDREN
         self.listed_at: float | None = None
         self.used_at = 0.0
+        self.walked_at = -math.inf
         self.staging: str | None = None
         self.committed: str | None = None
         self.committed_size = 0
@@ -323,6 +330,8 @@ class Namespace:
             self.writeback.foreground_started()
         try:
             return await blocking(fn, *args, limiter=self.limiter, timeout=self.store_timeout)
+        except (ObjectNotFound, PreconditionFailed):
+            raise
         except StoreError:
             self._store_down_until = self.clock() + STORE_RETRY_PAUSE
             raise
@@ -522,6 +531,49 @@ class Namespace:
             if dir_node.attached:
                 self._read_ahead(self._merge(dir_node, prefix, page, started))
             dir_node.listed_at = started
+
+    async def _refresh_walked(self, dir_node: Node) -> None:
+        """``_refresh`` for a folder a walker reached: one flat listing of its
+        subtree folds into every folder under it, so the walk below costs a
+        few pages instead of a LIST per folder (rclone's ``--fast-list``)."""
+        now = self.clock()
+        parent = dir_node.parent
+        walking = parent is not None and now - parent.walked_at < WALK_WINDOW
+        dir_node.walked_at = now
+        fresh = dir_node.listed_at is not None and now - dir_node.listed_at < self.ttl
+        if walking and not fresh and not dir_node.virtual and now >= self._store_down_until:
+            async with dir_node.lock:
+                if dir_node.listed_at is None or self.clock() - dir_node.listed_at >= self.ttl:
+                    await self._list_subtree(dir_node)
+        await self._refresh(dir_node)
+
+    async def _list_subtree(self, dir_node: Node) -> None:
+        prefix = self.key(dir_node)
+        started = self.clock()
+        self.listings += 1
+        try:
+            page, complete = await self._io(self.store.list_some, prefix, None, DEEP_PAGES)
+        except StoreError as exc:
+            log.warning("listing under %s failed: %s", prefix or "/", exc)
+            return
+        last = page.objects[-1].key if page.objects else ""
+        folders: dict[str, tuple[list[ObjectInfo], dict[str, None]]] = {}
+        for info in page.objects:
+            folder = prefix
+            for part in info.key[len(prefix):].split("/")[:-1]:
+                folders.setdefault(folder, ([], {}))[1][folder + part + "/"] = None
+                folder += part + "/"
+            folders.setdefault(folder, ([], {}))[0].append(info)
+        pending = [dir_node]
+        while pending:
+            node = pending.pop()
+            key = self.key(node)
+            if complete or (last > key and not last.startswith(key)):
+                objects, prefixes = folders.get(key, ([], {}))
+                self._merge(node, key, ListPage(objects, list(prefixes)), started)
+                node.listed_at = started
+            pending.extend(c for c in node.children.values() if c.kind == DIR and c.attached and not c.virtual
+                           and self.key(c) in folders)
 
     def _merge(self, dir_node: Node, prefix: str, page: ListPage, started: float) -> list[Node]:
         """Fold a listing into the tree; what changed here since it started wins.
@@ -751,7 +803,7 @@ class Namespace:
         assert isinstance(handle, DirHandle)
         if start == 0:
             node = handle.node
-            await self._refresh(node)
+            await self._refresh_walked(node)
             children = list(node.children.values())
             await self._ensure_meta_all(children)
             handle.entries = sorted((c.name, c) for c in children if c.attached and c.virtual != "dir")
@@ -867,7 +919,7 @@ class Namespace:
                 raise NotADirectory(node.name)
             if node.pinned:
                 raise NotPermitted(f"tenant {node.name!r} is configured on this mount")
-            await self._refresh(node)
+            await self._refresh(node, wait=False)
             if any(not child.virtual for child in node.children.values()):
                 raise NotEmpty(node.name)
             full = self.full(node)

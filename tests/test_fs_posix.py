@@ -392,6 +392,39 @@ def test_walking_a_deep_path_lists_only_the_folder_of_the_file(mount_factory, s3
     assert made <= windows + 1, f"{made} LISTs in {windows:.0f} TTL windows: ancestors were re-listed"
 
 
+def test_walking_a_tree_lists_each_subtree_at_once_and_rm_r_empties_the_bucket(mount_factory, s3_bucket):
+    expected = set()
+    for top in range(4):
+        for sub in range(6):
+            for leaf in range(2):
+                folder = f"top{top}/sub{sub}/leaf{leaf}"
+                expected.update({f"top{top}", f"top{top}/sub{sub}", folder})
+                for i in range(2):
+                    key = f"t1/ws1/tree/{folder}/f{i}.txt"
+                    s3_bucket.client.put_object(Bucket=s3_bucket.name, Key=key, Body=key.encode())
+                    expected.add(f"{folder}/f{i}.txt")
+    m = mount_factory("walk")
+    tree = m.path / "t1" / "ws1" / "tree"
+
+    def listings() -> int:
+        return json.loads((m.path / ".cowfs" / "status.json").read_text())["listings"]
+
+    before = listings()
+    found = set()
+    for dirpath, dirnames, filenames in os.walk(tree):
+        for name in dirnames + filenames:
+            found.add(os.path.relpath(os.path.join(dirpath, name), tree))
+    assert found == expected
+    made = listings() - before
+    folders = sum(1 for rel in expected if "." not in rel)
+    assert made <= 4 + 4, f"{made} LISTs to walk {folders} folders: subtrees were not listed at once"
+    assert (tree / "top3" / "sub5" / "leaf1" / "f1.txt").read_bytes() == b"t1/ws1/tree/top3/sub5/leaf1/f1.txt"
+    subprocess.run(["rm", "-r", str(tree)], check=True)
+    assert not tree.exists()
+    m.sync()
+    assert keys(s3_bucket, "t1/ws1/tree/") == set()
+
+
 def test_large_file_goes_up_as_multipart_and_comes_back(mount_factory, s3_bucket):
     m = mount_factory("big")
     ws = m.path / "t1" / "ws1"

@@ -102,6 +102,16 @@ class ObjectStore(abc.ABC):
         ``prefixes`` (each ending in the delimiter), as S3 does.
         """
 
+    def list_some(self, prefix: str, delimiter: str | None, max_pages: int) -> tuple[ListPage, bool]:
+        """At most ``max_pages`` pages merged into one, and whether that was every page."""
+        out = ListPage()
+        for number, page in enumerate(self.list_pages(prefix, delimiter), 1):
+            out.objects.extend(page.objects)
+            out.prefixes.extend(page.prefixes)
+            if number == max_pages:
+                return out, False
+        return out, True
+
     def list_all(self, prefix: str, delimiter: str | None = "/") -> ListPage:
         """Every page of a listing merged into one."""
         out = ListPage()
