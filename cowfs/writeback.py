@@ -15,6 +15,7 @@ retried with capped exponential backoff and jitter; nothing is dropped.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 import random
@@ -133,6 +134,9 @@ class WriteBack:
         self._deleted_log: deque[tuple[float, str]] = deque()
         self._wake = trio.Event()
         self._next_wake = 0.0
+        self._queue: list[tuple[float, int, str]] = []
+        self._urgent: set[str] = set()
+        self._queued = 0
         self._idle = trio.Event()
         self._idle.set()
         self._last_change = -MAX_DEFER
@@ -170,6 +174,7 @@ class WriteBack:
         entry = self._puts.get(source.rid)
         if entry is None:
             entry = self._puts[source.rid] = _Pending(source, due, urgent=now)
+            self._enqueue(source.rid, entry)
         elif entry.running:
             entry.next_due = min(entry.next_due, due) if entry.again else due
             entry.next_urgent = entry.next_urgent or now
@@ -177,6 +182,7 @@ class WriteBack:
         else:
             entry.due = min(entry.due, due)
             entry.urgent = entry.urgent or now
+            self._enqueue(source.rid, entry)
         self._kick(math.inf if entry.running else self._start_at(entry.due, entry.urgent))
 
     def cancel(self, source: Source) -> None:
@@ -269,8 +275,10 @@ class WriteBack:
         self._draining += 1
         try:
             while self._puts or self._deletes or self._busy:
-                for entry in self._puts.values():
-                    entry.due = min(entry.due, self.clock())
+                for rid, entry in self._puts.items():
+                    if not entry.running and entry.due > self.clock():
+                        entry.due = self.clock()
+                        self._enqueue(rid, entry)
                 for key in self._deletes:
                     self._deletes[key] = min(self._deletes[key], self.clock())
                 self._kick()
@@ -305,15 +313,12 @@ class WriteBack:
                 self._wake = trio.Event()
                 now = self.clock()
                 next_due = now + 3600
-                for rid, entry in list(self._puts.items()):
-                    if entry.running:
-                        continue
-                    start_at = self._start_at(entry.due, entry.urgent)
-                    if start_at <= now:
-                        entry.running = True
-                        nursery.start_soon(self._upload, rid, entry)
-                    else:
-                        next_due = min(next_due, start_at)
+                for rid, entry in self._due_uploads(now):
+                    entry.running = True
+                    nursery.start_soon(self._upload, rid, entry)
+                if self._queue:
+                    due, _, rid = self._queue[0]
+                    next_due = min(next_due, self._start_at(due, False))
                 due_keys = self._due_deletes(now)
                 for i in range(0, len(due_keys), DELETE_BATCH):
                     batch = due_keys[i:i + DELETE_BATCH]
@@ -327,6 +332,40 @@ class WriteBack:
                 with trio.move_on_after(max(0.0, next_due - self.clock())):
                     await self._wake.wait()
                 self._next_wake = 0.0
+
+    def _enqueue(self, rid: str, entry: _Pending) -> None:
+        """Queue ``entry`` at its (new) due time; an older place in the queue goes stale."""
+        self._queued += 1
+        heapq.heappush(self._queue, (entry.due, self._queued, rid))
+        if entry.urgent:
+            self._urgent.add(rid)
+
+    def _due_uploads(self, now: float) -> list[tuple[str, _Pending]]:
+        """Entries that may start now, earliest due first.
+
+        ``_start_at`` grows with the due time, so only the head of the queue
+        is looked at: a burst of thousands of pending closes costs nothing per
+        wake-up. Urgent entries (fsync) skip the queue.
+        """
+        due: dict[str, _Pending] = {}
+        for rid in self._urgent:
+            entry = self._puts.get(rid)
+            if entry is not None and entry.urgent and not entry.running and entry.due <= now:
+                due[rid] = entry
+        self._urgent = {
+            rid for rid in self._urgent if rid not in due and rid in self._puts and self._puts[rid].urgent
+        }
+        while self._queue:
+            at, _, rid = self._queue[0]
+            entry = self._puts.get(rid)
+            if entry is None or entry.running or entry.due != at or rid in due:
+                heapq.heappop(self._queue)
+                continue
+            if self._start_at(at, False) > now:
+                break
+            heapq.heappop(self._queue)
+            due[rid] = entry
+        return list(due.items())
 
     def _deletes_start_at(self) -> float:
         """When the next batch of deletes may go: one batch costs what one key does, so
@@ -390,6 +429,7 @@ class WriteBack:
                 entry.attempts += 1
                 entry.running = False
                 entry.due = self.clock() + self._backoff(entry.attempts)
+                self._enqueue(rid, entry)
                 self._kick()
                 return
             self.uploads += 1
@@ -409,6 +449,7 @@ class WriteBack:
             entry.due = entry.next_due if entry.again else self.clock()
             entry.urgent, entry.next_urgent = entry.next_urgent, False
             entry.again = False
+            self._enqueue(rid, entry)
             self._kick()
             return
         del self._puts[rid]
