@@ -513,3 +513,19 @@ def test_default_store_path_without_xdg(tmp_path: Path, monkeypatch: pytest.Monk
 def test_open_store_bad_url(url: str) -> None:
     with pytest.raises(UsageError, match="s3://BUCKET"):
         open_store(url)
+
+
+def test_s3_download_uses_a_few_large_ranges(s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    from cowfs.store.s3 import DOWNLOAD_STREAMS
+
+    store = s3_store(s3_bucket, multipart_threshold=MiB, part_size=MiB)
+    content = os.urandom(13 * MiB + 5)
+    s3_bucket.client.put_object(Bucket=s3_bucket.name, Key="big", Body=content)
+    requests: list[str] = []
+    store._client.meta.events.register(
+        "before-call.s3.GetObject", lambda params, **_: requests.append(params.get("Range", ""))
+    )
+    with open(tmp_path / "out", "wb") as out:
+        store.get_to_file("big", out)
+    assert (tmp_path / "out").read_bytes() == content
+    assert len(requests) == 1 + DOWNLOAD_STREAMS, requests

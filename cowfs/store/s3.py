@@ -37,6 +37,8 @@ GiB = 1024 * MiB
 MAX_PARTS = 10_000  # S3's limit on the parts of one multipart upload
 DELETE_BATCH = 1_000  # S3's limit on the keys of one DeleteObjects call
 CHUNK = MiB
+#: Parallel ranges of one download (after its first request).
+DOWNLOAD_STREAMS = 4
 
 # Error codes by meaning; responses without a body (HEAD) carry only the status.
 _NOT_FOUND = {"NoSuchKey", "NotFound"}
@@ -118,9 +120,12 @@ class S3Store(ObjectStore):
     def get_to_file(self, key: str, out: BinaryIO) -> ObjectInfo:
         """Stream the object into ``out`` from its current position.
 
-        The first request fetches up to ``multipart_threshold`` bytes; anything
-        beyond is fetched in ``part_size`` ranges in parallel, each conditional
-        on the first response's ETag so that the parts belong to one version.
+        The first request fetches up to ``multipart_threshold`` bytes; the rest
+        is fetched in at most ``DOWNLOAD_STREAMS`` parallel ranges (none smaller
+        than ``part_size``), each conditional on the first response's ETag so
+        that the parts belong to one version. A few large ranges keep S3 busy
+        on a few connections; moto copies the whole object for every range
+        (128 MiB in 8 MiB ranges: 2.2 s; in 4 ranges: 0.75 s).
         """
         full_key = self.prefix + key
         with self._translated(f"get {self._where(key)}"):
@@ -138,8 +143,11 @@ class S3Store(ObjectStore):
             out.flush()
             fd = out.fileno()
 
+            rest = max(0, info.size - self.multipart_threshold)
+            part_size = max(self.part_size, -(-rest // DOWNLOAD_STREAMS))
+
             def fetch(offset: int) -> None:
-                last = min(offset + self.part_size, info.size) - 1
+                last = min(offset + part_size, info.size) - 1
                 part = self._client.get_object(
                     Bucket=self.bucket, Key=full_key, Range=f"bytes={offset}-{last}", IfMatch=info.etag
                 )
@@ -147,7 +155,7 @@ class S3Store(ObjectStore):
                     _pwrite_all(fd, chunk, base + offset)
                     offset += len(chunk)
 
-            _parallel(fetch, range(self.multipart_threshold, info.size, self.part_size), self.max_workers)
+            _parallel(fetch, range(self.multipart_threshold, info.size, part_size), self.max_workers)
         out.seek(base + info.size)
         return info
 
