@@ -10,7 +10,7 @@ Layout under ``CACHE_DIR/journal``::
 
 The live intents are the log read in order; they are kept in memory too, and
 when the log has grown well past them it is rewritten with only them
-(``_compact``: a new file, fsync'ed, renamed over the old one). A close costs
+(``compact``: a new file, fsync'ed, renamed over the old one). A close costs
 one ``write`` to an open file, not a file created, renamed and later removed
 per record: on ext4 with online discard those metadata operations were most of
 a small file's close.
@@ -179,9 +179,7 @@ class Journal:
         data = (line + "\n").encode()
         with self._lock:
             self._apply(doc, line)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view):]
+            _write_all(self._fd, data)
             self._log_bytes += len(data)
             self._log_dirty = True
 
@@ -194,7 +192,7 @@ class Journal:
         tmp = self.root / f".{LOG}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.write(fd, data)
+            _write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -202,15 +200,12 @@ class Journal:
         os.fsync(self._dir_fd)
         return len(data)
 
-    def _compact(self) -> None:
+    def compact(self) -> None:
+        """Rewrite the log with only its live intents (after replay: empty)."""
         with self._lock:
             self._log_bytes = self._rewrite()
             old, self._fd = self._fd, os.open(self.root / LOG, os.O_WRONLY | os.O_APPEND)
             os.close(old)
-
-    def compact(self) -> None:
-        """Rewrite the log with only its live intents (after replay: empty)."""
-        self._compact()
 
     # -- durability ---------------------------------------------------------
 
@@ -249,7 +244,7 @@ class Journal:
             with self._lock:
                 live = sum(len(line) + 1 for line in self._live_lines())
             if self._log_bytes > COMPACT_RATIO * live:
-                self._compact()
+                self.compact()
 
     # -- staging files --------------------------------------------------------
 
@@ -365,6 +360,12 @@ class Journal:
                     )
                 )
         return out
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 #: Committed bytes up to this size are read into memory for upload.

@@ -481,7 +481,7 @@ class Namespace:
     async def _refresh(self, dir_node: Node, *, wait: bool = True) -> None:
         """Make ``dir_node.children`` reflect the store (one LIST per TTL).
 
-        With ``wait=False`` (lookups, getattr, create) a folder in continuous
+        With ``wait=False`` (lookups, getattr, create, rename, rmdir) a folder in continuous
         use — touched within the last TTL, listed within two — is answered from
         its listing while a fresh one is made in the background: a burst of
         creates never waits on a LIST, and another client's new name still
@@ -489,11 +489,7 @@ class Namespace:
         """
         now = self.clock()
         used, dir_node.used_at = dir_node.used_at, now
-        if dir_node.listed_at is not None and now - dir_node.listed_at < self.ttl:
-            return
-        if dir_node.virtual:
-            return
-        if dir_node.listed_at is not None and now < self._store_down_until:
+        if not self._due_for_listing(dir_node, now):
             return
         if (
             not wait
@@ -514,9 +510,19 @@ class Namespace:
         except (CowfsError, OSError) as exc:
             log.debug("listing %s ahead: %s", self.key(dir_node) or "/", exc)
 
+    def _fresh(self, dir_node: Node, now: float) -> bool:
+        return dir_node.listed_at is not None and now - dir_node.listed_at < self.ttl
+
+    def _due_for_listing(self, dir_node: Node, now: float) -> bool:
+        """Whether a LIST could change ``dir_node``: not fresh, not generated, and the
+        store not just found down (a folder listed before is then served as it was)."""
+        if self._fresh(dir_node, now) or dir_node.virtual:
+            return False
+        return dir_node.listed_at is None or now >= self._store_down_until
+
     async def _list(self, dir_node: Node) -> None:
         async with dir_node.lock:
-            if dir_node.listed_at is not None and self.clock() - dir_node.listed_at < self.ttl:
+            if self._fresh(dir_node, self.clock()):
                 return
             prefix = self.key(dir_node)
             started = self.clock()
@@ -540,10 +546,9 @@ class Namespace:
         parent = dir_node.parent
         walking = parent is not None and now - parent.walked_at < WALK_WINDOW
         dir_node.walked_at = now
-        fresh = dir_node.listed_at is not None and now - dir_node.listed_at < self.ttl
-        if walking and not fresh and not dir_node.virtual and now >= self._store_down_until:
+        if walking and self._due_for_listing(dir_node, now):
             async with dir_node.lock:
-                if dir_node.listed_at is None or self.clock() - dir_node.listed_at >= self.ttl:
+                if not self._fresh(dir_node, self.clock()):
                     await self._list_subtree(dir_node)
         await self._refresh(dir_node)
 
@@ -745,17 +750,22 @@ class Namespace:
         except (CowfsError, OSError) as exc:
             log.debug("fetching %s ahead: %s", node.name, exc)
 
-    async def _child(self, parent: Node, name: str) -> Node:
-        """``name`` in ``parent``; a known folder is trusted without re-listing its parent.
+    @staticmethod
+    def _checked_by_parent(node: Node) -> bool:
+        """Whether a lookup or getattr of ``node`` revalidates it against its parent's listing.
 
-        Walking a path looks up every folder on it once per TTL; re-listing each
-        ancestor for that would make every LIST of a deep tree's root, which
-        grows with the whole tree, part of every file access. A folder removed
-        by another client disappears when its parent is next listed (readdir,
-        or a lookup of a file or of a new name there).
+        Not a known folder: walking a path looks up every folder on it once per
+        TTL, and re-listing each ancestor for that would make the LIST of a
+        tree's root, which grows with the whole tree, part of every file
+        access. A folder removed by another client goes when its parent is next
+        listed (readdir, or a lookup of a file or of a new name there).
         """
+        return node.kind != DIR
+
+    async def _child(self, parent: Node, name: str) -> Node:
+        """``name`` in ``parent``, revalidated where ``_checked_by_parent`` says so."""
         child = parent.children.get(name)
-        if child is None or child.kind != DIR or not child.attached:
+        if child is None or not child.attached or self._checked_by_parent(child):
             await self._refresh(parent, wait=False)
             child = parent.children.get(name)
         if child is None:
@@ -785,9 +795,9 @@ class Namespace:
         self._maybe_drop(node)
 
     async def getattr(self, ino: int) -> Node:
-        """Attributes, revalidated against the parent's listing once per TTL (files only, as in ``_child``)."""
+        """Attributes, revalidated against the parent's listing once per TTL (where ``_checked_by_parent``)."""
         node = self.node(ino)
-        if node.parent is not None and node.attached and node.kind != DIR:
+        if node.parent is not None and node.attached and self._checked_by_parent(node):
             await self._refresh(node.parent, wait=False)
             if not node.attached:
                 raise NotFound(node.name)

@@ -319,14 +319,7 @@ class WriteBack:
                 if self._queue:
                     due, _, rid = self._queue[0]
                     next_due = min(next_due, self._start_at(due, False))
-                due_keys = self._due_deletes(now)
-                for i in range(0, len(due_keys), DELETE_BATCH):
-                    batch = due_keys[i:i + DELETE_BATCH]
-                    for key in batch:
-                        del self._deletes[key]
-                        self._busy[key] = trio.Event()
-                    nursery.start_soon(self._delete_batch, batch)
-                next_due = min(next_due, self._deletes_start_at())
+                next_due = min(next_due, self._start_deletes(nursery, now))
                 self._check_idle()
                 self._next_wake = next_due
                 with trio.move_on_after(max(0.0, next_due - self.clock())):
@@ -352,9 +345,7 @@ class WriteBack:
             entry = self._puts.get(rid)
             if entry is not None and entry.urgent and not entry.running and entry.due <= now:
                 due[rid] = entry
-        self._urgent = {
-            rid for rid in self._urgent if rid not in due and rid in self._puts and self._puts[rid].urgent
-        }
+        self._urgent = {rid for rid in self._urgent - due.keys() if rid in self._puts and self._puts[rid].urgent}
         while self._queue:
             at, _, rid = self._queue[0]
             entry = self._puts.get(rid)
@@ -367,6 +358,21 @@ class WriteBack:
             due[rid] = entry
         return list(due.items())
 
+    def _start_deletes(self, nursery: trio.Nursery, now: float) -> float:
+        """Start every due delete if a batch may go now; returns when the next batch may."""
+        start = self._deletes_start_at()
+        if start > now:
+            return start
+        self._last_delete_batch = now
+        due_keys = [k for k, t in self._deletes.items() if t <= now and k not in self._busy]
+        for i in range(0, len(due_keys), DELETE_BATCH):
+            batch = due_keys[i:i + DELETE_BATCH]
+            for key in batch:
+                del self._deletes[key]
+                self._busy[key] = trio.Event()
+            nursery.start_soon(self._delete_batch, batch)
+        return self._deletes_start_at()
+
     def _deletes_start_at(self) -> float:
         """When the next batch of deletes may go: one batch costs what one key does, so
         during a long burst (``rm -r``) deletes past ``MAX_DEFER`` go at most once a
@@ -377,12 +383,6 @@ class WriteBack:
         if self._draining or self._last_change + QUIET <= start:
             return start
         return max(start, self._last_delete_batch + DELETE_INTERVAL)
-
-    def _due_deletes(self, now: float) -> list[str]:
-        if self._deletes_start_at() > now:
-            return []
-        self._last_delete_batch = now
-        return [k for k, t in self._deletes.items() if t <= now and k not in self._busy]
 
     async def _claim(self, key: str) -> None:
         while key in self._busy:

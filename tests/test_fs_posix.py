@@ -372,6 +372,19 @@ def test_new_name_from_another_client_shows_within_two_ttls_in_a_busy_folder(mou
     assert (ws / "remote.txt").read_bytes() == b"remote"
 
 
+def test_a_missing_object_does_not_freeze_listings(mnt, ws, s3_bucket):
+    """A 404 is an answer, not an outage: listings keep being refreshed after one."""
+    s3_bucket.client.put_object(Bucket=s3_bucket.name, Key="t1/ws1/big.bin", Body=os.urandom(300 * 1024))
+    s3_bucket.client.put_object(Bucket=s3_bucket.name, Key="t1/ws1/small.txt", Body=b"small")
+    time.sleep(1.2)
+    assert (ws / "small.txt").stat().st_size == 5
+    s3_bucket.client.delete_object(Bucket=s3_bucket.name, Key="t1/ws1/big.bin")
+    assert not (ws / "big.bin").exists()  # known from the listing; its HEAD finds it gone
+    s3_bucket.client.put_object(Bucket=s3_bucket.name, Key="t1/ws1/new.txt", Body=b"new")
+    time.sleep(1.2)
+    assert sorted(os.listdir(ws)) == ["new.txt", "small.txt"]
+
+
 def test_walking_a_deep_path_lists_only_the_folder_of_the_file(mount_factory, s3_bucket):
     m = mount_factory("deep", extra=["--metadata-ttl", "0.2"])
     deep = m.path / "t1" / "ws1" / "a" / "b" / "c"

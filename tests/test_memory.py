@@ -225,13 +225,13 @@ def test_1000_open_files_under_the_default_descriptor_limit(tmp_path, file_mount
 #: What the cache directory may hold beyond --cache-size and the unsynced
 #: (staging) bytes. diskcache's ``cache.db`` pages are inside its own count
 #: (``Cache.volume()``); this covers ``cache.db-shm`` (the WAL index, 32 KiB),
-#: the lock file, journal records (one file < 1 KiB, a 4 KiB block, per
-#: pending upload: at most 40 here), ``tmp/`` between download and cache, and
-#: diskcache's metadata entries, which it counts at their length (~120 bytes)
-#: but which take a 4 KiB block each (40 here). Not allowed for: the WAL
-#: (``cache.db-wal``), which is data in the cache directory like any other
-#: (SQLite checkpoints it at ``wal_autocheckpoint`` = 1,000 pages = 4 MiB, or
-#: later while readers hold it, and keeps the file at its largest size), and
+#: the lock file, the journal's log (a line < 1 KiB per pending upload: at most
+#: 40 here; these 1 MiB files are not written into it), ``tmp/`` between download
+#: and cache, and diskcache's metadata entries, which it counts at their length
+#: (~120 bytes) but which take a 4 KiB block each (40 here). Not allowed for:
+#: the WAL (``cache.db-wal``), which is data in the cache directory like any
+#: other (SQLite checkpoints it at ``wal_autocheckpoint`` = 256 pages = 1 MiB,
+#: or later while readers hold it; ``--cache-size`` leaves room for it), and
 #: copies in flight into the cache beyond the limit.
 SLACK = 1 * MiB
 CACHE_SIZE = 4 * MiB

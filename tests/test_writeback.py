@@ -118,3 +118,53 @@ def test_deletes_during_a_long_burst_go_in_few_batches(tmp_path, monkeypatch):
 
     trio.run(main)
     journal.close()
+
+
+class IdleSource:
+    """A source that is never due within the test (a long write-back delay)."""
+
+    def __init__(self, rid: str) -> None:
+        self.rid = rid
+
+    def snapshot(self) -> None:
+        return None
+
+    async def uploaded(self, upload: object, etag: str) -> bool:
+        return True
+
+    def conflicted(self, upload: object) -> None:
+        pass
+
+
+def test_a_wake_up_of_the_scheduler_does_not_rescan_every_pending_upload(tmp_path, monkeypatch):
+    """A burst of closes, then readers waiting on the store (each wakes the scheduler when served)."""
+    journal = Journal(tmp_path / "journal")
+    pending, wakes = 2000, 200
+    looked_at = 0
+    original = WriteBack._start_at
+
+    def counting(self: WriteBack, due: float, urgent: bool) -> float:
+        nonlocal looked_at
+        looked_at += 1
+        return original(self, due, urgent)
+
+    monkeypatch.setattr(WriteBack, "_start_at", counting)
+
+    async def main() -> None:
+        wb = WriteBack(LocalStore(tmp_path / "store"), journal, trio.CapacityLimiter(4), delay=60)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wb.run)
+            for i in range(pending):
+                wb.changed()
+                wb.schedule(IdleSource(f"r{i}"))
+                await trio.sleep(0)
+            for _ in range(wakes):
+                wb.foreground_started()
+                wb.foreground_done()
+                await trio.sleep(0)
+            assert wb.stats().pending_uploads == pending
+            nursery.cancel_scope.cancel()
+        assert looked_at < 10 * (pending + wakes), f"{looked_at} due-time checks for {pending} uploads"
+
+    trio.run(main)
+    journal.close()

@@ -103,7 +103,7 @@ class ObjectStore(abc.ABC):
         """
 
     def list_some(self, prefix: str, delimiter: str | None, max_pages: int) -> tuple[ListPage, bool]:
-        """At most ``max_pages`` pages merged into one, and whether that was every page."""
+        """At most ``max_pages`` pages (0: all) merged into one, and whether that was every page."""
         out = ListPage()
         for number, page in enumerate(self.list_pages(prefix, delimiter), 1):
             out.objects.extend(page.objects)
@@ -114,8 +114,4 @@ class ObjectStore(abc.ABC):
 
     def list_all(self, prefix: str, delimiter: str | None = "/") -> ListPage:
         """Every page of a listing merged into one."""
-        out = ListPage()
-        for page in self.list_pages(prefix, delimiter):
-            out.objects.extend(page.objects)
-            out.prefixes.extend(page.prefixes)
-        return out
+        return self.list_some(prefix, delimiter, 0)[0]
