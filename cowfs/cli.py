@@ -17,7 +17,7 @@ from typing import Callable, NoReturn, Sequence
 
 import json
 
-from . import __version__, control, helper_install, progress, sessions, workspaces
+from . import __version__, archive, control, helper_install, progress, sessions, workspaces
 from .config import Config, load, parse_size
 from .daemon import READY_FD_ENV, MountOptions, mount
 from .errors import CowfsError, UsageError
@@ -107,6 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--limit", type=int, default=20, help="page size, 1-100 (default 20)")
     a.add_argument("--next-token", help="the token printed with the previous page")
     _store_options(a, json_flag=True)
+
+    p = sub.add_parser("export", help="write a workspace, or one session of it, to a tar.gz archive")
+    p.add_argument("source", metavar="TENANT/WORKSPACE[/sessions/ID]")
+    p.add_argument("out", metavar="OUT.tar.gz", type=Path)
+    _store_options(p)
+
+    p = sub.add_parser("import", help="write the files of a tar archive into a workspace")
+    p.add_argument("workspace", metavar="TENANT/WORKSPACE")
+    p.add_argument("archive", metavar="IN.tar.gz", type=Path)
+    _store_options(p)
 
     p = sub.add_parser("purge", help="delete workspaces idle for N days")
     p.add_argument("--inactive-days", type=float, required=True)
@@ -260,6 +270,18 @@ def _cmd_sessions(args: argparse.Namespace) -> None:
         print(f"next-token: {token}")
 
 
+def _cmd_export(args: argparse.Namespace) -> None:
+    tenant, name, session = archive.parse_source(args.source)
+    summary = archive.export_archive(_open_store(args), tenant, name, args.out, session)
+    print("\n".join(summary.lines("exported", f"to {args.out}")))
+
+
+def _cmd_import(args: argparse.Namespace) -> None:
+    tenant, name = _split(args.workspace)
+    summary = archive.import_archive(_open_store(args), tenant, name, args.archive)
+    print("\n".join(summary.lines("imported", f"into {tenant}/{name}")))
+
+
 def _cmd_purge(args: argparse.Namespace) -> None:
     store = _open_store(args)
     verb = "would delete" if args.dry_run else "deleted"
@@ -304,6 +326,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "install-helper": _cmd_install_helper,
     "workspace": _cmd_workspace,
     "sessions": _cmd_sessions,
+    "export": _cmd_export,
+    "import": _cmd_import,
     "purge": _cmd_purge,
 }
 

@@ -1,0 +1,497 @@
+"""A workspace (or one session of it) to a tar archive and back: ``cowfs export`` / ``cowfs import``.
+
+An archive holds what a mount shows, named relative to the workspace root
+(a session keeps its ``sessions/ID/...`` names, so importing it into a
+workspace puts it back in place): folders, files and symlinks with their
+permission bits, uid, gid and mtime (the exact nanoseconds in the pax
+``mtime`` record), and ``user.*`` xattrs as pax ``SCHILY.xattr.user.NAME``
+records (GNU tar's convention, so ``tar --xattrs`` reads and writes them).
+``.cowfs`` is generated and never archived.
+
+Import never writes outside ``TENANT/WORKSPACE/`` (DESIGN.md §4): every
+member is checked before anything is written, and the ones a mount could
+not have created (absolute or escaping names, devices, fifos, symlinks that
+lead out, names over the length limits or under ``.cowfs``, invalid session
+ids) are skipped and reported. A hard link is stored as a copy of its target
+when the target is imported too, since a mount refuses hard links.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import decimal
+import functools
+import lzma
+import os
+import secrets
+import shutil
+import stat
+import tarfile
+import tempfile
+import zlib
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Callable, Iterable, Iterator, TypeVar
+
+from . import layout
+from .attrs import DEFAULT_DIR_MODE, DEFAULT_FILE_MODE, Attrs, check_xattrs_fit, from_metadata, to_metadata
+from .errors import (
+    CowfsError, InvalidName, NameTooLong, NoSpace, NotFound, NotPermitted, PreconditionFailed, UsageError,
+)
+from .hooks import user_name
+from .keys import KeyMap
+from .names import component
+from .namespace import DERIVED_XATTRS
+from .store import ObjectInfo, ObjectStore
+from .workspaces import check_scoped_name, create_workspace, get_workspace, touch_workspace
+
+#: Objects downloaded or uploaded at once: each costs a round trip, and each waits in a temporary file.
+PARALLEL = 8
+XATTR_RECORD = "SCHILY.xattr."
+#: Names in archives and xattr values are bytes; surrogateescape keeps the ones that are not UTF-8 intact.
+ENCODING = "utf-8"
+
+Parts = tuple[str, ...]
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass
+class Summary:
+    """What an export or import did, and every entry it left out with the reason."""
+
+    files: int = 0
+    folders: int = 0
+    symlinks: int = 0
+    bytes: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def count(self, member: tarfile.TarInfo) -> None:
+        if member.isdir():
+            self.folders += 1
+        elif member.issym():
+            self.symlinks += 1
+        else:
+            self.files += 1
+            self.bytes += member.size
+
+    def lines(self, verb: str, where: str) -> list[str]:
+        """One line per skipped entry, then ``exported 3 files, 1 folder, 0 symlinks (1.2 MiB) to OUT``."""
+        counts = ", ".join(_plural(n, word) for n, word in
+                           ((self.files, "file"), (self.folders, "folder"), (self.symlinks, "symlink")))
+        skipped = f"; {len(self.skipped)} skipped" if self.skipped else ""
+        return [f"skipped {_shown(name)}: {why}" for name, why in self.skipped] + [
+            f"{verb} {counts} ({_size(self.bytes)}) {where}{skipped}"]
+
+
+def parse_source(text: str) -> tuple[str, str, str | None]:
+    """``TENANT/WORKSPACE`` or ``TENANT/WORKSPACE/sessions/ID`` as (tenant, workspace, session)."""
+    parts = text.split("/")
+    if len(parts) == 2:
+        return parts[0], parts[1], None
+    if len(parts) == 4 and parts[2] == layout.SESSIONS_DIR:
+        return parts[0], parts[1], parts[3]
+    raise UsageError(f"expected TENANT/WORKSPACE or TENANT/WORKSPACE/sessions/ID, got {text!r}")
+
+
+# -- export -----------------------------------------------------------------------
+
+
+@dataclass
+class _Node:
+    """A folder, file or symlink a mount shows; ``info`` is None for a folder with no marker object."""
+
+    parts: Parts
+    is_dir: bool
+    info: ObjectInfo | None
+
+
+def export_archive(store: ObjectStore, tenant: str, workspace: str, out: Path, session: str | None = None) -> Summary:
+    """Write the workspace (or one of its sessions) to ``out`` as a tar.gz.
+
+    The archive is written beside ``out`` and renamed into place at the end,
+    so a failed export never leaves a half archive behind.
+    """
+    keymap = _keymap(store, tenant, workspace)
+    get_workspace(store, tenant, workspace)
+    base: Parts = (layout.SESSIONS_DIR, check_scoped_name("session", session)) if session else ()
+    summary = Summary()
+    nodes = _visible(store, keymap, base, summary)
+    if session and not nodes:
+        raise NotFound(f"no session {session} in {tenant}/{workspace}")
+    partial = out.with_name(f".{out.name}.{secrets.token_hex(4)}.part")
+    try:
+        with _file_errors(f"cannot write {out}"), open(partial, "xb") as raw:
+            with tarfile.open(fileobj=raw, mode="w:gz", compresslevel=6, format=tarfile.PAX_FORMAT,
+                              encoding=ENCODING) as tar:
+                for member, body in _ahead(functools.partial(_fetch, store), nodes):
+                    tar.addfile(member, body)
+                    if body is not None:
+                        body.close()
+                    summary.count(member)
+            raw.flush()
+            os.fsync(raw.fileno())
+            os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
+    return summary
+
+
+def _visible(store: ObjectStore, keymap: KeyMap, base: Parts, summary: Summary) -> list[_Node]:
+    """What a mount shows under ``base`` (a path inside the workspace), parents before children.
+
+    As in a mount: a folder hides a file of the same name, a folder with no
+    marker object is shown (0755, mtime 0), and a key with a name a mount
+    refuses is left out (reported, unless it is under ``.cowfs``) while the
+    folders above that name are shown.
+    """
+    root = keymap.dir_key(())
+    folders: dict[Parts, ObjectInfo | None] = {}
+    files: dict[Parts, ObjectInfo] = {}
+    for page in store.list_pages(keymap.dir_key(base), None):
+        for info in page.objects:
+            if info.key == root:
+                continue
+            is_marker = info.key.endswith("/")
+            parts = tuple(info.key[len(root):].removesuffix("/").split("/"))
+            refused = _refusal(keymap, parts, is_marker)
+            shown = len(parts) if refused is None else refused[0]
+            for depth in range(max(len(base), 1), min(shown, len(parts) - 1) + 1):
+                folders.setdefault(parts[:depth], None)
+            if refused is not None:
+                if parts[0] != layout.CONTROL_DIR:
+                    summary.skipped.append(("/".join(parts), refused[1]))
+            elif is_marker:
+                folders[parts] = info
+            else:
+                files[parts] = info
+    for parts in files.keys() & folders.keys():
+        summary.skipped.append(("/".join(parts), "a folder of the same name hides it"))
+        del files[parts]
+    nodes = [_Node(p, True, i) for p, i in folders.items()] + [_Node(p, False, i) for p, i in files.items()]
+    return sorted(nodes, key=lambda n: n.parts)
+
+
+def _fetch(store: ObjectStore, node: _Node) -> tuple[tarfile.TarInfo, IO[bytes] | None]:
+    """A node as a tar member and, for a file, its bytes spooled to a temporary file.
+
+    At most one request per node: a marker's HEAD, or the GET of a file or
+    symlink (a listing carries no metadata, a GET does).
+    """
+    uid, gid = os.getuid(), os.getgid()
+    if node.info is None:
+        return _member(node.parts, tarfile.DIRTYPE, Attrs(DEFAULT_DIR_MODE, uid, gid, 0)), None
+    if node.is_dir:
+        info = store.head(node.info.key)
+        attrs = from_metadata(info.metadata, is_dir=True, last_modified=info.last_modified, uid=uid, gid=gid)
+        return _member(node.parts, tarfile.DIRTYPE, attrs), None
+    body = tempfile.TemporaryFile()
+    try:
+        info = store.get_to_file(node.info.key, body)
+        attrs = from_metadata(info.metadata, is_dir=False, last_modified=info.last_modified, uid=uid, gid=gid)
+        body.seek(0)
+        if stat.S_ISLNK(attrs.mode):
+            member = _member(node.parts, tarfile.SYMTYPE, attrs)
+            member.linkname = body.read().decode(ENCODING, "surrogateescape")
+            body.close()
+            return member, None
+        if not stat.S_ISREG(attrs.mode):
+            attrs.mode = DEFAULT_FILE_MODE
+        member = _member(node.parts, tarfile.REGTYPE, attrs)
+        member.size = info.size
+        return member, body
+    except BaseException:
+        body.close()
+        raise
+
+
+def _member(parts: Parts, kind: bytes, attrs: Attrs) -> tarfile.TarInfo:
+    """A tar header with the attributes a mount shows, mtime to the nanosecond and xattrs as pax records."""
+    member = tarfile.TarInfo("/".join(parts))
+    member.type = kind
+    member.mode = stat.S_IMODE(attrs.mode)
+    member.uid, member.gid = attrs.uid, attrs.gid
+    member.mtime = attrs.mtime_ns // 1_000_000_000
+    if attrs.mtime_ns % 1_000_000_000:
+        member.pax_headers["mtime"] = to_metadata(attrs)["mtime"]
+    for name, value in attrs.xattrs.items():
+        member.pax_headers[XATTR_RECORD + name] = value.decode(ENCODING, "surrogateescape")
+    return member
+
+
+# -- import -----------------------------------------------------------------------
+
+
+@dataclass
+class _Entry:
+    """A path to write and the member whose bytes and attributes it takes (a hard link: its target)."""
+
+    parts: Parts
+    data: tarfile.TarInfo
+    #: A folder the archive only implies: an existing marker (and its attributes) is kept.
+    implied: bool = False
+
+
+def import_archive(store: ObjectStore, tenant: str, workspace: str, archive: Path) -> Summary:
+    """Write the members of a tar archive (any compression) into the workspace.
+
+    The whole member list is read and checked first, so an unreadable archive
+    writes nothing. Objects already under the same keys are replaced. The
+    workspace record is created if missing (as ``mkdir TENANT/NAME`` does)
+    and its ``lastActiveAt`` advanced.
+    """
+    keymap = _keymap(store, tenant, workspace)
+    summary = Summary()
+    with _file_errors(f"cannot read {archive}"), tarfile.open(archive, "r:*", encoding=ENCODING) as tar:
+        entries = _plan(keymap, tar.getmembers(), summary)
+        create_workspace(store, tenant, user_name(os.getuid()), "general", workspace_id=workspace)
+        bodies = ((entry, _body(tar, entry)) for entry in entries)
+        for member in _ahead(functools.partial(_put, store, keymap), bodies):
+            summary.count(member)
+    touch_workspace(store, tenant, workspace, datetime.now(timezone.utc))
+    return summary
+
+
+def _plan(keymap: KeyMap, members: list[tarfile.TarInfo], summary: Summary) -> list[_Entry]:
+    """The entries to write: folders the archive only implies, then the members in archive order.
+
+    A later member of the same name replaces an earlier one, as when tar
+    extracts; a folder wins over a file of the same name, as in a mount.
+    """
+    plan: dict[Parts, _Entry] = {}
+    for member in members:
+        checked = _check(keymap, member, plan)
+        if isinstance(checked, str):
+            summary.skipped.append((member.name, checked))
+        elif checked is not None:
+            plan.pop(checked.parts, None)
+            plan[checked.parts] = checked
+    parents = {parts[:depth] for parts in plan for depth in range(1, len(parts))}
+    for parts in sorted(parents & plan.keys()):
+        if not plan[parts].data.isdir():
+            del plan[parts]
+            summary.skipped.append(("/".join(parts), "a folder of the same name is in the archive"))
+    return [_Entry(p, _folder(p), implied=True) for p in sorted(parents - plan.keys())] + list(plan.values())
+
+
+def _folder(parts: Parts) -> tarfile.TarInfo:
+    member = tarfile.TarInfo("/".join(parts))
+    member.type = tarfile.DIRTYPE
+    return member
+
+
+def _normalized(name: str) -> tuple[Parts, str | None]:
+    """Components of an archive name inside the workspace, or why it is not inside."""
+    if name.startswith("/"):
+        return (), "absolute path"
+    parts: list[str] = []
+    for part in name.split("/"):
+        if part == "..":
+            if not parts:
+                return (), "escapes the workspace"
+            parts.pop()
+        elif part not in ("", "."):
+            parts.append(part)
+    return tuple(parts), None
+
+
+def _check(keymap: KeyMap, member: tarfile.TarInfo, plan: dict[Parts, _Entry]) -> _Entry | str | None:
+    """The entry to write for a member, why it is skipped, or None for the archive's root folder."""
+    parts, why = _normalized(member.name)
+    if why is not None:
+        return why
+    if not parts:
+        return None
+    refused = _refusal(keymap, parts, member.isdir())
+    if refused is not None:
+        return refused[1]
+    data = _link_target(member, plan) if member.islnk() else member
+    if data is None:
+        return f"hard link to {_shown(member.linkname)}, which is not imported"
+    return _problem(data, parts) or _Entry(parts, data)
+
+
+def _link_target(member: tarfile.TarInfo, plan: dict[Parts, _Entry]) -> tarfile.TarInfo | None:
+    """The file a hard link names, if it is imported: the link is stored as a copy of it."""
+    target = plan.get(_normalized(member.linkname)[0])
+    return target.data if target is not None and target.data.isreg() else None
+
+
+def _problem(member: tarfile.TarInfo, parts: Parts) -> str | None:
+    """Why a member with a good name cannot be imported: its type, where a symlink leads, its xattrs."""
+    if member.ischr() or member.isblk():
+        return "device file"
+    if member.isfifo():
+        return "fifo"
+    if not (member.isreg() or member.isdir() or member.issym()):
+        return "unsupported entry type"
+    if member.issym():
+        return _symlink_problem(member.linkname, len(parts) - 1) or _xattr_problem(member)
+    return _xattr_problem(member)
+
+
+def _symlink_problem(target: str, depth: int) -> str | None:
+    """Why a symlink ``depth`` folders below the workspace root might lead out of it.
+
+    Only ``..`` at the start is allowed (at most ``depth`` of them): after a
+    name, ``..`` could climb out through another symlink, which a look at the
+    target alone cannot rule out.
+    """
+    if not target:
+        return "symlink with an empty target"
+    if target.startswith("/"):
+        return f"symlink to an absolute path ({_shown(target)})"
+    names = [p for p in target.split("/") if p not in ("", ".")]
+    ups = next((i for i, p in enumerate(names) if p != ".."), len(names))
+    if ".." in names[ups:]:
+        return f"symlink target {_shown(target)} has '..' after a name"
+    if ups > depth:
+        return f"symlink to {_shown(target)} leads out of the workspace"
+    return None
+
+
+def _xattr_problem(member: tarfile.TarInfo) -> str | None:
+    try:
+        check_xattrs_fit(_xattrs(member))
+    except NoSpace as exc:
+        return str(exc)
+    return None
+
+
+def _xattrs(member: tarfile.TarInfo) -> dict[str, bytes]:
+    """The ``user.*`` xattrs of a member, but not the ones a mount derives from the path."""
+    return {
+        name[len(XATTR_RECORD):]: value.encode(ENCODING, "surrogateescape")
+        for name, value in member.pax_headers.items()
+        if name.startswith(XATTR_RECORD + "user.") and name[len(XATTR_RECORD):] not in DERIVED_XATTRS
+    }
+
+
+def _mtime_ns(member: tarfile.TarInfo) -> int:
+    """Exact nanoseconds: the pax record keeps every digit, the float tarfile parsed from it does not."""
+    try:
+        return int(decimal.Decimal(member.pax_headers["mtime"]).scaleb(9))
+    except (KeyError, ArithmeticError, ValueError):
+        return int(member.mtime) * 1_000_000_000
+
+
+def _body(tar: tarfile.TarFile, entry: _Entry) -> bytes | IO[bytes]:
+    """What to store for an entry: a marker, a symlink target, or a file's bytes spooled to disk.
+
+    Called on the one thread that reads the archive; a spooled file is
+    handed to ``store.put`` open, which uploads a large one in parts.
+    """
+    if entry.data.isdir():
+        return b""
+    if entry.data.issym():
+        return entry.data.linkname.encode(ENCODING, "surrogateescape")
+    source = tar.extractfile(entry.data)
+    assert source is not None, "regular members always have a body"
+    spooled = tempfile.TemporaryFile()
+    try:
+        shutil.copyfileobj(source, spooled)
+        spooled.seek(0)
+    except BaseException:
+        spooled.close()
+        raise
+    return spooled
+
+
+def _put(store: ObjectStore, keymap: KeyMap, item: tuple[_Entry, bytes | IO[bytes]]) -> tarfile.TarInfo:
+    """Store one entry (and close its spooled body); the member it counts as."""
+    entry, body = item
+    member = entry.data
+    key = keymap.checked_key(entry.parts, member.isdir())
+    try:
+        if entry.implied:
+            with contextlib.suppress(PreconditionFailed):  # the folder has a marker already: keep it
+                store.put(key, body, {}, if_none_match=True)
+        else:
+            kind = stat.S_IFDIR if member.isdir() else stat.S_IFLNK if member.issym() else stat.S_IFREG
+            attrs = Attrs(kind | stat.S_IMODE(member.mode), member.uid, member.gid, _mtime_ns(member), _xattrs(member))
+            store.put(key, body, to_metadata(attrs))
+    finally:
+        if not isinstance(body, bytes):
+            body.close()
+    return member
+
+
+# -- shared -----------------------------------------------------------------------
+
+
+def _keymap(store: ObjectStore, tenant: str, workspace: str) -> KeyMap:
+    """Keys of one workspace, after checking its names; the store's prefix counts towards the key limit."""
+    root = (check_scoped_name("tenant", tenant), check_scoped_name("workspace", workspace))
+    return KeyMap(root=root, store_prefix=getattr(store, "prefix", ""))
+
+
+def _refusal(keymap: KeyMap, parts: Parts, is_dir: bool) -> tuple[int, str] | None:
+    """Why a mount would neither show nor create ``parts`` (a path inside the workspace), or None.
+
+    With the reason comes how many leading components it would show (as folders).
+    """
+    if parts[0] == layout.CONTROL_DIR:
+        return 0, f"under {layout.CONTROL_DIR}, which cowfs generates"
+    depth = 0
+    try:
+        for depth in range(1, len(parts) + 1):
+            component(parts[depth - 1])
+            layout.check_new_entry(keymap.root + parts[:depth], is_dir or depth < len(parts))
+        keymap.checked_key(parts, is_dir)
+    except (InvalidName, NameTooLong, NotPermitted) as exc:
+        return depth - 1, str(exc)
+    return None
+
+
+def _ahead(fn: Callable[[T], R], items: Iterable[T], parallel: int = PARALLEL) -> Iterator[R]:
+    """``fn`` over ``items`` on worker threads, at most ``parallel`` at once, results in order.
+
+    ``items`` is consumed on the caller's thread (a tar archive is read by
+    one thread); an object store answers faster many requests at a time.
+    """
+    pending: deque[Future[R]] = deque()
+    with ThreadPoolExecutor(parallel) as pool:
+        try:
+            for item in items:
+                pending.append(pool.submit(fn, item))
+                if len(pending) >= parallel:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+@contextlib.contextmanager
+def _file_errors(what: str) -> Iterator[None]:
+    """Local file and archive-format errors as one-line cowfs errors (exit status 1)."""
+    try:
+        yield
+    except tarfile.ReadError:
+        raise CowfsError(f"{what}: not a tar archive, or a damaged one") from None
+    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as exc:
+        raise CowfsError(f"{what}: {exc}") from None
+    except OSError as exc:
+        raise CowfsError(f"{what}: {exc.strerror or exc}") from None
+
+
+def _shown(name: str) -> str:
+    """A name safe to print on one line: hostile archives can hold newlines and escapes."""
+    return name if name.isprintable() else ascii(name)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _size(n: int) -> str:
+    value, unit = float(n), "B"
+    for bigger in ("KiB", "MiB", "GiB", "TiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"

@@ -1,0 +1,293 @@
+"""cowfs export / import: workspaces and sessions to tar archives and back, and archives that try to escape."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import stat
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from conftest import TEST_MULTIPART_THRESHOLD
+from cowfs.archive import export_archive
+from cowfs.attrs import Attrs, to_metadata
+from cowfs.errors import StoreError
+from cowfs.store.s3 import S3Store
+from cowfs.workspaces import create_workspace
+from test_workspaces import all_keys, cli
+
+MiB = 1024 * 1024
+MTIME = 1_700_000_000_123_456_789
+
+
+def s3_store(bucket) -> S3Store:
+    return S3Store(bucket.name, endpoint_url=bucket.endpoint, region="us-east-1", path_style=True,
+                   multipart_threshold=TEST_MULTIPART_THRESHOLD, part_size=TEST_MULTIPART_THRESHOLD)
+
+
+def body(bucket, key: str) -> bytes:
+    return bucket.client.get_object(Bucket=bucket.name, Key=key)["Body"].read()
+
+
+def meta(bucket, key: str) -> dict[str, str]:
+    return bucket.client.head_object(Bucket=bucket.name, Key=key)["Metadata"]
+
+
+def one_error_line(done: subprocess.CompletedProcess[str]) -> str:
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cowfs: error: "), done.stderr
+    return lines[0]
+
+
+def tree(root: Path) -> dict[str, tuple]:
+    """Everything a mount shows under ``root``: type and mode, mtime, owner, content or target, xattrs."""
+    out: dict[str, tuple] = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(folder, name)
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                content = os.readlink(path)
+            elif stat.S_ISREG(st.st_mode):
+                content = hashlib.sha256(path.read_bytes()).hexdigest()
+            else:
+                content = None
+            xattrs = {n: os.getxattr(path, n, follow_symlinks=False) for n in os.listxattr(path, follow_symlinks=False)}
+            out[str(path.relative_to(root))] = (stat.filemode(st.st_mode), st.st_mtime_ns, st.st_uid, st.st_gid,
+                                                content, xattrs)
+    return out
+
+
+def test_round_trip_through_mounts(mount_factory, s3_bucket, tmp_path):
+    first = mount_factory("one")
+    src = first.path / "acme" / "src"
+    (src / "sub" / "deep").mkdir(parents=True)
+    (src / "empty").mkdir()
+    (src / "sessions" / "s1").mkdir(parents=True)
+    big = os.urandom(9 * MiB)  # over the CLI's 8 MiB multipart threshold as well as the tests' 5 MiB
+    (src / "big.bin").write_bytes(big)
+    (src / "notes.md").write_text("# notes\n")
+    (src / "sessions" / "s1" / "history.jsonl").write_text('{"role":"user"}\n')
+    deep = src / "sub" / "deep" / "f.txt"
+    deep.write_bytes(b"deep")
+    os.chmod(deep, 0o640)
+    os.setxattr(deep, "user.task", b"task-42")
+    os.setxattr(deep, "user.raw", b"\xff\x00\x01")
+    os.symlink("sub/deep/f.txt", src / "link")
+    os.symlink("../notes.md", src / "sub" / "up")
+    os.chmod(src / "empty", 0o700)
+    for i, path in enumerate((deep, src / "empty", src / "sub", src / "notes.md")):
+        os.utime(path, ns=(MTIME + i, MTIME + i))
+    first.umount()
+
+    out = tmp_path / "src.tar.gz"
+    exported = cli(s3_bucket, "export", "acme/src", str(out)).stdout
+    assert exported.strip() == f"exported 4 files, 5 folders, 2 symlinks (9.0 MiB) to {out}"
+    with tarfile.open(out, "r:gz") as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        assert set(members) == {"big.bin", "notes.md", "link", "empty", "sub", "sub/deep", "sub/deep/f.txt", "sub/up",
+                                "sessions", "sessions/s1", "sessions/s1/history.jsonl"}
+        f = members["sub/deep/f.txt"]
+        assert f.isreg() and f.mode == 0o640 and f.pax_headers["mtime"] == "1700000000.123456789"
+        assert f.pax_headers["SCHILY.xattr.user.task"] == "task-42"
+        assert members["link"].issym() and members["link"].linkname == "sub/deep/f.txt"
+        assert members["empty"].isdir() and members["empty"].mode == 0o700
+        assert tar.extractfile(members["big.bin"]).read() == big
+
+    imported = cli(s3_bucket, "import", "acme/dst", str(out)).stdout
+    assert imported.strip() == "imported 4 files, 5 folders, 2 symlinks (9.0 MiB) into acme/dst"
+    record = json.loads(body(s3_bucket, "acme/dst/.cowfs/workspace.json"))
+    assert record["workspaceId"] == "dst" and record["workspaceScope"] == "general"
+
+    second = mount_factory("two")
+    before, after = tree(second.path / "acme" / "src"), tree(second.path / "acme" / "dst")
+    assert after == before
+    assert after["sub/deep/f.txt"][:2] == ("-rw-r-----", MTIME)
+    assert after["sub/deep/f.txt"][5] == {"user.task": b"task-42", "user.raw": b"\xff\x00\x01"}
+    assert after["empty"][:2] == ("drwx------", MTIME + 1)
+    assert after["sub/up"][4] == "../notes.md" and after["link"][4] == "sub/deep/f.txt"
+    assert (second.path / "acme" / "dst" / "big.bin").read_bytes() == big
+
+
+def test_session_export_holds_that_session_and_imports_back_in_place(s3_bucket, tmp_path):
+    store = s3_store(s3_bucket)
+    create_workspace(store, "acme", "u", "general", workspace_id="w")
+    dir_meta = to_metadata(Attrs(stat.S_IFDIR | 0o750, 1000, 1000, MTIME))
+    store.put("acme/w/sessions/s1/", b"", dir_meta)
+    store.put("acme/w/sessions/s1/history.jsonl", b'{"role":"user"}\n', {})
+    store.put("acme/w/sessions/s1/artifacts/out.txt", b"tool output", {})
+    store.put("acme/w/sessions/s2/history.jsonl", b"other session", {})
+    store.put("acme/w/notes.md", b"shared", {})
+
+    out = tmp_path / "s1.tar.gz"
+    assert cli(s3_bucket, "export", "acme/w/sessions/s1", str(out)).stdout.strip() == (
+        f"exported 2 files, 2 folders, 0 symlinks (27 B) to {out}")
+    with tarfile.open(out) as tar:
+        assert tar.getnames() == ["sessions/s1", "sessions/s1/artifacts", "sessions/s1/artifacts/out.txt",
+                                  "sessions/s1/history.jsonl"]
+        assert tar.getmember("sessions/s1").mode == 0o750
+
+    cli(s3_bucket, "import", "acme/fresh", str(out))
+    fresh = {k.removeprefix("acme/fresh/") for k in all_keys(s3_bucket) if k.startswith("acme/fresh/")}
+    assert fresh == {".cowfs/workspace.json", "sessions/", "sessions/s1/", "sessions/s1/artifacts/",
+                     "sessions/s1/artifacts/out.txt", "sessions/s1/history.jsonl"}
+    assert body(s3_bucket, "acme/fresh/sessions/s1/artifacts/out.txt") == b"tool output"
+    assert meta(s3_bucket, "acme/fresh/sessions/s1/") == dir_meta
+    listed = json.loads(cli(s3_bucket, "sessions", "list", "acme/fresh", "--json").stdout)["sessions"]
+    assert [(s["sessionId"], s["files"]) for s in listed] == [("s1", 2)]
+
+    # Importing again replaces what is there, but keeps the marker of a folder the archive only implies.
+    store.put("acme/fresh/sessions/s1/history.jsonl", b"edited", {})
+    kept = to_metadata(Attrs(stat.S_IFDIR | 0o700, 0, 0, MTIME))
+    store.put("acme/fresh/sessions/", b"", kept)
+    cli(s3_bucket, "import", "acme/fresh", str(out))
+    assert body(s3_bucket, "acme/fresh/sessions/s1/history.jsonl") == b'{"role":"user"}\n'
+    assert meta(s3_bucket, "acme/fresh/sessions/") == kept
+
+    missing = cli(s3_bucket, "export", "acme/w/sessions/s9", str(tmp_path / "s9.tar.gz"), check=False)
+    assert missing.returncode == 1 and "no session s9" in one_error_line(missing)
+    assert not (tmp_path / "s9.tar.gz").exists()
+
+
+def hostile_archive(path: Path) -> dict[str, str]:
+    """An archive of entries that must be imported and entries that must not; the second with their reasons."""
+    refused = {
+        "../escape": "escapes the workspace",
+        "/etc/abs": "absolute path",
+        "a/../../up": "escapes the workspace",
+        "abs-link": "symlink to an absolute path",
+        "up-link": "leads out of the workspace",
+        "docs/sneaky": "has '..' after a name",
+        "null": "device file",
+        "disk": "device file",
+        "fifo": "fifo",
+        "hard-out": "hard link to ../../etc/passwd, which is not imported",
+        ".cowfs/workspace.json": "under .cowfs",
+        "sessions/bad name/x": "invalid session id",
+        "x" * 256: "longer than 255 bytes",
+        "'../line\\nbreak'": "escapes the workspace",  # printed escaped: one line per skipped entry
+    }
+    entries = [
+        ("ok.txt", tarfile.REGTYPE, b"ok", ""),
+        ("docs", tarfile.DIRTYPE, b"", ""),
+        ("docs/readme-link", tarfile.SYMTYPE, b"", "../ok.txt"),
+        ("hard", tarfile.LNKTYPE, b"", "ok.txt"),
+        ("../escape", tarfile.REGTYPE, b"escaped", ""),
+        ("/etc/abs", tarfile.REGTYPE, b"absolute", ""),
+        ("a/../../up", tarfile.REGTYPE, b"up", ""),
+        ("abs-link", tarfile.SYMTYPE, b"", "/etc/passwd"),
+        ("up-link", tarfile.SYMTYPE, b"", "../../.."),
+        ("docs/sneaky", tarfile.SYMTYPE, b"", "sub/../../x"),
+        ("null", tarfile.CHRTYPE, b"", ""),
+        ("disk", tarfile.BLKTYPE, b"", ""),
+        ("fifo", tarfile.FIFOTYPE, b"", ""),
+        ("hard-out", tarfile.LNKTYPE, b"", "../../etc/passwd"),
+        (".cowfs/workspace.json", tarfile.REGTYPE, b'{"workspaceId": "evil"}', ""),
+        ("sessions/bad name/x", tarfile.REGTYPE, b"x", ""),
+        ("x" * 256, tarfile.REGTYPE, b"long", ""),
+        ("../line\nbreak", tarfile.REGTYPE, b"spoof", ""),
+    ]
+    with tarfile.open(path, "w:gz", format=tarfile.PAX_FORMAT) as tar:
+        for name, kind, data, target in entries:
+            member = tarfile.TarInfo(name)
+            member.type, member.linkname, member.size, member.mode = kind, target, len(data), 0o644
+            tar.addfile(member, io.BytesIO(data))
+    return refused
+
+
+def test_hostile_archive_imports_only_what_stays_inside(s3_bucket, tmp_path):
+    s3_bucket.client.put_object(Bucket=s3_bucket.name, Key="acme/other/keep.txt", Body=b"keep")
+    s3_bucket.client.put_object(Bucket=s3_bucket.name, Key="etc/passwd", Body=b"root:x:0:0")
+    before = all_keys(s3_bucket)
+    archive = tmp_path / "hostile.tar.gz"
+    refused = hostile_archive(archive)
+
+    lines = cli(s3_bucket, "import", "acme/w", str(archive)).stdout.strip().splitlines()
+    reported = dict(line.removeprefix("skipped ").split(": ", 1) for line in lines[:-1])
+    assert set(reported) == set(refused)
+    assert all(refused[name] in why for name, why in reported.items()), reported
+    assert lines[-1] == f"imported 2 files, 1 folder, 1 symlink (4 B) into acme/w; {len(refused)} skipped"
+
+    added = all_keys(s3_bucket) - before
+    assert added == {"acme/w/.cowfs/workspace.json", "acme/w/ok.txt", "acme/w/docs/", "acme/w/docs/readme-link",
+                     "acme/w/hard"}
+    assert body(s3_bucket, "etc/passwd") == b"root:x:0:0" and body(s3_bucket, "acme/other/keep.txt") == b"keep"
+    assert json.loads(body(s3_bucket, "acme/w/.cowfs/workspace.json"))["workspaceId"] == "w"
+    assert body(s3_bucket, "acme/w/hard") == b"ok"
+    assert body(s3_bucket, "acme/w/docs/readme-link") == b"../ok.txt"
+    assert stat.S_ISLNK(int(meta(s3_bucket, "acme/w/docs/readme-link")["mode"]))
+
+
+def test_gnu_tar_reads_exports_and_writes_imports(s3_bucket, tmp_path):
+    made = tmp_path / "made"
+    (made / "dir").mkdir(parents=True)
+    (made / "dir" / "a.txt").write_bytes(b"alpha")
+    os.chmod(made / "dir" / "a.txt", 0o600)
+    os.setxattr(made / "dir" / "a.txt", "user.step", b"7")
+    os.symlink("dir/a.txt", made / "link")
+    os.utime(made / "dir" / "a.txt", ns=(MTIME, MTIME))
+    archive = tmp_path / "made.tar.gz"
+    subprocess.run(["tar", "--xattrs", "--format=posix", "-czf", str(archive), "-C", str(made), "."], check=True)
+
+    assert cli(s3_bucket, "import", "acme/g", str(archive)).stdout.strip() == (
+        "imported 1 file, 1 folder, 1 symlink (5 B) into acme/g")
+    a = meta(s3_bucket, "acme/g/dir/a.txt")
+    assert int(a["mode"]) == stat.S_IFREG | 0o600 and a["mtime"] == "1700000000.123456789"
+    assert body(s3_bucket, "acme/g/dir/a.txt") == b"alpha" and body(s3_bucket, "acme/g/link") == b"dir/a.txt"
+
+    out = tmp_path / "g.tar.gz"
+    cli(s3_bucket, "export", "acme/g", str(out))
+    back = tmp_path / "back"
+    back.mkdir()
+    subprocess.run(["tar", "--xattrs", "--xattrs-include=user.*", "-xpzf", str(out), "-C", str(back)], check=True)
+    assert (back / "dir" / "a.txt").read_bytes() == b"alpha"
+    assert os.getxattr(back / "dir" / "a.txt", "user.step") == b"7"
+    st = os.stat(back / "dir" / "a.txt")
+    assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_mtime_ns == MTIME
+    assert os.readlink(back / "link") == "dir/a.txt"
+
+
+def test_refusals_write_nothing(s3_bucket, tmp_path):
+    good = tmp_path / "good.tar.gz"
+    with tarfile.open(good, "w:gz") as tar:
+        member = tarfile.TarInfo("data.bin")
+        data = os.urandom(300_000)
+        member.size = len(data)
+        tar.addfile(member, io.BytesIO(data))
+    for target in ("bad name/w", "acme/-w", "acme/w/x", "acme"):
+        done = cli(s3_bucket, "import", target, str(good), check=False)
+        assert done.returncode in (1, 2)
+        one_error_line(done)
+
+    damaged = {"random.tar.gz": os.urandom(4096), "truncated.tar.gz": good.read_bytes()[:150_000], "empty.tar": b""}
+    for name, content in damaged.items():
+        (tmp_path / name).write_bytes(content)
+        done = cli(s3_bucket, "import", "acme/w", str(tmp_path / name), check=False)
+        assert done.returncode == 1 and name in one_error_line(done)
+    assert all_keys(s3_bucket) == set()
+
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    missing = cli(s3_bucket, "export", "acme/w", str(outdir / "w.tar.gz"), check=False)
+    assert missing.returncode == 1 and "no workspace acme/w" in one_error_line(missing)
+    assert os.listdir(outdir) == []
+
+
+def test_failed_export_leaves_no_archive(s3_bucket, tmp_path, monkeypatch):
+    store = s3_store(s3_bucket)
+    create_workspace(store, "acme", "u", "general", workspace_id="w")
+    for i in range(20):
+        store.put(f"acme/w/f{i:02d}", os.urandom(1000), {})
+
+    def broken(key, out):
+        raise StoreError(f"get {key}: connection reset")
+
+    monkeypatch.setattr(store, "get_to_file", broken)
+    with pytest.raises(StoreError):
+        export_archive(store, "acme", "w", tmp_path / "w.tar.gz")
+    assert os.listdir(tmp_path) == []
