@@ -8,6 +8,10 @@ The limit is kept on what the folder really takes on disk: a file entry
 counts whole blocks, room is made before a file is added (not after), a file
 larger than the whole cache is not kept, and SQLite's write-ahead log is kept
 small and counted out of the limit.
+
+A file already on the cache's file system (a download, an uploaded staging
+file) is moved in by rename rather than copied: copying 128 MiB cost a
+third of a cold sequential read.
 """
 
 from __future__ import annotations
@@ -38,10 +42,24 @@ def _on_disk(size: int) -> int:
     return -(-size // BLOCK) * BLOCK + BLOCK
 
 
+class _Moved:
+    """A file to move into the cache by rename (same file system), not to copy."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+
 class _BlockDisk(diskcache.Disk):
     """Counts a file entry by the blocks it occupies, so many small files cannot overrun the limit."""
 
     def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> tuple:
+        if isinstance(value, _Moved):
+            filename, full_path = self.filename(key, value)
+            os.makedirs(os.path.dirname(full_path), exist_ok=True)
+            os.rename(value.path, full_path)
+            return _on_disk(os.stat(full_path).st_size), diskcache.core.MODE_BINARY, filename, None
         size, mode, filename, db_value = super().store(value, read, key=key)
         if filename is not None:
             size = _on_disk(size)
@@ -101,15 +119,27 @@ class ContentCache:
     @_best_effort
     def put_file(self, key: str, etag: str, fd: int) -> None:
         """Keep a clean copy of ``key`` at ``etag`` from an open descriptor, evicting first to make room."""
-        size = _on_disk(os.fstat(fd).st_size)
+        with os.fdopen(os.dup(fd), "rb") as src:
+            src.seek(0)
+            self._keep(key, etag, os.fstat(fd).st_size, src)
+
+    @_best_effort
+    def move_in(self, key: str, etag: str, path: Path) -> None:
+        """Make the file at ``path`` the clean copy of ``key`` at ``etag``; it leaves ``path`` if kept.
+
+        ``path`` must be on the cache's file system and never written again.
+        """
+        self._keep(key, etag, os.stat(path).st_size, _Moved(path))
+
+    def _keep(self, key: str, etag: str, size: int, value: Any) -> None:
+        """Store a file entry of ``size`` bytes unless it exceeds the whole cache; room is made first."""
+        on_disk = _on_disk(size)
         with self._room:
             self._cache.delete(("data", key))
-            if size > self.limit:
+            if on_disk > self.limit:
                 return
-            self._make_room(size)
-            with os.fdopen(os.dup(fd), "rb") as src:
-                src.seek(0)
-                self._cache.set(("data", key), src, read=True, tag=etag)
+            self._make_room(on_disk)
+            self._cache.set(("data", key), value, read=True, tag=etag)
 
     def _make_room(self, size: int) -> None:
         """Evict least recently used entries until ``size`` more bytes fit under the limit."""

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
+from pathlib import Path
 
 from cowfs.cache import ContentCache
 from mounting import Mount
+
+MiB = 1024 * 1024
 
 
 def put(cache: ContentCache, key: str, etag: str, data: bytes, tmp_path) -> None:
@@ -78,3 +82,66 @@ def test_remount_reuses_cached_copy_while_etag_unchanged(tmp_path):
             third.cleanup()
     finally:
         first.cleanup()
+
+
+def test_move_in_keeps_the_file_itself_within_the_limit(tmp_path):
+    cache = ContentCache(tmp_path / "c", 4 * MiB)
+    src = tmp_path / "c" / "incoming"
+    src.write_bytes(b"x" * MiB)
+    inode = src.stat().st_ino
+    cache.move_in("k", "e", src)
+    assert not src.exists()
+    fd = cache.open("k", "e")
+    try:
+        assert os.fstat(fd).st_ino == inode, "moved, not copied"
+        assert os.pread(fd, 2 * MiB, 0) == b"x" * MiB
+    finally:
+        os.close(fd)
+    too_big = tmp_path / "c" / "too-big"
+    too_big.write_bytes(b"y" * 5 * MiB)
+    cache.move_in("big", "e", too_big)
+    assert too_big.exists(), "a file larger than the cache is left to the caller"
+    assert cache.open("big", "e") is None
+    assert cache.volume() <= 4 * MiB
+
+
+def bytes_written(pid: int) -> int:
+    """Bytes the process passed to write(2), send(2) and friends so far (files and sockets alike)."""
+    with open(f"/proc/{pid}/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("wchar:"))
+
+
+def cached_file(cache_dir: Path, size: int, timeout: float = 20) -> Path:
+    """The clean cache's file entry of ``size`` bytes, once there is one."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for path in (cache_dir / "cache").rglob("*.val"):
+            if path.stat().st_size == size:
+                return path
+        time.sleep(0.05)
+    raise AssertionError(f"no cache entry of {size} bytes after {timeout} s")
+
+
+def test_large_files_enter_the_cache_without_a_copy(mount_factory):
+    size = 24 * MiB
+    data = os.urandom(size)
+    first = mount_factory("one")
+    ws = first.path / "t1" / "ws1"
+    ws.mkdir(parents=True)
+    before = bytes_written(first.proc.pid)
+    (ws / "big.bin").write_bytes(data)
+    first.sync()
+    kept = cached_file(first.cache_dir, size)
+    written = bytes_written(first.proc.pid) - before
+    assert written < 2.5 * size, f"{written} bytes: staging and the upload's socket once each, no copy into the cache"
+    for i in range(300):
+        (ws / f"small{i}").write_bytes(b"s" * 100)
+    first.sync()
+    assert kept.read_bytes() == data, "the cache's copy shares the staging inode, which must never become a spare"
+
+    second = mount_factory("two")
+    before = bytes_written(second.proc.pid)
+    assert (second.path / "t1" / "ws1" / "big.bin").read_bytes() == data
+    assert cached_file(second.cache_dir, size).read_bytes() == data
+    written = bytes_written(second.proc.pid) - before
+    assert written < 2.5 * size, f"{written} bytes: the download and the replies to the kernel once each, no copy"
