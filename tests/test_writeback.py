@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import trio
 
 from cowfs.journal import Journal
 from cowfs.store.local import LocalStore
-from cowfs.writeback import WriteBack
+from cowfs.journal import BODY_INLINE
+from cowfs.writeback import Upload, WriteBack
 
 
 class GatedStore(LocalStore):
@@ -165,6 +167,67 @@ def test_a_wake_up_of_the_scheduler_does_not_rescan_every_pending_upload(tmp_pat
             assert wb.stats().pending_uploads == pending
             nursery.cancel_scope.cancel()
         assert looked_at < 10 * (pending + wakes), f"{looked_at} due-time checks for {pending} uploads"
+
+    trio.run(main)
+    journal.close()
+
+
+class TimingStore(LocalStore):
+    """A real local store that notes when each put started."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.put_times: list[float] = []
+
+    def put(self, key: str, body, metadata, if_match=None, if_none_match=False) -> str:
+        self.put_times.append(time.monotonic())
+        return super().put(key, body, metadata, if_match, if_none_match)
+
+
+class SmallFile:
+    """A closed 100-byte file waiting to go up."""
+
+    def __init__(self, rid: str) -> None:
+        self.rid = rid
+
+    def snapshot(self) -> Upload:
+        return Upload(f"t/ws/{self.rid}", BODY_INLINE, {}, 1, inline=b"x" * 100, size=100)
+
+    async def uploaded(self, upload: Upload, etag: str) -> bool:
+        return True
+
+    def conflicted(self, upload: Upload) -> None:
+        pass
+
+
+def test_uploads_trickle_while_the_mount_stays_busy_and_all_go_once_it_pauses(tmp_path, monkeypatch):
+    import cowfs.writeback as writeback
+
+    monkeypatch.setattr(writeback, "MAX_DEFER", 0.3)
+    monkeypatch.setattr(writeback, "BUSY_UPLOAD_RATE", 10.0)
+    store = TimingStore(tmp_path / "store")
+    journal = Journal(tmp_path / "journal")
+    files = 150
+
+    async def main() -> None:
+        wb = WriteBack(store, journal, trio.CapacityLimiter(8), delay=0.0)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wb.run)
+            start = time.monotonic()
+            for i in range(files):
+                wb.changed()
+                wb.schedule(SmallFile(f"f{i:03d}"))
+                await trio.sleep(0.01)
+            burst_end = time.monotonic()
+            with trio.fail_after(5):
+                while wb.stats().pending_uploads:
+                    await trio.sleep(0.02)
+            nursery.cancel_scope.cancel()
+        during = [t for t in store.put_times if t < burst_end]
+        allowed = (burst_end - start - 0.3) * 10 + 2
+        assert 0 < len(during) <= allowed, f"{len(during)} uploads during a {burst_end - start:.1f} s burst"
+        assert len(store.put_times) == files
+        assert max(store.put_times) - burst_end < 2, "the rest went as soon as the mount paused"
 
     trio.run(main)
     journal.close()
