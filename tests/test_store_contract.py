@@ -528,4 +528,85 @@ def test_s3_download_uses_a_few_large_ranges(s3_bucket: S3Bucket, tmp_path: Path
     with open(tmp_path / "out", "wb") as out:
         store.get_to_file("big", out)
     assert (tmp_path / "out").read_bytes() == content
-    assert len(requests) == 1 + DOWNLOAD_STREAMS, requests
+    assert store.lean is not None and store.lean.served == 1, "the first range goes the lean way"
+    assert len(requests) == DOWNLOAD_STREAMS, requests
+
+
+ODD_KEYS = ["t/w/plain.txt", "t/w/with space.txt", "t/w/plus+equals=amp&q?hash#.txt", "t/w/pct%41~tilde",
+            "t/w/ünïcödé/日本.md"]
+
+
+def boto3_calls(store: S3Store) -> list[str]:
+    """Names of the operations boto3's client makes from now on."""
+    calls: list[str] = []
+    store._client.meta.events.register("before-call.s3", lambda model, **_: calls.append(model.name))
+    return calls
+
+
+def test_small_requests_take_the_lean_path_and_agree_with_boto3(s3_bucket: S3Bucket) -> None:
+    store = s3_store(s3_bucket)
+    assert store.lean is not None
+    calls = boto3_calls(store)
+    meta = {"mode": "33188", "mtime": "1700000000.5", "xattr": "%7B%22a%22%3A%22b%22%7D"}
+    for i, key in enumerate(ODD_KEYS):
+        etag = store.put(key, f"body {i}".encode(), meta, if_none_match=True)
+        etag = store.put(key, f"body {i} again".encode(), meta, if_match=etag)
+        truth = s3_bucket.client.head_object(Bucket=s3_bucket.name, Key=key)
+        info = store.head(key)
+        assert (info.etag, info.size, info.metadata) == (etag, truth["ContentLength"], truth["Metadata"]) == (
+            truth["ETag"], len(f"body {i} again"), meta)
+        assert info.last_modified == truth["LastModified"].timestamp()
+        data, got = store.get(key)
+        assert (data, got) == (f"body {i} again".encode(), info)
+        assert store.get(key, 2, 6)[0] == f"body {i} again".encode()[2:6]
+    assert calls == [], "no small request went through boto3's client"
+    assert store.lean.served == 5 * len(ODD_KEYS)
+
+
+def test_lean_failures_are_boto3s_errors(s3_bucket: S3Bucket) -> None:
+    store = s3_store(s3_bucket)
+    etag = store.put("t/w/a", b"one", {})
+    calls = boto3_calls(store)
+    with pytest.raises(PreconditionFailed):
+        store.put("t/w/a", b"two", {}, if_match='"0123456789abcdef0123456789abcdef"')
+    with pytest.raises(PreconditionFailed):
+        store.put("t/w/a", b"two", {}, if_none_match=True)
+    with pytest.raises(ObjectNotFound):
+        store.head("t/w/missing")
+    with pytest.raises(ObjectNotFound):
+        store.get("t/w/missing")
+    assert calls == ["PutObject", "PutObject", "HeadObject", "GetObject"], "each failure was asked again of boto3"
+    assert store.lean is not None and store.lean.enabled, "404 and 412 say nothing against the lean path"
+    assert store.get("t/w/a")[0] == b"one" and store.head("t/w/a").etag == etag
+
+
+def test_an_endpoint_that_refuses_lean_requests_turns_them_off(s3_bucket: S3Bucket) -> None:
+    import http.server
+    import threading
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:
+            self.send_response(301)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_HEAD = do_PUT
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        store = s3_store(s3_bucket)
+        assert store.lean is not None
+        store.lean.base_url = f"http://127.0.0.1:{server.server_address[1]}/elsewhere/"
+        calls = boto3_calls(store)
+        store.put("t/w/a", b"kept", {"mode": "33188"})
+        assert not store.lean.enabled
+        assert store.get("t/w/a")[0] == b"kept" and store.head("t/w/a").metadata == {"mode": "33188"}
+        assert calls == ["PutObject", "GetObject", "HeadObject"]
+    finally:
+        server.shutdown()
+        server.server_close()

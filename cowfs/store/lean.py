@@ -1,0 +1,109 @@
+"""Single signed requests for small objects, without boto3's client machinery.
+
+An agent workload is thousands of small PUTs, GETs and HEADs. boto3's client
+spends 2-3 ms of CPU per call (event hooks, endpoint rules, parsing), and in
+the daemon that CPU is also the GIL the FUSE loop needs; a small PUT costs
+the S3 server less than that. This path signs with botocore's own SigV4
+signer and the client's credentials and sends through urllib3 (boto3's own
+transport), and it only handles the clean case: any other outcome returns
+``None`` and the caller repeats the call through boto3, so that errors,
+retries, redirects and their meaning stay boto3's. A response it does not
+expect (not 2xx, 404, 412 or 5xx: a redirect, a signature the endpoint
+refuses) turns it off for good.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import urllib.parse
+from email.utils import parsedate_to_datetime
+from typing import Any, Mapping
+
+import urllib3
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+from .base import ObjectInfo
+
+log = logging.getLogger(__name__)
+
+META = "x-amz-meta-"
+#: Statuses that say nothing about this path being wrong for the endpoint.
+_EXPECTED_FAILURES = {404, 412, 416}
+
+
+class LeanRequests:
+    """Signed requests to one bucket, built from a boto3 client's endpoint, region and credentials."""
+
+    def __init__(self, base_url: str, region: str, credentials: Credentials, timeout: urllib3.Timeout,
+                 connections: int) -> None:
+        """``base_url`` ends with ``/`` and an object's quoted key follows it."""
+        self.base_url = base_url
+        self.region = region
+        self.credentials = credentials
+        self._pool = urllib3.PoolManager(maxsize=connections, timeout=timeout, retries=False)
+        self._lock = threading.Lock()
+        self.enabled = True
+        self.served = 0
+
+    @classmethod
+    def for_client(cls, client: Any, credentials: Credentials | None, bucket: str, timeout: urllib3.Timeout,
+                   connections: int) -> "LeanRequests | None":
+        """The lean path for ``bucket`` as ``client`` addresses it; None without credentials."""
+        if credentials is None:
+            return None
+        try:
+            url = client.generate_presigned_url("head_object", Params={"Bucket": bucket, "Key": "k"})
+        except Exception as exc:  # botocore raises many kinds; boto3 alone is always right
+            log.debug("no lean S3 path: %s", exc)
+            return None
+        parts = urllib.parse.urlsplit(url)
+        if not parts.path.endswith("/k"):
+            return None
+        base = f"{parts.scheme}://{parts.netloc}{parts.path[:-1]}"
+        return cls(base, client.meta.region_name or "us-east-1", credentials, timeout, connections)
+
+    def request(self, method: str, key: str, body: bytes = b"", headers: Mapping[str, str] | None = None,
+                stream: bool = False) -> urllib3.BaseHTTPResponse | None:
+        """The 2xx response to one signed request for ``key``, or None (boto3 should make the call).
+
+        ``stream``: the body is left to the caller to read, then ``release_conn()``.
+        """
+        if not self.enabled:
+            return None
+        url = self.base_url + urllib.parse.quote(key, safe="/~")
+        signed = AWSRequest(method=method, url=url, data=body, headers=dict(headers or {}))
+        try:
+            S3SigV4Auth(self.credentials.get_frozen_credentials(), "s3", self.region).add_auth(signed)
+            response = self._pool.urlopen(method, url, body=body or None, headers=dict(signed.headers.items()),
+                                          preload_content=not stream, redirect=False)
+        except Exception as exc:  # any failure: boto3 repeats the call with its retries and errors
+            log.debug("lean %s %s: %s", method, key, exc)
+            return None
+        if 200 <= response.status < 300:
+            with self._lock:
+                self.served += 1
+            return response
+        if stream:
+            response.drain_conn()
+            response.release_conn()
+        if response.status not in _EXPECTED_FAILURES and response.status < 500:
+            log.info("lean S3 requests off: %s %s answered %d", method, key, response.status)
+            self.enabled = False
+        return None
+
+
+def response_info(key: str, response: urllib3.BaseHTTPResponse) -> ObjectInfo:
+    """ObjectInfo from a HEAD/GET response's headers, as boto3's parsing would give it."""
+    headers = response.headers
+    content_range = headers.get("Content-Range")
+    size = int(content_range.rsplit("/", 1)[1]) if content_range else int(headers.get("Content-Length", 0))
+    return ObjectInfo(
+        key=key,
+        size=size,
+        etag=headers["ETag"],
+        last_modified=parsedate_to_datetime(headers["Last-Modified"]).timestamp(),
+        metadata={name[len(META):].lower(): value for name, value in headers.items() if name.lower().startswith(META)},
+    )
