@@ -238,13 +238,19 @@ CACHE_SIZE = 4 * MiB
 
 
 def _disk_use(cache_dir: Path) -> dict[str, int]:
-    """What ``du`` counts under the cache directory (allocated blocks), by kind of file."""
+    """What ``du`` counts under the cache directory (allocated blocks), by kind of file.
+
+    Like ``du``, a file with several links (a large uploaded staging file
+    handed to the cache by a hard link) counts once: as staging while it is
+    still one.
+    """
     use = dict.fromkeys(("entries", "cache.db", "cache.db-wal", "cache.db-shm", "staging", "other"), 0)
     staging = str(cache_dir / "journal" / "data")
+    inodes: dict[int, tuple[str, int]] = {}
     for dirpath, _, files in os.walk(cache_dir):
         for name in files:
             try:
-                used = os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+                st = os.lstat(os.path.join(dirpath, name))
             except FileNotFoundError:  # removed while we looked
                 continue
             if dirpath == staging:
@@ -253,7 +259,10 @@ def _disk_use(cache_dir: Path) -> dict[str, int]:
                 kind = "entries"
             else:
                 kind = name if name in use else "other"
-            use[kind] += used
+            if st.st_ino not in inodes or kind == "staging":
+                inodes[st.st_ino] = (kind, st.st_blocks * 512)
+    for kind, used in inodes.values():
+        use[kind] += used
     return use
 
 
