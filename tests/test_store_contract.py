@@ -610,3 +610,16 @@ def test_an_endpoint_that_refuses_lean_requests_turns_them_off(s3_bucket: S3Buck
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_stored_bytes_come_back_as_stored_whatever_their_content_encoding(s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    import gzip
+
+    raw = gzip.compress(b"a line of a transcript\n" * 100)
+    s3_bucket.client.put_object(Bucket=s3_bucket.name, Key="t/w/h.jsonl.gz", Body=raw, ContentEncoding="gzip")
+    store = s3_store(s3_bucket)
+    assert store.get("t/w/h.jsonl.gz")[0] == raw
+    with open(tmp_path / "out", "wb") as out:
+        store.get_to_file("t/w/h.jsonl.gz", out)
+    assert (tmp_path / "out").read_bytes() == raw
+    assert store.lean is not None and store.lean.served == 2

@@ -75,10 +75,10 @@ class LeanRequests:
             return None
         url = self.base_url + urllib.parse.quote(key, safe="/~")
         signed = AWSRequest(method=method, url=url, data=body, headers=dict(headers or {}))
-        try:
+        try:  # decode_content=False: the bytes as stored (Content-Encoding: gzip stays gzip), as boto3 gives them
             S3SigV4Auth(self.credentials.get_frozen_credentials(), "s3", self.region).add_auth(signed)
             response = self._pool.urlopen(method, url, body=body or None, headers=dict(signed.headers.items()),
-                                          preload_content=not stream, redirect=False)
+                                          preload_content=not stream, decode_content=False, redirect=False)
         except Exception as exc:  # any failure: boto3 repeats the call with its retries and errors
             log.debug("lean %s %s: %s", method, key, exc)
             return None
