@@ -623,3 +623,12 @@ def test_stored_bytes_come_back_as_stored_whatever_their_content_encoding(s3_buc
         store.get_to_file("t/w/h.jsonl.gz", out)
     assert (tmp_path / "out").read_bytes() == raw
     assert store.lean is not None and store.lean.served == 2
+
+
+def test_keys_with_dot_segments_stay_as_they_are(s3_bucket: S3Bucket) -> None:
+    store = s3_store(s3_bucket)
+    for key in ("t/w/../x", "t/./w/y"):
+        store.put(key, b"dots", {})
+        assert s3_bucket.client.get_object(Bucket=s3_bucket.name, Key=key)["Body"].read() == b"dots"
+        assert store.get(key)[0] == b"dots" and store.head(key).size == 4
+    assert sorted(o.key for o in store.list_all("", None).objects) == ["t/./w/y", "t/w/../x"]

@@ -71,7 +71,8 @@ class LeanRequests:
 
         ``stream``: the body is left to the caller to read, then ``release_conn()``.
         """
-        if not self.enabled:
+        segments = key.split("/")
+        if not self.enabled or "." in segments or ".." in segments:  # urllib3 would resolve them in the URL
             return None
         url = self.base_url + urllib.parse.quote(key, safe="/~")
         signed = AWSRequest(method=method, url=url, data=body, headers=dict(headers or {}))
