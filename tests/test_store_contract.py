@@ -632,3 +632,11 @@ def test_keys_with_dot_segments_stay_as_they_are(s3_bucket: S3Bucket) -> None:
         assert s3_bucket.client.get_object(Bucket=s3_bucket.name, Key=key)["Body"].read() == b"dots"
         assert store.get(key)[0] == b"dots" and store.head(key).size == 4
     assert sorted(o.key for o in store.list_all("", None).objects) == ["t/./w/y", "t/w/../x"]
+
+
+def test_behind_a_proxy_small_requests_are_left_to_boto3(s3_bucket: S3Bucket, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
+    monkeypatch.setenv("no_proxy", "example.org")
+    assert s3_store(s3_bucket).lean is None, "boto3 knows how to use the proxy"
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    assert s3_store(s3_bucket).lean is not None

@@ -17,13 +17,16 @@ from __future__ import annotations
 import logging
 import threading
 import urllib.parse
+import urllib.request
 from email.utils import parsedate_to_datetime
 from typing import Any, Mapping
 
+import botocore.session
 import urllib3
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+from botocore.httpsession import get_cert_path
 
 from .base import ObjectInfo
 
@@ -38,20 +41,25 @@ class LeanRequests:
     """Signed requests to one bucket, built from a boto3 client's endpoint, region and credentials."""
 
     def __init__(self, base_url: str, region: str, credentials: Credentials, timeout: urllib3.Timeout,
-                 connections: int) -> None:
+                 connections: int, ca_certs: str) -> None:
         """``base_url`` ends with ``/`` and an object's quoted key follows it."""
         self.base_url = base_url
         self.region = region
         self.credentials = credentials
-        self._pool = urllib3.PoolManager(maxsize=connections, timeout=timeout, retries=False)
+        self._pool = urllib3.PoolManager(maxsize=connections, timeout=timeout, retries=False,
+                                         cert_reqs="CERT_REQUIRED", ca_certs=ca_certs)
         self._lock = threading.Lock()
         self.enabled = True
         self.served = 0
 
     @classmethod
-    def for_client(cls, client: Any, credentials: Credentials | None, bucket: str, timeout: urllib3.Timeout,
+    def for_client(cls, client: Any, session: botocore.session.Session, bucket: str, timeout: urllib3.Timeout,
                    connections: int) -> "LeanRequests | None":
-        """The lean path for ``bucket`` as ``client`` addresses it; None without credentials."""
+        """The lean path for ``bucket`` as ``client`` (made by ``session``) addresses it.
+
+        None without credentials, or behind a proxy (boto3 knows its settings).
+        """
+        credentials = session.get_credentials()
         if credentials is None:
             return None
         try:
@@ -62,8 +70,11 @@ class LeanRequests:
         parts = urllib.parse.urlsplit(url)
         if not parts.path.endswith("/k"):
             return None
+        if urllib.request.getproxies().get(parts.scheme) and not urllib.request.proxy_bypass(parts.hostname or ""):
+            return None
         base = f"{parts.scheme}://{parts.netloc}{parts.path[:-1]}"
-        return cls(base, client.meta.region_name or "us-east-1", credentials, timeout, connections)
+        ca_certs = session.get_config_variable("ca_bundle") or get_cert_path(True)
+        return cls(base, client.meta.region_name or "us-east-1", credentials, timeout, connections, ca_certs)
 
     def request(self, method: str, key: str, body: bytes = b"", headers: Mapping[str, str] | None = None,
                 stream: bool = False) -> urllib3.BaseHTTPResponse | None:

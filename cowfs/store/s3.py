@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO, Callable, Iterator, Sequence, TypeVar
 
 import boto3
+import botocore.session
 import urllib3.exceptions
 from botocore.config import Config
 from botocore.exceptions import (
@@ -85,11 +86,13 @@ class S3Store(ObjectStore):
             # boto3 sends by default since 1.36; send them only where S3 needs them.
             request_checksum_calculation="when_required",
         )
-        session = boto3.session.Session()
-        self._client = session.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
+        core = botocore.session.get_session()
+        self._client = boto3.session.Session(botocore_session=core).client(
+            "s3", endpoint_url=endpoint_url, region_name=region, config=config
+        )
         self.endpoint = self._client.meta.endpoint_url
         self.lean = LeanRequests.for_client(
-            self._client, session.get_credentials(), bucket,
+            self._client, core, bucket,
             urllib3.Timeout(connect=connect_timeout, read=read_timeout), config.max_pool_connections,
         )
 
