@@ -44,7 +44,6 @@ from .errors import (
 from .hooks import user_name
 from .keys import KeyMap
 from .names import component
-from .namespace import DERIVED_XATTRS
 from .store import ObjectInfo, ObjectStore
 from .workspaces import check_scoped_name, create_workspace, get_workspace, touch_workspace
 
@@ -366,7 +365,7 @@ def _xattrs(member: tarfile.TarInfo) -> dict[str, bytes]:
     return {
         name[len(XATTR_RECORD):]: value.encode(ENCODING, "surrogateescape")
         for name, value in member.pax_headers.items()
-        if name.startswith(XATTR_RECORD + "user.") and name[len(XATTR_RECORD):] not in DERIVED_XATTRS
+        if name.startswith(XATTR_RECORD + "user.") and name[len(XATTR_RECORD):] not in layout.DERIVED_XATTRS
     }
 
 

@@ -60,6 +60,10 @@ def workspace_of(parts: tuple[str, ...]) -> tuple[str, str] | None:
     return (parts[0], parts[1]) if len(parts) > WORKSPACE_DEPTH else None
 
 
+#: The xattrs ``artifact_type`` derives from a path: shown by a mount, never stored.
+DERIVED_XATTRS = ("user.cowfs.type", "user.cowfs.session")
+
+
 def artifact_type(parts: tuple[str, ...]) -> tuple[str, str | None]:
     """(``user.cowfs.type``, ``user.cowfs.session``) of a path inside a workspace.
 

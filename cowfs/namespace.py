@@ -224,8 +224,6 @@ class Hooks(Protocol):
 ROOT_GENERATED = ("status.json",)
 WORKSPACE_GENERATED = ("workspace.json", "sessions.json")
 
-DERIVED_XATTRS = ("user.cowfs.type", "user.cowfs.session")
-
 
 @dataclass
 class Handle:
@@ -1453,7 +1451,7 @@ class Namespace:
         name = _xattr_name(raw_name)
         if not name.startswith("user."):
             raise Unsupported(f"only user.* extended attributes are stored ({name})")
-        if name in DERIVED_XATTRS:
+        if name in layout.DERIVED_XATTRS:
             raise NotPermitted(f"{name} follows from the path and cannot be set")
         updated = dict(node.xattrs, **{name: bytes(value)})
         check_xattrs_fit(updated)
@@ -1463,7 +1461,7 @@ class Namespace:
     async def removexattr(self, ino: int, raw_name: bytes) -> None:
         node = self._writable(await self.getattr(ino))
         name = _xattr_name(raw_name)
-        if name in DERIVED_XATTRS:
+        if name in layout.DERIVED_XATTRS:
             raise NotPermitted(f"{name} follows from the path and cannot be removed")
         if name not in node.xattrs:
             raise NoAttribute(name)

@@ -9,7 +9,7 @@ up in batches of up to 1000 keys. While the mount is busy (a change less than
 store, due work waits, at most ``MAX_DEFER`` seconds, and then trickles
 (``BUSY_UPLOAD_RATE`` a second), so uploads do not compete with the work in
 front of the user for what it needs, a CPU and the daemon's GIL: a small
-upload costs the daemon ~8 ms of CPU, and an untar took 7 s with uploads
+upload costs the daemon ~5 ms of CPU, and an untar took 7 s with uploads
 held back, 14-23 s with them running, whether one or eight at a time;
 fsync, ``cowfs sync`` and unmount never wait. Operations on one key never overlap, so a
 delete and a later put of the same key land in order. Failed operations are

@@ -79,15 +79,20 @@ def test_a_cancelled_delete_hides_nothing(tmp_path):
 
 
 class CountingStore(LocalStore):
-    """A real local store that counts batched delete requests."""
+    """A real local store that notes the size of each batched delete and when each put started."""
 
     def __init__(self, root: Path) -> None:
         super().__init__(root)
         self.batches: list[int] = []
+        self.put_times: list[float] = []
 
     def delete_many(self, keys: list[str]) -> None:
         self.batches.append(len(keys))
         super().delete_many(keys)
+
+    def put(self, key: str, body, metadata, if_match=None, if_none_match=False) -> str:
+        self.put_times.append(time.monotonic())
+        return super().put(key, body, metadata, if_match, if_none_match)
 
 
 def test_deletes_during_a_long_burst_go_in_few_batches(tmp_path, monkeypatch):
@@ -172,18 +177,6 @@ def test_a_wake_up_of_the_scheduler_does_not_rescan_every_pending_upload(tmp_pat
     journal.close()
 
 
-class TimingStore(LocalStore):
-    """A real local store that notes when each put started."""
-
-    def __init__(self, root: Path) -> None:
-        super().__init__(root)
-        self.put_times: list[float] = []
-
-    def put(self, key: str, body, metadata, if_match=None, if_none_match=False) -> str:
-        self.put_times.append(time.monotonic())
-        return super().put(key, body, metadata, if_match, if_none_match)
-
-
 class SmallFile:
     """A closed 100-byte file waiting to go up."""
 
@@ -205,7 +198,7 @@ def test_uploads_trickle_while_the_mount_stays_busy_and_all_go_once_it_pauses(tm
 
     monkeypatch.setattr(writeback, "MAX_DEFER", 0.3)
     monkeypatch.setattr(writeback, "BUSY_UPLOAD_RATE", 10.0)
-    store = TimingStore(tmp_path / "store")
+    store = CountingStore(tmp_path / "store")
     journal = Journal(tmp_path / "journal")
     files = 150
 

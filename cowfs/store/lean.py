@@ -107,15 +107,19 @@ class LeanRequests:
         return None
 
 
-def response_info(key: str, response: urllib3.BaseHTTPResponse) -> ObjectInfo:
-    """ObjectInfo from a HEAD/GET response's headers, as boto3's parsing would give it."""
-    headers = response.headers
-    content_range = headers.get("Content-Range")
-    size = int(content_range.rsplit("/", 1)[1]) if content_range else int(headers.get("Content-Length", 0))
+def headers_info(key: str, headers: Mapping[str, str]) -> ObjectInfo:
+    """ObjectInfo from the headers of a HEAD or GET response (names in lower case or any case).
+
+    One reading for both paths: urllib3's headers here, botocore's
+    ``ResponseMetadata.HTTPHeaders`` (lower-cased) for a call boto3 made. A
+    ranged GET names the full size in Content-Range.
+    """
+    content_range = headers.get("content-range")
+    size = int(content_range.rsplit("/", 1)[1]) if content_range else int(headers.get("content-length", 0))
     return ObjectInfo(
         key=key,
         size=size,
-        etag=headers["ETag"],
-        last_modified=parsedate_to_datetime(headers["Last-Modified"]).timestamp(),
+        etag=headers["etag"],
+        last_modified=parsedate_to_datetime(headers["last-modified"]).timestamp(),
         metadata={name[len(META):].lower(): value for name, value in headers.items() if name.lower().startswith(META)},
     )

@@ -29,7 +29,7 @@ from botocore.exceptions import (
 
 from ..errors import AccessDenied, ObjectNotFound, PreconditionFailed, StoreError
 from .base import ListPage, ObjectInfo, ObjectStore
-from .lean import META, LeanRequests, response_info
+from .lean import META, LeanRequests, headers_info
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -109,7 +109,7 @@ class S3Store(ObjectStore):
     def head(self, key: str) -> ObjectInfo:
         response = self._lean_request("HEAD", key)
         if response is not None:
-            return response_info(key, response)
+            return headers_info(key, response.headers)
         with self._translated(f"head {self._where(key)}"):
             return _info(key, self._client.head_object(Bucket=self.bucket, Key=self.prefix + key))
 
@@ -122,7 +122,7 @@ class S3Store(ObjectStore):
             ranged["Range"] = f"bytes={first}-{'' if end is None else end - 1}"
         response = self._lean_request("GET", key, headers=ranged)
         if response is not None:
-            return response.data, response_info(key, response)
+            return response.data, headers_info(key, response.headers)
         with self._translated(f"get {self._where(key)}"):
             try:
                 response = self._client.get_object(Bucket=self.bucket, Key=self.prefix + key, **ranged)
@@ -149,7 +149,7 @@ class S3Store(ObjectStore):
             lean = self._lean_request("GET", key, headers={"Range": first_range}, stream=True)
             if lean is not None:
                 try:
-                    info = response_info(key, lean)
+                    info = headers_info(key, lean.headers)
                     shutil.copyfileobj(lean, out, CHUNK)
                 finally:
                     lean.release_conn()
@@ -380,16 +380,8 @@ def _one_line(text: str) -> str:
 
 
 def _info(key: str, response: dict[str, Any]) -> ObjectInfo:
-    """ObjectInfo from a HeadObject/GetObject response; a ranged GET names the full size in Content-Range."""
-    content_range = response.get("ContentRange")
-    size = int(content_range.rsplit("/", 1)[1]) if content_range else response["ContentLength"]
-    return ObjectInfo(
-        key=key,
-        size=size,
-        etag=response["ETag"],
-        last_modified=response["LastModified"].timestamp(),
-        metadata=response.get("Metadata", {}),
-    )
+    """ObjectInfo from a HeadObject/GetObject response, read from its headers as the lean path reads them."""
+    return headers_info(key, response["ResponseMetadata"]["HTTPHeaders"])
 
 
 def _reader(body: bytes | BinaryIO) -> tuple[int, Callable[[int, int], bytes]]:
