@@ -172,7 +172,15 @@ class WriteBack:
             return due
         if self._foreground:
             return due + MAX_DEFER
-        return max(due, min(self._last_change + QUIET, due + MAX_DEFER))
+        return max(due, min(self._quiet_at(), due + MAX_DEFER))
+
+    def _quiet_at(self) -> float:
+        """When the mount counts as paused, if nothing changes before then."""
+        return self._last_change + QUIET
+
+    def _mount_busy(self, at: float) -> bool:
+        """Whether work due at ``at`` meets a busy mount (a sync, fsync or unmount never does)."""
+        return not self._draining and at < self._quiet_at()
 
     def schedule(self, source: Source, now: bool = False) -> None:
         """Upload ``source`` after the write-back delay (or at once)."""
@@ -319,7 +327,7 @@ class WriteBack:
                 self._wake = trio.Event()
                 now = self.clock()
                 next_due = now + 3600
-                busy = not self._draining and now < self._last_change + QUIET
+                busy = self._mount_busy(now)
                 room = (1 if now >= self._next_busy_start else 0) if busy else math.inf
                 for rid, entry in self._due_uploads(now, room):
                     entry.running = True
@@ -330,7 +338,7 @@ class WriteBack:
                     due, _, rid = self._queue[0]
                     start = self._start_at(due, False)
                     if busy:
-                        start = max(start, min(self._next_busy_start, self._last_change + QUIET))
+                        start = max(start, min(self._next_busy_start, self._quiet_at()))
                     next_due = min(next_due, start)
                 next_due = min(next_due, self._start_deletes(nursery, now))
                 self._check_idle()
@@ -394,7 +402,7 @@ class WriteBack:
         if not self._deletes:
             return math.inf
         start = min(self._start_at(t, False) for t in self._deletes.values())
-        if self._draining or self._last_change + QUIET <= start:
+        if not self._mount_busy(start):
             return start
         return max(start, self._last_delete_batch + DELETE_INTERVAL)
 
