@@ -16,6 +16,7 @@ Ordering rules (why nothing is lost or resurrected):
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import math
@@ -111,7 +112,7 @@ class Node:
         "etag", "remote", "shadows", "meta_known", "attached", "target", "children", "listed_at", "staging",
         "committed", "committed_size", "clean_size", "write_failed", "condition", "fd", "open_count", "writers",
         "dirty", "version", "content_gen", "kernel_gen", "touched", "virtual", "pinned", "lookups", "_lock",
-        "_rid", "source", "used_at", "walked_at",
+        "_rid", "source", "used_at", "walked_at", "checked_at",
     )
 
     def __init__(self, ino: int, kind: str, name: str, parent: Node | None, attrs: Attrs) -> None:
@@ -136,6 +137,7 @@ class Node:
         self.listed_at: float | None = None
         self.used_at = 0.0
         self.walked_at = -math.inf
+        self.checked_at = -math.inf
         self.staging: str | None = None
         self.committed: str | None = None
         self.committed_size = 0
@@ -701,6 +703,7 @@ class Namespace:
             self._apply_meta(node, meta, node.mtime_ns / 1e9)
             return
         small = node.kind != DIR and node.size <= PREFETCH_BYTES and self.store.remote
+        asked = self.clock()
         try:
             if small:
                 fd, info = await self._io(self._download, key)
@@ -714,6 +717,7 @@ class Namespace:
             raise NotFound(node.name) from None
         if node.kind != DIR:
             node.etag, node.size = info.etag, info.size
+            node.checked_at = asked
         self._apply_meta(node, info.metadata or {}, info.last_modified)
         if small:
             if node.kind == LINK:
@@ -752,8 +756,7 @@ class Namespace:
         except (CowfsError, OSError) as exc:
             log.debug("fetching %s ahead: %s", node.name, exc)
 
-    @staticmethod
-    def _checked_by_parent(node: Node) -> bool:
+    def _checked_by_parent(self, node: Node) -> bool:
         """Whether a lookup or getattr of ``node`` revalidates it against its parent's listing.
 
         Not a known folder: walking a path looks up every folder on it once per
@@ -761,12 +764,22 @@ class Namespace:
         tree's root, which grows with the whole tree, part of every file
         access. A folder removed by another client goes when its parent is next
         listed (readdir, or a lookup of a file or of a new name there).
+        Not a file whose own GET or HEAD answered within the TTL either: that
+        answer is as fresh as a listing (mountpoint-s3's per-entry validation),
+        and a reader going through the files of a few folders would otherwise
+        have each of them re-listed once per TTL for as long as it reads.
         """
-        return node.kind != DIR
+        return node.kind != DIR and self.clock() - node.checked_at >= self.ttl
 
     async def _child(self, parent: Node, name: str) -> Node:
-        """``name`` in ``parent``, revalidated where ``_checked_by_parent`` says so."""
+        """``name`` in ``parent``, revalidated where ``_checked_by_parent`` says so.
+
+        A known file's unknown metadata is fetched first: that request validates it.
+        """
         child = parent.children.get(name)
+        if child is not None and child.attached and not child.meta_known:
+            with contextlib.suppress(NotFound):
+                await self._ensure_meta(child)
         if child is None or not child.attached or self._checked_by_parent(child):
             await self._refresh(parent, wait=False)
             child = parent.children.get(name)
@@ -799,6 +812,7 @@ class Namespace:
     async def getattr(self, ino: int) -> Node:
         """Attributes, revalidated against the parent's listing once per TTL (where ``_checked_by_parent``)."""
         node = self.node(ino)
+        await self._ensure_meta(node)
         if node.parent is not None and node.attached and self._checked_by_parent(node):
             await self._refresh(node.parent, wait=False)
             if not node.attached:
@@ -1103,7 +1117,9 @@ class Namespace:
         key = self.key(node)
         fd = self.cache.open(key, node.etag) if node.etag else None
         if fd is None:
+            asked = self.clock()
             fd, info = await self._io(self._download, key)
+            node.checked_at = asked
             if info.etag != node.etag:
                 node.etag, node.size = info.etag, info.size
                 self._apply_meta(node, info.metadata or {}, info.last_modified)

@@ -385,6 +385,11 @@ def test_a_missing_object_does_not_freeze_listings(mnt, ws, s3_bucket):
     assert sorted(os.listdir(ws)) == ["new.txt", "small.txt"]
 
 
+def listings(m) -> int:
+    """How many LISTs the daemon of mount ``m`` has made."""
+    return json.loads((m.path / ".cowfs" / "status.json").read_text())["listings"]
+
+
 def test_walking_a_deep_path_lists_only_the_folder_of_the_file(mount_factory, s3_bucket):
     m = mount_factory("deep", extra=["--metadata-ttl", "0.2"])
     deep = m.path / "t1" / "ws1" / "a" / "b" / "c"
@@ -392,17 +397,35 @@ def test_walking_a_deep_path_lists_only_the_folder_of_the_file(mount_factory, s3
     (deep / "f.txt").write_bytes(b"x")
     m.sync()
 
-    def listings() -> int:
-        return json.loads((m.path / ".cowfs" / "status.json").read_text())["listings"]
-
-    before = listings()
+    before = listings(m)
     start = time.monotonic()
     while time.monotonic() - start < 2.0:
         assert (deep / "f.txt").stat().st_size == 1
         time.sleep(0.05)
     windows = (time.monotonic() - start) / 0.2 + 1
-    made = listings() - before
+    made = listings(m) - before
     assert made <= windows + 1, f"{made} LISTs in {windows:.0f} TTL windows: ancestors were re-listed"
+
+
+def test_a_file_validated_by_its_own_request_needs_no_listing_of_its_folder(mount_factory, s3_bucket):
+    """Per-entry validation: the HEAD that fetches a listed file's metadata proves it
+    current, so looking up the files of a folder listed a TTL ago costs no LIST; a
+    file last validated a TTL ago still is revalidated (and found gone) by one."""
+    big = os.urandom(300 * 1024)
+    for i in range(6):
+        s3_bucket.client.put_object(Bucket=s3_bucket.name, Key=f"t1/ws1/dir/f{i}.bin", Body=big)
+    m = mount_factory("entry", extra=["--metadata-ttl", "0.3"])
+    folder = m.path / "t1" / "ws1" / "dir"
+    assert (folder / "f0.bin").stat().st_size == len(big)
+    time.sleep(0.5)
+    before = listings(m)
+    for i in range(1, 6):
+        assert (folder / f"f{i}.bin").stat().st_size == len(big)
+    assert listings(m) == before, "files known from a stale listing were validated by re-listing their folder"
+    s3_bucket.client.delete_object(Bucket=s3_bucket.name, Key="t1/ws1/dir/f3.bin")
+    time.sleep(0.5)
+    assert not (folder / "f3.bin").exists()
+    assert listings(m) > before
 
 
 def test_walking_a_tree_lists_each_subtree_at_once_and_rm_r_empties_the_bucket(mount_factory, s3_bucket):
@@ -419,16 +442,13 @@ def test_walking_a_tree_lists_each_subtree_at_once_and_rm_r_empties_the_bucket(m
     m = mount_factory("walk")
     tree = m.path / "t1" / "ws1" / "tree"
 
-    def listings() -> int:
-        return json.loads((m.path / ".cowfs" / "status.json").read_text())["listings"]
-
-    before = listings()
+    before = listings(m)
     found = set()
     for dirpath, dirnames, filenames in os.walk(tree):
         for name in dirnames + filenames:
             found.add(os.path.relpath(os.path.join(dirpath, name), tree))
     assert found == expected
-    made = listings() - before
+    made = listings(m) - before
     folders = sum(1 for rel in expected if "." not in rel)
     assert made <= 4 + 4, f"{made} LISTs to walk {folders} folders: subtrees were not listed at once"
     assert (tree / "top3" / "sub5" / "leaf1" / "f1.txt").read_bytes() == b"t1/ws1/tree/top3/sub5/leaf1/f1.txt"
