@@ -515,21 +515,56 @@ def test_open_store_bad_url(url: str) -> None:
         open_store(url)
 
 
-def test_s3_download_uses_a_few_large_ranges(s3_bucket: S3Bucket, tmp_path: Path) -> None:
+def _ranged_gets(store: S3Store) -> list[str]:
+    """The Range of every GetObject boto3 sends from now on."""
+    requests: list[str] = []
+    store._client.meta.events.register(
+        "before-call.s3.GetObject", lambda params, **_: requests.append(params["headers"].get("Range", ""))
+    )
+    return requests
+
+
+def test_s3_download_splits_a_slow_stream_into_a_few_large_ranges(s3_bucket: S3Bucket, tmp_path: Path) -> None:
     from cowfs.store.s3 import DOWNLOAD_STREAMS
 
     store = s3_store(s3_bucket, multipart_threshold=MiB, part_size=MiB)
+    store.split_after = 0  # any pace is too slow
     content = os.urandom(13 * MiB + 5)
     s3_bucket.client.put_object(Bucket=s3_bucket.name, Key="big", Body=content)
-    requests: list[str] = []
-    store._client.meta.events.register(
-        "before-call.s3.GetObject", lambda params, **_: requests.append(params.get("Range", ""))
-    )
+    requests = _ranged_gets(store)
     with open(tmp_path / "out", "wb") as out:
         store.get_to_file("big", out)
     assert (tmp_path / "out").read_bytes() == content
-    assert store.lean is not None and store.lean.served == 1, "the first range goes the lean way"
-    assert len(requests) == DOWNLOAD_STREAMS, requests
+    assert store.lean is not None and store.lean.served == 1, "the stream goes the lean way"
+    assert len(requests) == DOWNLOAD_STREAMS and all(r.startswith("bytes=") for r in requests), requests
+    assert int(requests[0][6:].split("-")[0]) > MiB, "the ranges start where the stream stops"
+
+
+def test_s3_download_that_streams_fast_is_one_request(s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    store = s3_store(s3_bucket, multipart_threshold=MiB, part_size=MiB)
+    store.split_after = 60  # 12 MiB in a minute: any stream here is faster
+    content = os.urandom(13 * MiB + 5)
+    s3_bucket.client.put_object(Bucket=s3_bucket.name, Key="big", Body=content)
+    requests = _ranged_gets(store)
+    with open(tmp_path / "out", "wb") as out:
+        out.write(b"head")
+        store.get_to_file("big", out)
+    assert (tmp_path / "out").read_bytes() == b"head" + content
+    assert store.lean is not None and store.lean.served == 1 and requests == []
+
+
+def test_s3_download_of_an_object_replaced_meanwhile_fails(s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    """The ranges are conditional on the stream's ETag: parts of two versions never mix."""
+    store = s3_store(s3_bucket, multipart_threshold=MiB, part_size=MiB)
+    store.split_after = 0
+    s3_bucket.client.put_object(Bucket=s3_bucket.name, Key="big", Body=os.urandom(13 * MiB))
+
+    def replace(**_: object) -> None:
+        s3_bucket.client.put_object(Bucket=s3_bucket.name, Key="big", Body=b"new")
+
+    store._client.meta.events.register_first("before-call.s3.GetObject", replace)
+    with open(tmp_path / "out", "wb") as out, pytest.raises(PreconditionFailed):
+        store.get_to_file("big", out)
 
 
 ODD_KEYS = ["t/w/plain.txt", "t/w/with space.txt", "t/w/plus+equals=amp&q?hash#.txt", "t/w/pct%41~tilde",
