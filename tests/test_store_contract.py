@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.server
 import io
 import os
 import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -598,6 +601,21 @@ def test_small_requests_take_the_lean_path_and_agree_with_boto3(s3_bucket: S3Buc
     assert store.lean.served == 5 * len(ODD_KEYS)
 
 
+def test_listings_take_the_lean_path_and_agree_with_boto3(s3_bucket: S3Bucket) -> None:
+    for key in ODD_KEYS + ["t/w/deep/er/x", "t/z", "outside"]:
+        s3_bucket.client.put_object(Bucket=s3_bucket.name, Key=f"pre/{key}", Body=key.encode())
+    lean, plain = s3_store(s3_bucket, prefix="pre"), s3_store(s3_bucket, prefix="pre")
+    lean.list_page_size = plain.list_page_size = 2
+    plain.lean = None
+    calls = boto3_calls(lean)
+    for prefix, delimiter in [("", None), ("t/w/", "/"), ("t/", "/"), ("t/w/ünïcödé/", "/"), ("none/", "/")]:
+        pages = list(lean.list_pages(prefix, delimiter))
+        assert pages == list(plain.list_pages(prefix, delimiter)), (prefix, delimiter)
+    assert len(list(lean.list_pages("", None))) == 4, "8 keys in pages of 2"
+    assert sorted(o.key for o in lean.list_all("", None).objects) == sorted(ODD_KEYS + ["t/w/deep/er/x", "t/z", "outside"])
+    assert calls == [], "no listing went through boto3's client"
+
+
 def test_lean_failures_are_boto3s_errors(s3_bucket: S3Bucket) -> None:
     store = s3_store(s3_bucket)
     etag = store.put("t/w/a", b"one", {})
@@ -615,36 +633,52 @@ def test_lean_failures_are_boto3s_errors(s3_bucket: S3Bucket) -> None:
     assert store.get("t/w/a")[0] == b"one" and store.head("t/w/a").etag == etag
 
 
-def test_an_endpoint_that_refuses_lean_requests_turns_them_off(s3_bucket: S3Bucket) -> None:
-    import http.server
-    import threading
+@contextlib.contextmanager
+def lean_path_to(store: S3Store, status: int, body: bytes) -> Iterator[None]:
+    """Point ``store``'s lean path (only) at a server answering every request with ``status`` and ``body``."""
 
-    class Redirect(http.server.BaseHTTPRequestHandler):
+    class Answer(http.server.BaseHTTPRequestHandler):
         def do_PUT(self) -> None:
-            self.send_response(301)
-            self.send_header("Content-Length", "0")
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
             self.end_headers()
+            self.wfile.write(body)
 
         do_GET = do_HEAD = do_PUT
 
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        store = s3_store(s3_bucket)
         assert store.lean is not None
         store.lean.base_url = f"http://127.0.0.1:{server.server_address[1]}/elsewhere/"
-        calls = boto3_calls(store)
-        store.put("t/w/a", b"kept", {"mode": "33188"})
-        assert not store.lean.enabled
-        assert store.get("t/w/a")[0] == b"kept" and store.head("t/w/a").metadata == {"mode": "33188"}
-        assert calls == ["PutObject", "GetObject", "HeadObject"]
+        yield
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_an_endpoint_that_refuses_lean_requests_turns_them_off(s3_bucket: S3Bucket) -> None:
+    store = s3_store(s3_bucket)
+    with lean_path_to(store, 301, b""):
+        calls = boto3_calls(store)
+        store.put("t/w/a", b"kept", {"mode": "33188"})
+        assert store.lean is not None and not store.lean.enabled
+        assert store.get("t/w/a")[0] == b"kept" and store.head("t/w/a").metadata == {"mode": "33188"}
+        assert calls == ["PutObject", "GetObject", "HeadObject"]
+
+
+def test_a_listing_the_lean_path_cannot_read_is_boto3s_and_turns_it_off(s3_bucket: S3Bucket) -> None:
+    s3_bucket.client.put_object(Bucket=s3_bucket.name, Key="t/w/a", Body=b"a")
+    store = s3_store(s3_bucket)
+    with lean_path_to(store, 200, b"<not a listing"):
+        calls = boto3_calls(store)
+        assert [o.key for o in store.list_all("t/", None).objects] == ["t/w/a"]
+        assert store.lean is not None and not store.lean.enabled
+        assert calls == ["ListObjectsV2"]
 
 
 def test_stored_bytes_come_back_as_stored_whatever_their_content_encoding(s3_bucket: S3Bucket, tmp_path: Path) -> None:

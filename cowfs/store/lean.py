@@ -18,7 +18,9 @@ import logging
 import threading
 import urllib.parse
 import urllib.request
+from datetime import datetime
 from email.utils import parsedate_to_datetime
+from xml.etree import ElementTree
 from typing import Any, Mapping
 
 import botocore.session
@@ -28,7 +30,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.httpsession import get_cert_path
 
-from .base import ObjectInfo
+from .base import ListPage, ObjectInfo
 
 log = logging.getLogger(__name__)
 
@@ -83,16 +85,46 @@ class LeanRequests:
         ``stream``: the body is left to the caller to read, then ``release_conn()``.
         """
         segments = key.split("/")
-        if not self.enabled or "." in segments or ".." in segments:  # urllib3 would resolve them in the URL
+        if "." in segments or ".." in segments:  # urllib3 would resolve them in the URL
             return None
-        url = self.base_url + urllib.parse.quote(key, safe="/~")
+        return self._send(method, self.base_url + urllib.parse.quote(key, safe="/~"), body, headers, stream)
+
+    def list_page(self, prefix: str, delimiter: str | None, token: str | None,
+                  max_keys: int) -> tuple[ListPage, str | None] | None:
+        """One page of a ListObjectsV2 of ``prefix`` (full keys), and the token of the next
+        page (None: the last), or None (boto3 should make the call).
+
+        botocore spends ~0.18 ms of CPU per listed key parsing the XML, more
+        than moto spends producing it; ElementTree reads a page of 1000 keys in a few ms.
+        """
+        query = {"list-type": "2", "prefix": prefix, "encoding-type": "url", "max-keys": str(max_keys)}
+        if delimiter:
+            query["delimiter"] = delimiter
+        if token:
+            query["continuation-token"] = token
+        url = (self.base_url.rstrip("/") or self.base_url) + "?" + "&".join(
+            f"{name}={urllib.parse.quote(value, safe='-_.~')}" for name, value in sorted(query.items()))
+        response = self._send("GET", url, b"", None, False)
+        if response is None:
+            return None
+        try:
+            return _parse_list(response.data)
+        except (ElementTree.ParseError, KeyError, ValueError) as exc:
+            log.info("lean S3 requests off: a listing of %s could not be read: %s", prefix, exc)
+            self.enabled = False
+            return None
+
+    def _send(self, method: str, url: str, body: bytes, headers: Mapping[str, str] | None,
+              stream: bool) -> urllib3.BaseHTTPResponse | None:
+        if not self.enabled:
+            return None
         signed = AWSRequest(method=method, url=url, data=body, headers=dict(headers or {}))
         try:  # decode_content=False: the bytes as stored (Content-Encoding: gzip stays gzip), as boto3 gives them
             S3SigV4Auth(self.credentials.get_frozen_credentials(), "s3", self.region).add_auth(signed)
             response = self._pool.urlopen(method, url, body=body or None, headers=dict(signed.headers.items()),
                                           preload_content=not stream, decode_content=False, redirect=False)
         except Exception as exc:  # any failure: boto3 repeats the call with its retries and errors
-            log.debug("lean %s %s: %s", method, key, exc)
+            log.debug("lean %s %s: %s", method, url, exc)
             return None
         if 200 <= response.status < 300:
             with self._lock:
@@ -102,9 +134,34 @@ class LeanRequests:
             response.drain_conn()
             response.release_conn()
         if response.status not in _EXPECTED_FAILURES and response.status < 500:
-            log.info("lean S3 requests off: %s %s answered %d", method, key, response.status)
+            log.info("lean S3 requests off: %s %s answered %d", method, url, response.status)
             self.enabled = False
         return None
+
+
+def _parse_list(xml: bytes) -> tuple[ListPage, str | None]:
+    """A ListObjectsV2 result (``encoding-type=url``) as full keys, and its continuation token."""
+    root = ElementTree.fromstring(xml)
+    ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+    page = ListPage(
+        objects=[
+            ObjectInfo(
+                key=urllib.parse.unquote_plus(item.findtext(ns + "Key", "")),
+                size=int(item.findtext(ns + "Size", "0")),
+                etag=item.findtext(ns + "ETag", ""),
+                last_modified=datetime.fromisoformat(item.findtext(ns + "LastModified", "")).timestamp(),
+            )
+            for item in root.iterfind(ns + "Contents")
+        ],
+        prefixes=[urllib.parse.unquote_plus(item.findtext(ns + "Prefix", ""))
+                  for item in root.iterfind(ns + "CommonPrefixes")],
+    )
+    if root.findtext(ns + "IsTruncated", "false") != "true":
+        return page, None
+    token = root.findtext(ns + "NextContinuationToken")
+    if not token:
+        raise ValueError("a truncated listing without a continuation token")
+    return page, token
 
 
 def headers_info(key: str, headers: Mapping[str, str]) -> ObjectInfo:

@@ -59,6 +59,8 @@ class S3Store(ObjectStore):
     max_copy_size: int = 5 * GiB
     #: See ``get_to_file``; tests set 0 to split every download that has room for two parts.
     split_after: float = SPLIT_AFTER
+    #: Keys per LIST page: S3's most; tests set fewer to see several pages.
+    list_page_size: int = 1000
 
     def __init__(
         self,
@@ -297,25 +299,39 @@ class S3Store(ObjectStore):
 
     def list_pages(self, prefix: str, delimiter: str | None = "/") -> Iterator[ListPage]:
         cut = len(self.prefix)
-        params = {"Bucket": self.bucket, "Prefix": self.prefix + prefix}
-        if delimiter:
-            params["Delimiter"] = delimiter
+        token: str | None = None
         with self._translated(f"list {self._where(prefix)}"):
-            for response in self._client.get_paginator("list_objects_v2").paginate(**params):
+            while True:
+                page, token = self._list_page(self.prefix + prefix, delimiter, token)
                 yield ListPage(
-                    objects=[
-                        ObjectInfo(
-                            key=item["Key"][cut:],
-                            size=item["Size"],
-                            etag=item["ETag"],
-                            last_modified=item["LastModified"].timestamp(),
-                        )
-                        for item in response.get("Contents", [])
-                    ],
-                    prefixes=[item["Prefix"][cut:] for item in response.get("CommonPrefixes", [])],
+                    objects=[ObjectInfo(o.key[cut:], o.size, o.etag, o.last_modified) for o in page.objects],
+                    prefixes=[p[cut:] for p in page.prefixes],
                 )
+                if token is None:
+                    return
 
     # -- helpers ---------------------------------------------------------------
+
+    def _list_page(self, prefix: str, delimiter: str | None, token: str | None) -> tuple[ListPage, str | None]:
+        """One page of full keys under ``prefix`` and the next page's token (lean path, else boto3)."""
+        if self.lean is not None:
+            lean = self.lean.list_page(prefix, delimiter, token, self.list_page_size)
+            if lean is not None:
+                return lean
+        params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": self.list_page_size}
+        if delimiter:
+            params["Delimiter"] = delimiter
+        if token:
+            params["ContinuationToken"] = token
+        response = self._client.list_objects_v2(**params)
+        page = ListPage(
+            objects=[
+                ObjectInfo(item["Key"], item["Size"], item["ETag"], item["LastModified"].timestamp())
+                for item in response.get("Contents", [])
+            ],
+            prefixes=[item["Prefix"] for item in response.get("CommonPrefixes", [])],
+        )
+        return page, response.get("NextContinuationToken") if response.get("IsTruncated") else None
 
     def _where(self, key: str) -> str:
         return f"{self.url}/{key}"
