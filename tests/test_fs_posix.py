@@ -458,6 +458,27 @@ def test_walking_a_tree_lists_each_subtree_at_once_and_rm_r_empties_the_bucket(m
     assert keys(s3_bucket, "t1/ws1/tree/") == set()
 
 
+def test_walking_a_known_tree_again_lists_it_in_one_go(mount_factory, s3_bucket):
+    """A folder whose known subtree fits into one flat listing is listed flat from the
+    top of the walk: one LIST, not one for the folder and one per subfolder."""
+    for top in range(3):
+        for sub in range(3):
+            key = f"t1/ws1/tree/top{top}/sub{sub}/f.txt"
+            s3_bucket.client.put_object(Bucket=s3_bucket.name, Key=key, Body=key.encode())
+    m = mount_factory("rewalk", extra=["--metadata-ttl", "0.3"])
+    tree = m.path / "t1" / "ws1" / "tree"
+
+    def walk() -> list[str]:
+        return sorted(os.path.relpath(os.path.join(d, n), tree) for d, ds, fs in os.walk(tree) for n in ds + fs)
+
+    first = walk()
+    assert len(first) == 3 + 9 + 9
+    time.sleep(0.5)
+    before = listings(m)
+    s3_bucket.client.put_object(Bucket=s3_bucket.name, Key="t1/ws1/tree/top1/sub2/new.txt", Body=b"new")
+    assert walk() == sorted(first + ["top1/sub2/new.txt"])
+    assert listings(m) - before == 1
+
 def test_large_file_goes_up_as_multipart_and_comes_back(mount_factory, s3_bucket):
     m = mount_factory("big")
     ws = m.path / "t1" / "ws1"

@@ -355,6 +355,21 @@ def s3_store(bucket: S3Bucket, **options: object) -> S3Store:
     return S3Store(bucket.name, endpoint_url=bucket.endpoint, region="us-east-1", path_style=True, **options)
 
 
+def test_list_some_tells_whether_it_saw_every_page(store: ObjectStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    if isinstance(store, S3Store):
+        store.list_page_size = 2
+    else:
+        monkeypatch.setattr("cowfs.store.local.PAGE_SIZE", 2)
+    for key in ("a/1", "a/2", "b/3"):
+        store.put(key, b"x", {})
+    page, complete = store.list_some("a/", None, 1)
+    assert ([o.key for o in page.objects], complete) == (["a/1", "a/2"], True), "one full page was all of it"
+    page, complete = store.list_some("", None, 1)
+    assert ([o.key for o in page.objects], complete) == (["a/1", "a/2"], False)
+    page, complete = store.list_some("", None, 2)
+    assert ([o.key for o in page.objects], complete) == (["a/1", "a/2", "b/3"], True)
+
+
 def test_s3_prefix_isolates_keys(s3_bucket: S3Bucket) -> None:
     s3_bucket.client.put_object(Bucket=s3_bucket.name, Key="other/x", Body=b"not mine")
     s3_bucket.client.put_object(Bucket=s3_bucket.name, Key="prefixed", Body=b"not mine either")

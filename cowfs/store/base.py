@@ -30,10 +30,12 @@ class ObjectInfo:
 
 @dataclass
 class ListPage:
-    """One page of a delimited listing: objects, and the sub-prefixes seen."""
+    """One page of a delimited listing: objects, the sub-prefixes seen, and whether
+    more pages may follow (True where the store cannot tell)."""
 
     objects: list[ObjectInfo] = field(default_factory=list)
     prefixes: list[str] = field(default_factory=list)
+    more: bool = False
 
 
 class ObjectStore(abc.ABC):
@@ -109,7 +111,7 @@ class ObjectStore(abc.ABC):
             out.objects.extend(page.objects)
             out.prefixes.extend(page.prefixes)
             if number == max_pages:
-                return out, False
+                return out, not page.more
         return out, True
 
     def list_all(self, prefix: str, delimiter: str | None = "/") -> ListPage:

@@ -156,17 +156,16 @@ class LocalStore(ObjectStore):
 
     def list_pages(self, prefix: str, delimiter: str | None = "/") -> Iterator[ListPage]:
         page = ListPage()
-        yielded = False
         for entry in self._entries(prefix, delimiter):
+            if len(page.objects) + len(page.prefixes) == PAGE_SIZE:
+                page.more = True
+                yield page
+                page = ListPage()
             if isinstance(entry, str):
                 page.prefixes.append(entry)
             else:
                 page.objects.append(entry)
-            if len(page.objects) + len(page.prefixes) == PAGE_SIZE:
-                yield page
-                page, yielded = ListPage(), True
-        if page.objects or page.prefixes or not yielded:
-            yield page
+        yield page
 
     # -- helpers ---------------------------------------------------------------
 

@@ -306,6 +306,7 @@ class S3Store(ObjectStore):
                 yield ListPage(
                     objects=[ObjectInfo(o.key[cut:], o.size, o.etag, o.last_modified) for o in page.objects],
                     prefixes=[p[cut:] for p in page.prefixes],
+                    more=token is not None,
                 )
                 if token is None:
                     return
