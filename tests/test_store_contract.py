@@ -649,13 +649,15 @@ def test_lean_failures_are_boto3s_errors(s3_bucket: S3Bucket) -> None:
 
 
 @contextlib.contextmanager
-def lean_path_to(store: S3Store, status: int, body: bytes) -> Iterator[None]:
-    """Point ``store``'s lean path (only) at a server answering every request with ``status`` and ``body``."""
+def lean_path_to(store: S3Store, status: int, body: bytes, headers: dict[str, str] | None = None) -> Iterator[None]:
+    """Point ``store``'s lean path (only) at a server answering every request with
+    ``status``, ``headers`` and ``body`` (then closing the connection)."""
 
     class Answer(http.server.BaseHTTPRequestHandler):
         def do_PUT(self) -> None:
             self.send_response(status)
-            self.send_header("Content-Length", str(len(body)))
+            for name, value in ({"Content-Length": str(len(body))} | (headers or {})).items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(body)
 
@@ -694,6 +696,20 @@ def test_a_listing_the_lean_path_cannot_read_is_boto3s_and_turns_it_off(s3_bucke
         assert [o.key for o in store.list_all("t/", None).objects] == ["t/w/a"]
         assert store.lean is not None and not store.lean.enabled
         assert calls == ["ListObjectsV2"]
+
+
+def test_a_download_whose_stream_breaks_gets_the_rest_in_a_ranged_get(s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    content = os.urandom(3 * MiB)
+    s3_bucket.client.put_object(Bucket=s3_bucket.name, Key="t/w/big", Body=content)
+    truth = s3_bucket.client.head_object(Bucket=s3_bucket.name, Key="t/w/big")["ResponseMetadata"]["HTTPHeaders"]
+    store = s3_store(s3_bucket)
+    half = {name: truth[name.lower()] for name in ("Content-Length", "ETag", "Last-Modified")}
+    with lean_path_to(store, 200, content[:MiB + 5], half):
+        requests = _ranged_gets(store)
+        with open(tmp_path / "out", "wb") as out:
+            info = store.get_to_file("t/w/big", out)
+    assert (tmp_path / "out").read_bytes() == content and info.size == len(content)
+    assert requests == [f"bytes={MiB + 5}-{len(content) - 1}"], requests
 
 
 def test_stored_bytes_come_back_as_stored_whatever_their_content_encoding(s3_bucket: S3Bucket, tmp_path: Path) -> None:
