@@ -78,9 +78,8 @@ READ_AHEAD_QUEUE = 4096
 #: A folder read while its parent was read this recently is being walked
 #: (rm -r, find, du, rsync): its whole subtree is listed at once ...
 WALK_WINDOW = 5.0
-#: ... in at most this many flat pages of PAGE_KEYS keys (S3's most).
+#: ... in at most this many flat pages (the store's page size each).
 DEEP_PAGES = 5
-PAGE_KEYS = 1000
 #: A closed version up to this size is written into its journal record, so
 #: the group commit syncs one log, not one staging file per small file.
 INLINE_RECORD = 16 * 1024
@@ -258,15 +257,15 @@ class StatFs:
     name_max: int
 
 
-def _small_tree(node: Node) -> bool:
+def _small_tree(node: Node, page_size: int) -> bool:
     """Whether ``node`` has a subfolder and, as far as listings of every folder under
-    it told, no more entries below it than one page of a listing holds (1000): a flat
+    it told, no more entries below it than one page of a listing holds: a flat
     listing then costs the one request its own listing would. More pages are not
     worth it from the top of a walk: they come one after the other (on moto ~0.4 s
     each), and a folder the walker reaches a TTL after its listing began is
     listed again anyway."""
     folders = [c for c in node.children.values() if c.kind == DIR and c.attached and not c.virtual]
-    room = PAGE_KEYS - len(node.children)
+    room = page_size - len(node.children)
     if not folders or node.listed_at is None:
         return False
     while folders and room >= 0:
@@ -572,7 +571,7 @@ class Namespace:
         parent = dir_node.parent
         walking = parent is not None and now - parent.walked_at < WALK_WINDOW
         dir_node.walked_at = now
-        pages = DEEP_PAGES if walking else 1 if _small_tree(dir_node) else 0
+        pages = DEEP_PAGES if walking else 1 if _small_tree(dir_node, self.store.page_size) else 0
         if pages and self._due_for_listing(dir_node, now):
             async with dir_node.lock:
                 if not self._fresh(dir_node, self.clock()):

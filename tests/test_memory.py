@@ -419,9 +419,9 @@ def test_cache_dir_stays_within_cache_size_with_small_files(tmp_path, file_mount
 def test_a_walk_of_a_folder_larger_than_one_subtree_listing_finds_every_file(tmp_path, file_mount_factory):
     """A walk lists a subtree in at most DEEP_PAGES pages; a folder the pages did not cover is listed whole."""
     from cowfs.namespace import DEEP_PAGES
-    from cowfs.store.local import PAGE_SIZE
+    from cowfs.store.base import ObjectStore
 
-    files = {f"t1/ws1/big/a/f{i:05d}": b"a" for i in range(DEEP_PAGES * PAGE_SIZE + 200)}
+    files = {f"t1/ws1/big/a/f{i:05d}": b"a" for i in range(DEEP_PAGES * ObjectStore.page_size + 200)}
     files.update({f"t1/ws1/big/b/g{i:03d}": b"b" for i in range(300)})
     _fill_store(tmp_path / "store", files, ["t1/", "t1/ws1/", "t1/ws1/big/", "t1/ws1/big/a/", "t1/ws1/big/b/"])
     mount = file_mount_factory(tmp_path / "store")

@@ -355,11 +355,8 @@ def s3_store(bucket: S3Bucket, **options: object) -> S3Store:
     return S3Store(bucket.name, endpoint_url=bucket.endpoint, region="us-east-1", path_style=True, **options)
 
 
-def test_list_some_tells_whether_it_saw_every_page(store: ObjectStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    if isinstance(store, S3Store):
-        store.list_page_size = 2
-    else:
-        monkeypatch.setattr("cowfs.store.local.PAGE_SIZE", 2)
+def test_list_some_tells_whether_it_saw_every_page(store: ObjectStore) -> None:
+    store.page_size = 2
     for key in ("a/1", "a/2", "b/3"):
         store.put(key, b"x", {})
     page, complete = store.list_some("a/", None, 1)
@@ -620,7 +617,7 @@ def test_listings_take_the_lean_path_and_agree_with_boto3(s3_bucket: S3Bucket) -
     for key in ODD_KEYS + ["t/w/deep/er/x", "t/z", "outside"]:
         s3_bucket.client.put_object(Bucket=s3_bucket.name, Key=f"pre/{key}", Body=key.encode())
     lean, plain = s3_store(s3_bucket, prefix="pre"), s3_store(s3_bucket, prefix="pre")
-    lean.list_page_size = plain.list_page_size = 2
+    lean.page_size = plain.page_size = 2
     plain.lean = None
     calls = boto3_calls(lean)
     for prefix, delimiter in [("", None), ("t/w/", "/"), ("t/", "/"), ("t/w/ünïcödé/", "/"), ("none/", "/")]:

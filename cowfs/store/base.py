@@ -50,6 +50,8 @@ class ObjectStore(abc.ABC):
     #: Whether each request costs a round trip: then a small object is fetched
     #: whole with its metadata, and a listed folder's small files are read ahead.
     remote: bool = True
+    #: Entries per listing page: S3's most. Tests set fewer to see several pages.
+    page_size: int = 1000
 
     @abc.abstractmethod
     def check(self) -> None:

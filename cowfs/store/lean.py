@@ -102,7 +102,7 @@ class LeanRequests:
             query["delimiter"] = delimiter
         if token:
             query["continuation-token"] = token
-        url = (self.base_url.rstrip("/") or self.base_url) + "?" + "&".join(
+        url = self.base_url.rstrip("/") + "?" + "&".join(
             f"{name}={urllib.parse.quote(value, safe='-_.~')}" for name, value in sorted(query.items()))
         response = self._send("GET", url, b"", None, False)
         if response is None:

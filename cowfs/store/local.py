@@ -30,7 +30,6 @@ from typing import BinaryIO, Iterator
 from ..errors import AccessDenied, ObjectNotFound, PreconditionFailed, StoreError
 from .base import ListPage, ObjectInfo, ObjectStore
 
-PAGE_SIZE = 1000  # entries per listing page, as S3
 BUSY_TIMEOUT = 60.0  # seconds a writer waits for another process's transaction
 CHUNK = 1024 * 1024
 
@@ -157,7 +156,7 @@ class LocalStore(ObjectStore):
     def list_pages(self, prefix: str, delimiter: str | None = "/") -> Iterator[ListPage]:
         page = ListPage()
         for entry in self._entries(prefix, delimiter):
-            if len(page.objects) + len(page.prefixes) == PAGE_SIZE:
+            if len(page.objects) + len(page.prefixes) == self.page_size:
                 page.more = True
                 yield page
                 page = ListPage()
@@ -183,7 +182,7 @@ class LocalStore(ObjectStore):
         while cursor is not None:
             with self._guard("list", prefix):
                 bounds = (cursor, upper) if upper is not None else (cursor,)
-                rows = self._db().execute(sql, (*bounds, PAGE_SIZE)).fetchall()
+                rows = self._db().execute(sql, (*bounds, self.page_size)).fetchall()
             if not rows:
                 return
             cursor = rows[-1][0] + "\0"

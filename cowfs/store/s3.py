@@ -61,8 +61,6 @@ class S3Store(ObjectStore):
     max_copy_size: int = 5 * GiB
     #: See ``get_to_file``; tests set 0 to split every download that has room for two parts.
     split_after: float = SPLIT_AFTER
-    #: Keys per LIST page: S3's most; tests set fewer to see several pages.
-    list_page_size: int = 1000
 
     def __init__(
         self,
@@ -321,10 +319,10 @@ class S3Store(ObjectStore):
     def _list_page(self, prefix: str, delimiter: str | None, token: str | None) -> tuple[ListPage, str | None]:
         """One page of full keys under ``prefix`` and the next page's token (lean path, else boto3)."""
         if self.lean is not None:
-            lean = self.lean.list_page(prefix, delimiter, token, self.list_page_size)
+            lean = self.lean.list_page(prefix, delimiter, token, self.page_size)
             if lean is not None:
                 return lean
-        params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": self.list_page_size}
+        params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": self.page_size}
         if delimiter:
             params["Delimiter"] = delimiter
         if token:
