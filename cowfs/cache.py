@@ -12,6 +12,11 @@ small and counted out of the limit.
 A file already on the cache's file system (a download, an uploaded staging
 file) is moved in by rename rather than copied: copying 128 MiB cost a
 third of a cold sequential read.
+
+Every object read or uploaded passes through here, so an entry costs little:
+keys are strings (diskcache pickles any other key, on every lookup), files go
+into at most 256 folders (diskcache's 65,536 made nearly every new file a
+new folder), and an entry's bytes and metadata go in one transaction.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import diskcache
+
+from .fds import copy_fd
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -50,20 +57,46 @@ class _Moved:
     def __init__(self, path: Path) -> None:
         self.path = path
 
+    def place(self, full_path: str) -> None:
+        os.rename(self.path, full_path)
+
+
+class _Copied:
+    """The first ``size`` bytes of an open descriptor, to copy into the cache."""
+
+    __slots__ = ("fd", "size")
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd = fd
+        self.size = size
+
+    def place(self, full_path: str) -> None:
+        dst = os.open(full_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            copy_fd(self.fd, dst, self.size)
+        finally:
+            os.close(dst)
+
 
 class _BlockDisk(diskcache.Disk):
     """Counts a file entry by the blocks it occupies, so many small files cannot overrun the limit."""
 
+    def filename(self, key: Any = diskcache.core.UNKNOWN, value: Any = diskcache.core.UNKNOWN) -> tuple[str, str]:
+        """A random name in one of 256 folders."""
+        name = os.urandom(16).hex()
+        filename = os.path.join(name[:2], name[2:] + ".val")
+        return filename, os.path.join(self._directory, filename)
+
     def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> tuple:
-        if isinstance(value, _Moved):
+        if isinstance(value, (_Moved, _Copied)):
             filename, full_path = self.filename(key, value)
-            os.makedirs(os.path.dirname(full_path), exist_ok=True)
-            os.rename(value.path, full_path)
+            try:
+                value.place(full_path)
+            except FileNotFoundError:
+                os.makedirs(os.path.dirname(full_path), exist_ok=True)
+                value.place(full_path)
             return _on_disk(os.stat(full_path).st_size), diskcache.core.MODE_BINARY, filename, None
-        size, mode, filename, db_value = super().store(value, read, key=key)
-        if filename is not None:
-            size = _on_disk(size)
-        return size, mode, filename, db_value
+        return super().store(value, read, key=key)
 
 
 def _best_effort(fn: F) -> F:
@@ -107,39 +140,41 @@ class ContentCache:
 
         The descriptor stays valid even if the entry is evicted meanwhile.
         """
-        reader, tag = self._cache.get(("data", key), read=True, tag=True)
+        reader, tag = self._cache.get(_data(key), read=True, tag=True)
         if reader is None:
             return None
         with reader:
             if tag != etag or not hasattr(reader, "fileno"):
-                self._cache.delete(("data", key))
+                self._cache.delete(_data(key))
                 return None
             return os.dup(reader.fileno())
 
     @_best_effort
-    def put_file(self, key: str, etag: str, fd: int) -> None:
-        """Keep a clean copy of ``key`` at ``etag`` from an open descriptor, evicting first to make room."""
-        with os.fdopen(os.dup(fd), "rb") as src:
-            src.seek(0)
-            self._keep(key, etag, os.fstat(fd).st_size, src)
+    def put_file(self, key: str, etag: str, fd: int, metadata: dict[str, str] | None = None) -> None:
+        """Keep a clean copy of ``key`` at ``etag`` from an open descriptor (and its
+        metadata, if given), evicting first to make room."""
+        size = os.fstat(fd).st_size
+        self._keep(key, etag, size, _Copied(fd, size), metadata)
 
     @_best_effort
-    def move_in(self, key: str, etag: str, path: Path) -> None:
+    def move_in(self, key: str, etag: str, path: Path, metadata: dict[str, str] | None = None) -> None:
         """Make the file at ``path`` the clean copy of ``key`` at ``etag``; it leaves ``path`` if kept.
 
         ``path`` must be on the cache's file system and never written again.
         """
-        self._keep(key, etag, os.stat(path).st_size, _Moved(path))
+        self._keep(key, etag, os.stat(path).st_size, _Moved(path), metadata)
 
-    def _keep(self, key: str, etag: str, size: int, value: Any) -> None:
+    def _keep(self, key: str, etag: str, size: int, value: _Moved | _Copied, metadata: dict[str, str] | None) -> None:
         """Store a file entry of ``size`` bytes unless it exceeds the whole cache; room is made first."""
         on_disk = _on_disk(size)
-        with self._room:
-            self._cache.delete(("data", key))
+        with self._room, self._cache.transact():
+            if metadata is not None:
+                self._cache.set(_meta(key), (etag, metadata))
+            self._cache.delete(_data(key))
             if on_disk > self.limit:
                 return
             self._make_room(on_disk)
-            self._cache.set(("data", key), value, read=True, tag=etag)
+            self._cache.set(_data(key), value, read=True, tag=etag)
 
     def _make_room(self, size: int) -> None:
         """Evict least recently used entries until ``size`` more bytes fit under the limit."""
@@ -153,20 +188,29 @@ class ContentCache:
 
     @_best_effort
     def discard(self, key: str) -> None:
-        self._cache.delete(("data", key))
+        self._cache.delete(_data(key))
 
     @_best_effort
     def get_meta(self, key: str, etag: str) -> dict[str, str] | None:
         """Object metadata remembered for ``key`` at ``etag`` (saves a HEAD)."""
-        entry = self._cache.get(("meta", key))
+        entry = self._cache.get(_meta(key))
         if entry is None or entry[0] != etag:
             return None
         return entry[1]
 
     @_best_effort
     def put_meta(self, key: str, etag: str, metadata: dict[str, str]) -> None:
-        self._cache.set(("meta", key), (etag, metadata))
+        self._cache.set(_meta(key), (etag, metadata))
 
     def volume(self) -> int:
         """Bytes the cache occupies on disk."""
         return self._cache.volume()
+
+
+def _data(key: str) -> str:
+    """The entry of a key's bytes (a string: diskcache stores it as it is)."""
+    return "d:" + key
+
+
+def _meta(key: str) -> str:
+    return "m:" + key

@@ -58,6 +58,7 @@ from .errors import (
     StoreError,
     Unsupported,
 )
+from .fds import copy_fd
 from . import layout
 from .journal import BODY_EMPTY, BODY_INLINE, BODY_METADATA_ONLY, BODY_STAGING, Journal, PutRecord
 from .keys import KeyMap
@@ -1118,7 +1119,7 @@ class Namespace:
                 try:
                     if not truncate and node.size > 0:
                         src = await self._clean_fd(node)
-                        await trio.to_thread.run_sync(_copy_fd, src, fd, node.size)
+                        await trio.to_thread.run_sync(copy_fd, src, fd, node.size)
                 except BaseException:
                     os.close(fd)
                     self.journal.discard_staging(staging)
@@ -1170,8 +1171,7 @@ class Namespace:
                 except ObjectNotFound:
                     raise NotFound(key) from None
             reader = os.open(path, os.O_RDONLY)
-            self.cache.move_in(key, info.etag, path)
-            self.cache.put_meta(key, info.etag, info.metadata or {})
+            self.cache.move_in(key, info.etag, path, info.metadata or {})
             return reader, info
         finally:
             path.unlink(missing_ok=True)
@@ -1217,7 +1217,7 @@ class Namespace:
                 return
             staging, fd = self.journal.create_staging()
             try:
-                await trio.to_thread.run_sync(_copy_fd, node.fd, fd, node.size)
+                await trio.to_thread.run_sync(copy_fd, node.fd, fd, node.size)
             except BaseException:
                 os.close(fd)
                 self.journal.discard_staging(staging)
@@ -1349,9 +1349,9 @@ class Namespace:
             return not node.attached
         node.etag, node.remote, node.condition = etag, True, "etag"
         node.touched = self.clock()
-        await trio.to_thread.run_sync(self.cache.put_meta, upload.key, etag, upload.metadata)
-        if upload.version == node.version and node.open_count == 0 and node.staging is not None:
-            await self._retire_staging(node)
+        retire = upload.version == node.version and node.open_count == 0 and node.staging is not None
+        if not (retire and await self._retire_staging(node, upload.metadata)):
+            await trio.to_thread.run_sync(self.cache.put_meta, upload.key, etag, upload.metadata)
         return True
 
     def _conflicted(self, node: Node, upload: Upload) -> None:
@@ -1380,20 +1380,24 @@ class Namespace:
                 return False
         return True
 
-    async def _retire_staging(self, node: Node) -> None:
-        """Hand an uploaded, closed staging file to the clean cache and free it."""
+    async def _retire_staging(self, node: Node, metadata: dict[str, str] | None = None) -> bool:
+        """Hand an uploaded, closed staging file to the clean cache and free it.
+
+        ``metadata`` (the upload's) goes into the cache with the bytes, in one
+        step; returns whether the cache was given it.
+        """
         staging, version, key, etag = node.staging, node.version, self.key(node), node.etag
         if staging is None or etag is None:
-            return
+            return False
         if node.committed != staging:
             if not node.dirty:
                 log.debug("dropped unchanged staging of %s", key)
                 os.close(node.fd)
                 node.fd, node.staging = None, None
                 self.journal.discard_staging(staging)
-            return
+            return False
         fd = node.fd
-        linked = await trio.to_thread.run_sync(self._keep_clean, key, etag, staging, fd)
+        linked = await trio.to_thread.run_sync(self._keep_clean, key, etag, staging, fd, metadata)
         if (
             node.staging != staging
             or node.committed != staging
@@ -1402,26 +1406,29 @@ class Namespace:
             or node.open_count
         ):
             self.cache.discard(key)
-            return
+            return True
         os.close(fd)
         node.fd = None
         node.staging = node.committed = None
         log.debug("retired %s v%d", key, version)
         self.journal.discard_staging(staging, reuse=not linked)
+        return True
 
-    def _keep_clean(self, key: str, etag: str, staging: str, fd: int) -> bool:
+    def _keep_clean(self, key: str, etag: str, staging: str, fd: int, metadata: dict[str, str] | None) -> bool:
         """Give the cache an uploaded staging file's bytes; True when the cache now shares its inode."""
         if os.fstat(fd).st_size < LINK_INTO_CACHE:
-            self.cache.put_file(key, etag, fd)
+            self.cache.put_file(key, etag, fd, metadata)
             return False
         path = self.tmp_dir / f"retired-{uuid.uuid4().hex}"
         try:
             os.link(self.journal.staging_path(staging), path)
         except OSError as exc:
             log.warning("could not keep a clean copy of %s: %s", key, exc)
+            if metadata is not None:
+                self.cache.put_meta(key, etag, metadata)
             return False
         try:
-            self.cache.move_in(key, etag, path)
+            self.cache.move_in(key, etag, path, metadata)
         finally:
             path.unlink(missing_ok=True)
         return True
@@ -1541,13 +1548,3 @@ def _xattr_name(raw: bytes) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidArgument("xattr name is not UTF-8") from None
-
-
-def _copy_fd(src: int, dst: int, size: int) -> None:
-    offset = 0
-    while offset < size:
-        chunk = os.pread(src, min(1 << 20, size - offset), offset)
-        if not chunk:
-            break
-        os.pwrite(dst, chunk, offset)
-        offset += len(chunk)

@@ -41,6 +41,30 @@ def test_entry_is_valid_only_for_its_etag(tmp_path):
     assert cache.get_meta("t/w/a", '"e2"') is None
 
 
+def test_bytes_and_metadata_go_in_together_into_one_level_of_folders(tmp_path):
+    cache = ContentCache(tmp_path / "c", 1 << 30)
+    src = tmp_path / "src"
+    src.write_bytes(b"body")
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        for i in range(300):
+            cache.put_file(f"t/w/f{i}", f"e{i}", fd, {"mode": str(i)})
+    finally:
+        os.close(fd)
+    moved = tmp_path / "c" / "incoming"
+    moved.write_bytes(b"moved")
+    cache.move_in("t/w/moved", "em", moved, {"mode": "420"})
+    assert cache.get_meta("t/w/f7", "e7") == {"mode": "7"}
+    assert cache.get_meta("t/w/moved", "em") == {"mode": "420"}
+    assert read_fd(cache.open("t/w/f299", "e299")) == b"body"
+    assert read_fd(cache.open("t/w/moved", "em")) == b"moved"
+    files = list((tmp_path / "c").rglob("*.val"))
+    assert len(files) == 301
+    folders = {f.parent for f in files}
+    assert all(folder.parent == tmp_path / "c" for folder in folders), "one level of folders, not diskcache's two"
+    assert len(folders) <= 256
+
+
 def test_size_limit_evicts_least_recently_used(tmp_path):
     limit = 4 * 1024 * 1024
     cache = ContentCache(tmp_path / "c", limit)

@@ -1,0 +1,23 @@
+"""Copying between open descriptors, for staging files and cache entries."""
+
+from __future__ import annotations
+
+import os
+
+CHUNK = 1 << 20
+
+
+def copy_fd(src: int, dst: int, size: int) -> int:
+    """Copy the first ``size`` bytes of ``src`` to the same offsets of ``dst``; returns bytes copied.
+
+    Positional reads and writes leave both descriptors' offsets alone, so a
+    descriptor shared with readers can be a source.
+    """
+    offset = 0
+    while offset < size:
+        chunk = os.pread(src, min(CHUNK, size - offset), offset)
+        if not chunk:
+            break
+        os.pwrite(dst, chunk, offset)
+        offset += len(chunk)
+    return offset
