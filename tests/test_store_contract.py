@@ -613,6 +613,23 @@ def test_small_requests_take_the_lean_path_and_agree_with_boto3(s3_bucket: S3Buc
     assert store.lean.served == 5 * len(ODD_KEYS)
 
 
+def test_a_missing_key_costs_one_request(s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    store = s3_store(s3_bucket)
+    assert store.lean is not None
+    calls = boto3_calls(store)
+    with pytest.raises(ObjectNotFound):
+        store.head("t/w/never")
+    assert calls == ["HeadObject"], "before the lean path has had an answer, boto3 confirms"
+    store.put("t/w/here", b"x", {})
+    with open(tmp_path / "out", "wb") as out:
+        for missing in [lambda: store.head("t/w/missing/"), lambda: store.get("t/w/gone"),
+                        lambda: store.get_to_file("t/w/gone", out)]:
+            with pytest.raises(ObjectNotFound):
+                missing()
+    assert calls == ["HeadObject"], "a 404 on a path that has answered is final"
+    assert store.head("t/w/here").size == 1
+
+
 def test_listings_take_the_lean_path_and_agree_with_boto3(s3_bucket: S3Bucket) -> None:
     for key in ODD_KEYS + ["t/w/deep/er/x", "t/z", "outside"]:
         s3_bucket.client.put_object(Bucket=s3_bucket.name, Key=f"pre/{key}", Body=key.encode())
@@ -640,7 +657,7 @@ def test_lean_failures_are_boto3s_errors(s3_bucket: S3Bucket) -> None:
         store.head("t/w/missing")
     with pytest.raises(ObjectNotFound):
         store.get("t/w/missing")
-    assert calls == ["PutObject", "PutObject", "HeadObject", "GetObject"], "each failure was asked again of boto3"
+    assert calls == ["PutObject", "PutObject"], "a 412 is asked again of boto3; a 404 on a path that has answered is final"
     assert store.lean is not None and store.lean.enabled, "404 and 412 say nothing against the lean path"
     assert store.get("t/w/a")[0] == b"one" and store.head("t/w/a").etag == etag
 

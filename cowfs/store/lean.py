@@ -30,6 +30,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.httpsession import get_cert_path
 
+from ..errors import ObjectNotFound
 from .base import ListPage, ObjectInfo
 
 log = logging.getLogger(__name__)
@@ -83,11 +84,16 @@ class LeanRequests:
         """The 2xx response to one signed request for ``key``, or None (boto3 should make the call).
 
         ``stream``: the body is left to the caller to read, then ``release_conn()``.
+        A GET or HEAD answered 404 once this path has had a 2xx (its URLs are
+        right, so the key is missing) raises ObjectNotFound: asking boto3 again
+        made every lookup of a missing key, such as a folder without a marker
+        object, two requests.
         """
         segments = key.split("/")
         if "." in segments or ".." in segments:  # urllib3 would resolve them in the URL
             return None
-        return self._send(method, self.base_url + urllib.parse.quote(key, safe="/~"), body, headers, stream)
+        return self._send(method, self.base_url + urllib.parse.quote(key, safe="/~"), body, headers, stream,
+                          missing_is_final=method in ("GET", "HEAD"))
 
     def list_page(self, prefix: str, delimiter: str | None, token: str | None,
                   max_keys: int) -> tuple[ListPage, str | None] | None:
@@ -115,7 +121,7 @@ class LeanRequests:
             return None
 
     def _send(self, method: str, url: str, body: bytes, headers: Mapping[str, str] | None,
-              stream: bool) -> urllib3.BaseHTTPResponse | None:
+              stream: bool, missing_is_final: bool = False) -> urllib3.BaseHTTPResponse | None:
         if not self.enabled:
             return None
         signed = AWSRequest(method=method, url=url, data=body, headers=dict(headers or {}))
@@ -133,6 +139,8 @@ class LeanRequests:
         if stream:
             response.drain_conn()
             response.release_conn()
+        if response.status == 404 and missing_is_final and self.served:
+            raise ObjectNotFound(f"{method.lower()} {url}: no such key")
         if response.status not in _EXPECTED_FAILURES and response.status < 500:
             log.info("lean S3 requests off: %s %s answered %d", method, url, response.status)
             self.enabled = False
