@@ -96,7 +96,10 @@ class _BlockDisk(diskcache.Disk):
                 os.makedirs(os.path.dirname(full_path), exist_ok=True)
                 value.place(full_path)
             return _on_disk(os.stat(full_path).st_size), diskcache.core.MODE_BINARY, filename, None
-        return super().store(value, read, key=key)
+        size, mode, filename, db_value = super().store(value, read, key=key)
+        if filename is not None:
+            size = _on_disk(size)
+        return size, mode, filename, db_value
 
 
 def _best_effort(fn: F) -> F:
@@ -213,4 +216,5 @@ def _data(key: str) -> str:
 
 
 def _meta(key: str) -> str:
+    """The entry of a key's metadata."""
     return "m:" + key

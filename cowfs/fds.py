@@ -7,8 +7,8 @@ import os
 CHUNK = 1 << 20
 
 
-def copy_fd(src: int, dst: int, size: int) -> int:
-    """Copy the first ``size`` bytes of ``src`` to the same offsets of ``dst``; returns bytes copied.
+def copy_fd(src: int, dst: int, size: int) -> None:
+    """Copy the first ``size`` bytes of ``src`` (fewer if it is shorter) to the same offsets of ``dst``.
 
     Positional reads and writes leave both descriptors' offsets alone, so a
     descriptor shared with readers can be a source.
@@ -20,4 +20,3 @@ def copy_fd(src: int, dst: int, size: int) -> int:
             break
         os.pwrite(dst, chunk, offset)
         offset += len(chunk)
-    return offset
