@@ -96,9 +96,10 @@ class LeanRequests:
                           missing_is_final=method in ("GET", "HEAD"))
 
     def list_page(self, prefix: str, delimiter: str | None, token: str | None,
-                  max_keys: int) -> tuple[ListPage, str | None] | None:
-        """One page of a ListObjectsV2 of ``prefix`` (full keys), and the token of the next
-        page (None: the last), or None (boto3 should make the call).
+                  max_keys: int, cut: int = 0) -> tuple[ListPage, str | None] | None:
+        """One page of a ListObjectsV2 of ``prefix`` (keys without their first ``cut``
+        characters), and the token of the next page (None: the last), or None (boto3
+        should make the call).
 
         botocore spends ~0.18 ms of CPU per listed key parsing the XML, more
         than moto spends producing it; ElementTree reads a page of 1000 keys in a few ms.
@@ -114,7 +115,7 @@ class LeanRequests:
         if response is None:
             return None
         try:
-            return _parse_list(response.data)
+            return _parse_list(response.data, cut)
         except (ElementTree.ParseError, KeyError, ValueError) as exc:
             log.info("lean S3 requests off: a listing of %s could not be read: %s", prefix, exc)
             self.enabled = False
@@ -147,21 +148,22 @@ class LeanRequests:
         return None
 
 
-def _parse_list(xml: bytes) -> tuple[ListPage, str | None]:
-    """A ListObjectsV2 result (``encoding-type=url``) as full keys, and its continuation token."""
+def _parse_list(xml: bytes, cut: int = 0) -> tuple[ListPage, str | None]:
+    """A ListObjectsV2 result (``encoding-type=url``) as keys less their first ``cut``
+    characters, and its continuation token."""
     root = ElementTree.fromstring(xml)
     ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
     page = ListPage(
         objects=[
             ObjectInfo(
-                key=urllib.parse.unquote_plus(item.findtext(ns + "Key", "")),
+                key=urllib.parse.unquote_plus(item.findtext(ns + "Key", ""))[cut:],
                 size=int(item.findtext(ns + "Size", "0")),
                 etag=item.findtext(ns + "ETag", ""),
                 last_modified=datetime.fromisoformat(item.findtext(ns + "LastModified", "")).timestamp(),
             )
             for item in root.iterfind(ns + "Contents")
         ],
-        prefixes=[urllib.parse.unquote_plus(item.findtext(ns + "Prefix", ""))
+        prefixes=[urllib.parse.unquote_plus(item.findtext(ns + "Prefix", ""))[cut:]
                   for item in root.iterfind(ns + "CommonPrefixes")],
     )
     if root.findtext(ns + "IsTruncated", "false") != "true":

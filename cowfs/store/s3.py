@@ -301,25 +301,23 @@ class S3Store(ObjectStore):
             _parallel(delete_batch, batches, self.max_workers)
 
     def list_pages(self, prefix: str, delimiter: str | None = "/") -> Iterator[ListPage]:
-        cut = len(self.prefix)
         token: str | None = None
         with self._translated(f"list {self._where(prefix)}"):
             while True:
                 page, token = self._list_page(self.prefix + prefix, delimiter, token)
-                yield ListPage(
-                    objects=[ObjectInfo(o.key[cut:], o.size, o.etag, o.last_modified) for o in page.objects],
-                    prefixes=[p[cut:] for p in page.prefixes],
-                    more=token is not None,
-                )
+                page.more = token is not None
+                yield page
                 if token is None:
                     return
 
     # -- helpers ---------------------------------------------------------------
 
     def _list_page(self, prefix: str, delimiter: str | None, token: str | None) -> tuple[ListPage, str | None]:
-        """One page of full keys under ``prefix`` and the next page's token (lean path, else boto3)."""
+        """One page under the full key ``prefix``, keys relative to the store's prefix,
+        and the next page's token (lean path, else boto3)."""
+        cut = len(self.prefix)
         if self.lean is not None:
-            lean = self.lean.list_page(prefix, delimiter, token, self.page_size)
+            lean = self.lean.list_page(prefix, delimiter, token, self.page_size, cut)
             if lean is not None:
                 return lean
         params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": self.page_size}
@@ -330,10 +328,10 @@ class S3Store(ObjectStore):
         response = self._client.list_objects_v2(**params)
         page = ListPage(
             objects=[
-                ObjectInfo(item["Key"], item["Size"], item["ETag"], item["LastModified"].timestamp())
+                ObjectInfo(item["Key"][cut:], item["Size"], item["ETag"], item["LastModified"].timestamp())
                 for item in response.get("Contents", [])
             ],
-            prefixes=[item["Prefix"] for item in response.get("CommonPrefixes", [])],
+            prefixes=[item["Prefix"][cut:] for item in response.get("CommonPrefixes", [])],
         )
         return page, response.get("NextContinuationToken") if response.get("IsTruncated") else None
 
