@@ -16,7 +16,9 @@ third of a cold sequential read.
 Every object read or uploaded passes through here, so an entry costs little:
 keys are strings (diskcache pickles any other key, on every lookup), files go
 into at most 256 folders (diskcache's 65,536 made nearly every new file a
-new folder), and an entry's bytes and metadata go in one transaction.
+new folder), and an entry's metadata goes in with the removal of its old bytes, in one
+transaction. Files are copied or moved outside any transaction: a lookup
+(which, with LRU eviction, writes its access time) never waits on file I/O.
 """
 
 from __future__ import annotations
@@ -170,10 +172,11 @@ class ContentCache:
     def _keep(self, key: str, etag: str, size: int, value: _Moved | _Copied, metadata: dict[str, str] | None) -> None:
         """Store a file entry of ``size`` bytes unless it exceeds the whole cache; room is made first."""
         on_disk = _on_disk(size)
-        with self._room, self._cache.transact():
-            if metadata is not None:
-                self._cache.set(_meta(key), (etag, metadata))
-            self._cache.delete(_data(key))
+        with self._room:
+            with self._cache.transact():
+                if metadata is not None:
+                    self._cache.set(_meta(key), (etag, metadata))
+                self._cache.delete(_data(key))
             if on_disk > self.limit:
                 return
             self._make_room(on_disk)

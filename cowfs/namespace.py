@@ -1405,7 +1405,7 @@ class Namespace:
             or node.dirty
             or node.open_count
         ):
-            self.cache.discard(key)
+            await trio.to_thread.run_sync(self.cache.discard, key)
             return True
         os.close(fd)
         node.fd = None

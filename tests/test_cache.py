@@ -41,7 +41,7 @@ def test_entry_is_valid_only_for_its_etag(tmp_path):
     assert cache.get_meta("t/w/a", '"e2"') is None
 
 
-def test_bytes_and_metadata_go_in_together_into_one_level_of_folders(tmp_path):
+def test_an_entry_keeps_the_metadata_given_with_it_and_its_file_one_folder_down(tmp_path):
     cache = ContentCache(tmp_path / "c", 1 << 30)
     src = tmp_path / "src"
     src.write_bytes(b"body")
