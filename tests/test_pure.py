@@ -11,7 +11,7 @@ import pytest
 
 from cowfs.attrs import Attrs, check_xattrs_fit, from_metadata, to_metadata
 from cowfs.errors import InvalidName, NameTooLong, NoSpace
-from cowfs.journal import BODY_STAGING, DeleteRecord, Journal, PutRecord, plan_replay
+from cowfs.journal import BODY_STAGING, SPARE_STAGING, DeleteRecord, Journal, PutRecord, plan_replay
 from cowfs.keys import KeyMap
 from cowfs.names import check_key_length, component, is_listable
 
@@ -142,8 +142,9 @@ def test_settled_staging_files_become_spares_and_others_are_removed(tmp_path):
     journal = Journal(tmp_path / "j")
     journal.sync_to_disk()
     spares = {p.name for p in journal.data.iterdir()}
-    assert spares and all(name.startswith("spare-") for name in spares), "spares are made ahead"
+    assert len(spares) == SPARE_STAGING and all((journal.data / n).stat().st_size == 0 for n in spares)
     uploaded, fd = journal.create_staging()
+    assert uploaded in spares, "a create takes a spare made ahead, no new file"
     os.write(fd, b"uploaded bytes")
     os.close(fd)
     inode = journal.staging_path(uploaded).stat().st_ino
@@ -154,8 +155,26 @@ def test_settled_staging_files_become_spares_and_others_are_removed(tmp_path):
     journal.sync_to_disk()
     assert not journal.staging_path(uploaded).exists() and not journal.staging_path(replaced).exists()
     reused = [p for p in journal.data.iterdir() if p.stat().st_ino == inode]
-    assert reused and reused[0].name.startswith("spare-") and reused[0].stat().st_size == 0
+    assert reused and reused[0].name not in spares and reused[0].stat().st_size == 0, "emptied, under a new id"
+    taken = set()
+    for _ in range(SPARE_STAGING):
+        staging, fd = journal.create_staging()
+        taken.add(staging)
+        os.close(fd)
+    assert reused[0].name in taken, "the emptied file is handed out again"
     journal.close()
+
+
+def test_record_and_staging_ids_are_unique_and_inline_bodies_survive_the_log(tmp_path):
+    ids = {Journal.new_id() for _ in range(10_000)}
+    assert len(ids) == 10_000
+    journal = Journal(tmp_path / "j")
+    body = bytes(range(256)) * 20
+    journal.write_put(PutRecord("r1", 't/w/"quoted"\\name', "inline", None, {"mode": "100644"}, body, len(body)))
+    journal.close()
+    again = Journal(tmp_path / "j")
+    assert again.records() == [PutRecord("r1", 't/w/"quoted"\\name', "inline", None, {"mode": "100644"}, body, len(body))]
+    again.close()
 
 
 def test_replay_reports_a_version_whose_bytes_did_not_reach_the_disk_and_uploads_the_rest(tmp_path):
