@@ -791,8 +791,10 @@ class Namespace:
         answer is as fresh as a listing (mountpoint-s3's per-entry validation),
         and a reader going through the files of a few folders would otherwise
         have each of them re-listed once per TTL for as long as it reads.
+        Nor a file this mount owns for now (unsynced or open): a listing leaves
+        it as it is (``_merge``), so a LIST would change nothing about it.
         """
-        return node.kind != DIR and self.clock() - node.checked_at >= self.ttl
+        return node.kind != DIR and self.clock() - node.checked_at >= self.ttl and not self._locally_owned(node)
 
     async def _child(self, parent: Node, name: str) -> Node:
         """``name`` in ``parent``, revalidated where ``_checked_by_parent`` says so.
@@ -1479,8 +1481,14 @@ class Namespace:
         return derived
 
     async def getxattr(self, ino: int, raw_name: bytes) -> bytes:
-        node = await self.getattr(ino)
+        """A stored or derived ``user.*`` value. Other names are never stored: the
+        kernel asks for ``security.capability`` before every write, answered here
+        without revalidating the file."""
         name = _xattr_name(raw_name)
+        if not name.startswith("user."):
+            self.node(ino)
+            raise NoAttribute(name)
+        node = await self.getattr(ino)
         value = self._derived_xattrs(node).get(name, node.xattrs.get(name))
         if value is None:
             raise NoAttribute(name)

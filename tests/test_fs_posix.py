@@ -428,6 +428,32 @@ def test_a_file_validated_by_its_own_request_needs_no_listing_of_its_folder(moun
     assert listings(m) > before
 
 
+def test_a_file_this_mount_is_writing_is_never_revalidated_by_a_listing(mount_factory, s3_bucket):
+    """A listing leaves an open or unsynced file as it is, so stat-ing or writing one
+    (the kernel asks for ``security.capability`` before every write) costs no LIST,
+    however stale its folder's listing."""
+    m = mount_factory("owned", extra=["--metadata-ttl", "0.2", "--write-back-delay", "30"])
+    folder = m.path / "t1" / "ws1" / "dir"
+    folder.mkdir(parents=True)
+    (folder / "closed.txt").write_bytes(b"closed, not uploaded yet")
+    fd = os.open(folder / "open.txt", os.O_CREAT | os.O_WRONLY, 0o644)
+    try:
+        time.sleep(0.5)
+        before = listings(m)
+        for i in range(4):
+            os.write(fd, b"line %d\n" % i)
+            assert os.fstat(fd).st_size == 7 * (i + 1)
+            assert (folder / "closed.txt").stat().st_size == 24
+            with pytest.raises(OSError) as caught:
+                os.getxattr(fd, "security.capability")
+            assert caught.value.errno == errno.ENODATA
+            time.sleep(0.3)
+        assert listings(m) == before, "a file this mount owns was revalidated by listing its folder"
+    finally:
+        os.close(fd)
+    assert (folder / "open.txt").read_bytes() == b"".join(b"line %d\n" % i for i in range(4))
+
+
 def test_walking_a_tree_lists_each_subtree_at_once_and_rm_r_empties_the_bucket(mount_factory, s3_bucket):
     expected = set()
     for top in range(4):
