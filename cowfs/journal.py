@@ -72,12 +72,17 @@ COMPACT_BYTES = 1024 * 1024
 COMPACT_RATIO = 4
 
 LOG = "log.jsonl"
-#: Empty staging files kept open and ready (settled ones emptied for reuse, or
-#: made ahead), so that a create costs the thread that serves the kernel no
-#: system call: creating a file where many were just deleted makes ext4 scan
-#: for an inode it may reuse (``recently_deleted``), 90-165 us here against a
-#: small file's ~1.5 ms. Refilled by every group commit.
-SPARE_STAGING = 256
+#: Empty staging files ready for the next creates (settled ones emptied for
+#: reuse, or made ahead), so that a create costs the thread that serves the
+#: kernel no system call: creating a file where many were just deleted makes
+#: ext4 scan for an inode it may reuse (``recently_deleted``), 90-165 us here
+#: against a small file's ~1.5 ms. Settled staging files are kept, emptied,
+#: up to this many (an inode each, no bytes), so that bursts of files reuse
+#: the last burst's instead of creating and deleting thousands ...
+SPARE_STAGING = 2048
+#: ... and while fewer than this many are ready, each group commit makes more,
+#: off the thread that serves the kernel; these are held open.
+SPARE_AHEAD = 256
 
 #: Ids of records and staging files: random per process, then counted (a uuid4
 #: per id read the kernel's random pool twice per small file).
@@ -125,7 +130,8 @@ class Journal:
         self._deletes: dict[str, str] = {}
         self._unsynced: set[Path] = set()
         self._doomed: list[tuple[Path, bool]] = []
-        self._spares: list[tuple[str, int]] = []
+        self._spares: list[tuple[str, int | None]] = []
+        self._spares_open = 0
         self._log_dirty = False
         self._log_bytes = self._load()
         self._fd = os.open(root / LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -218,7 +224,7 @@ class Journal:
     # -- durability ---------------------------------------------------------
 
     def needs_sync(self) -> bool:
-        return self._log_dirty or bool(self._unsynced) or bool(self._doomed) or len(self._spares) < SPARE_STAGING
+        return self._log_dirty or bool(self._unsynced) or bool(self._doomed) or len(self._spares) < SPARE_AHEAD
 
     def sync_to_disk(self) -> None:
         """Put everything written so far on the disk, then remove settled staging files; blocking, thread-safe."""
@@ -270,19 +276,24 @@ class Journal:
         replay like any staging file nobody refers to.
         """
         with self._lock:
-            if self._spares:
-                return self._spares.pop()
-        staging = self.new_id()
-        return staging, os.open(self.staging_path(staging), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            staging, fd = self._spares.pop() if self._spares else (None, None)
+            self._spares_open -= fd is not None
+        if staging is None:
+            staging = self.new_id()
+            return staging, os.open(self.staging_path(staging), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        if fd is None:
+            fd = os.open(self.staging_path(staging), os.O_RDWR)
+        return staging, fd
 
     def _make_spares(self) -> None:
         with self._lock:
-            wanted = SPARE_STAGING - len(self._spares)
+            wanted = SPARE_AHEAD - len(self._spares)
         for _ in range(wanted):
             staging = self.new_id()
             fd = os.open(self.staging_path(staging), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
             with self._lock:
                 self._spares.append((staging, fd))
+                self._spares_open += 1
 
     def _recycle(self, doomed: list[tuple[Path, bool]]) -> None:
         """Empty reusable settled staging files into spares (up to ``SPARE_STAGING``), remove the rest.
@@ -301,17 +312,19 @@ class Journal:
             try:
                 os.truncate(path, 0)
                 os.rename(path, self.staging_path(staging))
-                fd = os.open(self.staging_path(staging), os.O_RDWR)
             except FileNotFoundError:
                 continue
+            fd = os.open(self.staging_path(staging), os.O_RDWR) if self._spares_open < SPARE_AHEAD else None
             with self._lock:
                 self._spares.append((staging, fd))
+                self._spares_open += fd is not None
 
     def _drop_spares(self) -> None:
         with self._lock:
-            spares, self._spares = self._spares, []
+            spares, self._spares, self._spares_open = self._spares, [], 0
         for _, fd in spares:
-            os.close(fd)
+            if fd is not None:
+                os.close(fd)
 
     def discard_staging(self, staging: str, reuse: bool = False) -> None:
         """Forget a staging file; the next ``sync_to_disk`` removes it (ids are never reused).

@@ -11,7 +11,7 @@ import pytest
 
 from cowfs.attrs import Attrs, check_xattrs_fit, from_metadata, to_metadata
 from cowfs.errors import InvalidName, NameTooLong, NoSpace
-from cowfs.journal import BODY_STAGING, SPARE_STAGING, DeleteRecord, Journal, PutRecord, plan_replay
+from cowfs.journal import BODY_STAGING, SPARE_AHEAD, DeleteRecord, Journal, PutRecord, plan_replay
 from cowfs.keys import KeyMap
 from cowfs.names import check_key_length, component, is_listable
 
@@ -142,7 +142,7 @@ def test_settled_staging_files_become_spares_and_others_are_removed(tmp_path):
     journal = Journal(tmp_path / "j")
     journal.sync_to_disk()
     spares = {p.name for p in journal.data.iterdir()}
-    assert len(spares) == SPARE_STAGING and all((journal.data / n).stat().st_size == 0 for n in spares)
+    assert len(spares) == SPARE_AHEAD and all((journal.data / n).stat().st_size == 0 for n in spares)
     uploaded, fd = journal.create_staging()
     assert uploaded in spares, "a create takes a spare made ahead, no new file"
     os.write(fd, b"uploaded bytes")
@@ -157,11 +157,29 @@ def test_settled_staging_files_become_spares_and_others_are_removed(tmp_path):
     reused = [p for p in journal.data.iterdir() if p.stat().st_ino == inode]
     assert reused and reused[0].name not in spares and reused[0].stat().st_size == 0, "emptied, under a new id"
     taken = set()
-    for _ in range(SPARE_STAGING):
+    for _ in range(SPARE_AHEAD):
         staging, fd = journal.create_staging()
         taken.add(staging)
         os.close(fd)
     assert reused[0].name in taken, "the emptied file is handed out again"
+    journal.close()
+
+
+def test_a_burst_of_settled_staging_files_is_kept_for_the_next_burst(tmp_path):
+    """More files than are made ahead: every settled one is emptied and kept, none
+    deleted and none created, so the next burst allocates no inode."""
+    journal = Journal(tmp_path / "j")
+    journal.sync_to_disk()
+    taken = []
+    for _ in range(SPARE_AHEAD + 44):
+        staging, fd = journal.create_staging()
+        os.write(fd, b"x" * 100)
+        taken.append(os.fstat(fd).st_ino)
+        os.close(fd)
+        journal.discard_staging(staging, reuse=True)
+    journal.sync_to_disk()
+    left = list(journal.data.iterdir())
+    assert sorted(p.stat().st_ino for p in left) == sorted(taken) and all(p.stat().st_size == 0 for p in left)
     journal.close()
 
 
