@@ -224,3 +224,47 @@ def test_uploads_trickle_while_the_mount_stays_busy_and_all_go_once_it_pauses(tm
 
     trio.run(main)
     journal.close()
+
+
+class SlowStore(CountingStore):
+    """Each put takes 20 ms, like a small PUT to a busy server."""
+
+    def put(self, key: str, body, metadata, if_match=None, if_none_match=False) -> str:
+        etag = super().put(key, body, metadata, if_match, if_none_match)
+        time.sleep(0.02)
+        return etag
+
+
+def test_uploads_started_in_a_pause_do_not_run_on_at_full_speed_once_the_mount_is_busy(tmp_path, monkeypatch):
+    """Only as many uploads start as there are slots: the rest of a backlog waits in the
+    queue, where a busy mount holds it back, instead of in tasks queued for a slot."""
+    import cowfs.writeback as writeback
+
+    monkeypatch.setattr(writeback, "MAX_DEFER", 0.3)
+    monkeypatch.setattr(writeback, "BUSY_UPLOAD_RATE", 10.0)
+    store = SlowStore(tmp_path / "store")
+    journal = Journal(tmp_path / "journal")
+    files, slots = 100, 4
+
+    async def main() -> tuple[float, float]:
+        wb = WriteBack(store, journal, trio.CapacityLimiter(8), delay=0.0, concurrency=slots)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wb.run)
+            for i in range(files):
+                wb.schedule(SmallFile(f"f{i:03d}"))
+            await trio.sleep(0.05)
+            busy_start = time.monotonic()
+            while time.monotonic() - busy_start < 1.0:
+                wb.changed()
+                await trio.sleep(0.01)
+            busy_end = time.monotonic()
+            with trio.fail_after(10):
+                await wb.drain()
+            nursery.cancel_scope.cancel()
+        return busy_start, busy_end
+
+    busy_start, busy_end = trio.run(main)
+    journal.close()
+    during = [t for t in store.put_times if busy_start <= t < busy_end]
+    assert len(during) <= slots + (busy_end - busy_start) * 10 + 2, f"{len(during)} uploads started in a busy second"
+    assert len(store.put_times) == files
