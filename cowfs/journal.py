@@ -73,15 +73,15 @@ COMPACT_RATIO = 4
 
 LOG = "log.jsonl"
 #: Empty staging files ready for the next creates (settled ones emptied for
-#: reuse, or made ahead), so that a create costs the thread that serves the
-#: kernel no system call: creating a file where many were just deleted makes
-#: ext4 scan for an inode it may reuse (``recently_deleted``), 90-165 us here
-#: against a small file's ~1.5 ms. Settled staging files are kept, emptied,
-#: up to this many (an inode each, no bytes), so that bursts of files reuse
-#: the last burst's instead of creating and deleting thousands ...
+#: reuse, or made ahead), so that a create on the thread that serves the
+#: kernel only opens an existing file (~3.5 us): creating one where many were
+#: just deleted makes ext4 scan for an inode it may reuse
+#: (``recently_deleted``), 90-165 us here against a small file's ~1.5 ms.
+#: Settled staging files are kept, emptied, up to this many (an inode each,
+#: no bytes), so that bursts of files reuse the last burst's instead of
+#: creating and deleting thousands ...
 SPARE_STAGING = 2048
-#: ... and while fewer than this many are ready, each group commit makes more,
-#: off the thread that serves the kernel; these are held open.
+#: ... and while fewer than this many are ready, each group commit makes more.
 SPARE_AHEAD = 256
 
 #: Ids of records and staging files: random per process, then counted (a uuid4
@@ -130,8 +130,7 @@ class Journal:
         self._deletes: dict[str, str] = {}
         self._unsynced: set[Path] = set()
         self._doomed: list[tuple[Path, bool]] = []
-        self._spares: list[tuple[str, int | None]] = []
-        self._spares_open = 0
+        self._spares: list[str] = []
         self._log_dirty = False
         self._log_bytes = self._load()
         self._fd = os.open(root / LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -139,7 +138,6 @@ class Journal:
     def close(self) -> None:
         """Sync what is left (and remove settled staging files), then let go of the log."""
         self.sync_to_disk()
-        self._drop_spares()
         os.close(self._fd)
         os.close(self._dir_fd)
 
@@ -276,24 +274,21 @@ class Journal:
         replay like any staging file nobody refers to.
         """
         with self._lock:
-            staging, fd = self._spares.pop() if self._spares else (None, None)
-            self._spares_open -= fd is not None
-        if staging is None:
-            staging = self.new_id()
-            return staging, os.open(self.staging_path(staging), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        if fd is None:
-            fd = os.open(self.staging_path(staging), os.O_RDWR)
-        return staging, fd
+            spare = self._spares.pop() if self._spares else None
+        if spare is not None:
+            with contextlib.suppress(FileNotFoundError):
+                return spare, os.open(self.staging_path(spare), os.O_RDWR)
+        staging = self.new_id()
+        return staging, os.open(self.staging_path(staging), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
 
     def _make_spares(self) -> None:
         with self._lock:
             wanted = SPARE_AHEAD - len(self._spares)
         for _ in range(wanted):
             staging = self.new_id()
-            fd = os.open(self.staging_path(staging), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            os.close(os.open(self.staging_path(staging), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
             with self._lock:
-                self._spares.append((staging, fd))
-                self._spares_open += 1
+                self._spares.append(staging)
 
     def _recycle(self, doomed: list[tuple[Path, bool]]) -> None:
         """Empty reusable settled staging files into spares (up to ``SPARE_STAGING``), remove the rest.
@@ -314,17 +309,8 @@ class Journal:
                 os.rename(path, self.staging_path(staging))
             except FileNotFoundError:
                 continue
-            fd = os.open(self.staging_path(staging), os.O_RDWR) if self._spares_open < SPARE_AHEAD else None
             with self._lock:
-                self._spares.append((staging, fd))
-                self._spares_open += fd is not None
-
-    def _drop_spares(self) -> None:
-        with self._lock:
-            spares, self._spares, self._spares_open = self._spares, [], 0
-        for _, fd in spares:
-            if fd is not None:
-                os.close(fd)
+                self._spares.append(staging)
 
     def discard_staging(self, staging: str, reuse: bool = False) -> None:
         """Forget a staging file; the next ``sync_to_disk`` removes it (ids are never reused).
@@ -339,7 +325,8 @@ class Journal:
 
     def clear_staging(self) -> None:
         """Remove every staging file; only safe when no record refers to one."""
-        self._drop_spares()
+        with self._lock:
+            self._spares.clear()
         for path in self.data.iterdir():
             path.unlink(missing_ok=True)
 

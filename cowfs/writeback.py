@@ -132,8 +132,6 @@ class WriteBack:
         self.clock = clock
         self.on_stored = on_stored
         self._slots = trio.Semaphore(concurrency)
-        self._concurrency = concurrency
-        self._started = 0
         self._puts: dict[str, _Pending] = {}
         self._deletes: dict[str, float] = {}
         self._delete_attempts: dict[str, int] = {}
@@ -333,15 +331,13 @@ class WriteBack:
                 now = self.clock()
                 next_due = now + 3600
                 busy = self._mount_busy(now)
-                free = self._concurrency - self._started
-                room = min(free, (1 if now >= self._next_busy_start else 0) if busy else math.inf)
+                room = min(self._slots.value, (1 if now >= self._next_busy_start else 0) if busy else math.inf)
                 for rid, entry in self._due_uploads(now, room):
                     entry.running = True
-                    self._started += 1
-                    nursery.start_soon(self._upload, rid, entry)
+                    nursery.start_soon(self._upload, rid, entry, self._take_slot())
                     if busy:
                         self._next_busy_start = now + 1 / BUSY_UPLOAD_RATE
-                if self._queue and self._concurrency > self._started:
+                if self._queue and self._slots.value:
                     due, _, rid = self._queue[0]
                     start = self._start_at(due, False)
                     if busy:
@@ -425,61 +421,73 @@ class WriteBack:
     def _backoff(self, attempts: int) -> float:
         return min(MAX_BACKOFF, 0.2 * 2 ** attempts) * random.uniform(0.5, 1.0)
 
-    async def _upload(self, rid: str, entry: _Pending) -> None:
-        """One upload in one of the slots. Only as many are started as there are free
-        slots (an urgent one aside): one started in a pause would otherwise wait
-        for a slot and then go at full speed while the mount is busy again."""
+    def _take_slot(self) -> bool:
+        """Take a free slot for work about to start; False when none is free (an urgent upload)."""
         try:
-            await self._upload_in_slot(rid, entry)
+            self._slots.acquire_nowait()
+        except trio.WouldBlock:
+            return False
+        return True
+
+    async def _upload(self, rid: str, entry: _Pending, slot_taken: bool) -> None:
+        """One upload in one of the slots, taken by the scheduler when it started this.
+
+        Only as many are started as there are free slots (an urgent one aside,
+        which waits for one here): an upload started in a pause would otherwise
+        wait for a slot and then go at full speed while the mount is busy again.
+        """
+        if not slot_taken:
+            await self._slots.acquire()
+        try:
+            await self._upload_held(rid, entry)
         finally:
-            self._started -= 1
+            self._slots.release()
             self._kick()
 
-    async def _upload_in_slot(self, rid: str, entry: _Pending) -> None:
-        async with self._slots:
-            upload = entry.source.snapshot()
-            if upload is None:
+    async def _upload_held(self, rid: str, entry: _Pending) -> None:
+        upload = entry.source.snapshot()
+        if upload is None:
+            self._finish(rid, entry, settled=True)
+            return
+        await self._claim(upload.key)
+        try:
+            try:
+                etag = await trio.to_thread.run_sync(self._put_blocking, upload, limiter=self.limiter)
+            except ObjectNotFound:
+                if upload.body != BODY_METADATA_ONLY:
+                    raise
+                log.error("%s vanished from the store before its metadata could be updated", upload.key)
+                self.last_error = f"{upload.key} vanished from the store"
+                self._release(upload.key)
                 self._finish(rid, entry, settled=True)
                 return
-            await self._claim(upload.key)
-            try:
-                try:
-                    etag = await trio.to_thread.run_sync(self._put_blocking, upload, limiter=self.limiter)
-                except ObjectNotFound:
-                    if upload.body != BODY_METADATA_ONLY:
-                        raise
-                    log.error("%s vanished from the store before its metadata could be updated", upload.key)
-                    self.last_error = f"{upload.key} vanished from the store"
-                    self._release(upload.key)
-                    self._finish(rid, entry, settled=True)
-                    return
-                except PreconditionFailed:
-                    await self._keep_conflict(upload)
-                    entry.source.conflicted(upload)
-                    self._release(upload.key)
-                    self._finish(rid, entry, settled=True)
-                    return
-            except Exception as exc:
+            except PreconditionFailed:
+                await self._keep_conflict(upload)
+                entry.source.conflicted(upload)
                 self._release(upload.key)
-                self.retries += 1
-                self.last_error = f"upload {upload.key}: {exc}"
-                log.warning("upload of %s failed (attempt %d): %s", upload.key, entry.attempts + 1, exc,
-                            exc_info=not isinstance(exc, StoreError))
-                entry.attempts += 1
-                entry.running = False
-                entry.due = self.clock() + self._backoff(entry.attempts)
-                self._enqueue(rid, entry)
-                self._kick()
+                self._finish(rid, entry, settled=True)
                 return
-            self.uploads += 1
-            self.on_stored(upload.key)
-            try:
-                settled = await entry.source.uploaded(upload, etag)
-            except Exception:
-                log.exception("bookkeeping after the upload of %s failed; the store has it", upload.key)
-                settled = True
+        except Exception as exc:
             self._release(upload.key)
-            self._finish(rid, entry, settled)
+            self.retries += 1
+            self.last_error = f"upload {upload.key}: {exc}"
+            log.warning("upload of %s failed (attempt %d): %s", upload.key, entry.attempts + 1, exc,
+                        exc_info=not isinstance(exc, StoreError))
+            entry.attempts += 1
+            entry.running = False
+            entry.due = self.clock() + self._backoff(entry.attempts)
+            self._enqueue(rid, entry)
+            self._kick()
+            return
+        self.uploads += 1
+        self.on_stored(upload.key)
+        try:
+            settled = await entry.source.uploaded(upload, etag)
+        except Exception:
+            log.exception("bookkeeping after the upload of %s failed; the store has it", upload.key)
+            settled = True
+        self._release(upload.key)
+        self._finish(rid, entry, settled)
 
     def _finish(self, rid: str, entry: _Pending, settled: bool) -> None:
         entry.running = False

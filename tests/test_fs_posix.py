@@ -454,6 +454,30 @@ def test_a_file_this_mount_is_writing_is_never_revalidated_by_a_listing(mount_fa
     assert (folder / "open.txt").read_bytes() == b"".join(b"line %d\n" % i for i in range(4))
 
 
+def test_the_kernels_security_capability_question_costs_no_listing(mount_factory, s3_bucket):
+    """The kernel asks for ``security.capability`` before every write; cowfs stores only
+    ``user.*`` names, so the answer needs no revalidation even of a file it does not
+    own. (Through /proc/self/fd the kernel reaches the inode without a LOOKUP.)"""
+    s3_bucket.client.put_object(Bucket=s3_bucket.name, Key="t1/ws1/dir/f.txt", Body=b"remote")
+    m = mount_factory("capability", extra=["--metadata-ttl", "0.2"])
+    path = m.path / "t1" / "ws1" / "dir" / "f.txt"
+    assert path.read_bytes() == b"remote"
+    fd = os.open(path, os.O_PATH)
+    try:
+        time.sleep(0.5)
+        before = listings(m)
+        with pytest.raises(OSError) as caught:
+            os.getxattr(f"/proc/self/fd/{fd}", "security.capability")
+        assert caught.value.errno == errno.ENODATA
+        assert listings(m) == before, "asking for security.capability re-listed the file's folder"
+        with pytest.raises(OSError) as caught:
+            os.getxattr(f"/proc/self/fd/{fd}", "user.missing")
+        assert caught.value.errno == errno.ENODATA
+        assert listings(m) == before + 1, "a user.* name is answered from revalidated metadata"
+    finally:
+        os.close(fd)
+
+
 def test_walking_a_tree_lists_each_subtree_at_once_and_rm_r_empties_the_bucket(mount_factory, s3_bucket):
     expected = set()
     for top in range(4):
