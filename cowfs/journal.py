@@ -117,7 +117,8 @@ class Journal:
 
     Records are written on the trio thread; ``sync_to_disk`` runs on a worker
     thread. One lock orders the two (appends, the in-memory live set, the
-    log's replacement by compaction).
+    swap of the log for its compacted copy) and is never held across an
+    fsync; a second one lets one sync pass run at a time.
     """
 
     def __init__(self, root: Path) -> None:
@@ -132,6 +133,8 @@ class Journal:
         self._doomed: list[tuple[Path, bool]] = []
         self._spares: list[str] = []
         self._log_dirty = False
+        self._sync_lock = threading.Lock()
+        self._appended_while_compacting: list[str] | None = None
         self._log_bytes = self._load()
         self._fd = os.open(root / LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
@@ -192,32 +195,70 @@ class Journal:
         with self._lock:
             self._apply(doc, line)
             _write_all(self._fd, data)
+            if self._appended_while_compacting is not None:
+                self._appended_while_compacting.append(line)
             self._log_bytes += len(data)
             self._log_dirty = True
 
     def _live_lines(self) -> list[str]:
         return [*self._deletes.values(), *self._puts.values()]
 
-    def _rewrite(self) -> int:
-        """Replace the log by its live lines, durably; returns the new size. Caller holds the lock or is alone."""
-        data = "".join(line + "\n" for line in self._live_lines()).encode()
+    def _write_fresh_log(self, lines: list[str]) -> tuple[Path, int, int]:
+        """``lines`` in a new file beside the log, on the disk: its path, an appending descriptor, its size."""
+        data = "".join(line + "\n" for line in lines).encode()
         tmp = self.root / f".{LOG}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             _write_all(fd, data)
             os.fsync(fd)
-        finally:
+        except BaseException:
             os.close(fd)
+            raise
+        return tmp, fd, len(data)
+
+    def _rewrite(self) -> int:
+        """Replace the log by its live lines, durably; returns the new size. Only while nothing else runs."""
+        tmp, fd, size = self._write_fresh_log(self._live_lines())
+        os.close(fd)
         os.rename(tmp, self.root / LOG)
         os.fsync(self._dir_fd)
-        return len(data)
+        return size
 
     def compact(self) -> None:
         """Rewrite the log with only its live intents (after replay: empty)."""
+        with self._sync_lock:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Replace the log by its live lines; the caller holds ``_sync_lock``.
+
+        Closes and unlinks append lines on the thread that serves the kernel,
+        which must not wait for this: the live lines are written and fsync'ed
+        without the append lock (tens of milliseconds for the few MiB of an
+        untar's pending small files), lines appended meanwhile are copied after
+        them, and only the rename swaps the files under the lock. Either file
+        is a complete log at every moment; the copied lines were appended after
+        the last sync began, so no sync has promised them yet, and the next
+        one (after this, under ``_sync_lock``) fsyncs the new file.
+        """
         with self._lock:
-            self._log_bytes = self._rewrite()
-            old, self._fd = self._fd, os.open(self.root / LOG, os.O_WRONLY | os.O_APPEND)
-            os.close(old)
+            lines = self._live_lines()
+            self._appended_while_compacting = []
+        fd = -1
+        try:
+            tmp, fd, size = self._write_fresh_log(lines)
+            with self._lock:
+                later = "".join(line + "\n" for line in self._appended_while_compacting).encode()
+                _write_all(fd, later)
+                os.rename(tmp, self.root / LOG)
+                fd, self._fd = self._fd, fd
+                self._log_bytes = size + len(later)
+        finally:
+            with self._lock:
+                self._appended_while_compacting = None
+            if fd >= 0:
+                os.close(fd)
+        os.fsync(self._dir_fd)
 
     # -- durability ---------------------------------------------------------
 
@@ -225,7 +266,15 @@ class Journal:
         return self._log_dirty or bool(self._unsynced) or bool(self._doomed) or len(self._spares) < SPARE_AHEAD
 
     def sync_to_disk(self) -> None:
-        """Put everything written so far on the disk, then remove settled staging files; blocking, thread-safe."""
+        """Put everything written so far on the disk, then remove settled staging files; blocking, thread-safe.
+
+        One pass at a time (``_sync_lock``): a pass returns only when what was
+        written before it began is on the disk, including across a compaction.
+        """
+        with self._sync_lock:
+            self._sync_to_disk()
+
+    def _sync_to_disk(self) -> None:
         with self._lock:
             paths, self._unsynced = self._unsynced, set()
             doomed, self._doomed = self._doomed, []
@@ -256,7 +305,7 @@ class Journal:
             with self._lock:
                 live = sum(len(line) + 1 for line in self._live_lines())
             if self._log_bytes > COMPACT_RATIO * live:
-                self.compact()
+                self._compact()
 
     # -- staging files --------------------------------------------------------
 

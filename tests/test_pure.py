@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-
 import stat
+import threading
 
 import pytest
 
@@ -122,6 +122,40 @@ def test_journal_log_skips_a_torn_last_line_and_compacts_to_its_live_records(tmp
     third = Journal(tmp_path / "j")
     assert sorted(getattr(r, "key", None) for r in third.records()) == ["t/w/f7", "t/w/gone"]
     third.close()
+
+
+def test_closes_are_logged_while_a_compaction_waits_for_the_disk(tmp_path, monkeypatch):
+    """The thread that serves the kernel logs every close; a compaction's fsync
+    (tens of ms for an untar's pending files) must not stall it, nor lose a line."""
+    journal = Journal(tmp_path / "j")
+    for i in range(50):
+        journal.write_put(PutRecord(f"r{i}", f"t/w/f{i}", BODY_STAGING, None, {}, b""))
+    entered, release = threading.Event(), threading.Event()
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".tmp"):
+            entered.set()
+            release.wait(10)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    compacting = threading.Thread(target=journal.compact)
+    compacting.start()
+    try:
+        assert entered.wait(10)
+        logging = threading.Thread(target=lambda: (
+            journal.write_put(PutRecord("late", "t/w/late", BODY_STAGING, None, {}, b"")), journal.remove_put("r3")))
+        logging.start()
+        logging.join(5)
+        assert not logging.is_alive(), "a close waited for the compaction's fsync"
+    finally:
+        release.set()
+        compacting.join(10)
+    journal.close()
+    again = Journal(tmp_path / "j")
+    assert {r.key for r in again.records()} == {f"t/w/f{i}" for i in range(50) if i != 3} | {"t/w/late"}
+    again.close()
 
 
 def test_journal_reads_records_of_the_one_file_per_record_layout(tmp_path):
