@@ -19,17 +19,24 @@ into at most 256 folders (diskcache's 65,536 made nearly every new file a
 new folder), and an entry's metadata goes in with the removal of its old bytes, in one
 transaction. Files are copied or moved outside any transaction: a lookup
 (which, with LRU eviction, writes its access time) never waits on file I/O.
+
+Every lookup, hit or miss, takes SQLite's write lock (diskcache's LRU
+bookkeeping). The event loop's lookups go through a second handle that does
+not wait for it: when a worker thread is writing, they raise ``CacheBusy``
+and the caller repeats them on a thread, instead of the loop sleeping in
+SQLite's busy handler (1 ms and up) while every other request waits.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import diskcache
 
@@ -104,6 +111,10 @@ class _BlockDisk(diskcache.Disk):
         return size, mode, filename, db_value
 
 
+class CacheBusy(Exception):
+    """A lookup that must not wait found the cache's database being written."""
+
+
 def _best_effort(fn: F) -> F:
     """A failing cache (disk full, I/O error) costs a re-download, never an operation."""
 
@@ -134,25 +145,30 @@ class ContentCache:
             sqlite_wal_autocheckpoint=WAL_PAGES,
             sqlite_journal_size_limit=WAL_LIMIT,
         )
+        self._now = diskcache.Cache(str(directory), disk=_BlockDisk, timeout=0)
         self._room = threading.Lock()
 
     def close(self) -> None:
+        self._now.close()
         self._cache.close()
 
     @_best_effort
-    def open(self, key: str, etag: str) -> int | None:
+    def open(self, key: str, etag: str, *, wait: bool = True) -> int | None:
         """A read-only descriptor on the cached copy of ``key`` at ``etag``, if any.
 
         The descriptor stays valid even if the entry is evicted meanwhile.
+        With ``wait=False``, raises ``CacheBusy`` rather than wait for a writer.
         """
-        reader, tag = self._cache.get(_data(key), read=True, tag=True)
-        if reader is None:
-            return None
-        with reader:
-            if tag != etag or not hasattr(reader, "fileno"):
-                self._cache.delete(_data(key))
+        cache = self._handle(wait)
+        with _busy(wait):
+            reader, tag = cache.get(_data(key), read=True, tag=True)
+            if reader is None:
                 return None
-            return os.dup(reader.fileno())
+            with reader:
+                if tag != etag or not hasattr(reader, "fileno"):
+                    cache.delete(_data(key))
+                    return None
+                return os.dup(reader.fileno())
 
     @_best_effort
     def put_file(self, key: str, etag: str, fd: int, metadata: dict[str, str] | None = None) -> None:
@@ -197,9 +213,13 @@ class ContentCache:
         self._cache.delete(_data(key))
 
     @_best_effort
-    def get_meta(self, key: str, etag: str) -> dict[str, str] | None:
-        """Object metadata remembered for ``key`` at ``etag`` (saves a HEAD)."""
-        entry = self._cache.get(_meta(key))
+    def get_meta(self, key: str, etag: str, *, wait: bool = True) -> dict[str, str] | None:
+        """Object metadata remembered for ``key`` at ``etag`` (saves a HEAD).
+
+        With ``wait=False``, raises ``CacheBusy`` rather than wait for a writer.
+        """
+        with _busy(wait):
+            entry = self._handle(wait).get(_meta(key))
         if entry is None or entry[0] != etag:
             return None
         return entry[1]
@@ -211,6 +231,20 @@ class ContentCache:
     def volume(self) -> int:
         """Bytes the cache occupies on disk."""
         return self._cache.volume()
+
+    def _handle(self, wait: bool) -> diskcache.Cache:
+        return self._cache if wait else self._now
+
+
+@contextlib.contextmanager
+def _busy(wait: bool) -> Iterator[None]:
+    """Turn a non-waiting handle's timeout into ``CacheBusy`` (which ``_best_effort`` lets through)."""
+    try:
+        yield
+    except diskcache.Timeout:
+        if wait:
+            raise
+        raise CacheBusy from None
 
 
 def _data(key: str) -> str:

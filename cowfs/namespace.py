@@ -40,7 +40,7 @@ from .attrs import (
     from_metadata,
     to_metadata,
 )
-from .cache import ContentCache
+from .cache import CacheBusy, ContentCache
 from .config import TenantOwner
 from .errors import (
     AlreadyExists,
@@ -721,7 +721,7 @@ class Namespace:
 
     async def _fetch_meta(self, node: Node) -> None:
         key = self.key(node)
-        meta = self.cache.get_meta(key, node.etag) if node.etag else None
+        meta = await self._cached(self.cache.get_meta, key, node.etag) if node.etag else None
         if meta is not None:
             self._apply_meta(node, meta, node.mtime_ns / 1e9)
             return
@@ -1140,7 +1140,7 @@ class Namespace:
         if node.fd is not None:
             return node.fd
         key = self.key(node)
-        fd = self.cache.open(key, node.etag) if node.etag else None
+        fd = await self._cached(self.cache.open, key, node.etag) if node.etag else None
         if fd is None:
             asked = self.clock()
             fd, info = await self._io(self._download, key)
@@ -1150,6 +1150,14 @@ class Namespace:
                 self._apply_meta(node, info.metadata or {}, info.last_modified)
         node.fd = fd
         return fd
+
+    async def _cached(self, lookup: Callable[..., Any], key: str, etag: str) -> Any:
+        """A cache lookup that never holds up the event loop: when a worker thread is
+        writing to the cache, it is repeated on a thread instead of waiting here."""
+        try:
+            return lookup(key, etag, wait=False)
+        except CacheBusy:
+            return await trio.to_thread.run_sync(lookup, key, etag)
 
     def _head(self, key: str) -> ObjectInfo:
         """An object's metadata, remembered in the cache when the store is remote; blocking."""

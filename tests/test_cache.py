@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import contextlib
 import sqlite3
+import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
-from cowfs.cache import ContentCache
+import pytest
+
+from cowfs.cache import CacheBusy, ContentCache
 from mounting import Mount
 
 MiB = 1024 * 1024
@@ -75,6 +80,72 @@ def test_size_limit_evicts_least_recently_used(tmp_path):
         os.close(fd)
     assert cache.volume() <= limit + 256 * 1024
     assert cache.open("k1", "e") is None
+
+
+@contextlib.contextmanager
+def cache_written_elsewhere(cache_dir: Path) -> Iterator[None]:
+    """Hold the cache database's write lock, as a worker thread storing a download does."""
+    writer = sqlite3.connect(cache_dir / "cache.db", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+
+
+def test_a_lookup_that_must_not_wait_reports_a_busy_cache_at_once(tmp_path):
+    cache = ContentCache(tmp_path / "c", 1 << 30)
+    put(cache, "k", "e", b"body", tmp_path)
+    cache.put_meta("k", "e", {"mode": "33188"})
+    with cache_written_elsewhere(tmp_path / "c"):
+        start = time.monotonic()
+        with pytest.raises(CacheBusy):
+            cache.open("k", "e", wait=False)
+        with pytest.raises(CacheBusy):
+            cache.get_meta("k", "e", wait=False)
+        assert time.monotonic() - start < 0.5
+    assert read_fd(cache.open("k", "e", wait=False)) == b"body"
+    assert cache.get_meta("k", "e", wait=False) == {"mode": "33188"}
+
+
+def append(path: Path, data: bytes) -> None:
+    with open(path, "ab") as f:
+        f.write(data)
+
+
+def test_a_busy_cache_holds_up_only_the_open_that_needs_it(tmp_path):
+    """An append to a file with no local copy looks its clean copy up in the cache,
+    while a worker thread may be writing there; other requests go on meanwhile."""
+    store_dir = tmp_path / "store"
+    mnt, cache_dir = tmp_path / "mnt", tmp_path / "cache"
+    ws = mnt / "t1" / "ws1"
+    first = Mount(f"file://{store_dir}", mnt, cache_dir, ["--write-back-delay", "0.1"])
+    try:
+        first.start()
+        ws.mkdir(parents=True)
+        (ws / "a.txt").write_bytes(b"cached bytes")
+        first.umount()
+        second = Mount(f"file://{store_dir}", mnt, cache_dir, [])
+        try:
+            second.start()
+            assert sorted(os.listdir(ws)) == ["a.txt"]
+            with cache_written_elsewhere(cache_dir / "cache"):
+                appender = threading.Thread(target=append, args=(ws / "a.txt", b", appended"))
+                appender.start()
+                time.sleep(0.5)
+                start = time.monotonic()
+                (ws / "b.txt").write_bytes(b"meanwhile")
+                took = time.monotonic() - start
+                time.sleep(max(0.0, 3.0 - took))
+                assert appender.is_alive(), "the append waits for the cache"
+            appender.join(timeout=20)
+            assert (ws / "a.txt").read_bytes() == b"cached bytes, appended"
+            assert took < 1.5, f"a create waited {took:.2f} s on another file's cache lookup"
+        finally:
+            second.cleanup()
+    finally:
+        first.cleanup()
 
 
 def test_remount_reuses_cached_copy_while_etag_unchanged(tmp_path):
