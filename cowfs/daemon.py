@@ -45,6 +45,14 @@ log = logging.getLogger(__name__)
 READY_FD_ENV = "COWFS_READY_FD"
 THREADS = 32
 M_ARENA_MAX = -8
+#: Seconds a thread waiting for the GIL lets its holder run before asking for it
+#: (CPython's default is 5 ms). The thread serving the kernel gives the GIL up
+#: on every system call, and while worker threads run uploads, downloads or
+#: cache bookkeeping it waited up to that long to get it back, once per call.
+#: Three interleaved rounds of 3 runs on moto, 0.5 against 5 ms (medians): a
+#: cold read of 1000 small files 4.3 against 5.5 s, an untar 3.5 against 3.9 s;
+#: small creates, with no worker busy beside them, alike.
+GIL_SWITCH_INTERVAL = 0.0005
 
 
 @dataclass
@@ -152,8 +160,7 @@ def serve(opts: MountOptions, store: ObjectStore) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         raise CowfsError(f"cache directory {cache_dir} is in use by another cowfs daemon") from None
-    _raise_fd_limit()
-    _limit_malloc_arenas()
+    _tune_process()
     journal = Journal(cache_dir / "journal")
     report = replay(store, journal)
     if report.lines():
@@ -243,6 +250,13 @@ async def _serve(
         pyfuse3.close(unmount=True)
         if unmounted:
             log.info("unmounted %s; every pending change is in the store", opts.mountpoint)
+
+
+def _tune_process() -> None:
+    """Process-wide settings the daemon needs: descriptors, malloc arenas, GIL hand-over."""
+    _raise_fd_limit()
+    _limit_malloc_arenas()
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
 
 
 def _limit_malloc_arenas() -> None:

@@ -17,6 +17,7 @@ import os
 import resource
 import shutil
 import stat
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ from unittest import mock
 import pytest
 from mounting import Mount, is_mounted, require_fuse
 
+from cowfs import daemon
 from cowfs.attrs import DEFAULT_DIR_MODE, DEFAULT_FILE_MODE
 from cowfs.journal import SPARE_AHEAD
 from cowfs.store.local import LocalStore
@@ -429,3 +431,15 @@ def test_a_walk_of_a_folder_larger_than_one_subtree_listing_finds_every_file(tmp
     found = {os.path.relpath(os.path.join(folder, name), mount.path)
              for folder, _, names in os.walk(mount.path / "t1" / "ws1" / "big") for name in names}
     assert len(found) == len(files) and found == set(files)
+
+
+def test_the_daemon_hands_the_gil_back_to_the_kernel_thread_within_half_a_millisecond():
+    before = sys.getswitchinterval()
+    try:
+        daemon._tune_process()
+        assert sys.getswitchinterval() == pytest.approx(daemon.GIL_SWITCH_INTERVAL)
+        assert daemon.GIL_SWITCH_INTERVAL <= 0.0005
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        assert soft == hard
+    finally:
+        sys.setswitchinterval(before)
