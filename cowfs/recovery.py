@@ -15,6 +15,7 @@ from .journal import (
     BODY_INLINE,
     BODY_METADATA_ONLY,
     BODY_STAGING,
+    DeleteRecord,
     Journal,
     committed_body,
     plan_replay,
@@ -39,9 +40,15 @@ class Report:
 
 
 def replay(store: ObjectStore, journal: Journal) -> Report:
-    """Apply every intent in ``journal`` to ``store``, then clear the journal."""
+    """Apply every intent in ``journal`` to ``store``, then clear the journal.
+
+    A delete that a put of the same key superseded is not applied, but it is
+    settled with the rest: left in the log, the next replay would apply it
+    alone and delete the file the put had restored.
+    """
     report = Report()
-    deletes, puts = plan_replay(journal.records())
+    records = journal.records()
+    deletes, puts = plan_replay(records)
     if deletes:
         store.delete_many(deletes)
         report.deleted.extend(deletes)
@@ -65,10 +72,11 @@ def replay(store: ObjectStore, journal: Journal) -> Report:
             store.put(record.key, record.inline, record.metadata)
         report.uploaded.append(record.key)
         journal.remove_put(record.rid)
-    for key in deletes:
-        journal.remove_delete(key)
-    journal.clear_staging()
+    for record in records:
+        if isinstance(record, DeleteRecord):
+            journal.remove_delete(record.key)
     journal.compact()
+    journal.reclaim_staging()
     for line in report.lines():
         log.info("journal replay: %s", line)
     return report

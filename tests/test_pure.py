@@ -254,6 +254,47 @@ def test_replay_reports_a_version_whose_bytes_did_not_reach_the_disk_and_uploads
     assert journal.records() == []
 
 
+def test_replay_settles_a_delete_that_a_put_of_the_same_key_superseded(tmp_path):
+    """unlink then create of one name, then a crash: the next mount after the
+    recovering one must not replay the delete alone."""
+    from cowfs.recovery import replay
+    from cowfs.store.local import LocalStore
+
+    store = LocalStore(tmp_path / "store")
+    journal = Journal(tmp_path / "j")
+    journal.write_delete("t/w/f")
+    journal.write_put(PutRecord("r1", "t/w/f", "inline", None, {}, b"new", 3))
+    journal.sync_to_disk()
+    assert replay(store, journal).uploaded == ["t/w/f"]
+    assert journal.records() == []
+    journal.close()
+    again = Journal(tmp_path / "j")
+    assert replay(store, again).lines() == []
+    assert store.get("t/w/f")[0] == b"new"
+    again.close()
+
+
+def test_replay_keeps_the_empty_staging_files_it_finds_as_spares(tmp_path):
+    from cowfs.recovery import replay
+    from cowfs.store.local import LocalStore
+
+    journal = Journal(tmp_path / "j")
+    empty = {"0fa1c0de00000001": None, "0fa1c0de00000002": None}
+    for name in empty:
+        (journal.data / name).touch()
+        empty[name] = (journal.data / name).stat().st_ino
+    (journal.data / "0fa1c0de00000003").write_bytes(b"bytes of a settled version")
+    replay(LocalStore(tmp_path / "store"), journal)
+    assert not (journal.data / "0fa1c0de00000003").exists()
+    taken = {}
+    for _ in empty:
+        staging, fd = journal.create_staging()
+        taken[staging] = os.fstat(fd).st_ino
+        os.close(fd)
+    assert taken == empty, "the same files, not new ones"
+    journal.close()
+
+
 def test_layout_rules_by_depth():
     from cowfs import layout
     from cowfs.errors import NotPermitted
