@@ -159,8 +159,7 @@ class ContentCache:
         The descriptor stays valid even if the entry is evicted meanwhile.
         With ``wait=False``, raises ``CacheBusy`` rather than wait for a writer.
         """
-        cache = self._handle(wait)
-        with _busy(wait):
+        with self._lookup(wait) as cache:
             reader, tag = cache.get(_data(key), read=True, tag=True)
             if reader is None:
                 return None
@@ -218,8 +217,8 @@ class ContentCache:
 
         With ``wait=False``, raises ``CacheBusy`` rather than wait for a writer.
         """
-        with _busy(wait):
-            entry = self._handle(wait).get(_meta(key))
+        with self._lookup(wait) as cache:
+            entry = cache.get(_meta(key))
         if entry is None or entry[0] != etag:
             return None
         return entry[1]
@@ -232,19 +231,17 @@ class ContentCache:
         """Bytes the cache occupies on disk."""
         return self._cache.volume()
 
-    def _handle(self, wait: bool) -> diskcache.Cache:
-        return self._cache if wait else self._now
-
-
-@contextlib.contextmanager
-def _busy(wait: bool) -> Iterator[None]:
-    """Turn a non-waiting handle's timeout into ``CacheBusy`` (which ``_best_effort`` lets through)."""
-    try:
-        yield
-    except diskcache.Timeout:
+    @contextlib.contextmanager
+    def _lookup(self, wait: bool) -> Iterator[diskcache.Cache]:
+        """The handle for a lookup; the non-waiting one's timeout becomes ``CacheBusy``
+        (which ``_best_effort`` lets through)."""
         if wait:
-            raise
-        raise CacheBusy from None
+            yield self._cache
+            return
+        try:
+            yield self._now
+        except diskcache.Timeout:
+            raise CacheBusy from None
 
 
 def _data(key: str) -> str:

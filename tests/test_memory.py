@@ -433,13 +433,27 @@ def test_a_walk_of_a_folder_larger_than_one_subtree_listing_finds_every_file(tmp
     assert len(found) == len(files) and found == set(files)
 
 
-def test_the_daemon_hands_the_gil_back_to_the_kernel_thread_within_half_a_millisecond():
+def test_the_daemon_hands_the_gil_back_to_the_kernel_thread_within_half_a_millisecond(tmp_path):
+    """``_tune_process`` sets the switch interval; a mounted daemon shows it ran
+    there too, by the descriptor limit the same call raises."""
     before = sys.getswitchinterval()
     try:
         daemon._tune_process()
         assert sys.getswitchinterval() == pytest.approx(daemon.GIL_SWITCH_INTERVAL)
         assert daemon.GIL_SWITCH_INTERVAL <= 0.0005
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        assert soft == hard
     finally:
         sys.setswitchinterval(before)
+    require_fuse()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))
+    mount = Mount(f"file://{tmp_path / 'store'}", tmp_path / "mnt", tmp_path / "cache", [])
+    try:
+        mount.start()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        assert mount.proc is not None
+        limits = Path(f"/proc/{mount.proc.pid}/limits").read_text()
+        line = next(line for line in limits.splitlines() if line.startswith("Max open files"))
+        assert line.split()[3:5] == [str(hard), str(hard)], line
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        mount.cleanup()
