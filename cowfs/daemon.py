@@ -53,6 +53,11 @@ M_ARENA_MAX = -8
 #: cold read of 1000 small files 4.3 against 5.5 s, an untar 3.5 against 3.9 s;
 #: small creates, with no worker busy beside them, alike.
 GIL_SWITCH_INTERVAL = 0.0005
+#: The kernel's read-ahead for the mount, KiB. Its default, 128, cuts every
+#: sequential read into 128 KiB FUSE requests; with this much it sends 1 MiB
+#: ones (the most a request carries) and keeps several in flight. A cold read
+#: of 128 MiB from moto: 0.33-0.43 s at 128, 0.23-0.29 s at 4096.
+READ_AHEAD_KIB = 4096
 
 
 @dataclass
@@ -274,6 +279,18 @@ def _raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def _widen_read_ahead(device: int) -> None:
+    """Set the mount's read-ahead to ``READ_AHEAD_KIB`` (root only; others keep the kernel's).
+
+    Only once the kernel has the daemon's answer to FUSE_INIT: that answer
+    caps the read-ahead at what it proposed, 128 KiB.
+    """
+    try:
+        Path(f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb").write_text(f"{READ_AHEAD_KIB}\n")
+    except OSError as exc:
+        log.info("read-ahead left at the kernel's default: %s", exc)
+
+
 async def _group_commit(journal: Journal) -> None:
     """One batch of fsyncs for every batch of closes: on the disk within ``GROUP_COMMIT`` seconds."""
     while True:
@@ -298,7 +315,8 @@ async def _stop_on_signal(sync_all: Callable[[], Awaitable[None]]) -> None:
 
 async def _announce_ready(mountpoint: Path) -> None:
     """Tell whoever started us (background parent) once the mount answers a stat."""
-    await trio.to_thread.run_sync(os.stat, mountpoint)
+    answered = await trio.to_thread.run_sync(os.stat, mountpoint)
+    _widen_read_ahead(answered.st_dev)
     log.info("mounted at %s", mountpoint)
     notify("READY=1")
     fd = os.environ.pop(READY_FD_ENV, None)

@@ -59,12 +59,13 @@ from .errors import (
     Unsupported,
 )
 from .fds import copy_fd
+from .fetch import Fetch
 from . import layout
 from .journal import BODY_EMPTY, BODY_INLINE, BODY_METADATA_ONLY, BODY_STAGING, Journal, PutRecord
 from .keys import KeyMap
 from .names import component, is_listable
 from .store import ListPage, ObjectInfo, ObjectStore
-from .threads import blocking
+from .threads import Stall, blocking
 from .writeback import Upload, WriteBack
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ class Node:
         "etag", "remote", "shadows", "meta_known", "attached", "target", "children", "listed_at", "staging",
         "committed", "committed_size", "clean_size", "write_failed", "condition", "fd", "open_count", "writers",
         "dirty", "version", "content_gen", "kernel_gen", "touched", "virtual", "pinned", "lookups", "_lock",
-        "_rid", "source", "used_at", "walked_at", "checked_at",
+        "_rid", "source", "used_at", "walked_at", "checked_at", "fetch",
     )
 
     def __init__(self, ino: int, kind: str, name: str, parent: Node | None, attrs: Attrs) -> None:
@@ -146,6 +147,8 @@ class Node:
         self.write_failed = False
         self.condition = "etag"
         self.fd: int | None = None
+        #: The download of the clean bytes under way, while ``fd`` is None.
+        self.fetch: Fetch | None = None
         self.open_count = 0
         self.writers = 0
         self.dirty = False
@@ -345,8 +348,9 @@ class Namespace:
 
     # -- helpers ------------------------------------------------------------
 
-    async def _io(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """A store call on a worker thread, failing with EIO after ``store_timeout``.
+    async def _io(self, fn: Callable[..., Any], *args: Any, stall: Stall | None = None) -> Any:
+        """A store call on a worker thread, failing with EIO after ``store_timeout``
+        (with ``stall``, after that long without progress).
 
         While a caller waits on one, the write-back engine starts no new work.
         """
@@ -354,7 +358,7 @@ class Namespace:
         if waiting:
             self.writeback.foreground_started()
         try:
-            return await blocking(fn, *args, limiter=self.limiter, timeout=self.store_timeout)
+            return await blocking(fn, *args, limiter=self.limiter, timeout=stall or self.store_timeout)
         except (ObjectNotFound, PreconditionFailed):
             raise
         except StoreError:
@@ -1136,20 +1140,59 @@ class Namespace:
             self._modified(node, 0)
 
     async def _clean_fd(self, node: Node) -> int:
-        """A descriptor on the clean bytes of ``node``: cache hit, else download."""
+        """A descriptor on the clean bytes of ``node`` (``node.lock`` held): cache hit, else the whole download."""
+        while node.fd is None:
+            fetch = await self._start_fetch(node)
+            if fetch is not None:
+                await fetch.ended()
+        return node.fd
+
+    async def _start_fetch(self, node: Node) -> Fetch | None:
+        """With ``node.lock`` held: the clean bytes from the cache (``node.fd`` set, None
+        returned), else the download that brings them, started in the background
+        when none is under way."""
         if node.fd is not None:
-            return node.fd
+            return None
+        if node.fetch is not None:
+            return node.fetch
         key = self.key(node)
         fd = await self._cached(self.cache.open, key, node.etag) if node.etag else None
-        if fd is None:
-            asked = self.clock()
-            fd, info = await self._io(self._download, key)
-            node.checked_at = asked
-            if info.etag != node.etag:
-                node.etag, node.size = info.etag, info.size
-                self._apply_meta(node, info.metadata or {}, info.last_modified)
+        if fd is not None:
+            node.fd = fd
+            return None
+        fetch = node.fetch = Fetch(self.store_timeout)
+        if self._background is None:
+            await self._fetch(node, fetch, key)
+        else:
+            self._background.start_soon(self._fetch, node, fetch, key)
+        return fetch
+
+    async def _fetch(self, node: Node, fetch: Fetch, key: str) -> None:
+        """Download ``node``'s object beside its readers; once whole, the node keeps
+        the descriptor (unless it left the table or took a staging file meanwhile)."""
+        asked = self.clock()
+        try:
+            fd, info = await self._io(self._download, key, fetch, stall=fetch.stall)
+        except BaseException as exc:
+            log.debug("download of %s failed: %s", key, exc)
+            fetch.close()
+            fetch.finish(exc if isinstance(exc, Exception) else StoreError(f"the download of {key} was stopped"))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        finally:
+            if node.fetch is fetch:
+                node.fetch = None
+        fetch.hand_over()
+        fetch.finish()
+        if node.fd is not None or self.inodes.get(node.ino) is not node:
+            os.close(fd)
+            return
+        node.checked_at = asked
+        if info.etag != node.etag:
+            node.etag, node.size = info.etag, info.size
+            self._apply_meta(node, info.metadata or {}, info.last_modified)
         node.fd = fd
-        return fd
 
     async def _cached(self, lookup: Callable[..., Any], key: str, etag: str) -> Any:
         """A cache lookup that never holds up the event loop: when a worker thread is
@@ -1166,21 +1209,29 @@ class Namespace:
             self.cache.put_meta(key, info.etag, info.metadata or {})
         return info
 
-    def _download(self, key: str) -> tuple[int, ObjectInfo]:
+    def _download(self, key: str, fetch: Fetch | None = None) -> tuple[int, ObjectInfo]:
         """Fetch a whole object into the cache; blocking, runs on a worker thread.
 
         The download is moved into the cache, not copied; the returned
-        descriptor is read-only, since the file is now the cache's.
+        descriptor is read-only, since the file is now the cache's. With
+        ``fetch``, that descriptor is the fetch's from the start, and each piece
+        is reported to it as it lands.
         """
         fd, name = tempfile.mkstemp(dir=self.tmp_dir)
         path = Path(name)
         try:
             with os.fdopen(fd, "r+b") as tmp:
+                reader = os.open(path, os.O_RDONLY)
                 try:
-                    info = self.store.get_to_file(key, tmp)
-                except ObjectNotFound:
-                    raise NotFound(key) from None
-            reader = os.open(path, os.O_RDONLY)
+                    if fetch is not None:
+                        fetch.adopt(reader)
+                    info = self.store.get_to_file(key, tmp, fetch.report if fetch else None)
+                except BaseException as exc:
+                    if fetch is None:
+                        os.close(reader)
+                    if isinstance(exc, ObjectNotFound):
+                        raise NotFound(key) from None
+                    raise
             self.cache.move_in(key, info.etag, path, info.metadata or {})
             return reader, info
         finally:
@@ -1191,9 +1242,16 @@ class Namespace:
         if handle.data is not None:
             return handle.data[offset:offset + size]
         node = handle.node
-        if node.fd is None:
-            async with node.lock:
-                await self._clean_fd(node)
+        while node.fd is None:
+            fetch = node.fetch
+            if fetch is None:
+                async with node.lock:
+                    fetch = await self._start_fetch(node)
+                if fetch is None:
+                    break
+            await fetch.wait_for(offset, size)
+            if fetch.fd is not None and node.fd is None:
+                return os.pread(fetch.fd, size, offset)
         return os.pread(node.fd, size, offset)
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:

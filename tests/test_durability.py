@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 from pathlib import Path
@@ -18,6 +19,7 @@ from faultproxy import ERROR, HANG, PASS, REFUSE, FaultProxy
 from mounting import cowfs, is_mounted
 
 HERE = Path(__file__).parent
+MiB = 1024 * 1024
 
 
 def keys(bucket, prefix: str = "") -> dict[str, bytes]:
@@ -170,6 +172,63 @@ def test_outage_reads_cached_ok_uncached_eio_within_timeout(mount_factory, s3_bu
     assert sorted(os.listdir(ws)) == ["cached.txt", "remote.txt"]
     proxy.set_mode(PASS)
     assert (ws / "remote.txt").read_bytes() == remote
+
+
+def _remote_file(s3_bucket, name: str, size: int) -> bytes:
+    data = os.urandom(size)
+    s3_bucket.client.put_object(Bucket=s3_bucket.name, Key=f"t1/ws1/{name}", Body=data)
+    return data
+
+
+def test_a_large_file_answers_its_first_reads_before_the_rest_arrives(mount_factory, s3_bucket, proxy):
+    data = _remote_file(s3_bucket, "big.bin", 24 * MiB)
+    m = mount_factory("head", extra=["--endpoint-url", proxy.endpoint])
+    path = m.path / "t1" / "ws1" / "big.bin"
+    assert path.stat().st_size == len(data)
+    proxy.hold(after_bytes=4 * MiB)
+    releaser = threading.Timer(20, proxy.release)
+    releaser.start()
+    try:
+        with open(path, "rb", buffering=0) as f:
+            head = f.read(64 * 1024)
+            assert proxy.holding, "the first read waited for the whole object"
+            proxy.release()
+            rest = f.read()
+    finally:
+        releaser.cancel()
+        proxy.release()
+    assert head + rest == data
+
+
+def test_a_download_that_keeps_coming_may_outlast_the_store_timeout(mount_factory, s3_bucket, proxy):
+    data = _remote_file(s3_bucket, "slow.bin", 12 * MiB)
+    m = mount_factory("slow", extra=["--endpoint-url", proxy.endpoint, "--store-timeout", "2"])
+    path = m.path / "t1" / "ws1" / "slow.bin"
+    assert path.stat().st_size == len(data)
+    proxy.throttle(3 * MiB)
+    started = time.monotonic()
+    assert path.read_bytes() == data
+    assert time.monotonic() - started > 3, "the download was not slowed down"
+
+
+def test_a_download_that_stalls_fails_the_reads_past_it_then_recovers(mount_factory, s3_bucket, proxy):
+    data = _remote_file(s3_bucket, "stall.bin", 24 * MiB)
+    m = mount_factory("stall", extra=["--endpoint-url", proxy.endpoint, "--store-timeout", "2"])
+    path = m.path / "t1" / "ws1" / "stall.bin"
+    assert path.stat().st_size == len(data)
+    proxy.hold(after_bytes=4 * MiB)
+    try:
+        with open(path, "rb", buffering=0) as f:
+            assert f.read(4096) == data[:4096]
+            started = time.monotonic()
+            f.seek(20 * MiB)
+            with pytest.raises(OSError) as exc:
+                f.read(4096)
+            assert exc.value.errno == errno.EIO
+            assert time.monotonic() - started < 15
+    finally:
+        proxy.release()
+    assert path.read_bytes() == data
 
 
 def test_two_mounts_close_to_open_and_conflicts_keep_both(mount_factory, s3_bucket):

@@ -457,3 +457,20 @@ def test_the_daemon_hands_the_gil_back_to_the_kernel_thread_within_half_a_millis
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         mount.cleanup()
+
+
+def test_a_mount_reads_ahead_in_requests_of_a_mebibyte(tmp_path):
+    """The kernel's 128 KiB read-ahead cut sequential reads into 128 KiB requests;
+    the daemon widens it once the kernel has its FUSE_INIT answer."""
+    require_fuse()
+    mount = Mount(f"file://{tmp_path / 'store'}", tmp_path / "mnt", tmp_path / "cache", [])
+    try:
+        mount.start()
+        device = os.stat(mount.path).st_dev
+        bdi = Path(f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb")
+        deadline = time.monotonic() + 10  # set right after the daemon's own first stat answered
+        while int(bdi.read_text()) != daemon.READ_AHEAD_KIB and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert int(bdi.read_text()) == daemon.READ_AHEAD_KIB >= 1024
+    finally:
+        mount.cleanup()

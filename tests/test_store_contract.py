@@ -12,12 +12,13 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO, Iterator
 
 import pytest
 from botocore.exceptions import ClientError, NoCredentialsError, ReadTimeoutError
 
 from cowfs.errors import AccessDenied, ObjectNotFound, PreconditionFailed, StoreError, UsageError
+from cowfs.fetch import add_span
 from cowfs.store import ObjectStore, default_store_path, open_store
 from cowfs.store.local import LocalStore
 from cowfs.store.s3 import S3Store, _store_error
@@ -100,6 +101,31 @@ def test_get_to_file(store: ObjectStore, tmp_path: Path, size: int) -> None:
         assert out.tell() == size
     assert sha256_of(out_path) == hashlib.sha256(content).hexdigest()
     assert (info.size, info.etag, info.metadata) == (size, etag, META)
+
+
+def _spans_heard(out: BinaryIO, base: int, content: bytes) -> tuple[list[tuple[int, int]], Any]:
+    """A progress callback checking that each reported piece is in ``out`` already, and what it heard."""
+    spans: list[tuple[int, int]] = []
+    lock = threading.Lock()
+
+    def progress(info: Any, start: int, end: int) -> None:
+        assert info.size == len(content)
+        assert os.pread(out.fileno(), end - start, base + start) == content[start:end], "reported before written"
+        with lock:
+            spans[:] = add_span(spans, start, end)
+
+    return spans, progress
+
+
+@pytest.mark.parametrize("size", [0, 1000, LARGE], ids=["empty", "small", "large"])
+def test_get_to_file_reports_each_piece_once_it_is_in_the_file(store: ObjectStore, tmp_path: Path, size: int) -> None:
+    content = os.urandom(size)
+    store.put("blob", content, {})
+    with open(tmp_path / "out", "w+b") as out:
+        out.write(b"head")
+        spans, progress = _spans_heard(out, 4, content)
+        store.get_to_file("blob", out, progress)
+    assert spans == ([(0, size)] if size else [])
 
 
 def test_get_to_file_writes_from_current_position(store: ObjectStore, tmp_path: Path) -> None:
@@ -547,9 +573,11 @@ def test_s3_download_splits_a_slow_stream_into_a_few_large_ranges(s3_bucket: S3B
     content = os.urandom(13 * MiB + 5)
     s3_bucket.client.put_object(Bucket=s3_bucket.name, Key="big", Body=content)
     requests = _ranged_gets(store)
-    with open(tmp_path / "out", "wb") as out:
-        store.get_to_file("big", out)
+    with open(tmp_path / "out", "w+b") as out:
+        spans, progress = _spans_heard(out, 0, content)
+        store.get_to_file("big", out, progress)
     assert (tmp_path / "out").read_bytes() == content
+    assert spans == [(0, len(content))], "the stream's and the ranges' pieces are all reported"
     assert store.lean is not None and store.lean.served == 1, "the stream goes the lean way"
     assert len(requests) == DOWNLOAD_STREAMS and all(r.startswith("bytes=") for r in requests), requests
     assert int(requests[0][6:].split("-")[0]) > MiB, "the ranges start where the stream stops"

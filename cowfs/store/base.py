@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,11 @@ class ListPage:
     objects: list[ObjectInfo] = field(default_factory=list)
     prefixes: list[str] = field(default_factory=list)
     more: bool = False
+
+
+#: Told, from whichever thread wrote them, that bytes ``[start, end)`` of the
+#: object ``info`` describes are in the file being downloaded into.
+Progress = Callable[[ObjectInfo, int, int], None]
 
 
 class ObjectStore(abc.ABC):
@@ -66,8 +71,12 @@ class ObjectStore(abc.ABC):
         """Bytes ``[start, end)`` of the object (whole object when both None)."""
 
     @abc.abstractmethod
-    def get_to_file(self, key: str, out: BinaryIO) -> ObjectInfo:
-        """Write the whole object into ``out``; return its info."""
+    def get_to_file(self, key: str, out: BinaryIO, progress: Progress | None = None) -> ObjectInfo:
+        """Write the whole object into ``out`` from its current position; return its info.
+
+        ``progress`` hears of every piece once it is in ``out``'s file (offsets
+        within the object), so that readers need not wait for the whole object.
+        """
 
     @abc.abstractmethod
     def put(

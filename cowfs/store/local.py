@@ -19,7 +19,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import sqlite3
 import threading
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from ..errors import AccessDenied, ObjectNotFound, PreconditionFailed, StoreError
-from .base import ListPage, ObjectInfo, ObjectStore
+from .base import ListPage, ObjectInfo, ObjectStore, Progress
 
 BUSY_TIMEOUT = 60.0  # seconds a writer waits for another process's transaction
 CHUNK = 1024 * 1024
@@ -86,11 +85,17 @@ class LocalStore(ObjectStore):
                 last = info.size if end is None else min(end, info.size)
                 return os.pread(blob.fileno(), max(0, last - first), first), info
 
-    def get_to_file(self, key: str, out: BinaryIO) -> ObjectInfo:
+    def get_to_file(self, key: str, out: BinaryIO, progress: Progress | None = None) -> ObjectInfo:
         with self._guard("get", key):
             blob, info = self._open(key)
+            pos = 0
             with blob:
-                shutil.copyfileobj(blob, out, CHUNK)
+                while chunk := blob.read(CHUNK):
+                    out.write(chunk)
+                    if progress is not None:
+                        out.flush()
+                        progress(info, pos, pos + len(chunk))
+                    pos += len(chunk)
             return info
 
     def put(

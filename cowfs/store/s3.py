@@ -29,7 +29,7 @@ from botocore.exceptions import (
 )
 
 from ..errors import AccessDenied, ObjectNotFound, PreconditionFailed, StoreError
-from .base import ListPage, ObjectInfo, ObjectStore
+from .base import ListPage, ObjectInfo, ObjectStore, Progress
 from .lean import META, LeanRequests, headers_info
 
 T = TypeVar("T")
@@ -138,7 +138,7 @@ class S3Store(ObjectStore):
                 return b"", self.head(key)
             return response["Body"].read(), _info(key, response)
 
-    def get_to_file(self, key: str, out: BinaryIO) -> ObjectInfo:
+    def get_to_file(self, key: str, out: BinaryIO, progress: Progress | None = None) -> ObjectInfo:
         """Stream the object into ``out`` from its current position.
 
         One GET streams the whole object. When, past its first
@@ -156,6 +156,7 @@ class S3Store(ObjectStore):
         base, fd = out.tell(), out.fileno()
         with self._translated(f"get {self._where(key)}"), ThreadPoolExecutor(DOWNLOAD_STREAMS) as pool:
             info, body = self._stream(key)
+            told = progress or _unheard
             parts: list[Future[None]] = []
             pos = 0
             try:
@@ -164,14 +165,15 @@ class S3Store(ObjectStore):
                     chunk = _read_some(body, min(CHUNK, end - pos))
                     if not chunk:  # the stream broke: boto3, with its retries, fetches the rest
                         log.info("get %s: the stream broke at byte %d of %d", self._where(key), pos, end)
-                        self._fetch_range(key, info, fd, base, pos, end - pos)
+                        self._fetch_range(key, info, fd, base, pos, end - pos, told)
                         break
                     _pwrite_all(fd, chunk, base + pos)
+                    told(info, pos, pos + len(chunk))
                     pos += len(chunk)
                     if not parts and pos >= self.multipart_threshold:
                         end = self._split_point(pos, info.size, time.monotonic() - started)
                         part_size = max(self.part_size, -(-(info.size - end) // DOWNLOAD_STREAMS))
-                        parts = [pool.submit(self._fetch_range, key, info, fd, base, offset, part_size)
+                        parts = [pool.submit(self._fetch_range, key, info, fd, base, offset, part_size, told)
                                  for offset in range(end, info.size, part_size)]
             finally:
                 _let_go(body, read_all=pos == info.size)
@@ -196,7 +198,9 @@ class S3Store(ObjectStore):
             return size
         return pos + max(self.part_size, -(-rest // (DOWNLOAD_STREAMS + 1)))
 
-    def _fetch_range(self, key: str, info: ObjectInfo, fd: int, base: int, offset: int, size: int) -> None:
+    def _fetch_range(
+        self, key: str, info: ObjectInfo, fd: int, base: int, offset: int, size: int, told: Progress
+    ) -> None:
         """Bytes ``[offset, offset + size)`` of the version ``info`` names, written at ``base + offset``."""
         last = min(offset + size, info.size) - 1
         part = self._client.get_object(
@@ -204,6 +208,7 @@ class S3Store(ObjectStore):
         )
         for chunk in part["Body"].iter_chunks(CHUNK):
             _pwrite_all(fd, chunk, base + offset)
+            told(info, offset, offset + len(chunk))
             offset += len(chunk)
 
     def put(
@@ -454,6 +459,10 @@ def _let_go(body: Any, read_all: bool) -> None:
         body.close()
     if hasattr(body, "release_conn"):
         body.release_conn()
+
+
+def _unheard(info: ObjectInfo, start: int, end: int) -> None:
+    """The progress of a download nobody asked to hear of."""
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:

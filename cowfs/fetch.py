@@ -1,0 +1,127 @@
+"""A download under way, for readers that need only part of it.
+
+A large object's first bytes are on the disk long before its last: a reader
+waits for the bytes it asked for, not for the whole object. A cold ``head``
+of a big log answers at once, and a sequential reader works beside the
+download instead of after it.
+
+The downloading thread tells of each piece it wrote (``report``, any
+thread); the trio thread records it and wakes the readers. The descriptor
+readers use is handed over or closed only on the trio thread (``close``), so
+a reader that checked it and reads at once never reads a closed or reused
+descriptor.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import trio
+
+from .errors import StoreError
+from .store import ObjectInfo
+from .threads import Stall
+
+
+def add_span(spans: list[tuple[int, int]], start: int, end: int) -> list[tuple[int, int]]:
+    """``spans`` (sorted, disjoint, none touching) with ``[start, end)`` merged in."""
+    out: list[tuple[int, int]] = []
+    for s, e in spans:
+        if e < start or end < s:
+            out.append((s, e))
+        else:
+            start, end = min(s, start), max(e, end)
+    out.append((start, end))
+    out.sort()
+    return out
+
+
+def covered(spans: list[tuple[int, int]], start: int, end: int) -> bool:
+    """Whether ``[start, end)`` lies in one of ``spans`` (always, when empty)."""
+    return end <= start or any(s <= start and end <= e for s, e in spans)
+
+
+class Fetch:
+    """One object's download into a file of the cache: which bytes are there yet."""
+
+    def __init__(self, timeout: float) -> None:
+        #: Seconds without a piece after which the download is given up.
+        self.stall = Stall(timeout)
+        self.info: ObjectInfo | None = None
+        self.spans: list[tuple[int, int]] = []
+        self.done = False
+        self.error: BaseException | None = None
+        self._fd: int | None = None
+        self._closed = False
+        self._lock = threading.Lock()
+        self._changed = trio.Event()
+        self._token = trio.lowlevel.current_trio_token()
+
+    @property
+    def fd(self) -> int | None:
+        """A read-only descriptor on the file, until the download hands it on or fails."""
+        return self._fd
+
+    def adopt(self, fd: int) -> None:
+        """The download's reading descriptor (from its thread, before any piece)."""
+        with self._lock:
+            if not self._closed:
+                self._fd = fd
+                return
+        os.close(fd)
+        raise StoreError("the download was given up")
+
+    def report(self, info: ObjectInfo, start: int, end: int) -> None:
+        """Bytes ``[start, end)`` of the object are in the file (any thread)."""
+        self._token.run_sync_soon(self._arrived, info, start, end)
+
+    def _arrived(self, info: ObjectInfo, start: int, end: int) -> None:
+        if self.done:
+            return
+        self.info = info
+        self.spans = add_span(self.spans, start, end)
+        self.stall.moved()
+        self._wake()
+
+    def finish(self, error: BaseException | None = None) -> None:
+        """The download ended (trio thread); ``error`` goes to every reader still waiting."""
+        self.done, self.error = True, error
+        self._wake()
+
+    def hand_over(self) -> int | None:
+        """The descriptor, for the node to keep once the download is whole (trio
+        thread); reads are no longer served from it through this fetch."""
+        with self._lock:
+            self._closed, fd, self._fd = True, self._fd, None
+        return fd
+
+    def close(self) -> None:
+        """Stop serving reads from the file and close its descriptor (trio thread)."""
+        fd = self.hand_over()
+        if fd is not None:
+            os.close(fd)
+
+    def has(self, offset: int, size: int) -> bool:
+        """Whether a read of ``size`` bytes at ``offset`` can be answered from the file now."""
+        if self.info is None:
+            return False
+        return covered(self.spans, offset, min(offset + size, self.info.size))
+
+    async def wait_for(self, offset: int, size: int) -> None:
+        """Until those bytes are in the file or the download ended; its error if it failed."""
+        while not (self.has(offset, size) or self.done):
+            await self._changed.wait()
+        if self.error is not None:
+            raise self.error
+
+    async def ended(self) -> None:
+        """Until the download ended; its error if it failed."""
+        while not self.done:
+            await self._changed.wait()
+        if self.error is not None:
+            raise self.error
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
