@@ -5,7 +5,12 @@ waits for the bytes it asked for, not for the whole object. A cold ``head``
 of a big log answers at once, and a sequential reader works beside the
 download instead of after it.
 
-The downloading thread tells of each piece it wrote (``report``, any
+A read far ahead of the stream (``tail`` of a big log, the index at the end
+of an archive, a database's pages) does not wait for the stream to get
+there: ``to_ask`` names the bytes a ranged GET should bring into the same
+file, a window ahead of the reader, and the stream goes on beside it.
+
+The downloading threads tell of each piece they wrote (``report``, any
 thread); the trio thread records it and wakes the readers. The descriptor
 readers use is handed over or closed only on the trio thread (``close``), so
 a reader that checked it and reads at once never reads a closed or reused
@@ -23,6 +28,13 @@ from .errors import StoreError
 from .store import ObjectInfo
 from .threads import Stall
 
+MiB = 1024 * 1024
+#: A read this far past the stream's front gets a ranged GET of its own: at
+#: ~100 MB/s, more than a request's round trip away.
+FAR = 8 * MiB
+#: The bytes such a GET brings, from the read on.
+RANGE = 4 * MiB
+
 
 def add_span(spans: list[tuple[int, int]], start: int, end: int) -> list[tuple[int, int]]:
     """``spans`` (sorted, disjoint, none touching) with ``[start, end)`` merged in."""
@@ -35,6 +47,13 @@ def add_span(spans: list[tuple[int, int]], start: int, end: int) -> list[tuple[i
     out.append((start, end))
     out.sort()
     return out
+
+
+def add_span_all(spans: list[tuple[int, int]], more: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Both lists of spans merged."""
+    for start, end in more:
+        spans = add_span(spans, start, end)
+    return spans
 
 
 def covered(spans: list[tuple[int, int]], start: int, end: int) -> bool:
@@ -50,6 +69,10 @@ class Fetch:
         self.stall = Stall(timeout)
         self.info: ObjectInfo | None = None
         self.spans: list[tuple[int, int]] = []
+        #: What ranged GETs were sent for.
+        self.asked: list[tuple[int, int]] = []
+        #: The file being downloaded into (under a temporary name until it is whole).
+        self.path = ""
         self.done = False
         self.error: BaseException | None = None
         self._fd: int | None = None
@@ -63,11 +86,11 @@ class Fetch:
         """A read-only descriptor on the file, until the download hands it on or fails."""
         return self._fd
 
-    def adopt(self, fd: int) -> None:
-        """The download's reading descriptor (from its thread, before any piece)."""
+    def adopt(self, fd: int, path: str) -> None:
+        """The download's reading descriptor and file (from its thread, before any piece)."""
         with self._lock:
             if not self._closed:
-                self._fd = fd
+                self._fd, self.path = fd, path
                 return
         os.close(fd)
         raise StoreError("the download was given up")
@@ -107,6 +130,34 @@ class Fetch:
         if self.info is None:
             return False
         return covered(self.spans, offset, min(offset + size, self.info.size))
+
+    def front(self) -> int:
+        """How far the stream has come (the bytes from the start that are in)."""
+        return self.spans[0][1] if self.spans and self.spans[0][0] == 0 else 0
+
+    def to_ask(self, offset: int) -> tuple[int, int] | None:
+        """The bytes a ranged GET should bring for a read at ``offset`` (then counted as
+        asked for): None while the stream is near, or when enough ahead of the read is
+        in or asked for already."""
+        if self.info is None or self.done or offset < self.front() + FAR:
+            return None
+        start, end = offset, self.info.size
+        for s, e in add_span_all(self.asked, self.spans):
+            if s <= start < e:
+                start = e
+            elif start < s:
+                end = s
+                break
+        end = min(end, start + RANGE)
+        if start >= end or start - offset >= RANGE // 2:
+            return None
+        self.asked = add_span(self.asked, start, end)
+        return start, end
+
+    async def started(self) -> None:
+        """Until the object's info is known (its first piece is in) or the download ended."""
+        while self.info is None and not self.done:
+            await self._changed.wait()
 
     async def wait_for(self, offset: int, size: int) -> None:
         """Until those bytes are in the file or the download ended; its error if it failed."""

@@ -58,7 +58,7 @@ from .errors import (
     StoreError,
     Unsupported,
 )
-from .fds import copy_fd
+from .fds import copy_fd, pwrite_all
 from .fetch import Fetch
 from . import layout
 from .journal import BODY_EMPTY, BODY_INLINE, BODY_METADATA_ONLY, BODY_STAGING, Journal, PutRecord
@@ -1194,6 +1194,36 @@ class Namespace:
             self._apply_meta(node, info.metadata or {}, info.last_modified)
         node.fd = fd
 
+    async def _arrival(self, node: Node, fetch: Fetch, offset: int, size: int) -> None:
+        """Until the download has the bytes of a read; far ahead of its stream, a
+        ranged GET brings them (and a window after them) sooner."""
+        if not fetch.has(offset, size):
+            await fetch.started()
+            wanted = fetch.to_ask(offset)
+            if wanted is not None and self._background is not None:
+                self._background.start_soon(self._fetch_range, fetch, self.key(node), *wanted)
+        await fetch.wait_for(offset, size)
+
+    async def _fetch_range(self, fetch: Fetch, key: str, start: int, end: int) -> None:
+        try:
+            await self._io(self._download_range, fetch, key, start, end)
+        except (CowfsError, OSError) as exc:
+            log.debug("ranged GET of %s failed, the stream brings those bytes: %s", key, exc)
+
+    def _download_range(self, fetch: Fetch, key: str, start: int, end: int) -> None:
+        """Bytes ``[start, end)`` into the file the stream is filling, if they are of
+        its version; blocking. The file is opened by name: once whole it is the
+        cache's and renamed, and a range finishing after that has nothing to add."""
+        data, info = self.store.get(key, start, end)
+        if fetch.info is None or info.etag != fetch.info.etag:
+            return
+        fd = os.open(fetch.path, os.O_WRONLY)
+        try:
+            pwrite_all(fd, data, start)
+        finally:
+            os.close(fd)
+        fetch.report(info, start, start + len(data))
+
     async def _cached(self, lookup: Callable[..., Any], key: str, etag: str) -> Any:
         """A cache lookup that never holds up the event loop: when a worker thread is
         writing to the cache, it is repeated on a thread instead of waiting here."""
@@ -1224,7 +1254,7 @@ class Namespace:
                 reader = os.open(path, os.O_RDONLY)
                 try:
                     if fetch is not None:
-                        fetch.adopt(reader)
+                        fetch.adopt(reader, name)
                     info = self.store.get_to_file(key, tmp, fetch.report if fetch else None)
                 except BaseException as exc:
                     if fetch is None:
@@ -1249,7 +1279,7 @@ class Namespace:
                     fetch = await self._start_fetch(node)
                 if fetch is None:
                     break
-            await fetch.wait_for(offset, size)
+            await self._arrival(node, fetch, offset, size)
             if fetch.fd is not None and node.fd is None:
                 return os.pread(fetch.fd, size, offset)
         return os.pread(node.fd, size, offset)

@@ -200,6 +200,29 @@ def test_a_large_file_answers_its_first_reads_before_the_rest_arrives(mount_fact
     assert head + rest == data
 
 
+def test_a_read_far_past_the_stream_gets_its_bytes_by_a_ranged_get(mount_factory, s3_bucket, proxy):
+    """``tail`` of a big log, an archive's index at its end: not behind the whole stream."""
+    data = _remote_file(s3_bucket, "log.jsonl", 48 * MiB)
+    m = mount_factory("tail", extra=["--endpoint-url", proxy.endpoint])
+    path = m.path / "t1" / "ws1" / "log.jsonl"
+    assert path.stat().st_size == len(data)
+    proxy.hold(after_bytes=6 * MiB)  # the stream stops there; a ranged GET of the tail is smaller
+    releaser = threading.Timer(20, proxy.release)
+    releaser.start()
+    try:
+        with open(path, "rb", buffering=0) as f:
+            assert f.read(4096) == data[:4096]
+            f.seek(len(data) - 10_000)
+            tail = f.read()
+            assert proxy.holding, "the read of the tail waited for the stream"
+            proxy.release()
+    finally:
+        releaser.cancel()
+        proxy.release()
+    assert tail == data[-10_000:]
+    assert path.read_bytes() == data
+
+
 def test_a_download_that_keeps_coming_may_outlast_the_store_timeout(mount_factory, s3_bucket, proxy):
     data = _remote_file(s3_bucket, "slow.bin", 12 * MiB)
     m = mount_factory("slow", extra=["--endpoint-url", proxy.endpoint, "--store-timeout", "2"])

@@ -10,11 +10,12 @@ import pytest
 import trio
 
 from cowfs.errors import NotFound, StoreError
-from cowfs.fetch import Fetch, add_span, covered
+from cowfs.fetch import FAR, RANGE, Fetch, add_span, covered
 from cowfs.store import ObjectInfo
 from cowfs.threads import Stall, blocking
 
 INFO = ObjectInfo("big", 10_000, "etag", 0.0)
+MiB = 1024 * 1024
 
 
 @pytest.mark.parametrize(
@@ -46,7 +47,7 @@ def test_a_reader_waits_for_its_bytes_only(tmp_path: Path) -> None:
 
     async def main() -> None:
         fetch = Fetch(timeout=30)
-        fetch.adopt(os.open(path, os.O_RDONLY))
+        fetch.adopt(os.open(path, os.O_RDONLY), str(path))
 
         async def reader(name: str, offset: int, size: int) -> None:
             await fetch.wait_for(offset, size)
@@ -119,7 +120,7 @@ def test_a_download_given_up_refuses_its_descriptor(tmp_path: Path) -> None:
         fetch.close()
         fd = os.open(path, os.O_RDONLY)
         with pytest.raises(StoreError):
-            fetch.adopt(fd)
+            fetch.adopt(fd, str(path))
         with pytest.raises(OSError):
             os.fstat(fd)
 
@@ -150,3 +151,28 @@ def test_a_stall_timeout_counts_from_the_last_progress() -> None:
         assert trio.current_time() - started < 1.5
 
     trio.run(main)
+
+
+def _fetch_with(spans: list[tuple[int, int]], size: int = 64 * MiB) -> Fetch:
+    fetch = Fetch.__new__(Fetch)
+    fetch.info, fetch.spans, fetch.asked, fetch.done = ObjectInfo("big", size, "etag", 0.0), spans, [], False
+    return fetch
+
+
+def test_a_read_near_the_stream_waits_for_it() -> None:
+    fetch = _fetch_with([(0, 2 * MiB)])
+    assert fetch.to_ask(2 * MiB + FAR - 1) is None
+
+
+def test_a_read_far_ahead_asks_a_window_from_itself_on_then_slides_it() -> None:
+    fetch = _fetch_with([(0, 2 * MiB)])
+    at = 40 * MiB + 5
+    assert fetch.to_ask(at) == (at, at + RANGE)
+    assert fetch.to_ask(at + MiB) is None, "asked for already"
+    assert fetch.to_ask(at + RANGE // 2 + 1) == (at + RANGE, at + 2 * RANGE), "half the window read: the next one"
+
+
+def test_a_read_far_ahead_asks_nothing_past_the_end_nor_what_is_in() -> None:
+    fetch = _fetch_with([(0, MiB), (60 * MiB, 64 * MiB)])
+    assert fetch.to_ask(62 * MiB) is None
+    assert fetch.to_ask(59 * MiB) == (59 * MiB, 60 * MiB)

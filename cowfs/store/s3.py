@@ -29,6 +29,7 @@ from botocore.exceptions import (
 )
 
 from ..errors import AccessDenied, ObjectNotFound, PreconditionFailed, StoreError
+from ..fds import pwrite_all
 from .base import ListPage, ObjectInfo, ObjectStore, Progress
 from .lean import META, LeanRequests, headers_info
 
@@ -167,7 +168,7 @@ class S3Store(ObjectStore):
                         log.info("get %s: the stream broke at byte %d of %d", self._where(key), pos, end)
                         self._fetch_range(key, info, fd, base, pos, end - pos, told)
                         break
-                    _pwrite_all(fd, chunk, base + pos)
+                    pwrite_all(fd, chunk, base + pos)
                     told(info, pos, pos + len(chunk))
                     pos += len(chunk)
                     if not parts and pos >= self.multipart_threshold:
@@ -207,7 +208,7 @@ class S3Store(ObjectStore):
             Bucket=self.bucket, Key=self.prefix + key, Range=f"bytes={offset}-{last}", IfMatch=info.etag
         )
         for chunk in part["Body"].iter_chunks(CHUNK):
-            _pwrite_all(fd, chunk, base + offset)
+            pwrite_all(fd, chunk, base + offset)
             told(info, offset, offset + len(chunk))
             offset += len(chunk)
 
@@ -463,13 +464,6 @@ def _let_go(body: Any, read_all: bool) -> None:
 
 def _unheard(info: ObjectInfo, start: int, end: int) -> None:
     """The progress of a download nobody asked to hear of."""
-
-
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
 
 
 def _parallel(fn: Callable[[T], R], items: Sequence[T], workers: int) -> list[R]:
