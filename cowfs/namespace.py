@@ -58,7 +58,7 @@ from .errors import (
     StoreError,
     Unsupported,
 )
-from .fds import copy_fd, pwrite_all
+from .fds import copy_fd
 from .fetch import Fetch
 from . import layout
 from .journal import BODY_EMPTY, BODY_INLINE, BODY_METADATA_ONLY, BODY_STAGING, Journal, PutRecord
@@ -340,11 +340,18 @@ class Namespace:
         self._read_ahead_workers = 0
         self._background: trio.Nursery | None = None
 
-    async def run(self) -> None:
-        """Host background work (read-ahead); run it in the daemon's nursery."""
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Host background work (listings behind, read-ahead, downloads); the daemon
+        starts it with ``nursery.start`` before it serves the kernel."""
         async with trio.open_nursery() as nursery:
             self._background = nursery
+            task_status.started()
             await trio.sleep_forever()
+
+    @property
+    def _nursery(self) -> trio.Nursery:
+        assert self._background is not None, "Namespace.run is not running"
+        return self._background
 
     # -- helpers ------------------------------------------------------------
 
@@ -525,10 +532,9 @@ class Namespace:
             and dir_node.listed_at is not None
             and now - dir_node.listed_at < 2 * self.ttl
             and now - used < self.ttl
-            and self._background is not None
         ):
             if not dir_node.lock.locked():
-                self._background.start_soon(self._refresh_behind, dir_node)
+                self._nursery.start_soon(self._refresh_behind, dir_node)
             return
         await self._list(dir_node)
 
@@ -655,12 +661,12 @@ class Namespace:
         Whoever lists a folder usually reads its files next; each small object
         costs one GET either way, but in parallel and ahead of the reader.
         """
-        if self._background is None or not self.store.remote:
+        if not self.store.remote:
             return
         self._read_ahead_queue.extend(n for n in nodes if n.kind != DIR and n.size <= PREFETCH_BYTES)
         while self._read_ahead_workers < min(READ_AHEAD_PARALLEL, len(self._read_ahead_queue)):
             self._read_ahead_workers += 1
-            self._background.start_soon(self._read_ahead_worker)
+            self._nursery.start_soon(self._read_ahead_worker)
 
     async def _read_ahead_worker(self) -> None:
         _AHEAD.set(True)
@@ -1161,10 +1167,7 @@ class Namespace:
             node.fd = fd
             return None
         fetch = node.fetch = Fetch(self.store_timeout)
-        if self._background is None:
-            await self._fetch(node, fetch, key)
-        else:
-            self._background.start_soon(self._fetch, node, fetch, key)
+        self._nursery.start_soon(self._fetch, node, fetch, key)
         return fetch
 
     async def _fetch(self, node: Node, fetch: Fetch, key: str) -> None:
@@ -1200,8 +1203,8 @@ class Namespace:
         if not fetch.has(offset, size):
             await fetch.started()
             wanted = fetch.to_ask(offset)
-            if wanted is not None and self._background is not None:
-                self._background.start_soon(self._fetch_range, fetch, self.key(node), *wanted)
+            if wanted is not None:
+                self._nursery.start_soon(self._fetch_range, fetch, self.key(node), *wanted)
         await fetch.wait_for(offset, size)
 
     async def _fetch_range(self, fetch: Fetch, key: str, start: int, end: int) -> None:
@@ -1211,18 +1214,15 @@ class Namespace:
             log.debug("ranged GET of %s failed, the stream brings those bytes: %s", key, exc)
 
     def _download_range(self, fetch: Fetch, key: str, start: int, end: int) -> None:
-        """Bytes ``[start, end)`` into the file the stream is filling, if they are of
-        its version; blocking. The file is opened by name: once whole it is the
-        cache's and renamed, and a range finishing after that has nothing to add."""
-        data, info = self.store.get(key, start, end)
-        if fetch.info is None or info.etag != fetch.info.etag:
-            return
+        """Bytes ``[start, end)`` of the stream's version into the file it is filling;
+        blocking. The file is opened by name: once whole it is the cache's and
+        renamed, and a range finishing after that has nothing to add."""
+        assert fetch.info is not None
         fd = os.open(fetch.path, os.O_WRONLY)
         try:
-            pwrite_all(fd, data, start)
+            self.store.get_range_into(key, fetch.info, fd, start, end, fetch.report)
         finally:
             os.close(fd)
-        fetch.report(info, start, start + len(data))
 
     async def _cached(self, lookup: Callable[..., Any], key: str, etag: str) -> Any:
         """A cache lookup that never holds up the event loop: when a worker thread is

@@ -46,4 +46,5 @@ async def blocking(
     with stall.scope:
         stall.moved()
         return await trio.to_thread.run_sync(call, limiter=limiter, abandon_on_cancel=True)
-    raise StoreError(f"the store did not answer within {stall.timeout:g} s")
+    waited = "sent nothing for" if stall is timeout else "did not answer within"
+    raise StoreError(f"the store {waited} {stall.timeout:g} s")

@@ -153,26 +153,30 @@ def test_a_stall_timeout_counts_from_the_last_progress() -> None:
     trio.run(main)
 
 
-def _fetch_with(spans: list[tuple[int, int]], size: int = 64 * MiB) -> Fetch:
-    fetch = Fetch.__new__(Fetch)
-    fetch.info, fetch.spans, fetch.asked, fetch.done = ObjectInfo("big", size, "etag", 0.0), spans, [], False
-    return fetch
+def _asks(spans: list[tuple[int, int]], reads: list[int], size: int = 64 * MiB) -> list[tuple[int, int] | None]:
+    """What a download with ``spans`` in, of an object of ``size``, asks for on each read in turn."""
+
+    async def main() -> list[tuple[int, int] | None]:
+        fetch = Fetch(timeout=30)
+        for start, end in spans:
+            fetch._arrived(ObjectInfo("big", size, "etag", 0.0), start, end)
+        return [fetch.to_ask(offset) for offset in reads]
+
+    return trio.run(main)
 
 
 def test_a_read_near_the_stream_waits_for_it() -> None:
-    fetch = _fetch_with([(0, 2 * MiB)])
-    assert fetch.to_ask(2 * MiB + FAR - 1) is None
+    assert _asks([(0, 2 * MiB)], [2 * MiB + FAR - 1]) == [None]
 
 
 def test_a_read_far_ahead_asks_a_window_from_itself_on_then_slides_it() -> None:
-    fetch = _fetch_with([(0, 2 * MiB)])
     at = 40 * MiB + 5
-    assert fetch.to_ask(at) == (at, at + RANGE)
-    assert fetch.to_ask(at + MiB) is None, "asked for already"
-    assert fetch.to_ask(at + RANGE // 2 + 1) == (at + RANGE, at + 2 * RANGE), "half the window read: the next one"
+    assert _asks([(0, 2 * MiB)], [at, at + MiB, at + RANGE // 2 + 1]) == [
+        (at, at + RANGE),
+        None,  # asked for already
+        (at + RANGE, at + 2 * RANGE),  # half the window read: the next one
+    ]
 
 
 def test_a_read_far_ahead_asks_nothing_past_the_end_nor_what_is_in() -> None:
-    fetch = _fetch_with([(0, MiB), (60 * MiB, 64 * MiB)])
-    assert fetch.to_ask(62 * MiB) is None
-    assert fetch.to_ask(59 * MiB) == (59 * MiB, 60 * MiB)
+    assert _asks([(0, MiB), (60 * MiB, 64 * MiB)], [62 * MiB, 59 * MiB]) == [None, (59 * MiB, 60 * MiB)]

@@ -128,6 +128,30 @@ def test_get_to_file_reports_each_piece_once_it_is_in_the_file(store: ObjectStor
     assert spans == ([(0, size)] if size else [])
 
 
+def test_get_range_into_writes_those_bytes_at_their_offsets_and_reports_them(
+    store: ObjectStore, tmp_path: Path
+) -> None:
+    content = os.urandom(3 * MiB + 7)
+    store.put("blob", content, {})
+    info = store.head("blob")
+    start, end = MiB + 3, 3 * MiB + 7
+    with open(tmp_path / "out", "w+b") as out:
+        spans, progress = _spans_heard(out, 0, content)
+        store.get_range_into("blob", info, out.fileno(), start, end, progress)
+    assert (tmp_path / "out").read_bytes() == bytes(start) + content[start:end]
+    assert spans == [(start, end)]
+
+
+def test_get_range_into_refuses_another_version(store: ObjectStore, tmp_path: Path) -> None:
+    store.put("blob", b"old version", {})
+    old = store.head("blob")
+    store.put("blob", b"new version", {})
+    with open(tmp_path / "out", "w+b") as out:
+        with pytest.raises(PreconditionFailed):
+            store.get_range_into("blob", old, out.fileno(), 0, 5)
+    assert (tmp_path / "out").read_bytes() == b""
+
+
 def test_get_to_file_writes_from_current_position(store: ObjectStore, tmp_path: Path) -> None:
     content = os.urandom(LARGE)
     store.put("blob", content, {})

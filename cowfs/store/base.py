@@ -79,6 +79,14 @@ class ObjectStore(abc.ABC):
         """
 
     @abc.abstractmethod
+    def get_range_into(
+        self, key: str, info: ObjectInfo, fd: int, start: int, end: int, progress: Progress | None = None
+    ) -> None:
+        """Bytes ``[start, end)`` of the version ``info`` names, written at the same
+        offsets of ``fd`` and told to ``progress`` piece by piece;
+        ``PreconditionFailed`` when the key holds another version now."""
+
+    @abc.abstractmethod
     def put(
         self,
         key: str,

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from ..errors import AccessDenied, ObjectNotFound, PreconditionFailed, StoreError
+from ..fds import pwrite_all
 from .base import ListPage, ObjectInfo, ObjectStore, Progress
 
 BUSY_TIMEOUT = 60.0  # seconds a writer waits for another process's transaction
@@ -97,6 +98,21 @@ class LocalStore(ObjectStore):
                         progress(info, pos, pos + len(chunk))
                     pos += len(chunk)
             return info
+
+    def get_range_into(
+        self, key: str, info: ObjectInfo, fd: int, start: int, end: int, progress: Progress | None = None
+    ) -> None:
+        with self._guard("get", key):
+            blob, current = self._open(key)
+            with blob:
+                if current.etag != info.etag:
+                    raise PreconditionFailed(f"get {self._where(key)}: the object changed")
+                pos, end = start, min(end, current.size)
+                while pos < end and (chunk := os.pread(blob.fileno(), min(CHUNK, end - pos), pos)):
+                    pwrite_all(fd, chunk, pos)
+                    if progress is not None:
+                        progress(current, pos, pos + len(chunk))
+                    pos += len(chunk)
 
     def put(
         self,

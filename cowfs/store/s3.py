@@ -199,6 +199,12 @@ class S3Store(ObjectStore):
             return size
         return pos + max(self.part_size, -(-rest // (DOWNLOAD_STREAMS + 1)))
 
+    def get_range_into(
+        self, key: str, info: ObjectInfo, fd: int, start: int, end: int, progress: Progress | None = None
+    ) -> None:
+        with self._translated(f"get {self._where(key)}"):
+            self._fetch_range(key, info, fd, 0, start, end - start, progress or _unheard)
+
     def _fetch_range(
         self, key: str, info: ObjectInfo, fd: int, base: int, offset: int, size: int, told: Progress
     ) -> None:
