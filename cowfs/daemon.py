@@ -280,7 +280,7 @@ def _raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _widen_read_ahead(device: int) -> None:
+def widen_read_ahead(device: int) -> None:
     """Set the mount's read-ahead to ``READ_AHEAD_KIB`` (root only; others keep the kernel's).
 
     Only once the kernel has the daemon's answer to FUSE_INIT: that answer
@@ -317,7 +317,7 @@ async def _stop_on_signal(sync_all: Callable[[], Awaitable[None]]) -> None:
 async def _announce_ready(mountpoint: Path) -> None:
     """Tell whoever started us (background parent) once the mount answers a stat."""
     answered = await trio.to_thread.run_sync(os.stat, mountpoint)
-    _widen_read_ahead(answered.st_dev)
+    widen_read_ahead(answered.st_dev)
     log.info("mounted at %s", mountpoint)
     notify("READY=1")
     fd = os.environ.pop(READY_FD_ENV, None)

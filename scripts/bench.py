@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Benchmark cowfs against a local directory, rclone mount and s3fs.
 
-Every mounted target gets its own bucket on one moto S3 server started here,
-so the peers pay the same (slow, local) S3 as cowfs. Each workload checks what
+Every target with a store gets its own bucket on one moto S3 server started
+here, so the peers pay the same (slow, local) S3 as cowfs. memfs
+(``scripts/memfs.py``, pyfuse3 with nothing behind it) is the floor of the
+stack cowfs is built on, measured in the same run. Each workload checks what
 it read back, so a fast wrong answer shows up as FAIL instead of a good time.
 Run it through ``scripts/bench``, which installs the peers and the venv.
 """
@@ -52,7 +54,9 @@ FAKE_AWS_ENV = {
 }
 #: cowfs keeps files under TENANT/WORKSPACE; every target uses the same folder so keys match.
 WORKDIR = "bench/ws"
-ALL_TARGETS = ("local", "cowfs", "rclone", "s3fs")
+ALL_TARGETS = ("local", "memfs", "cowfs", "rclone", "s3fs")
+#: Targets with no bucket behind them.
+STORELESS = ("local", "memfs")
 PEERS = ("rclone", "s3fs")
 MOUNT_TIMEOUT = 60.0
 POLL = 0.1
@@ -425,6 +429,28 @@ class LocalTarget(Target):
         return f"a folder under {self.base}"
 
 
+class MemfsTarget(Target):
+    """``scripts/memfs.py``: every request answered from memory, nothing stored."""
+
+    name = "memfs"
+
+    def __init__(self, base: Path, env: dict[str, str], moto: Moto | None) -> None:
+        super().__init__(base, env, None)
+
+    def mount(self) -> None:
+        logfile = self.base / "memfs.log"
+        self.proc = spawn([sys.executable, str(Path(__file__).with_name("memfs.py")), str(self.root)], logfile, self.env)
+        wait_mounted(self.root, self.proc, logfile)
+
+    def restart_cold(self) -> None:
+        """A restart would lose every file: cold reads mean nothing here."""
+        raise NotApplicable()
+
+    def describe(self) -> str:
+        return ("scripts/memfs.py, a pyfuse3 file system that keeps everything in memory and does nothing else, "
+                "with cowfs's mount options, timeouts and read-ahead: the floor for a file system on pyfuse3")
+
+
 class CowfsTarget(Target):
     """``cowfs mount -f`` as a subprocess, stopped with ``cowfs umount``."""
 
@@ -544,12 +570,12 @@ class S3fsTarget(Target):
 
 
 TARGET_TYPES: dict[str, type[Target]] = {
-    "local": LocalTarget, "cowfs": CowfsTarget, "rclone": RcloneTarget, "s3fs": S3fsTarget,
+    "local": LocalTarget, "memfs": MemfsTarget, "cowfs": CowfsTarget, "rclone": RcloneTarget, "s3fs": S3fsTarget,
 }
 
 
 def installed(name: str) -> bool:
-    return name in ("local", "cowfs") or shutil.which(name) is not None
+    return name in ("local", "memfs", "cowfs") or shutil.which(name) is not None
 
 
 # -- test data ----------------------------------------------------------------------
@@ -1118,10 +1144,9 @@ def ratio(numerator: Cell | None, denominator: Cell | None) -> str:
 
 
 def markdown(results: dict[str, dict[str, Cell]], targets: list[str], workloads: list[str]) -> str:
-    """One row per workload; seconds per target, then peer/cowfs and cowfs/local ratios."""
+    """One row per workload; seconds per target, then peer/cowfs, cowfs/memfs and cowfs/local ratios."""
     ratio_cols = [(peer, "cowfs") for peer in PEERS if peer in targets and "cowfs" in targets]
-    if "cowfs" in targets and "local" in targets:
-        ratio_cols.append(("cowfs", "local"))
+    ratio_cols += [("cowfs", floor) for floor in ("memfs", "local") if "cowfs" in targets and floor in targets]
     header = ["workload", *[f"{t} (s)" for t in targets], *[f"{a}/{b}" for a, b in ratio_cols]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name in workloads:
@@ -1147,7 +1172,8 @@ def daemon_problems(logs: list[Path]) -> list[str]:
 
 def summary_notes(runs: dict[str, Run], params: Params, workloads: list[str], extra_lines: list[str]) -> list[str]:
     notes = [(f"Median of {params.reps} rep(s) in seconds; ratios: peer/cowfs > 1 means cowfs is faster, "
-              "cowfs/local is cowfs's cost over the local disk."),
+              "cowfs/memfs is cowfs's cost over a pyfuse3 file system that does nothing, "
+              "cowfs/local its cost over the local disk."),
              ("Before every repetition (untimed) each target settles: cowfs sync, rclone's upload queue empty "
              "(s3fs uploads synchronously), so a workload is not charged for the uploads of the one before; "
              "the settle times are in the JSON (settle_s).")]
@@ -1194,7 +1220,7 @@ def summary_notes(runs: dict[str, Run], params: Params, workloads: list[str], ex
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--targets", default=",".join(ALL_TARGETS),
-                        help="comma-separated subset of local,cowfs,rclone,s3fs (default: all that are installed)")
+                        help="comma-separated subset of local,memfs,cowfs,rclone,s3fs (default: all that are installed)")
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset, run in the usual order")
     parser.add_argument("--reps", type=int, help="repetitions per workload (default 3, --quick 1)")
     parser.add_argument("--big-mib", type=int, help="size of the sequential file in MiB (default 128, --quick 16)")
@@ -1292,7 +1318,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        if any(t != "local" for t in targets):
+        if any(t not in STORELESS for t in targets):
             moto = Moto(tmp / "moto.log", env)
             moto.start()
         if {"untar", "rm_r"} & set(args.workloads):

@@ -1,0 +1,37 @@
+"""scripts/bench end to end: every workload verifies its data, so a smoke run checks memfs and the harness."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from mounting import require_fuse
+
+BENCH = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
+
+
+def test_quick_bench_runs_memfs_beside_cowfs_and_leaves_nothing_mounted(tmp_path: Path) -> None:
+    require_fuse()
+    mounted_before = mounts()
+    out = tmp_path / "bench.json"
+    workloads = "small_create,small_read_cold,stat_walk_warm,append_jsonl,atomic_replace,seq_read_warm,untar,rm_r"
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--targets", "local,memfs,cowfs", "--workloads", workloads,
+         "--big-mib", "4", "--json", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    data = json.loads(out.read_text())
+    memfs, cowfs = data["results"]["memfs"], data["results"]["cowfs"]
+    assert memfs.pop("small_read_cold")["status"] == "n/a"  # memory only: a restart would lose the files
+    assert {name: cell["status"] for name, cell in memfs.items()} == {name: "ok" for name in memfs}
+    assert {name: cell["status"] for name, cell in cowfs.items()} == {name: "ok" for name in cowfs}
+    assert "| cowfs/memfs |" in data["markdown"]
+    assert mounts() == mounted_before
+
+
+def mounts() -> set[str]:
+    with open("/proc/mounts") as table:
+        return set(table)
