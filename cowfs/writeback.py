@@ -53,6 +53,8 @@ QUIET = 0.25
 #: at most this many uploads start per second.
 MAX_DEFER = 4.0
 BUSY_UPLOAD_RATE = 20.0
+#: Uploads and deletes in flight at once.
+UPLOAD_SLOTS = 8
 
 
 @dataclass
@@ -120,7 +122,7 @@ class WriteBack:
         journal: Journal,
         limiter: trio.CapacityLimiter,
         delay: float = 1.0,
-        concurrency: int = 8,
+        concurrency: int = UPLOAD_SLOTS,
         clock: Callable[[], float] = time.monotonic,
         on_stored: Callable[[str], None] = lambda key: None,
     ) -> None:

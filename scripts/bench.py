@@ -4,7 +4,9 @@
 Every target with a store gets its own bucket on one moto S3 server started
 here, so the peers pay the same (slow, local) S3 as cowfs. memfs
 (``scripts/memfs.py``, pyfuse3 with nothing behind it) is the floor of the
-stack cowfs is built on, measured in the same run. Each workload checks what
+stack cowfs is built on, and s3 (moto itself through boto3, no file system)
+the floor of the rows that wait on the store, both measured in the same run.
+Each workload checks what
 it read back, so a fast wrong answer shows up as FAIL instead of a good time.
 Run it through ``scripts/bench``, which installs the peers and the venv.
 """
@@ -34,11 +36,14 @@ import traceback
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import boto3
+
+from cowfs.writeback import UPLOAD_SLOTS
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -54,7 +59,7 @@ FAKE_AWS_ENV = {
 }
 #: cowfs keeps files under TENANT/WORKSPACE; every target uses the same folder so keys match.
 WORKDIR = "bench/ws"
-ALL_TARGETS = ("local", "memfs", "cowfs", "rclone", "s3fs")
+ALL_TARGETS = ("local", "memfs", "s3", "cowfs", "rclone", "s3fs")
 #: Targets with no bucket behind them.
 STORELESS = ("local", "memfs")
 PEERS = ("rclone", "s3fs")
@@ -395,6 +400,10 @@ class Target:
     def describe(self) -> str:
         return ""
 
+    def workload(self, name: str) -> Callable[[Run, int], float] | None:
+        """What ``name`` does on this target; None when it means nothing here."""
+        return WORKLOADS[name]
+
 
 class LocalTarget(Target):
     """A plain folder on the machine's disk: the floor every mount is compared with."""
@@ -449,6 +458,38 @@ class MemfsTarget(Target):
     def describe(self) -> str:
         return ("scripts/memfs.py, a pyfuse3 file system that keeps everything in memory and does nothing else, "
                 "with cowfs's mount options, timeouts and read-ahead: the floor for a file system on pyfuse3")
+
+
+class S3Target(Target):
+    """moto itself through boto3: what the store-bound rows would take with no file system in between."""
+
+    name = "s3"
+    mounted = False
+
+    def start(self, fresh: bool = True) -> None:
+        if self.bucket is None:
+            assert self.moto is not None
+            self.bucket = self.moto.create_bucket(f"bench-{self.name}")
+
+    def mount(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def alive(self) -> bool:
+        return True
+
+    def cleanup(self) -> None:
+        pass
+
+    def workload(self, name: str) -> Callable[[Run, int], float] | None:
+        return S3_WORKLOADS.get(name)
+
+    def describe(self) -> str:
+        return ("moto itself through boto3, no file system: small_read_cold GETs the small files one at a time "
+                f"(the issue's reference for a cold read), bucket_1000 PUTs the files from {UPLOAD_SLOTS} threads "
+                "(cowfs's upload slots) and polls the bucket like the mounts")
 
 
 class CowfsTarget(Target):
@@ -570,12 +611,12 @@ class S3fsTarget(Target):
 
 
 TARGET_TYPES: dict[str, type[Target]] = {
-    "local": LocalTarget, "memfs": MemfsTarget, "cowfs": CowfsTarget, "rclone": RcloneTarget, "s3fs": S3fsTarget,
+    "local": LocalTarget, "memfs": MemfsTarget, "s3": S3Target, "cowfs": CowfsTarget, "rclone": RcloneTarget, "s3fs": S3fsTarget,
 }
 
 
 def installed(name: str) -> bool:
-    return name in ("local", "memfs", "cowfs") or shutil.which(name) is not None
+    return name in ("local", "memfs", "s3", "cowfs") or shutil.which(name) is not None
 
 
 # -- test data ----------------------------------------------------------------------
@@ -968,15 +1009,26 @@ def wl_bucket_1000(run: Run, rep: int) -> float:
     if target.bucket is None:
         raise NotApplicable()
     base = run.fresh_dir("bucket", rep)
-    rng = random.Random(run.params.seed * 19 + rep)
-    blobs = {f"f{i:05d}.bin": rng.randbytes(run.params.small_size) for i in range(run.params.bucket_files)}
-    wanted = {target.key(base / name): name for name in blobs}
-    prefix = target.key(base) + "/"
+    blobs = bucket_blobs(run.params, rep)
     start = time.perf_counter()
     for name, blob in blobs.items():
         with open(base / name, "wb") as f:
             f.write(blob)
     run.extra("bucket_1000", "closed_s", time.perf_counter() - start)
+    return await_bucket(run, target.key(base), blobs, start)
+
+
+def bucket_blobs(params: Params, rep: int) -> dict[str, bytes]:
+    rng = random.Random(params.seed * 19 + rep)
+    return {f"f{i:05d}.bin": rng.randbytes(params.small_size) for i in range(params.bucket_files)}
+
+
+def await_bucket(run: Run, folder: str, blobs: dict[str, bytes], start: float) -> float:
+    """Seconds from ``start`` until every blob is listed under ``folder`` with its content."""
+    target = run.target
+    assert target.bucket is not None
+    wanted = {f"{folder}/{name}": name for name in blobs}
+    prefix = folder + "/"
     deadline = start + run.params.bucket_timeout
     listed: dict[str, str] = {}
     order = sorted(wanted)
@@ -1021,6 +1073,40 @@ def verify_etags(run: Run, listed: dict[str, str], wanted: dict[str, str], blobs
         raise Fail(f"{len(bad)} objects differ in the bucket (e.g. {bad[0]})")
 
 
+def put_all(run: Run, blobs: dict[str, bytes]) -> None:
+    """PUT every blob from as many threads as cowfs has upload slots."""
+    def put(key: str) -> None:
+        run.s3.put_object(Bucket=run.target.bucket, Key=key, Body=blobs[key])
+
+    with ThreadPoolExecutor(UPLOAD_SLOTS) as pool:
+        list(pool.map(put, blobs))
+
+
+def s3_small_read_cold(run: Run, rep: int) -> float:
+    """moto's own time for the small files read one at a time, as the issue measured it (PUTs untimed)."""
+    folder = f"{WORKDIR}/small/r{rep}"
+    plan = {f"{folder}/{rel}": blob for rel, blob in small_plan(run.params, rep).items()}
+    put_all(run, plan)
+    got: dict[str, bytes] = {}
+    start = time.perf_counter()
+    for key in plan:
+        got[key] = run.s3.get_object(Bucket=run.target.bucket, Key=key)["Body"].read()
+    elapsed = time.perf_counter() - start
+    bad = [key for key, blob in plan.items() if got[key] != blob]
+    if bad:
+        raise Fail(f"{len(bad)} of {len(plan)} objects differ (e.g. {bad[0]})")
+    return elapsed
+
+
+def s3_bucket_1000(run: Run, rep: int) -> float:
+    """The files PUT straight to moto, timed like the mounts: until the listing shows them all."""
+    folder = f"{WORKDIR}/bucket/r{rep}"
+    blobs = bucket_blobs(run.params, rep)
+    start = time.perf_counter()
+    put_all(run, {f"{folder}/{name}": blob for name, blob in blobs.items()})
+    return await_bucket(run, folder, blobs, start)
+
+
 class NotApplicable(Exception):
     """The workload means nothing for this target (no bucket behind a local folder)."""
 
@@ -1038,6 +1124,10 @@ WORKLOADS: dict[str, Callable[[Run, int], float]] = {
     "untar": wl_untar,
     "rm_r": wl_rm_r,
     "bucket_1000": wl_bucket_1000,
+}
+S3_WORKLOADS: dict[str, Callable[[Run, int], float]] = {
+    "small_read_cold": s3_small_read_cold,
+    "bucket_1000": s3_bucket_1000,
 }
 
 
@@ -1077,11 +1167,14 @@ def ensure_alive(run: Run) -> None:
 
 def run_workload(run: Run, name: str) -> Cell:
     cell = Cell()
+    workload = run.target.workload(name)
+    if workload is None:
+        return Cell(status="n/a")
     for rep in range(run.params.reps):
         try:
             ensure_alive(run)
             run.extra(name, "settle_s", run.target.sync())
-            seconds = WORKLOADS[name](run, rep)
+            seconds = workload(run, rep)
         except NotApplicable:
             return Cell(status="n/a")
         except Timeout as exc:
@@ -1146,7 +1239,7 @@ def ratio(numerator: Cell | None, denominator: Cell | None) -> str:
 def markdown(results: dict[str, dict[str, Cell]], targets: list[str], workloads: list[str]) -> str:
     """One row per workload; seconds per target, then peer/cowfs, cowfs/memfs and cowfs/local ratios."""
     ratio_cols = [(peer, "cowfs") for peer in PEERS if peer in targets and "cowfs" in targets]
-    ratio_cols += [("cowfs", floor) for floor in ("memfs", "local") if "cowfs" in targets and floor in targets]
+    ratio_cols += [("cowfs", floor) for floor in ("s3", "memfs", "local") if "cowfs" in targets and floor in targets]
     header = ["workload", *[f"{t} (s)" for t in targets], *[f"{a}/{b}" for a, b in ratio_cols]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name in workloads:
@@ -1172,6 +1265,7 @@ def daemon_problems(logs: list[Path]) -> list[str]:
 
 def summary_notes(runs: dict[str, Run], params: Params, workloads: list[str], extra_lines: list[str]) -> list[str]:
     notes = [(f"Median of {params.reps} rep(s) in seconds; ratios: peer/cowfs > 1 means cowfs is faster, "
+              "cowfs/s3 is cowfs's time over moto's own through boto3, "
               "cowfs/memfs is cowfs's cost over a pyfuse3 file system that does nothing, "
               "cowfs/local its cost over the local disk."),
              ("Before every repetition (untimed) each target settles: cowfs sync, rclone's upload queue empty "
@@ -1220,7 +1314,7 @@ def summary_notes(runs: dict[str, Run], params: Params, workloads: list[str], ex
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--targets", default=",".join(ALL_TARGETS),
-                        help="comma-separated subset of local,memfs,cowfs,rclone,s3fs (default: all that are installed)")
+                        help="comma-separated subset of local,memfs,s3,cowfs,rclone,s3fs (default: all that are installed)")
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset, run in the usual order")
     parser.add_argument("--reps", type=int, help="repetitions per workload (default 3, --quick 1)")
     parser.add_argument("--big-mib", type=int, help="size of the sequential file in MiB (default 128, --quick 16)")

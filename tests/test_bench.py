@@ -1,4 +1,4 @@
-"""scripts/bench end to end: every workload verifies its data, so a smoke run checks memfs and the harness."""
+"""scripts/bench end to end: every workload verifies its data, so a smoke run checks the floors and the harness."""
 
 from __future__ import annotations
 
@@ -12,23 +12,26 @@ from mounting import require_fuse
 BENCH = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
 
 
-def test_quick_bench_runs_memfs_beside_cowfs_and_leaves_nothing_mounted(tmp_path: Path) -> None:
+def test_quick_bench_runs_the_floors_beside_cowfs_and_leaves_nothing_mounted(tmp_path: Path) -> None:
     require_fuse()
     mounted_before = mounts()
     out = tmp_path / "bench.json"
-    workloads = "small_create,small_read_cold,stat_walk_warm,append_jsonl,atomic_replace,seq_read_warm,untar,rm_r"
+    workloads = "small_create,small_read_cold,stat_walk_warm,append_jsonl,atomic_replace,seq_read_warm,untar,rm_r,bucket_1000"
     done = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--targets", "local,memfs,cowfs", "--workloads", workloads,
+        [sys.executable, str(BENCH), "--quick", "--targets", "local,memfs,s3,cowfs", "--workloads", workloads,
          "--big-mib", "4", "--json", str(out)],
         capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     data = json.loads(out.read_text())
-    memfs, cowfs = data["results"]["memfs"], data["results"]["cowfs"]
+    memfs, s3, cowfs = data["results"]["memfs"], data["results"]["s3"], data["results"]["cowfs"]
     assert memfs.pop("small_read_cold")["status"] == "n/a"  # memory only: a restart would lose the files
+    assert memfs.pop("bucket_1000")["status"] == "n/a"  # no bucket behind it
+    assert {name: cell["status"] for name, cell in s3.items()} == {
+        name: "ok" if name in ("small_read_cold", "bucket_1000") else "n/a" for name in s3}
     assert {name: cell["status"] for name, cell in memfs.items()} == {name: "ok" for name in memfs}
     assert {name: cell["status"] for name, cell in cowfs.items()} == {name: "ok" for name in cowfs}
-    assert "| cowfs/memfs |" in data["markdown"]
+    assert "| cowfs/s3 | cowfs/memfs |" in data["markdown"]
     assert mounts() == mounted_before
 
 
