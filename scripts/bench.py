@@ -488,7 +488,8 @@ class S3Target(Target):
 
     def describe(self) -> str:
         return ("moto itself through boto3, no file system: small_read_cold GETs the small files one at a time "
-                f"(the issue's reference for a cold read), bucket_1000 PUTs the files from {UPLOAD_SLOTS} threads "
+                "(the issue's reference for a cold read), stat_walk_warm lists them in one flat listing "
+                f"(what a walk past the metadata TTL costs the store), bucket_1000 PUTs the files from {UPLOAD_SLOTS} threads "
                 "(cowfs's upload slots) and polls the bucket like the mounts")
 
 
@@ -1082,11 +1083,19 @@ def put_all(run: Run, blobs: dict[str, bytes]) -> None:
         list(pool.map(put, blobs))
 
 
-def s3_small_read_cold(run: Run, rep: int) -> float:
-    """moto's own time for the small files read one at a time, as the issue measured it (PUTs untimed)."""
+def s3_small(run: Run, rep: int) -> dict[str, bytes]:
+    """The small files of ``rep`` by key, PUT (untimed) the first time they are asked for."""
     folder = f"{WORKDIR}/small/r{rep}"
     plan = {f"{folder}/{rel}": blob for rel, blob in small_plan(run.params, rep).items()}
-    put_all(run, plan)
+    if rep not in run.small:
+        put_all(run, plan)
+        run.small[rep] = {rel: sha(blob) for rel, blob in plan.items()}
+    return plan
+
+
+def s3_small_read_cold(run: Run, rep: int) -> float:
+    """moto's own time for the small files read one at a time, as the issue measured it."""
+    plan = s3_small(run, rep)
     got: dict[str, bytes] = {}
     start = time.perf_counter()
     for key in plan:
@@ -1095,6 +1104,17 @@ def s3_small_read_cold(run: Run, rep: int) -> float:
     bad = [key for key, blob in plan.items() if got[key] != blob]
     if bad:
         raise Fail(f"{len(bad)} of {len(plan)} objects differ (e.g. {bad[0]})")
+    return elapsed
+
+
+def s3_stat_walk_warm(run: Run, rep: int) -> float:
+    """One flat listing of the small tree: what a walk more than a metadata TTL after the last costs the store."""
+    plan = s3_small(run, rep)
+    start = time.perf_counter()
+    listed = list_keys(run.s3, run.target.bucket, f"{WORKDIR}/small/r{rep}/")
+    elapsed = time.perf_counter() - start
+    if sorted(listed) != sorted(plan):
+        raise Fail(f"listing shows {len(listed)} keys, expected {len(plan)}")
     return elapsed
 
 
@@ -1127,6 +1147,7 @@ WORKLOADS: dict[str, Callable[[Run, int], float]] = {
 }
 S3_WORKLOADS: dict[str, Callable[[Run, int], float]] = {
     "small_read_cold": s3_small_read_cold,
+    "stat_walk_warm": s3_stat_walk_warm,
     "bucket_1000": s3_bucket_1000,
 }
 
