@@ -22,6 +22,7 @@ import os
 import platform
 import random
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -502,6 +503,8 @@ class CowfsTarget(Target):
         super().__init__(base, env, moto)
         self.cache_sizes: list[tuple[int, int]] = []
         self.logs: list[Path] = []
+        #: More ``cowfs mount`` options (--cowfs-options), to compare settings.
+        self.options: list[str] = []
 
     @property
     def cache_dir(self) -> Path:
@@ -517,7 +520,7 @@ class CowfsTarget(Target):
             self.logs.append(logfile)
         self.proc = spawn(
             [sys.executable, "-m", "cowfs", "mount", f"s3://{self.bucket}", str(self.root), "-f",
-             "--cache-dir", str(self.cache_dir), "--endpoint-url", self.moto.endpoint, "--path-style"],
+             "--cache-dir", str(self.cache_dir), "--endpoint-url", self.moto.endpoint, "--path-style", *self.options],
             logfile, self.env)
         wait_mounted(self.root, self.proc, logfile)
 
@@ -542,6 +545,8 @@ class CowfsTarget(Target):
         super().cleanup()
 
     def describe(self) -> str:
+        if self.options:
+            return f"cowfs mount -f {shlex.join(self.options)}"
         return "cowfs mount -f, defaults (write-back delay 1 s, metadata TTL 1 s)"
 
 
@@ -1341,6 +1346,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--big-mib", type=int, help="size of the sequential file in MiB (default 128, --quick 16)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 1 rep, 200 small files, 16 MiB, small tarball")
     parser.add_argument("--bucket-timeout", type=float, help="cap on the bucket_1000 wait, seconds (default 300)")
+    parser.add_argument("--cowfs-options", default="",
+                        help='more options for cowfs mount, e.g. "--metadata-ttl 300" (default: none)')
     parser.add_argument("--json", type=Path, help="where to write the results (default /tmp/cowfs-bench-DATE.json)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (mounts' caches, logs)")
     args = parser.parse_args(argv)
@@ -1440,6 +1447,8 @@ def main(argv: list[str]) -> int:
             get_tarball()
         for name in targets:
             target = TARGET_TYPES[name](tmp / name, env, moto)
+            if isinstance(target, CowfsTarget):
+                target.options = shlex.split(args.cowfs_options)
             runs[name] = Run(target, params, moto.client if moto else None, get_tarball)
             log(f"== {name}")
             run_target(runs[name], args.workloads, results[name])

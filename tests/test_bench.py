@@ -38,3 +38,22 @@ def test_quick_bench_runs_the_floors_beside_cowfs_and_leaves_nothing_mounted(tmp
 def mounts() -> set[str]:
     with open("/proc/mounts") as table:
         return set(table)
+
+
+def test_cowfs_options_reach_the_mount(tmp_path: Path) -> None:
+    require_fuse()
+    results = {}
+    for options in ("--metadata-ttl 300", "--metadata-ttl soon"):
+        out = tmp_path / "bench.json"
+        done = subprocess.run(
+            [sys.executable, str(BENCH), "--quick", "--targets", "cowfs", "--workloads", "stat_walk_warm",
+             "--cowfs-options", options, "--json", str(out)],
+            capture_output=True, text=True, timeout=300,
+        )
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        data = json.loads(out.read_text())
+        results[options] = data["results"]["cowfs"]["stat_walk_warm"]
+        assert f"cowfs: cowfs mount -f {options}." in data["markdown"]
+    assert results["--metadata-ttl 300"]["status"] == "ok"
+    assert results["--metadata-ttl soon"]["status"] == "fail"
+    assert "cannot mount" in results["--metadata-ttl soon"]["error"]
