@@ -112,7 +112,9 @@ def default_cache_dir(store: ObjectStore, tenant: str | None) -> Path:
 
 
 def open_configured_store(opts: MountOptions) -> ObjectStore:
-    return open_store(opts.store_url, endpoint_url=opts.endpoint_url, region=opts.region, path_style=opts.path_style)
+    """The mount's store; an S3 request that receives nothing for ``--store-timeout`` is given up."""
+    return open_store(opts.store_url, endpoint_url=opts.endpoint_url, region=opts.region, path_style=opts.path_style,
+                      read_timeout=opts.store_timeout)
 
 
 def mount(opts: MountOptions) -> None:
@@ -208,6 +210,7 @@ async def _serve(
             "listings": ns.listings,
             "lastError": stats.last_error,
             "cacheBytes": cache.volume(),
+            "storeQuirks": store.quirks(),
             "uptime": round(time.time() - started, 3),
         }
 
@@ -248,6 +251,7 @@ async def _serve(
             nursery.start_soon(control.serve, control_path, handle)
             nursery.start_soon(_stop_on_signal, sync_all)
             nursery.start_soon(_announce_ready, opts.mountpoint)
+            nursery.start_soon(_learn_the_server, store, limiter)
             await pyfuse3.main()
             await sync_all()
             nursery.cancel_scope.cancel()
@@ -302,6 +306,14 @@ async def _group_commit(journal: Journal) -> None:
             await trio.to_thread.run_sync(journal.sync_to_disk)
         except OSError as exc:
             log.error("cannot flush the journal to disk: %s", exc)
+
+
+async def _learn_the_server(store: ObjectStore, limiter: trio.CapacityLimiter) -> None:
+    """Learn once, in the background, what the server does where S3 servers differ."""
+    try:
+        await trio.to_thread.run_sync(store.probe, limiter=limiter)
+    except CowfsError as exc:
+        log.info("could not learn how the store behaves: %s", exc)
 
 
 async def _stop_on_signal(sync_all: Callable[[], Awaitable[None]]) -> None:

@@ -21,6 +21,9 @@ from cowfs.store.s3 import S3Store
 from cowfs.workspaces import create_workspace
 from test_workspaces import all_keys, cli
 
+#: What these tests check can differ between S3 servers: each runs on moto and on Ceph RGW.
+pytestmark = pytest.mark.servers
+
 MiB = 1024 * 1024
 MTIME = 1_700_000_000_123_456_789
 

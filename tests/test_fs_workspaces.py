@@ -15,6 +15,9 @@ import cowfs.activity
 from cowfs.activity import Activity
 from cowfs.store.local import LocalStore
 
+#: What these tests check can differ between S3 servers: each runs on moto and on Ceph RGW.
+pytestmark = pytest.mark.servers
+
 
 def keys(bucket, prefix: str = "") -> set[str]:
     out: set[str] = set()

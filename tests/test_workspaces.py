@@ -12,6 +12,9 @@ from cowfs.errors import InvalidToken, UsageError
 from cowfs.sessions import SessionSummary, page_sessions
 from mounting import cowfs
 
+#: What these tests check can differ between S3 servers: each runs on moto and on Ceph RGW.
+pytestmark = pytest.mark.servers
+
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
