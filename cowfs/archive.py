@@ -86,16 +86,6 @@ class Summary:
             f"{verb} {counts} ({_size(self.bytes)}) {where}{skipped}"]
 
 
-def parse_source(text: str) -> tuple[str, str, str | None]:
-    """``TENANT/WORKSPACE`` or ``TENANT/WORKSPACE/sessions/ID`` as (tenant, workspace, session)."""
-    parts = text.split("/")
-    if len(parts) == 2:
-        return parts[0], parts[1], None
-    if len(parts) == 4 and parts[2] == layout.SESSIONS_DIR:
-        return parts[0], parts[1], parts[3]
-    raise UsageError(f"expected TENANT/WORKSPACE or TENANT/WORKSPACE/sessions/ID, got {text!r}")
-
-
 # -- export -----------------------------------------------------------------------
 
 
