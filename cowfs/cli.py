@@ -125,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import", help="write the files of a tar archive into a workspace")
     p.add_argument("workspace", metavar="TENANT/WORKSPACE", type=_arg(values.workspace_ref))
     p.add_argument("archive", metavar="IN.tar.gz", type=Path)
+    p.add_argument("--max-bytes", type=_arg(values.byte_size), default=archive.Limits.max_bytes,
+                   help="refuse an archive whose files add up to more (default 64G)")
+    p.add_argument("--max-members", type=_arg(values.positive_int), default=archive.Limits.max_members,
+                   help="refuse an archive with more members (default 1000000)")
     _store_options(p)
 
     p = sub.add_parser("purge", help="delete workspaces idle for N days")
@@ -290,7 +294,8 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
 def _cmd_import(args: argparse.Namespace) -> None:
     tenant, name = args.workspace
-    summary = archive.import_archive(_open_store(args), tenant, name, args.archive)
+    limits = archive.Limits(args.max_bytes, args.max_members)
+    summary = archive.import_archive(_open_store(args), tenant, name, args.archive, limits)
     print("\n".join(summary.lines("imported", f"into {tenant}/{name}")))
 
 
