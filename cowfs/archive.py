@@ -293,7 +293,8 @@ def _read_whole(tar: tarfile.TarFile, archive: Path, limits: Limits) -> list[tar
 
 
 def _check_temporary_room(sizes: list[int]) -> None:
-    """Refuse, before anything is written, an import whose files spooled at once would not fit in the temporary folder."""
+    """Refuse, before anything is written, an import whose files spooled at once would not fit
+    in the temporary folder."""
     need = sum(heapq.nlargest(PARALLEL, sizes))
     folder = tempfile.gettempdir()
     free = shutil.disk_usage(folder).free

@@ -49,7 +49,8 @@ def _store_options(parser: argparse.ArgumentParser, json_flag: bool = False, sto
     if store_flag:
         parser.add_argument("--store", type=_arg(values.non_empty),
                             help="s3://BUCKET[/PREFIX] or file:///PATH (default: $COWFS_STORE, config, embedded)")
-    parser.add_argument("--endpoint-url", type=_arg(values.endpoint_url), help="S3 endpoint, e.g. http://127.0.0.1:9000")
+    parser.add_argument("--endpoint-url", type=_arg(values.endpoint_url),
+                        help="S3 endpoint, e.g. http://127.0.0.1:9000")
     parser.add_argument("--region", type=_arg(values.region), help="S3 region")
     parser.add_argument("--path-style", action="store_true", help="path-style S3 addressing")
 
@@ -76,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-size", type=_arg(values.byte_size), help="cache size limit (default 10G)")
     p.add_argument("--write-back-delay", type=_arg(values.non_negative_finite),
                    help="seconds between close and upload (default 1)")
-    p.add_argument("--metadata-ttl", type=_arg(values.non_negative_finite), help="seconds metadata is trusted (default 1)")
+    p.add_argument("--metadata-ttl", type=_arg(values.non_negative_finite),
+                   help="seconds metadata is trusted (default 1)")
     p.add_argument("--store-timeout", type=_arg(values.positive_finite),
                    help="seconds before a read that needs the store fails with EIO (default 30)")
     p.add_argument("-o", dest="fuse_options", action="append", default=[], help="FUSE options, comma separated")
