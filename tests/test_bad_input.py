@@ -67,6 +67,7 @@ CASES = [
     (["--config", "{tmp}/tenant.toml", "mount", "{tmp}/mnt"], USAGE, "'tenant'"),
     (["--config", "{tmp}/endpoint.toml", "mount", "{tmp}/mnt"], USAGE, "'endpoint_url'"),
     (["workspace", "list", "--store", "ftp://host/x"], USAGE, "store URL"),
+    (["install-helper", "--dir", "{tmp}/missing"], FAILED, "missing/mount.fuse.cowfs"),
     (["workspace", "list", "--store", "file://{tmp}/missing"], FAILED, "does not exist"),
     (["workspace", "create", "--tenant", "acme", "--user", "u", "--store", "file://{tmp}/missing"], FAILED,
      "does not exist"),
