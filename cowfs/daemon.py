@@ -217,8 +217,8 @@ async def _serve(
             "uptime": round(time.time() - started, 3),
         }
 
-    hooks = WorkspaceHooks(store, limiter, activity, _shown_to_all(status) if opts.tenants else status,
-                           opts.store_timeout)
+    shared = bool(opts.tenants) or "allow_other" in opts.fuse_options
+    hooks = WorkspaceHooks(store, limiter, activity, _shown_to_all(status) if shared else status, opts.store_timeout)
     ns = Namespace(
         store, keymap, cache, journal, writeback, limiter, tmp_dir, hooks,
         uid=os.getuid(), gid=os.getgid(), metadata_ttl=opts.metadata_ttl, store_timeout=opts.store_timeout,
@@ -265,8 +265,9 @@ async def _serve(
             log.info("unmounted %s; every pending change is in the store", opts.mountpoint)
 
 
-#: Status fields that name paths or keys: ``.cowfs/status.json`` of a multi-user
-#: mount, which every user can read, leaves them out (``cowfs status`` has them all).
+#: Status fields that name paths or keys: ``.cowfs/status.json`` of a mount other
+#: users can enter (a tenants table, ``allow_other``) leaves them out; ``cowfs
+#: status``, which only the mount's owner can ask, has them all.
 PRIVATE_STATUS = ("mountpoint", "store", "cacheDir", "lastError")
 
 

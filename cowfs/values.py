@@ -172,10 +172,10 @@ def endpoint_url(value: Any) -> str:
     """An S3 endpoint: ``http(s)://HOST[:PORT][/PATH]``."""
     parts = urlsplit(string(value))
     try:
-        parts.port
-    except ValueError:
-        parts = parts._replace(scheme="")
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:  # not a number, or over 65535
+        port_ok = False
+    if not port_ok or parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"expected a URL like http://HOST:PORT, got {value!r}")
     return value
 

@@ -106,7 +106,7 @@ def test_names_and_urls():
         with pytest.raises(ValueError):
             values.workspace_ref(bad)
     assert values.endpoint_url("http://127.0.0.1:9000") == "http://127.0.0.1:9000"
-    for bad in ("notaurl", "ftp://host", "http://", "http://host:99999", "http://host:port"):
+    for bad in ("notaurl", "ftp://host", "http://", "http://host:99999", "http://host:port", "http://host:0"):
         with pytest.raises(ValueError):
             values.endpoint_url(bad)
     assert values.file_mode("0750") == 0o750 and values.file_mode(0o750) == 0o750
