@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from .layout import SESSIONS_DIR
@@ -22,6 +22,7 @@ _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\Z", re.IGNORECASE)
 #: What botocore accepts as a region name.
 _REGION = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
 SESSIONS_PAGE_MAX = 100
+N = TypeVar("N", int, float)
 
 
 def string(value: Any) -> str:
@@ -63,28 +64,29 @@ def _number(value: Any) -> float:
     return number
 
 
+def _require(number: N, value: Any, ok: bool, expected: str) -> N:
+    """``number`` (parsed from ``value``) if ``ok``, else the error that names what was expected."""
+    if not ok:
+        raise ValueError(f"expected {expected}, got {value!r}")
+    return number
+
+
 def non_negative_finite(value: Any) -> float:
     """Seconds that may be 0: the write-back delay, the metadata TTL."""
     number = _number(value)
-    if number < 0:
-        raise ValueError(f"expected a number >= 0, got {value!r}")
-    return number
+    return _require(number, value, number >= 0, "a number >= 0")
 
 
 def positive_finite(value: Any) -> float:
     """Seconds that must leave room for anything to happen: timeouts."""
     number = _number(value)
-    if number <= 0:
-        raise ValueError(f"expected a number > 0, got {value!r}")
-    return number
+    return _require(number, value, number > 0, "a number > 0")
 
 
 def days(value: Any) -> float:
     """Days of inactivity: at least one, so that no workspace in use is ever idle enough."""
     number = _number(value)
-    if number < 1:
-        raise ValueError(f"expected a number of days >= 1, got {value!r}")
-    return number
+    return _require(number, value, number >= 1, "a number of days >= 1")
 
 
 def _integer(value: Any) -> int:
@@ -97,16 +99,12 @@ def _integer(value: Any) -> int:
 
 def positive_int(value: Any) -> int:
     number = _integer(value)
-    if number < 1:
-        raise ValueError(f"expected a whole number >= 1, got {value!r}")
-    return number
+    return _require(number, value, number >= 1, "a whole number >= 1")
 
 
 def page_size(value: Any) -> int:
     number = _integer(value)
-    if not 1 <= number <= SESSIONS_PAGE_MAX:
-        raise ValueError(f"expected a whole number from 1 to {SESSIONS_PAGE_MAX}, got {value!r}")
-    return number
+    return _require(number, value, 1 <= number <= SESSIONS_PAGE_MAX, f"a whole number from 1 to {SESSIONS_PAGE_MAX}")
 
 
 def unix_id(value: Any) -> int:
