@@ -36,6 +36,7 @@ from .journal import GROUP_COMMIT, Journal
 from .keys import KeyMap
 from .namespace import Namespace
 from .notify import notify
+from .private import PRIVATE_DIR_MODE, PRIVATE_UMASK, open_private, private_dir
 from .recovery import replay
 from .store import ObjectStore, open_store
 from .writeback import WriteBack
@@ -135,12 +136,11 @@ def mount(opts: MountOptions) -> None:
 
 def _spawn_background(opts: MountOptions, store: ObjectStore) -> None:
     """Start the foreground daemon detached and wait until it reports ready."""
-    cache_dir = opts.cache_dir or default_cache_dir(store, opts.tenant)
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir = private_dir(opts.cache_dir or default_cache_dir(store, opts.tenant), "cache directory")
     read_end, write_end = os.pipe()
     env = dict(os.environ, **{READY_FD_ENV: str(write_end)})
     log_path = cache_dir / "cowfs.log"
-    with open(log_path, "ab") as log_file:
+    with os.fdopen(open_private(log_path, os.O_WRONLY | os.O_APPEND), "ab") as log_file:
         proc = subprocess.Popen(
             [sys.executable, "-m", "cowfs", *opts.argv()],
             env=env,
@@ -160,9 +160,15 @@ def _spawn_background(opts: MountOptions, store: ObjectStore) -> None:
 
 
 def serve(opts: MountOptions, store: ObjectStore) -> None:
-    """Run the daemon in this process until the file system is unmounted."""
-    cache_dir = opts.cache_dir or default_cache_dir(store, opts.tenant)
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    """Run the daemon in this process until the file system is unmounted.
+
+    Everything it creates under the cache directory is owner-only (0700
+    folders, 0600 files: the cache, its database, the journal, staging and
+    temporary files), whatever umask it was started with.
+    """
+    os.umask(PRIVATE_UMASK)
+    cache_dir = private_dir(opts.cache_dir or default_cache_dir(store, opts.tenant), "cache directory")
+    control.private_runtime_dir()
     lock = open(cache_dir / "lock", "w")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -175,7 +181,7 @@ def serve(opts: MountOptions, store: ObjectStore) -> None:
         log.info("recovered %d pending change(s) from the journal", len(report.lines()))
     tmp_dir = cache_dir / "tmp"
     shutil.rmtree(tmp_dir, ignore_errors=True)
-    tmp_dir.mkdir()
+    tmp_dir.mkdir(mode=PRIVATE_DIR_MODE)
     cache = ContentCache(cache_dir / "cache", opts.cache_size)
     try:
         trio.run(_serve, opts, store, cache, journal, tmp_dir, cache_dir)
@@ -214,7 +220,8 @@ async def _serve(
             "uptime": round(time.time() - started, 3),
         }
 
-    hooks = WorkspaceHooks(store, limiter, activity, status, opts.store_timeout)
+    shared = bool(opts.tenants) or "allow_other" in opts.fuse_options
+    hooks = WorkspaceHooks(store, limiter, activity, _shown_to_all(status) if shared else status, opts.store_timeout)
     ns = Namespace(
         store, keymap, cache, journal, writeback, limiter, tmp_dir, hooks,
         uid=os.getuid(), gid=os.getgid(), metadata_ttl=opts.metadata_ttl, store_timeout=opts.store_timeout,
@@ -260,6 +267,17 @@ async def _serve(
         pyfuse3.close(unmount=True)
         if unmounted:
             log.info("unmounted %s; every pending change is in the store", opts.mountpoint)
+
+
+#: Status fields that name paths or keys: ``.cowfs/status.json`` of a mount other
+#: users can enter (a tenants table, ``allow_other``) leaves them out; ``cowfs
+#: status``, which only the mount's owner can ask, has them all.
+PRIVATE_STATUS = ("mountpoint", "store", "cacheDir", "lastError")
+
+
+def _shown_to_all(status: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
+    """The status without the fields that would tell one tenant about the cache or another tenant."""
+    return lambda: {name: value for name, value in status().items() if name not in PRIVATE_STATUS}
 
 
 def _tune_process() -> None:
