@@ -185,7 +185,15 @@ def _cmd_mount(args: argparse.Namespace) -> None:
 
 
 def _cmd_sync(args: argparse.Namespace) -> None:
-    progress.sync(args.mountpoint, args.timeout)
+    _check_refused(progress.sync(args.mountpoint, args.timeout))
+
+
+def _check_refused(reply: dict[str, Any]) -> None:
+    """Exit 1 naming the keys the store refused for good: everything else is in the store."""
+    refused = reply.get("refused") or {}
+    if refused:
+        named = "; ".join(f"{key!r} ({why})" for key, why in sorted(refused.items()))
+        raise CowfsError(f"the store refuses {len(refused)} key(s), kept in the journal: {named}")
 
 
 def _cmd_status(args: argparse.Namespace) -> None:
@@ -198,7 +206,7 @@ def _cmd_status(args: argparse.Namespace) -> None:
 def _cmd_umount(args: argparse.Namespace) -> None:
     """Flush, unmount, and wait for the daemon to exit: then the store has everything."""
     status = control.request(args.mountpoint, {"cmd": "status"}, timeout=args.timeout)
-    progress.sync(args.mountpoint, args.timeout)
+    synced = progress.sync(args.mountpoint, args.timeout)
     done = subprocess.run(["fusermount3", "-u", str(args.mountpoint)], capture_output=True, text=True)
     if done.returncode != 0:
         raise CowfsError(done.stderr.strip() or f"could not unmount {args.mountpoint}")
@@ -207,6 +215,7 @@ def _cmd_umount(args: argparse.Namespace) -> None:
         if deadline is not None and time.monotonic() > deadline:
             raise CowfsError(f"daemon {status['pid']} still running after {args.timeout} s")
         time.sleep(0.05)
+    _check_refused(synced)
 
 
 def _alive(pid: int) -> bool:

@@ -39,6 +39,7 @@ from .notify import notify
 from .private import PRIVATE_DIR_MODE, PRIVATE_UMASK, open_private, private_dir
 from .recovery import replay
 from .store import ObjectStore, open_store
+from .workspaces import _iso
 from .writeback import WriteBack
 
 log = logging.getLogger(__name__)
@@ -184,7 +185,7 @@ def serve(opts: MountOptions, store: ObjectStore) -> None:
     tmp_dir.mkdir(mode=PRIVATE_DIR_MODE)
     cache = ContentCache(cache_dir / "cache", opts.cache_size)
     try:
-        trio.run(_serve, opts, store, cache, journal, tmp_dir, cache_dir)
+        trio.run(_serve, opts, store, cache, journal, tmp_dir, cache_dir, report.refused)
     finally:
         cache.close()
         journal.close()
@@ -192,13 +193,18 @@ def serve(opts: MountOptions, store: ObjectStore) -> None:
 
 
 async def _serve(
-    opts: MountOptions, store: ObjectStore, cache: ContentCache, journal: Journal, tmp_dir: Path, cache_dir: Path
+    opts: MountOptions, store: ObjectStore, cache: ContentCache, journal: Journal, tmp_dir: Path, cache_dir: Path,
+    refused_before: dict[str, str],
 ) -> None:
+    """Serve the mount; ``refused_before``: keys replay found the store refusing (still in the journal)."""
     limiter = trio.CapacityLimiter(THREADS)
     activity = Activity(store, limiter)
     writeback = WriteBack(store, journal, limiter, delay=opts.write_back_delay, on_stored=activity.mark)
     keymap = KeyMap(root=(opts.tenant,) if opts.tenant else (), store_prefix=getattr(store, "prefix", ""))
     started = time.time()
+
+    def refused() -> dict[str, str]:
+        return {**refused_before, **writeback.refused()}
 
     def status() -> dict[str, Any]:
         stats = writeback.stats()
@@ -214,9 +220,11 @@ async def _serve(
             "deletes": stats.deletes,
             "retries": stats.retries,
             "listings": ns.listings,
-            "lastError": stats.last_error,
+            "storeUnreachableSince": ns.reachability.since and _iso(ns.reachability.since),
+            "lastError": stats.last_error if ns.reachability.reachable else ns.reachability.last_error,
             "cacheBytes": cache.volume(),
             "storeQuirks": store.quirks(),
+            "refusedKeys": refused(),
             "uptime": round(time.time() - started, 3),
         }
 
@@ -243,7 +251,7 @@ async def _serve(
     async def handle(request: dict[str, Any]) -> dict[str, Any]:
         if request.get("cmd") == "sync":
             await sync_all()
-            return {"ok": True}
+            return {"ok": True, "refused": refused()}
         if request.get("cmd") == "status":
             return {"ok": True, **status()}
         return {"ok": False, "error": f"unknown command {request.get('cmd')!r}"}
@@ -272,7 +280,7 @@ async def _serve(
 #: Status fields that name paths or keys: ``.cowfs/status.json`` of a mount other
 #: users can enter (a tenants table, ``allow_other``) leaves them out; ``cowfs
 #: status``, which only the mount's owner can ask, has them all.
-PRIVATE_STATUS = ("mountpoint", "store", "cacheDir", "lastError")
+PRIVATE_STATUS = ("mountpoint", "store", "cacheDir", "lastError", "refusedKeys")
 
 
 def _shown_to_all(status: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:

@@ -82,6 +82,11 @@ class StoreError(CowfsError):
     errno = errno.EIO
 
 
+class Refused(StoreError):
+    """The store refused the request itself (a 4xx about the key or the body, not
+    about the store's state): sending it again cannot help."""
+
+
 class ObjectNotFound(StoreError):
     """The key does not exist in the store."""
 

@@ -53,7 +53,6 @@ from .errors import (
     NotFound,
     NotPermitted,
     ObjectNotFound,
-    PreconditionFailed,
     ReadOnly,
     StoreError,
     Unsupported,
@@ -65,6 +64,7 @@ from .journal import BODY_EMPTY, BODY_INLINE, BODY_METADATA_ONLY, BODY_STAGING, 
 from .keys import KeyMap
 from .names import component, is_listable
 from .store import ListPage, ObjectInfo, ObjectStore
+from .reachability import Reachability
 from .threads import Stall, blocking
 from .writeback import Upload, WriteBack
 
@@ -72,7 +72,8 @@ log = logging.getLogger(__name__)
 
 ROOT_INODE = 1
 #: After a store failure, listings are served from memory for this long before trying again.
-STORE_RETRY_PAUSE = 5.0
+#: An fsync allows the store timeout plus this long per byte of the file (1 MiB/s).
+FSYNC_BYTES_PER_SECOND = 1024 * 1024
 #: Objects up to this size are fetched whole when their metadata is first needed.
 PREFETCH_BYTES = 256 * 1024
 #: Read-ahead of freshly listed folders: at most this many small files queued, this many fetched at a time.
@@ -301,6 +302,7 @@ class Namespace:
         store_timeout: float = 30.0,
         tenants: dict[str, TenantOwner] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        reachability: Reachability | None = None,
     ) -> None:
         """``tenants`` (from the config file) makes a multi-user mount: only those
         tenants exist, each owned by its uid/gid/mode, and new entries take its group."""
@@ -318,7 +320,7 @@ class Namespace:
         self.store_timeout = store_timeout
         self.clock = clock
         self.tenants = tenants
-        self._store_down_until = 0.0
+        self.reachability = reachability or Reachability(store.check)
         self.listings = 0
         root = Node(ROOT_INODE, DIR, "", None, Attrs(DEFAULT_DIR_MODE, uid, gid, time.time_ns()))
         root.remote = True
@@ -345,6 +347,7 @@ class Namespace:
         starts it with ``nursery.start`` before it serves the kernel."""
         async with trio.open_nursery() as nursery:
             self._background = nursery
+            nursery.start_soon(self.reachability.run)
             task_status.started()
             await trio.sleep_forever()
 
@@ -357,7 +360,8 @@ class Namespace:
 
     async def _io(self, fn: Callable[..., Any], *args: Any, stall: Stall | None = None) -> Any:
         """A store call on a worker thread, failing with EIO after ``store_timeout``
-        (with ``stall``, after that long without progress).
+        (with ``stall``, after that long without progress); its outcome tells
+        ``reachability`` whether the store answers.
 
         While a caller waits on one, the write-back engine starts no new work.
         """
@@ -365,12 +369,13 @@ class Namespace:
         if waiting:
             self.writeback.foreground_started()
         try:
-            return await blocking(fn, *args, limiter=self.limiter, timeout=stall or self.store_timeout)
-        except (ObjectNotFound, PreconditionFailed):
+            result = await blocking(fn, *args, limiter=self.limiter, timeout=stall or self.store_timeout)
+        except StoreError as exc:
+            self.reachability.failed(exc)
             raise
-        except StoreError:
-            self._store_down_until = self.clock() + STORE_RETRY_PAUSE
-            raise
+        else:
+            self.reachability.answered()
+            return result
         finally:
             if waiting:
                 self.writeback.foreground_done()
@@ -550,10 +555,10 @@ class Namespace:
 
     def _due_for_listing(self, dir_node: Node, now: float) -> bool:
         """Whether a LIST could change ``dir_node``: not fresh, not generated, and the
-        store not just found down (a folder listed before is then served as it was)."""
+        store answering (a folder listed before is otherwise served as it was)."""
         if self._fresh(dir_node, now) or dir_node.virtual:
             return False
-        return dir_node.listed_at is None or now >= self._store_down_until
+        return dir_node.listed_at is None or self.reachability.reachable
 
     async def _list(self, dir_node: Node) -> None:
         async with dir_node.lock:
@@ -816,7 +821,7 @@ class Namespace:
             with contextlib.suppress(NotFound):
                 await self._ensure_meta(child)
         if child is None or not child.attached or self._checked_by_parent(child):
-            await self._refresh(parent, wait=False)
+            await self._revalidate(parent, child)
             child = parent.children.get(name)
         if child is None:
             raise NotFound(name)
@@ -824,6 +829,19 @@ class Namespace:
         if not child.attached:
             raise NotFound(name)
         return child
+
+    async def _revalidate(self, parent: Node, child: Node | None) -> None:
+        """Refresh ``parent``'s listing for ``child``; a child this mount knows is
+        served as it is while the store does not answer (in a folder it wrote
+        but never listed too), not refused or held up by a timeout."""
+        known = child is not None and child.attached
+        if known and not self.reachability.reachable:
+            return
+        try:
+            await self._refresh(parent, wait=False)
+        except StoreError:
+            if not known:
+                raise
 
     # -- lookups ------------------------------------------------------------
 
@@ -849,7 +867,7 @@ class Namespace:
         node = self.node(ino)
         await self._ensure_meta(node)
         if node.parent is not None and node.attached and self._checked_by_parent(node):
-            await self._refresh(node.parent, wait=False)
+            await self._revalidate(node.parent, node)
             if not node.attached:
                 raise NotFound(node.name)
         await self._ensure_meta(node)
@@ -1071,16 +1089,37 @@ class Namespace:
             raise IsADirectory(target.name)
 
     async def _move_dir_objects(self, old_prefix: str, new_prefix: str) -> None:
-        """Server-side copy of every object under a folder, then delete the old keys."""
+        """Server-side copy of every object under a folder, then delete the old keys.
+
+        The whole move is one journal intent, logged before the first copy and
+        settled once every old key's delete is logged: replay after a crash
+        anywhere in between finishes it (the new tree whole, the old one gone).
+        A copy that fails fails the rename, and the copies made are deleted.
+        """
         listing = await self._io(self.store.list_all, old_prefix, None)
-        keys = [o.key for o in listing.objects if not self.writeback.deleting(o.key)]
-        for key in keys:
+        objects = [(o.key, o.etag) for o in listing.objects if not self.writeback.deleting(o.key)]
+        move = self.journal.write_move(old_prefix, new_prefix, objects)
+        copied: list[str] = []
+
+        async def copy(key: str) -> None:
+            target = self.keymap.rebase(key, old_prefix, new_prefix)
+            await self.writeback.copy(key, target)
+            copied.append(target)
+
+        for key, _ in objects:
             self._claim_key(self.keymap.rebase(key, old_prefix, new_prefix))
-        async with trio.open_nursery() as nursery:
-            for key in keys:
-                nursery.start_soon(self.writeback.copy, key, self.keymap.rebase(key, old_prefix, new_prefix))
-        for key in keys:
+        try:
+            async with trio.open_nursery() as nursery:
+                for key, _ in objects:
+                    nursery.start_soon(copy, key)
+        except BaseException:
+            for target in copied:
+                self._release_key(target)
+            self.journal.remove_move(move)
+            raise
+        for key, _ in objects:
             self._release_key(key)
+        self.journal.remove_move(move)
 
     # -- open files -----------------------------------------------------------
 
@@ -1334,9 +1373,12 @@ class Namespace:
             self._commit(handle.node)
 
     async def fsync(self, fh: int) -> None:
+        """Returns once the store has the file; ``EIO`` when it cannot take it now
+        (an attempt failed, or none finished within the store timeout and a
+        second per MiB). The file stays in the journal and goes up later."""
         node = self.handle(fh).node
         self._commit(node)
-        await self.writeback.flush(self._source(node))
+        await self.writeback.flush(self._source(node), self.store_timeout + node.size / FSYNC_BYTES_PER_SECOND)
 
     async def release(self, fh: int) -> None:
         handle = self.handles.pop(fh, None)

@@ -12,15 +12,14 @@ from . import control
 POLL_SECONDS = 0.2
 
 
-def sync(mountpoint: str | os.PathLike[str], timeout: float | None) -> None:
-    """Wait until everything written before this call is in the store.
+def sync(mountpoint: str | os.PathLike[str], timeout: float | None) -> dict[str, Any]:
+    """Wait until everything written before this call is in the store; the daemon's answer.
 
     The progress line shows only when stderr is a terminal; either way the
     wait is the daemon's ``sync`` command, so the outcome never depends on it.
     """
     if not sys.stderr.isatty():
-        control.request(mountpoint, {"cmd": "sync"}, timeout=timeout)
-        return
+        return control.request(mountpoint, {"cmd": "sync"}, timeout=timeout)
     total = 0
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         done = pool.submit(control.request, mountpoint, {"cmd": "sync"}, timeout)
@@ -31,10 +30,11 @@ def sync(mountpoint: str | os.PathLike[str], timeout: float | None) -> None:
                 total = max(total, pending)
                 _show(total - pending, total, status)
                 concurrent.futures.wait([done], timeout=POLL_SECONDS)
-            done.result()
+            reply = done.result()
             _show(total, total, None)
         finally:
             sys.stderr.write("\n")
+    return reply
 
 
 def _show(finished: int, total: int, status: dict[str, Any] | None) -> None:

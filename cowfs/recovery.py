@@ -9,14 +9,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from .errors import ObjectNotFound, StagingLost
+from .errors import ObjectNotFound, Refused, StagingLost
 from .journal import (
-    BODY_EMPTY,
-    BODY_INLINE,
     BODY_METADATA_ONLY,
     BODY_STAGING,
     DeleteRecord,
     Journal,
+    MoveRecord,
+    PutRecord,
     committed_body,
     plan_replay,
 )
@@ -27,15 +27,20 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Report:
+    moved: list[str] = field(default_factory=list)
     uploaded: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)
+    #: Keys the store refuses for good, and why: their records stay in the journal.
+    refused: dict[str, str] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         return (
-            [f"uploaded {k}" for k in self.uploaded]
+            [f"finished moving {m}" for m in self.moved]
+            + [f"uploaded {k}" for k in self.uploaded]
             + [f"deleted {k}" for k in self.deleted]
             + [f"missing staging data for {k}" for k in self.lost]
+            + [f"the store refuses {k} ({why}): kept in the journal" for k, why in self.refused.items()]
         )
 
 
@@ -48,29 +53,24 @@ def replay(store: ObjectStore, journal: Journal) -> Report:
     """
     report = Report()
     records = journal.records()
-    deletes, puts = plan_replay(records)
+    moves, deletes, puts = plan_replay(records)
+    for move in moves:
+        finish_move(store, move)
+        report.moved.append(f"{move.src} to {move.dst}")
+        journal.remove_move(move.mid)
     if deletes:
         store.delete_many(deletes)
         report.deleted.extend(deletes)
     for record in puts:
-        if record.body == BODY_STAGING:
-            try:
-                with committed_body(journal.staging_path(record.staging or ""), record.size, journal.root) as body:
-                    store.put(record.key, body, record.metadata)
-            except (FileNotFoundError, StagingLost):
-                report.lost.append(record.key)
-                journal.remove_put(record.rid)
-                continue
-        elif record.body == BODY_METADATA_ONLY:
-            try:
-                store.copy(record.key, record.key, record.metadata)
-            except ObjectNotFound:
-                report.lost.append(record.key)
-                journal.remove_put(record.rid)
-                continue
-        elif record.body in (BODY_EMPTY, BODY_INLINE):
-            store.put(record.key, record.inline, record.metadata)
-        report.uploaded.append(record.key)
+        try:
+            _put(store, journal, record)
+        except (FileNotFoundError, StagingLost):
+            report.lost.append(record.key)
+        except Refused as exc:
+            report.refused[record.key] = str(exc)
+            continue
+        else:
+            report.uploaded.append(record.key)
         journal.remove_put(record.rid)
     for record in records:
         if isinstance(record, DeleteRecord):
@@ -80,3 +80,48 @@ def replay(store: ObjectStore, journal: Journal) -> Report:
     for line in report.lines():
         log.info("journal replay: %s", line)
     return report
+
+
+def _put(store: ObjectStore, journal: Journal, record: PutRecord) -> None:
+    """Make the store hold what ``record`` says; ``Refused`` when it will not take the key."""
+    try:
+        if record.body == BODY_STAGING:
+            with committed_body(journal.staging_path(record.staging or ""), record.size, journal.root) as body:
+                store.put(record.key, body, record.metadata)
+        elif record.body == BODY_METADATA_ONLY:
+            try:
+                store.copy(record.key, record.key, record.metadata)
+            except ObjectNotFound:
+                raise FileNotFoundError(record.key) from None
+        else:
+            store.put(record.key, record.inline, record.metadata)
+    except ObjectNotFound as exc:
+        raise Refused(str(exc)) from None
+
+
+def finish_move(store: ObjectStore, move: MoveRecord) -> None:
+    """Copy what a folder rename cut short had not copied, then delete its old keys.
+
+    Only objects that still hold the version the rename listed are moved (one
+    another writer changed since is left where it is); a copy already made is
+    not made again. Running it twice does the same.
+    """
+    moved: list[str] = []
+    for key, etag in move.objects:
+        source = _version(store, key)
+        if source != etag:
+            continue
+        target = move.dst + key[len(move.src):]
+        if _version(store, target) != etag:
+            store.copy(key, target)
+        moved.append(key)
+    if moved:
+        store.delete_many(moved)
+
+
+def _version(store: ObjectStore, key: str) -> str | None:
+    """The ETag ``key`` holds now; None when it is absent."""
+    try:
+        return store.head(key).etag
+    except ObjectNotFound:
+        return None

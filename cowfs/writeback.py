@@ -37,7 +37,7 @@ from typing import Callable, Protocol
 
 import trio
 
-from .errors import ObjectNotFound, PreconditionFailed, StoreError
+from .errors import ObjectNotFound, PreconditionFailed, Refused, StoreError
 from .journal import BODY_EMPTY, BODY_INLINE, BODY_METADATA_ONLY, BODY_STAGING, Journal, committed_body
 from .store import ObjectStore
 
@@ -57,6 +57,8 @@ MAX_DEFER = 4.0
 BUSY_UPLOAD_RATE = 20.0
 #: Uploads and deletes in flight at once.
 UPLOAD_SLOTS = 8
+#: A key the store refuses this many times in a row is not retried (``Refused``).
+REFUSALS = 3
 
 
 @dataclass
@@ -104,6 +106,9 @@ class _Pending:
     urgent: bool = False
     next_urgent: bool = False
     done: trio.Event = field(default_factory=trio.Event)
+    #: Set when an attempt fails (then replaced), for an fsync waiting on it.
+    failed: trio.Event = field(default_factory=trio.Event)
+    error: str = ""
 
 
 @dataclass
@@ -138,6 +143,7 @@ class WriteBack:
         self.on_stored = on_stored
         self._slots = trio.Semaphore(concurrency)
         self._puts: dict[str, _Pending] = {}
+        self._refused: dict[str, tuple[str, str]] = {}
         self._deletes: dict[str, float] = {}
         self._delete_attempts: dict[str, int] = {}
         self._busy: dict[str, trio.Event] = {}
@@ -193,6 +199,7 @@ class WriteBack:
     def schedule(self, source: Source, now: bool = False) -> None:
         """Upload ``source`` after the write-back delay (or at once)."""
         due = self.clock() + (0 if now else self.delay)
+        self._refused.pop(source.rid, None)
         entry = self._puts.get(source.rid)
         if entry is None:
             entry = self._puts[source.rid] = _Pending(source, due, urgent=now)
@@ -209,6 +216,7 @@ class WriteBack:
 
     def cancel(self, source: Source) -> None:
         """Forget a pending upload whose source went away (unlinked, replaced)."""
+        self._refused.pop(source.rid, None)
         entry = self._puts.get(source.rid)
         if entry is not None and not entry.running:
             del self._puts[source.rid]
@@ -284,13 +292,31 @@ class WriteBack:
         finally:
             self._release(dst)
 
-    async def flush(self, source: Source) -> None:
-        """Upload ``source`` now and wait until the store has it (fsync)."""
+    async def flush(self, source: Source, timeout: float = math.inf) -> None:
+        """Upload ``source`` now and wait until the store has it (fsync).
+
+        Raises ``StoreError`` when an attempt fails or ``timeout`` passes first:
+        the store could not take it now. The upload goes on in the background,
+        with its retries, as for any closed file.
+        """
         entry = self._puts.get(source.rid)
         if entry is None:
             return
         self.schedule(source, now=True)
-        await entry.done.wait()
+        failed = entry.failed
+        with trio.move_on_after(timeout):
+            async with trio.open_nursery() as nursery:
+                async def settle(event: trio.Event) -> None:
+                    await event.wait()
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(settle, entry.done)
+                nursery.start_soon(settle, failed)
+        if entry.done.is_set():
+            return
+        if failed.is_set():
+            raise StoreError(entry.error)
+        raise StoreError(f"the store has not taken it within {timeout:g} s")
 
     async def drain(self) -> None:
         """Wait until every pending upload and delete is in the store."""
@@ -458,9 +484,10 @@ class WriteBack:
         try:
             try:
                 etag = await trio.to_thread.run_sync(self._put_blocking, upload, limiter=self.limiter)
-            except ObjectNotFound:
+            except ObjectNotFound as exc:
                 if upload.body != BODY_METADATA_ONLY:
-                    raise
+                    # A PUT answered "not found" (the bucket is there: the mount checked it) is a refusal of the key.
+                    raise Refused(str(exc)) from None
                 log.error("%s vanished from the store before its metadata could be updated", upload.key)
                 self.last_error = f"{upload.key} vanished from the store"
                 self._release(upload.key)
@@ -475,11 +502,16 @@ class WriteBack:
         except Exception as exc:
             self._release(upload.key)
             self.retries += 1
-            self.last_error = f"upload {upload.key}: {exc}"
+            self.last_error = entry.error = f"upload {upload.key}: {exc}"
             log.warning("upload of %s failed (attempt %d): %s", upload.key, entry.attempts + 1, exc,
                         exc_info=not isinstance(exc, StoreError))
+            entry.failed.set()
+            entry.failed = trio.Event()
             entry.attempts += 1
             entry.running = False
+            if isinstance(exc, Refused) and entry.attempts >= REFUSALS:
+                self._quarantine(rid, entry, upload.key, str(exc))
+                return
             entry.due = self.clock() + self._backoff(entry.attempts)
             self._enqueue(rid, entry)
             self._kick()
@@ -493,6 +525,20 @@ class WriteBack:
             settled = True
         self._release(upload.key)
         self._finish(rid, entry, settled)
+
+    def _quarantine(self, rid: str, entry: _Pending, key: str, reason: str) -> None:
+        """Stop retrying a key the store refuses for good. Its record stays in the
+        journal; a rename or unlink of the file (a new schedule, or a cancel)
+        takes it out. Sync and unmount no longer wait for it, and name it."""
+        del self._puts[rid]
+        self._refused[rid] = (key, reason)
+        log.error("the store refuses %s (%s): kept in the journal, not retried; rename or delete the file",
+                  key, reason)
+        self._check_idle()
+
+    def refused(self) -> dict[str, str]:
+        """Keys the store refused for good, and why."""
+        return dict(self._refused.values())
 
     def _finish(self, rid: str, entry: _Pending, settled: bool) -> None:
         entry.running = False

@@ -11,7 +11,7 @@ import pytest
 
 from cowfs.attrs import Attrs, check_xattrs_fit, from_metadata, to_metadata
 from cowfs.errors import InvalidName, NameTooLong, NoSpace
-from cowfs.journal import BODY_STAGING, SPARE_AHEAD, DeleteRecord, Journal, PutRecord, plan_replay
+from cowfs.journal import BODY_STAGING, SPARE_AHEAD, DeleteRecord, Journal, MoveRecord, PutRecord, plan_replay
 from cowfs.keys import KeyMap
 from cowfs.names import check_key_length, component, is_listable
 
@@ -73,9 +73,11 @@ def test_xattrs_limited_to_object_metadata_size():
         check_xattrs_fit({"user.a": b"x" * 1500})
 
 
-def test_replay_plan_deletes_first_and_drops_superseded_deletes():
+def test_replay_plan_moves_then_deletes_and_drops_superseded_deletes():
     put = PutRecord("r1", "t/w/a", BODY_STAGING, "s1", {})
-    deletes, puts = plan_replay([DeleteRecord("t/w/a"), DeleteRecord("t/w/b"), put])
+    move = MoveRecord("m1", "t/w/old/", "t/w/new/", [("t/w/old/x", '"e"')])
+    moves, deletes, puts = plan_replay([DeleteRecord("t/w/a"), DeleteRecord("t/w/b"), put, move])
+    assert moves == [move]
     assert deletes == ["t/w/b"]
     assert puts == [put]
 

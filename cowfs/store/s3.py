@@ -32,7 +32,7 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
-from ..errors import AccessDenied, ObjectNotFound, PreconditionFailed, StoreError
+from ..errors import AccessDenied, ObjectNotFound, PreconditionFailed, Refused, StoreError
 from ..fds import pwrite_all
 from .base import ListPage, ObjectInfo, ObjectStore, Progress, same_metadata
 from .lean import META, LeanRequests, headers_info, quoted_etag
@@ -55,6 +55,8 @@ SPLIT_AFTER = 0.5
 _NOT_FOUND = {"NoSuchKey", "NotFound"}
 _PRECONDITION = {"PreconditionFailed", "ConditionalRequestConflict"}
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket"}
+#: Statuses that refuse the request itself (its key, headers or body): sending it again cannot help.
+_REFUSALS = {400, 405, 411, 413, 414, 431}
 #: boto3's conditional-write parameters as HTTP headers.
 _CONDITION_HEADERS = {"IfMatch": "If-Match", "IfNoneMatch": "If-None-Match"}
 
@@ -538,6 +540,8 @@ def _store_error(exc: Exception, what: str, endpoint: str) -> StoreError:
             return ObjectNotFound(message)
         if code in _PRECONDITION or status == 412:
             return PreconditionFailed(message)
+        if status in _REFUSALS:
+            return Refused(message)
         return StoreError(message)
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
         return AccessDenied(_one_line(f"{what}: {exc}"))
