@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from faultproxy import ERROR, HANG, PASS, REFUSE, FaultProxy
-from mounting import cowfs, is_mounted
+from mounting import cowfs, is_mounted, tmpfs
 
 HERE = Path(__file__).parent
 MiB = 1024 * 1024
@@ -280,10 +280,7 @@ def test_two_mounts_close_to_open_and_conflicts_keep_both(mount_factory, s3_buck
 
 
 def test_full_cache_disk_gives_enospc_and_keeps_the_daemon(mount_factory, s3_bucket, tmp_path):
-    cache = tmp_path / "small-cache"
-    cache.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(cache)], check=True)
-    try:
+    with tmpfs(tmp_path / "small-cache", "6m") as cache:
         m = mount_factory("full", cache=cache)
         ws = m.path / "t1" / "ws1"
         ws.mkdir(parents=True)
@@ -302,9 +299,6 @@ def test_full_cache_disk_gives_enospc_and_keeps_the_daemon(mount_factory, s3_buc
         assert stored["t1/ws1/after.txt"] == b"still works"
         assert stored.get("t1/ws1/big.bin", b"") == b""
         m.umount()
-    finally:
-        subprocess.run(["umount", "-l", str(cache)], check=False)
-    assert not is_mounted(cache)
 
 
 def test_fsck_replays_a_journal_without_mounting(mount_factory, s3_bucket):
