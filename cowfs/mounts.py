@@ -66,8 +66,9 @@ def mount_at(path: str | os.PathLike[str]) -> MountEntry | None:
 
 
 def _is_dead(path: str | os.PathLike[str]) -> bool:
+    """A FUSE mount whose daemon is gone: ``statfs`` (never answered from the kernel's caches) fails."""
     try:
-        os.stat(path)
+        os.statvfs(path)
     except OSError as exc:
         return exc.errno == errno.ENOTCONN
     return False
