@@ -19,7 +19,7 @@ from cowfs import cachedir
 from cowfs.errors import CacheInUse, UsageError
 from cowfs.mounts import parse_mountinfo
 from cowfs.recovery import journal_store
-from mounting import READY_TIMEOUT, cowfs, is_mounted, require_fuse, tmpfs
+from mounting import READY_TIMEOUT, Mount, cowfs, is_mounted, require_fuse, tmpfs
 
 USAGE, FAILED = 2, 1
 
@@ -114,11 +114,18 @@ def test_fsck_takes_the_recorded_store_and_refuses_another_one(tmp_path, fake_aw
 # -- fsck on real cache directories -------------------------------------------------------------
 
 
-def test_fsck_replays_into_the_recorded_store_and_refuses_another(mount_factory, s3_bucket, tmp_path):
-    m = mount_factory("fsck", extra=["--write-back-delay", "60"])
+def with_pending(mount_factory, name: str, files: dict[str, str]) -> Mount:
+    """A mount whose new ``t1/ws1`` files wait in its journal (a write-back delay of 60 s)."""
+    m = mount_factory(name, extra=["--write-back-delay", "60"])
     ws = m.path / "t1" / "ws1"
     ws.mkdir(parents=True)
-    (ws / "pending.txt").write_text("only in the journal")
+    for file, text in files.items():
+        (ws / file).write_text(text)
+    return m
+
+
+def test_fsck_replays_into_the_recorded_store_and_refuses_another(mount_factory, s3_bucket, tmp_path):
+    m = with_pending(mount_factory, "fsck", {"pending.txt": "only in the journal"})
     m.kill()
     s3_bucket.client.create_bucket(Bucket=f"{s3_bucket.name}-other")
     done = cowfs("fsck", f"s3://{s3_bucket.name}-other", "--cache-dir", str(m.cache_dir), *s3_args(s3_bucket),
@@ -137,10 +144,7 @@ def test_fsck_replays_into_the_recorded_store_and_refuses_another(mount_factory,
 
 
 def test_fsck_of_a_cache_directory_without_a_record_needs_the_store(mount_factory, s3_bucket):
-    m = mount_factory("old", extra=["--write-back-delay", "60"])
-    ws = m.path / "t1" / "ws1"
-    ws.mkdir(parents=True)
-    (ws / "pending.txt").write_text("from an older cowfs")
+    m = with_pending(mount_factory, "old", {"pending.txt": "from an older cowfs"})
     m.kill()
     (m.cache_dir / cachedir.OWNER).unlink()
     done = cowfs("fsck", "--cache-dir", str(m.cache_dir), check=False)
@@ -151,16 +155,13 @@ def test_fsck_of_a_cache_directory_without_a_record_needs_the_store(mount_factor
 
 
 def test_fsck_refuses_a_cache_directory_a_daemon_holds(mount_factory, s3_bucket):
-    m = mount_factory("live", extra=["--write-back-delay", "60"])
-    ws = m.path / "t1" / "ws1"
-    ws.mkdir(parents=True)
-    (ws / "pending.txt").write_text("the daemon's to upload")
+    m = with_pending(mount_factory, "live", {"pending.txt": "the daemon's to upload"})
     done = cowfs("fsck", f"s3://{s3_bucket.name}", "--cache-dir", str(m.cache_dir), *s3_args(s3_bucket), check=False)
     assert done.returncode == FAILED
     line = one_line(done)
     assert str(m.path) in line and f"PID {m.proc.pid}" in line
     assert body(s3_bucket, "t1/ws1/pending.txt") is None, "fsck uploaded nothing under the daemon"
-    assert (ws / "pending.txt").read_text() == "the daemon's to upload"
+    assert (m.path / "t1" / "ws1" / "pending.txt").read_text() == "the daemon's to upload"
     cowfs("umount", str(m.path), "--timeout", "60")
     assert m.proc.wait(timeout=60) == 0
     assert body(s3_bucket, "t1/ws1/pending.txt") == b"the daemon's to upload"
@@ -219,11 +220,7 @@ def test_a_non_empty_mount_point_is_refused_unless_allowed(mount_factory, s3_buc
 
 
 def test_umount_of_a_dead_mount_unmounts_it_and_reports_the_journal(mount_factory, s3_bucket):
-    m = mount_factory("dead", extra=["--write-back-delay", "60"])
-    ws = m.path / "t1" / "ws1"
-    ws.mkdir(parents=True)
-    for i in range(3):
-        (ws / f"pending{i}.txt").write_text(f"pending {i}")
+    m = with_pending(mount_factory, "dead", {f"pending{i}.txt": f"pending {i}" for i in range(3)})
     m.proc.send_signal(signal.SIGKILL)
     m.proc.wait(timeout=30)
     with pytest.raises(OSError):
