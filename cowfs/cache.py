@@ -220,25 +220,25 @@ class ContentCache:
                 if metadata is not None:
                     self._cache.set(_meta(key), (etag, metadata))
                 self._cache.delete(_data(key))
-            limit = min(self.limit, self._room_on_disk(value.freed_if_dropped(on_disk)))
+            volume = self._cache.volume()
+            limit = min(self.limit, volume + self._room_on_disk(value.freed_if_dropped(on_disk)))
             if on_disk > limit:
-                self._make_room(0, limit)
+                self._make_room(volume, 0, limit)
                 return
-            self._make_room(on_disk, limit)
+            self._make_room(volume, on_disk, limit)
             self._cache.set(_data(key), value, read=True, tag=etag)
 
     def _room_on_disk(self, pending: int) -> int:
-        """What the cache may hold with the file system's free space kept above its floor.
+        """Bytes the cache may add with the file system's free space kept above its floor.
 
         ``pending`` bytes are on the disk already and would be freed by not keeping them.
         """
         fs = os.statvfs(self.directory)
-        free = fs.f_bavail * fs.f_frsize
-        return self._cache.volume() + pending + free - free_space_floor(fs.f_blocks * fs.f_frsize)
+        return pending + fs.f_bavail * fs.f_frsize - free_space_floor(fs.f_blocks * fs.f_frsize)
 
-    def _make_room(self, size: int, limit: int) -> None:
-        """Evict least recently used entries until ``size`` more bytes fit under ``limit``."""
-        if self._cache.volume() + size <= limit:
+    def _make_room(self, volume: int, size: int, limit: int) -> None:
+        """Evict least recently used entries until ``size`` more bytes fit beside ``volume`` under ``limit``."""
+        if volume + size <= limit:
             return
         self._cache.reset("size_limit", max(0, limit - size))
         try:
