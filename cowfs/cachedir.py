@@ -14,13 +14,11 @@ where and by whom the folder is in use.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
 
 from .errors import CacheInUse, UsageError
 from .private import open_private
@@ -75,24 +73,41 @@ def record_owner(cache_dir: Path, owner: Owner) -> None:
     os.replace(fresh, cache_dir / OWNER)
 
 
-@contextlib.contextmanager
-def hold(cache_dir: Path, mountpoint: Path | None) -> Iterator[None]:
+class Hold:
+    """This process's hold on a cache directory, until ``close`` (or the end of a ``with``)."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+    def __enter__(self) -> Hold:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def hold(cache_dir: Path, mountpoint: Path | None) -> Hold:
     """Hold ``cache_dir`` for this process (the daemon of ``mountpoint``, or fsck with None).
 
     Raises ``CacheInUse`` naming the holder at once rather than waiting for it.
     """
     fd = open_private(cache_dir / LOCK, os.O_RDWR)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise CacheInUse(f"cache directory {cache_dir} is in use by {_holder(fd)}") from None
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         holder = json.dumps({"pid": os.getpid(), "mountpoint": str(mountpoint) if mountpoint else None})
         os.ftruncate(fd, 0)
         os.pwrite(fd, holder.encode(), 0)
-        yield
-    finally:
+    except BlockingIOError:
+        in_use = CacheInUse(f"cache directory {cache_dir} is in use by {_holder(fd)}")
         os.close(fd)
+        raise in_use from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return Hold(fd)
 
 
 def _holder(fd: int) -> str:

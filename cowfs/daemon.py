@@ -171,22 +171,23 @@ def serve(opts: MountOptions, store: ObjectStore) -> None:
     os.umask(PRIVATE_UMASK)
     cache_dir = private_dir(opts.cache_dir or default_cache_dir(store, opts.tenant), "cache directory")
     control.private_runtime_dir()
-    with cachedir.hold(cache_dir, opts.mountpoint):
-        cachedir.record_owner(cache_dir, owner_of(opts, store))
-        _tune_process()
-        journal = Journal(cache_dir / "journal")
-        report = replay(store, journal)
-        if report.lines():
-            log.info("recovered %d pending change(s) from the journal", len(report.lines()))
-        tmp_dir = cache_dir / "tmp"
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        tmp_dir.mkdir(mode=PRIVATE_DIR_MODE)
-        cache = ContentCache(cache_dir / "cache", opts.cache_size)
-        try:
-            trio.run(_serve, opts, store, cache, journal, tmp_dir, cache_dir)
-        finally:
-            cache.close()
-            journal.close()
+    lock = cachedir.hold(cache_dir, opts.mountpoint)
+    cachedir.record_owner(cache_dir, owner_of(opts, store))
+    _tune_process()
+    journal = Journal(cache_dir / "journal")
+    report = replay(store, journal)
+    if report.lines():
+        log.info("recovered %d pending change(s) from the journal", len(report.lines()))
+    tmp_dir = cache_dir / "tmp"
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    tmp_dir.mkdir(mode=PRIVATE_DIR_MODE)
+    cache = ContentCache(cache_dir / "cache", opts.cache_size)
+    try:
+        trio.run(_serve, opts, store, cache, journal, tmp_dir, cache_dir)
+    finally:
+        cache.close()
+        journal.close()
+        lock.close()
 
 
 async def _serve(
