@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,12 +16,11 @@ from typing import Any, Callable, NoReturn, Sequence, TypeVar
 
 import json
 
-from . import __version__, archive, control, helper_install, progress, sessions, values, workspaces
+from . import __version__, archive, control, helper_install, mounts, progress, sessions, values, workspaces
 from .config import Config, load
 from .daemon import READY_FD_ENV, MountOptions, mount
 from .errors import CowfsError, NotFound, UsageError
-from .journal import Journal
-from .recovery import replay
+from .recovery import fsck, journal_store, release_dead_mount
 from .store import ObjectStore, open_store
 from .store.local import LocalStore
 
@@ -204,12 +202,16 @@ def _cmd_status(args: argparse.Namespace) -> None:
 
 
 def _cmd_umount(args: argparse.Namespace) -> None:
-    """Flush, unmount, and wait for the daemon to exit: then the store has everything."""
+    """Flush, unmount, and wait for the daemon to exit: then the store has everything.
+
+    A mount whose daemon died is unmounted; its journal waits for the next mount.
+    """
+    if mounts.dead_cowfs_mount(args.mountpoint) is not None:
+        print(release_dead_mount(Path(args.mountpoint)))
+        return
     status = control.request(args.mountpoint, {"cmd": "status"}, timeout=args.timeout)
     synced = progress.sync(args.mountpoint, args.timeout)
-    done = subprocess.run(["fusermount3", "-u", str(args.mountpoint)], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise CowfsError(done.stderr.strip() or f"could not unmount {args.mountpoint}")
+    mounts.unmount(args.mountpoint)
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     while _alive(status["pid"]):
         if deadline is not None and time.monotonic() > deadline:
@@ -331,16 +333,8 @@ def _cmd_install_helper(args: argparse.Namespace) -> None:
 
 
 def _cmd_fsck(args: argparse.Namespace) -> None:
-    store = _existing(open_store(args.store, endpoint_url=args.endpoint_url, region=args.region,
-                                 path_style=args.path_style), args.store)
-    journal_dir = args.cache_dir / "journal"
-    if not journal_dir.is_dir():
-        raise UsageError(f"{args.cache_dir} holds no cowfs journal")
-    journal = Journal(journal_dir)
-    try:
-        lines = replay(store, journal).lines()
-    finally:
-        journal.close()
+    store, url = journal_store(args.cache_dir, args.store, args.endpoint_url, args.region, args.path_style)
+    lines = fsck(args.cache_dir, _existing(store, url)).lines()
     for line in lines or ["nothing to recover"]:
         print(line)
 

@@ -1,14 +1,15 @@
 """The mount daemon: wires store, cache, journal, write-back and FUSE together.
 
-Lifecycle: check the store (refuse to start if unreachable) -> lock the cache
-directory -> replay the journal -> mount -> announce readiness -> serve ->
-on SIGTERM/SIGINT or unmount: flush every pending upload -> unmount -> exit.
+Lifecycle: check the mount point (no mount there, no files unless allowed) ->
+check the store (refuse to start if unreachable) -> lock the cache directory
+and record its owner -> replay the journal -> mount -> announce readiness ->
+serve -> on SIGTERM/SIGINT/SIGHUP or unmount: flush every pending upload ->
+unmount -> exit.
 """
 
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import hashlib
 import logging
 import os
@@ -25,11 +26,11 @@ from typing import Any, Awaitable, Callable
 import pyfuse3
 import trio
 
-from . import control
+from . import cachedir, control, mounts
 from .activity import Activity
 from .cache import ContentCache
 from .config import TenantOwner
-from .errors import CowfsError, UsageError
+from .errors import CowfsError
 from .fs import Operations
 from .hooks import WorkspaceHooks
 from .journal import GROUP_COMMIT, Journal
@@ -119,25 +120,26 @@ def open_configured_store(opts: MountOptions) -> ObjectStore:
                       read_timeout=opts.store_timeout)
 
 
+def owner_of(opts: MountOptions, store: ObjectStore) -> cachedir.Owner:
+    """What the mount's cache directory records: its store and tenant, and how the store is reached."""
+    return cachedir.Owner(store.url, opts.tenant, opts.endpoint_url, opts.region, opts.path_style)
+
+
 def mount(opts: MountOptions) -> None:
     """Mount; in the foreground until unmounted, else return once the mount answers."""
-    try:
-        is_dir = opts.mountpoint.is_dir()
-    except OSError as exc:
-        raise UsageError(f"mount point {opts.mountpoint}: {exc.strerror} (a stale mount? fusermount3 -u it)") from None
-    if not is_dir:
-        raise UsageError(f"mount point {opts.mountpoint} is not a directory")
+    mounts.check_free(opts.mountpoint, allow_nonempty=mounts.NONEMPTY in opts.fuse_options)
     store = open_configured_store(opts)
     store.check()
+    cache_dir = private_dir(opts.cache_dir or default_cache_dir(store, opts.tenant), "cache directory")
+    cachedir.check_owner(cache_dir, owner_of(opts, store))
     if opts.foreground:
         serve(opts, store)
     else:
-        _spawn_background(opts, store)
+        _spawn_background(opts, cache_dir)
 
 
-def _spawn_background(opts: MountOptions, store: ObjectStore) -> None:
+def _spawn_background(opts: MountOptions, cache_dir: Path) -> None:
     """Start the foreground daemon detached and wait until it reports ready."""
-    cache_dir = private_dir(opts.cache_dir or default_cache_dir(store, opts.tenant), "cache directory")
     read_end, write_end = os.pipe()
     env = dict(os.environ, **{READY_FD_ENV: str(write_end)})
     log_path = cache_dir / "cowfs.log"
@@ -170,11 +172,8 @@ def serve(opts: MountOptions, store: ObjectStore) -> None:
     os.umask(PRIVATE_UMASK)
     cache_dir = private_dir(opts.cache_dir or default_cache_dir(store, opts.tenant), "cache directory")
     control.private_runtime_dir()
-    lock = open(cache_dir / "lock", "w")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise CowfsError(f"cache directory {cache_dir} is in use by another cowfs daemon") from None
+    lock = cachedir.hold(cache_dir, opts.mountpoint)
+    cachedir.record_owner(cache_dir, owner_of(opts, store))
     _tune_process()
     journal = Journal(cache_dir / "journal")
     report = replay(store, journal)
@@ -242,10 +241,11 @@ async def _serve(
         await trio.to_thread.run_sync(journal.sync_to_disk)
 
     fuse_options = {"fsname=" + store.url.replace(",", "_"), "subtype=cowfs", "default_permissions"}
-    fuse_options.update(o for o in opts.fuse_options if o)
+    fuse_options.update(o for o in opts.fuse_options if o and o != mounts.NONEMPTY)
     if opts.debug:
         fuse_options.add("debug")
     control_path = control.socket_path(opts.mountpoint)
+    control.write_record(opts.mountpoint, cache_dir)
     pyfuse3.init(Operations(ns, opts.metadata_ttl), str(opts.mountpoint), fuse_options)
 
     async def handle(request: dict[str, Any]) -> dict[str, Any]:
@@ -274,6 +274,7 @@ async def _serve(
     finally:
         pyfuse3.close(unmount=True)
         if unmounted:
+            control.forget(opts.mountpoint)
             log.info("unmounted %s; every pending change is in the store", opts.mountpoint)
 
 
@@ -343,7 +344,8 @@ async def _learn_the_server(store: ObjectStore, limiter: trio.CapacityLimiter) -
 
 
 async def _stop_on_signal(sync_all: Callable[[], Awaitable[None]]) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    """SIGTERM, SIGINT, and SIGHUP (the terminal of ``mount -f`` closed): flush, then unmount."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             log.info("%s: flushing pending uploads, then unmounting", signal.Signals(signum).name)
             notify("STOPPING=1")

@@ -109,6 +109,10 @@ class InvalidToken(CowfsError):
     errno = errno.EINVAL
 
 
+class CacheInUse(CowfsError):
+    """Another cowfs process (a daemon, or fsck) holds the cache directory."""
+
+
 class UsageError(CowfsError):
     """Bad command line or configuration: exit status 2."""
 

@@ -2,14 +2,19 @@
 
 Runs before a mount answers and from ``cowfs fsck``; both print what was
 recovered. Replay is idempotent: running it twice uploads the same bytes again.
+fsck replays into the store the cache directory records, never into another
+one, and never under a running daemon (it holds the cache directory's lock).
+``cowfs umount`` of a mount whose daemon died says what its journal holds.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from .errors import ObjectNotFound, Refused, StagingLost
+from . import cachedir, control, mounts
+from .errors import CacheInUse, ObjectNotFound, Refused, StagingLost, UsageError
 from .journal import (
     BODY_METADATA_ONLY,
     BODY_STAGING,
@@ -20,7 +25,7 @@ from .journal import (
     committed_body,
     plan_replay,
 )
-from .store import ObjectStore
+from .store import ObjectStore, open_store
 
 log = logging.getLogger(__name__)
 
@@ -125,3 +130,72 @@ def _version(store: ObjectStore, key: str) -> str | None:
         return store.head(key).etag
     except ObjectNotFound:
         return None
+
+
+def pending_changes(journal: Journal) -> int:
+    """How many changes ``journal`` holds for the store: what a replay would apply."""
+    moves, deletes, puts = plan_replay(journal.records())
+    return len(moves) + len(deletes) + len(puts)
+
+
+def journal_store(cache_dir: Path, url: str | None, endpoint_url: str | None = None, region: str | None = None,
+                  path_style: bool = False) -> tuple[ObjectStore, str]:
+    """The store the journal of ``cache_dir`` belongs to, and its URL.
+
+    ``url`` must be the store the folder records, if it records one; without
+    ``url`` the recorded store is used, reached as it was unless told otherwise.
+    """
+    owner = cachedir.recorded_owner(cache_dir)
+    if owner is None:
+        if url is None:
+            raise UsageError(f"cache directory {cache_dir} does not record its store (made by an older cowfs): "
+                             "name the STORE")
+        return open_store(url, endpoint_url=endpoint_url, region=region, path_style=path_style), url
+    store = open_store(url or owner.store, endpoint_url=endpoint_url or owner.endpoint_url,
+                       region=region or owner.region, path_style=path_style or owner.path_style)
+    if store.url != owner.store:
+        raise UsageError(f"cache directory {cache_dir} belongs to {owner.store}, not to {store.url}")
+    return store, url or owner.store
+
+
+def fsck(cache_dir: Path, store: ObjectStore) -> Report:
+    """Replay the journal of ``cache_dir`` into ``store``, holding the folder against a daemon."""
+    journal_dir = cache_dir / "journal"
+    if not journal_dir.is_dir():
+        raise UsageError(f"{cache_dir} holds no cowfs journal")
+    with cachedir.hold(cache_dir, None):
+        journal = Journal(journal_dir)
+        try:
+            return replay(store, journal)
+        finally:
+            journal.close()
+
+
+def release_dead_mount(path: Path) -> str:
+    """Unmount the cowfs mount at ``path`` whose daemon died; say what its journal holds for the next mount."""
+    mounts.unmount(path, lazy_if_busy=True)
+    record = control.read_record(path)
+    control.forget(path)
+    said = f"unmounted {path}, whose daemon had died"
+    if record is None:
+        return f"{said}; its journal waits in its cache directory for the next mount (or cowfs fsck --cache-dir DIR)"
+    cache_dir = Path(record["cacheDir"])
+    try:
+        with cachedir.hold(cache_dir, None):
+            count = _pending_in(cache_dir / "journal")
+    except CacheInUse as exc:
+        return f"{said}; {exc}"
+    if count == 0:
+        return f"{said}; its journal in {cache_dir} holds nothing the store lacks"
+    return (f"{said}; the journal in {cache_dir} holds {count} change(s) not yet in the store: the next mount "
+            f"with that cache directory uploads them (or cowfs fsck --cache-dir {cache_dir})")
+
+
+def _pending_in(journal_dir: Path) -> int:
+    if not journal_dir.is_dir():
+        return 0
+    journal = Journal(journal_dir)
+    try:
+        return pending_changes(journal)
+    finally:
+        journal.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -38,6 +40,22 @@ def require_fuse() -> None:
         if in_ci():
             pytest.fail(f"cannot mount FUSE under CI: {problem}")
         pytest.skip(problem)
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``path`` (root only; skipped otherwise, failed under CI=true)."""
+    if os.geteuid() != 0:
+        if in_ci():
+            pytest.fail("mounting a tmpfs needs root under CI")
+        pytest.skip("mounting a tmpfs needs root")
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+    assert not is_mounted(path)
 
 
 def is_mounted(path: Path) -> bool:

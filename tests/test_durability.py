@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from faultproxy import ERROR, HANG, PASS, REFUSE, FaultProxy
-from mounting import cowfs, is_mounted
+from mounting import cowfs, is_mounted, tmpfs
 
 HERE = Path(__file__).parent
 MiB = 1024 * 1024
@@ -280,10 +280,7 @@ def test_two_mounts_close_to_open_and_conflicts_keep_both(mount_factory, s3_buck
 
 
 def test_full_cache_disk_gives_enospc_and_keeps_the_daemon(mount_factory, s3_bucket, tmp_path):
-    cache = tmp_path / "small-cache"
-    cache.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(cache)], check=True)
-    try:
+    with tmpfs(tmp_path / "small-cache", "6m") as cache:
         m = mount_factory("full", cache=cache)
         ws = m.path / "t1" / "ws1"
         ws.mkdir(parents=True)
@@ -302,9 +299,26 @@ def test_full_cache_disk_gives_enospc_and_keeps_the_daemon(mount_factory, s3_buc
         assert stored["t1/ws1/after.txt"] == b"still works"
         assert stored.get("t1/ws1/big.bin", b"") == b""
         m.umount()
-    finally:
-        subprocess.run(["umount", "-l", str(cache)], check=False)
-    assert not is_mounted(cache)
+
+
+def test_reads_never_leave_a_small_cache_disk_full_for_writes(mount_factory, s3_bucket, tmp_path):
+    """With the default --cache-size (10G) on a 64 MiB disk, the clean cache leaves room for new writes."""
+    with tmpfs(tmp_path / "small-disk", "64m") as cache:
+        m = mount_factory("small", cache=cache)
+        ws = m.path / "t1" / "ws1"
+        ws.mkdir(parents=True)
+        (ws / "first.bin").write_bytes(b"1" * 8 * MiB)
+        m.sync()
+        blobs = {f"t1/ws1/read{i}.bin": os.urandom(4 * MiB) for i in range(24)}
+        for key, data in blobs.items():
+            s3_bucket.client.put_object(Bucket=s3_bucket.name, Key=key, Body=data)
+        time.sleep(1.5)
+        for key, data in blobs.items():
+            assert (m.path / key).read_bytes() == data
+        (ws / "second.bin").write_bytes(b"2" * 8 * MiB)
+        m.sync()
+        assert keys(s3_bucket, "t1/ws1/second.bin")["t1/ws1/second.bin"] == b"2" * 8 * MiB
+        m.umount()
 
 
 def test_fsck_replays_a_journal_without_mounting(mount_factory, s3_bucket):
