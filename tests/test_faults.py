@@ -158,3 +158,18 @@ def test_a_key_the_store_refuses_does_not_block_sync_or_umount(mount_factory, s3
     assert m.proc.wait(timeout=30) == 0
     later = mount_factory("refused-later", cache=m.cache_dir)
     assert list(status(later)["refusedKeys"]) == ["t1/ws1/again\nbad.txt"], "still in the journal, still named"
+
+
+def test_kill_9_right_after_rm_r_of_a_workspace_leaves_nothing_of_it(mount_factory, s3_bucket):
+    m = mount_factory("rm")
+    ws = m.path / "t1" / "gone"
+    (ws / "sessions" / "s1").mkdir(parents=True)
+    for i in range(300):
+        (ws / "sessions" / "s1" / f"f{i:03d}.txt").write_text(str(i))
+    m.sync()
+    subprocess.run(["rm", "-r", str(ws)], check=True)
+    m.kill()
+    again = mount_factory("rm-again", cache=m.cache_dir)
+    again.sync()
+    assert keys(s3_bucket, "t1/gone/") == {}
+    assert not (again.path / "t1" / "gone").exists()
