@@ -40,7 +40,7 @@ from typing import IO, Callable, Iterable, Iterator, TypeVar
 
 from . import layout
 from .attrs import DEFAULT_DIR_MODE, DEFAULT_FILE_MODE, Attrs, check_xattrs_fit, from_metadata, to_metadata
-from .errors import CowfsError, InvalidName, NameTooLong, NoSpace, NotFound, NotPermitted, PreconditionFailed
+from .errors import CowfsError, InvalidName, NameTooLong, NoSpace, NotFound, NotPermitted, PreconditionFailed, Refused
 from .hooks import user_name
 from .keys import KeyMap
 from .names import component
@@ -479,7 +479,7 @@ def _put(store: ObjectStore, keymap: KeyMap, summary: Summary,
             kind = stat.S_IFDIR if member.isdir() else stat.S_IFLNK if member.issym() else stat.S_IFREG
             attrs = Attrs(kind | stat.S_IMODE(member.mode), member.uid, member.gid, _mtime_ns(member), _xattrs(member))
             store.put(key, body, to_metadata(attrs))
-    except (InvalidName, NameTooLong) as exc:
+    except (InvalidName, NameTooLong, Refused) as exc:
         summary.skipped.append(("/".join(entry.parts), str(exc)))
         return None
     finally:

@@ -88,20 +88,17 @@ def replay(store: ObjectStore, journal: Journal) -> Report:
 
 
 def _put(store: ObjectStore, journal: Journal, record: PutRecord) -> None:
-    """Make the store hold what ``record`` says; ``Refused`` when it will not take the key."""
-    try:
-        if record.body == BODY_STAGING:
-            with committed_body(journal.staging_path(record.staging or ""), record.size, journal.root) as body:
-                store.put(record.key, body, record.metadata)
-        elif record.body == BODY_METADATA_ONLY:
-            try:
-                store.copy(record.key, record.key, record.metadata)
-            except ObjectNotFound:
-                raise FileNotFoundError(record.key) from None
-        else:
-            store.put(record.key, record.inline, record.metadata)
-    except ObjectNotFound as exc:
-        raise Refused(str(exc)) from None
+    """Make the store hold what ``record`` says (``Refused`` when it will not take the key)."""
+    if record.body == BODY_STAGING:
+        with committed_body(journal.staging_path(record.staging or ""), record.size, journal.root) as body:
+            store.put(record.key, body, record.metadata)
+    elif record.body == BODY_METADATA_ONLY:
+        try:
+            store.copy(record.key, record.key, record.metadata)
+        except ObjectNotFound:
+            raise FileNotFoundError(record.key) from None
+    else:
+        store.put(record.key, record.inline, record.metadata)
 
 
 def finish_move(store: ObjectStore, move: MoveRecord) -> None:

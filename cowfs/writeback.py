@@ -484,10 +484,9 @@ class WriteBack:
         try:
             try:
                 etag = await trio.to_thread.run_sync(self._put_blocking, upload, limiter=self.limiter)
-            except ObjectNotFound as exc:
+            except ObjectNotFound:
                 if upload.body != BODY_METADATA_ONLY:
-                    # A PUT answered "not found" (the bucket is there: the mount checked it) is a refusal of the key.
-                    raise Refused(str(exc)) from None
+                    raise
                 log.error("%s vanished from the store before its metadata could be updated", upload.key)
                 self.last_error = f"{upload.key} vanished from the store"
                 self._release(upload.key)

@@ -107,7 +107,8 @@ class ObjectStore(abc.ABC):
         ``if_none_match`` on the key being absent; a lost condition raises
         ``PreconditionFailed``, unless the key already holds this very version
         (the same bytes and metadata): then an earlier attempt of the write
-        landed and its answer was lost, and the write is a success. A file object body is read from its current
+        landed and its answer was lost, and the write is a success.
+        ``Refused`` when the store will not take this key or body at all. A file object body is read from its current
         position to the end (large ones may go up as a multipart upload).
         """
 

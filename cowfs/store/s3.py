@@ -259,7 +259,8 @@ class S3Store(ObjectStore):
                                         lambda form: self._put_small(key, data, metadata, condition, form))
         except ObjectNotFound as exc:
             if if_match is None:
-                raise
+                # The bucket is there (checked at start): a 404 to a PUT refuses the key (moto: a newline in it).
+                raise Refused(str(exc)) from None
             # S3 answers If-Match on a missing key with 404: the condition lost.
             raise PreconditionFailed(str(exc)) from None
 
