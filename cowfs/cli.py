@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import", help="write the files of a tar archive into a workspace")
     p.add_argument("workspace", metavar="TENANT/WORKSPACE")
     p.add_argument("archive", metavar="IN.tar.gz", type=Path)
+    p.add_argument("--allow-devices", action="store_true",
+                   help="keep device files (skipped otherwise; FIFOs are always kept)")
     _store_options(p)
 
     p = sub.add_parser("purge", help="delete workspaces idle for N days")
@@ -278,7 +280,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
 def _cmd_import(args: argparse.Namespace) -> None:
     tenant, name = _split(args.workspace)
-    summary = archive.import_archive(_open_store(args), tenant, name, args.archive)
+    summary = archive.import_archive(_open_store(args), tenant, name, args.archive, args.allow_devices)
     print("\n".join(summary.lines("imported", f"into {tenant}/{name}")))
 
 

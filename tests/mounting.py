@@ -27,17 +27,31 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
-def require_fuse() -> None:
-    """Skip without FUSE, but fail under CI=true: CI must not pass by skipping."""
-    problem = None
-    if not os.path.exists("/dev/fuse"):
-        problem = "/dev/fuse is missing"
-    elif shutil.which("fusermount3") is None:
-        problem = "fusermount3 is not installed (apt-get install fuse3)"
+def _unavailable(problem: str | None) -> None:
+    """Skip for ``problem``, but fail under CI=true: CI must not pass by skipping."""
     if problem:
         if in_ci():
-            pytest.fail(f"cannot mount FUSE under CI: {problem}")
+            pytest.fail(f"cannot run under CI: {problem}")
         pytest.skip(problem)
+
+
+def require_fuse() -> None:
+    """Skip without FUSE, but fail under CI=true."""
+    if not os.path.exists("/dev/fuse"):
+        _unavailable("/dev/fuse is missing")
+    elif shutil.which("fusermount3") is None:
+        _unavailable("fusermount3 is not installed (apt-get install fuse3)")
+
+
+def require_root(why: str) -> None:
+    """Skip unless root (device files, other users' requests), but fail under CI=true."""
+    _unavailable(None if os.geteuid() == 0 else f"needs root: {why}")
+
+
+def require_programs(*names: str) -> None:
+    """Skip unless every program is on PATH (scripts/setup installs them), but fail under CI=true."""
+    missing = [name for name in names if shutil.which(name) is None]
+    _unavailable(f"not installed: {', '.join(missing)} (scripts/setup installs them)" if missing else None)
 
 
 def is_mounted(path: Path) -> bool:
