@@ -141,7 +141,8 @@ def test_rsync_and_tar_carry_special_files_in_and_out(mount_factory, tmp_path):
     ws.mkdir(parents=True)
     subprocess.run(["rsync", "-a", f"{src}/", ws / "rsynced"], check=True, capture_output=True)
     assert specials(ws / "rsynced") == wanted()
-    subprocess.run(["tar", "-C", src, "-cf", tmp_path / "specials.tar", "."], check=True, capture_output=True)
+    subprocess.run(["tar", "--format=posix", "-C", src, "-cf", tmp_path / "specials.tar", "."], check=True,
+                   capture_output=True)
     (ws / "untarred").mkdir()
     subprocess.run(["tar", "-C", ws / "untarred", "-xpf", tmp_path / "specials.tar"], check=True, capture_output=True)
     assert specials(ws / "untarred") == wanted(("fifo", "null", "loop"))  # tar leaves sockets out
