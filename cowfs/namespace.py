@@ -1084,8 +1084,10 @@ class Namespace:
                 self._drop_intent(target)
             shadows = self._claim_key(new_key) or (target is not None and self._may_hold_object(target))
             carries_data = node.kind != DIR and self._carries_data(node)
+            node.ctime_ns = time.time_ns()
             if node.kind == DIR:
                 await self._move_dir_objects(old_key, new_key)
+                node.times_unsaved = True  # the copied marker has the old ctime
             elif not carries_data:
                 await self.writeback.copy(old_key, new_key, to_metadata(node.attrs()))
             if self._may_hold_object(node):
@@ -1094,7 +1096,6 @@ class Namespace:
             del old_parent.children[node.name]
             node.name, node.parent = new_name, new_parent
             new_parent.children[new_name] = node
-            node.ctime_ns = time.time_ns()
             node.condition = "none"
             for folder in {old_parent, new_parent}:
                 self._entries_changed(folder)

@@ -138,3 +138,21 @@ def test_atime_is_kept_when_set_never_moved_by_reads_and_survives_a_remount(moun
     second = mount_factory("two")
     again = os.stat(second.path / "t1" / "ws1" / "f")
     assert (again.st_atime_ns, again.st_mtime_ns, again.st_ctime_ns) == (A_TIME, M_TIME, ctime)
+
+
+def test_ctime_of_a_renamed_file_and_folder_is_stored(mount_factory):
+    first = mount_factory("one")
+    ws = first.path / "t1" / "ws1"
+    (ws / "d").mkdir(parents=True)
+    (ws / "f").write_bytes(b"f")
+    os.utime(ws / "d", ns=(M_TIME, M_TIME))
+    os.utime(ws / "f", ns=(M_TIME, M_TIME))
+    first.sync()
+    (ws / "d").rename(ws / "e")
+    (ws / "f").rename(ws / "g")
+    shown = {name: times(ws / name) for name in ("e", "g")}
+    assert all(mtime == M_TIME < ctime for mtime, ctime in shown.values())
+    first.umount()
+
+    second = mount_factory("two")
+    assert {name: times(second.path / "t1" / "ws1" / name) for name in ("e", "g")} == shown
