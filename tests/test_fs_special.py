@@ -4,7 +4,6 @@ cache, carried by rsync, tar and export/import; and ``nodev``/``nosuid`` by defa
 
 from __future__ import annotations
 
-import errno
 import os
 import socket
 import stat
@@ -15,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from mounting import is_mounted, require_root
+from mounting import require_root
 from test_fs_posix import meta
 from test_workspaces import cli
+
+pytestmark = pytest.mark.servers
 
 MTIME = 1_650_000_000_123_456_789
 #: name -> (type bits, permission bits, device number)

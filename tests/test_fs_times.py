@@ -15,6 +15,8 @@ import pytest
 
 from test_fs_posix import meta
 
+pytestmark = pytest.mark.servers
+
 A_TIME = 1_400_000_000_111_111_111
 M_TIME = 1_500_000_000_222_222_222
 
