@@ -1484,7 +1484,9 @@ class Namespace:
             staging=self.journal.staging_path(staging) if staging else None,
             inline=inline,
             size=node.committed_size,
-            if_match=node.etag if node.condition == "etag" and node.remote else None,
+            # Not on a folder marker: every empty object has the same ETag, so it would guard nothing
+            # but the marker's existence, and a lost condition leaves a conflict copy in the folder.
+            if_match=node.etag if node.condition == "etag" and node.remote and node.kind != DIR else None,
             if_none_match=node.condition == "absent",
         )
 

@@ -13,7 +13,7 @@ from typing import Callable
 
 import pytest
 
-from test_fs_posix import meta
+from test_fs_posix import keys, meta
 
 pytestmark = pytest.mark.servers
 
@@ -24,6 +24,11 @@ M_TIME = 1_500_000_000_222_222_222
 def times(path: Path) -> tuple[int, int]:
     st = os.lstat(path)
     return st.st_mtime_ns, st.st_ctime_ns
+
+
+def seconds(ns: int) -> str:
+    """A time as ``x-amz-meta-mtime`` holds it."""
+    return "{}.{:09d}".format(*divmod(ns, 10**9))
 
 
 def uploads(mnt) -> int:
@@ -111,7 +116,7 @@ def test_folder_times_add_no_upload_per_change_and_reach_the_marker_at_sync(moun
     shown = times(d)
     first.sync()
     assert uploads(first) - before == 6
-    assert meta(s3_bucket, "t1/ws1/d/")["mtime"] == f"{shown[0] // 10**9}.{shown[0] % 10**9:09d}"
+    assert meta(s3_bucket, "t1/ws1/d/")["mtime"] == seconds(shown[0])
     first.umount()
 
     second = mount_factory("two")
@@ -133,7 +138,7 @@ def test_atime_is_kept_when_set_never_moved_by_reads_and_survives_a_remount(moun
     ctime = st.st_ctime_ns
     first.sync()
     stored = meta(s3_bucket, "t1/ws1/f")
-    assert stored["atime"] == "1400000000.111111111" and stored["mtime"] == "1500000000.222222222"
+    assert (stored["atime"], stored["mtime"]) == (seconds(A_TIME), seconds(M_TIME))
     assert "atime" not in meta(s3_bucket, "t1/ws1/plain")
     first.umount()
 
@@ -158,3 +163,14 @@ def test_ctime_of_a_renamed_file_and_folder_is_stored(mount_factory):
 
     second = mount_factory("two")
     assert {name: times(second.path / "t1" / "ws1" / name) for name in ("e", "g")} == shown
+
+
+def test_a_folder_marker_removed_by_another_client_comes_back_with_the_times_not_a_conflict_copy(mnt, ws, s3_bucket):
+    d = ws / "d"
+    d.mkdir()
+    mnt.sync()
+    s3_bucket.client.delete_object(Bucket=s3_bucket.name, Key="t1/ws1/d/")
+    (d / "f").write_bytes(b"f")
+    mnt.sync()
+    assert keys(s3_bucket, "t1/ws1/d/") == {"t1/ws1/d/", "t1/ws1/d/f"}
+    assert meta(s3_bucket, "t1/ws1/d/")["mtime"] == seconds(times(d)[0])
