@@ -10,7 +10,7 @@ Ordering rules (why nothing is lost or resurrected):
   pending delete is never shown again by a listing (``_merge``);
 - a put of a key cancels a pending delete of it first, and store operations
   on one key never overlap (``WriteBack``);
-- structural changes (create, mkdir, unlink, rmdir, rename, symlink) hold
+- structural changes (create, mkdir, unlink, rmdir, rename, symlink, mknod) hold
   ``_tree_lock``, so a listing never interleaves with half a rename.
 """
 
