@@ -129,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="refuse an archive whose files add up to more (default 64G)")
     p.add_argument("--max-members", type=_arg(values.positive_int), default=archive.Limits.max_members,
                    help="refuse an archive with more members (default 1000000)")
+    p.add_argument("--allow-devices", action="store_true",
+                   help="keep device files (skipped otherwise; FIFOs are always kept)")
     _store_options(p)
 
     p = sub.add_parser("purge", help="delete workspaces idle for N days")
@@ -308,7 +310,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
 def _cmd_import(args: argparse.Namespace) -> None:
     tenant, name = args.workspace
     limits = archive.Limits(args.max_bytes, args.max_members)
-    summary = archive.import_archive(_open_store(args), tenant, name, args.archive, limits)
+    summary = archive.import_archive(_open_store(args), tenant, name, args.archive, limits, args.allow_devices)
     print("\n".join(summary.lines("imported", f"into {tenant}/{name}")))
 
 

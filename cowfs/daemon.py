@@ -62,6 +62,9 @@ GIL_SWITCH_INTERVAL = 0.0005
 #: read from the disk cache after a remount, past its first read: 0.085-0.1 s
 #: at 128, 0.06-0.08 s at 4096 (cold reads from moto: no difference seen).
 READ_AHEAD_KIB = 4096
+#: Unless the mount asks for ``dev`` / ``suid`` (trusted, single-user use), a device file or
+#: set-uid bit found in the bucket acts as neither: said explicitly, not left to libfuse's defaults.
+SAFE_MOUNT_FLAGS = {"dev": "nodev", "suid": "nosuid"}
 
 
 @dataclass
@@ -242,6 +245,7 @@ async def _serve(
 
     fuse_options = {"fsname=" + store.url.replace(",", "_"), "subtype=cowfs", "default_permissions"}
     fuse_options.update(o for o in opts.fuse_options if o and o != mounts.NONEMPTY)
+    fuse_options.update(safe for lifted, safe in SAFE_MOUNT_FLAGS.items() if lifted not in fuse_options)
     if opts.debug:
         fuse_options.add("debug")
     control_path = control.socket_path(opts.mountpoint)

@@ -10,7 +10,7 @@ Ordering rules (why nothing is lost or resurrected):
   pending delete is never shown again by a listing (``_merge``);
 - a put of a key cancels a pending delete of it first, and store operations
   on one key never overlap (``WriteBack``);
-- structural changes (create, mkdir, unlink, rmdir, rename, symlink) hold
+- structural changes (create, mkdir, unlink, rmdir, rename, symlink, mknod) hold
   ``_tree_lock``, so a listing never interleaves with half a rename.
 """
 
@@ -38,6 +38,7 @@ from .attrs import (
     Attrs,
     check_xattrs_fit,
     from_metadata,
+    is_special,
     to_metadata,
 )
 from .cache import CacheBusy, ContentCache
@@ -92,7 +93,8 @@ LINK_INTO_CACHE = 1024 * 1024
 READ_AHEAD_PARALLEL = 8
 #: Metadata of a folder's entries (readdir) is fetched this many at a time.
 META_PARALLEL = 32
-FILE, DIR, LINK = "file", "dir", "symlink"
+#: Node kinds; SPECIAL is a FIFO, socket or device (an empty object, its type in the mode).
+FILE, DIR, LINK, SPECIAL = "file", "dir", "symlink", "special"
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 _PREFIX_ONLY = None  # a listing entry that is a folder
@@ -104,14 +106,15 @@ _NO_CHILDREN: dict[str, "Node"] = {}
 
 
 class Node:
-    """One file, folder or symlink the kernel may know by inode number.
+    """One file, folder, symlink or special file the kernel may know by inode number.
 
     Slots, and a lock, journal id and write-back adapter made only when first
     needed: a mount lists hundreds of thousands of nodes and changes few.
     """
 
     __slots__ = (
-        "ino", "kind", "name", "parent", "mode", "uid", "gid", "mtime_ns", "ctime_ns", "xattrs", "size",
+        "ino", "kind", "name", "parent", "mode", "uid", "gid", "mtime_ns", "ctime_ns", "atime_ns", "rdev",
+        "times_unsaved", "xattrs", "size",
         "etag", "remote", "shadows", "meta_known", "attached", "target", "children", "listed_at", "staging",
         "committed", "committed_size", "clean_size", "write_failed", "condition", "fd", "open_count", "writers",
         "dirty", "version", "content_gen", "kernel_gen", "touched", "virtual", "pinned", "lookups", "_lock",
@@ -123,12 +126,9 @@ class Node:
         self.kind = kind
         self.name = name
         self.parent = parent
-        self.mode = attrs.mode
-        self.uid = attrs.uid
-        self.gid = attrs.gid
-        self.mtime_ns = attrs.mtime_ns
-        self.ctime_ns = attrs.mtime_ns
-        self.xattrs = attrs.xattrs
+        self.take_attrs(attrs)
+        #: A folder's times moved with its entries since its marker was last written (see ``_entries_changed``).
+        self.times_unsaved = False
         self.size = 0
         self.etag: str | None = None
         self.remote = False
@@ -185,8 +185,29 @@ class Node:
             node = node.parent
         return tuple(reversed(parts))
 
+    def take_attrs(self, attrs: Attrs) -> None:
+        """Mode, owner, times, device number and xattrs as stored (atime stays None unless it was set)."""
+        self.mode, self.uid, self.gid, self.rdev = attrs.mode, attrs.uid, attrs.gid, attrs.rdev
+        self.mtime_ns, self.atime_ns = attrs.mtime_ns, attrs.atime_ns
+        self.ctime_ns = attrs.mtime_ns if attrs.ctime_ns is None else attrs.ctime_ns
+        self.xattrs = attrs.xattrs
+
+    @property
+    def nlink(self) -> int:
+        """0 once removed (an open file outlives its name); a folder's 2 and one per subfolder
+        it is known to hold (each one's ``..``), as on a local disk; 1 for anything else."""
+        if not self.attached:
+            return 0
+        if self.kind != DIR:
+            return 1
+        return 2 + sum(1 for c in self.children.values() if c.kind == DIR and c.attached and not c.virtual)
+
+    @property
+    def atime(self) -> int:
+        return self.mtime_ns if self.atime_ns is None else self.atime_ns
+
     def attrs(self) -> Attrs:
-        return Attrs(self.mode, self.uid, self.gid, self.mtime_ns, self.xattrs)
+        return Attrs(self.mode, self.uid, self.gid, self.mtime_ns, self.xattrs, self.rdev, self.atime_ns, self.ctime_ns)
 
     def walk(self) -> Iterable[Node]:
         yield self
@@ -475,11 +496,6 @@ class Namespace:
             self.journal.discard_staging(staging)
         node.staging = node.committed = None
 
-    def _apply_attrs(self, node: Node, attrs: Attrs) -> None:
-        node.mode, node.uid, node.gid = attrs.mode, attrs.uid, attrs.gid
-        node.mtime_ns = node.ctime_ns = attrs.mtime_ns
-        node.xattrs = attrs.xattrs
-
     def _claim_key(self, key: str) -> bool:
         """A new object is about to take ``key``: an older pending delete must not hit it.
 
@@ -764,9 +780,9 @@ class Namespace:
 
     def _apply_meta(self, node: Node, meta: dict[str, str], last_modified: float) -> None:
         attrs = from_metadata(meta, is_dir=node.kind == DIR, last_modified=last_modified, uid=self.uid, gid=self.gid)
-        self._apply_attrs(node, attrs)
+        node.take_attrs(attrs)
         if node.kind != DIR:
-            node.kind = LINK if stat.S_ISLNK(attrs.mode) else FILE
+            node.kind = LINK if stat.S_ISLNK(attrs.mode) else SPECIAL if is_special(attrs.mode) else FILE
             if node.kind == FILE and not stat.S_ISREG(attrs.mode):
                 node.mode = DEFAULT_FILE_MODE
         self._own_tenant(node)
@@ -928,6 +944,7 @@ class Namespace:
             node.shadows = self._claim_key(self.key(node))
             node.condition = "none" if node.shadows else "absent"
             node.lookups += 1
+            self._entries_changed(parent)
         return node, self._open_handle(node, writable=True)
 
     async def mkdir(self, parent_ino: int, raw_name: bytes, mode: int, uid: int, gid: int) -> Node:
@@ -949,20 +966,47 @@ class Namespace:
             else:
                 self._persist(node)
             node.lookups += 1
+            self._entries_changed(parent)
             return node
 
     async def symlink(self, parent_ino: int, raw_name: bytes, target: bytes, uid: int, gid: int) -> Node:
         async with self._tree_lock:
             parent, name = await self._new_entry(parent_ino, raw_name, LINK)
-            gid = self._group(parent, gid)
-            node = self._new_node(parent, name, LINK, Attrs(stat.S_IFLNK | 0o777, uid, gid, time.time_ns()))
+            attrs = Attrs(stat.S_IFLNK | 0o777, uid, self._group(parent, gid), time.time_ns())
+            node = self._new_node(parent, name, LINK, attrs)
             node.target = target
             node.size = len(target)
-            node.condition = "none"
-            node.shadows = self._claim_key(self.key(node))
-            self._persist(node)
-            node.lookups += 1
-            return node
+            return self._store_new(node)
+
+    async def mknod(self, parent_ino: int, raw_name: bytes, mode: int, rdev: int, uid: int, gid: int) -> Node:
+        """A FIFO, socket or device file: an empty object whose metadata holds its type and
+        device number. The kernel has checked that the caller may make a device; the mount's
+        ``nodev`` keeps the device from being opened through it."""
+        if not is_special(mode):
+            raise InvalidArgument(f"cannot make a file of type {stat.S_IFMT(mode):o}")
+        async with self._tree_lock:
+            parent, name = await self._new_entry(parent_ino, raw_name, SPECIAL)
+            has_device = stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            attrs = Attrs(stat.S_IFMT(mode) | (mode & 0o7777), uid, self._group(parent, gid), time.time_ns(),
+                          rdev=rdev if has_device else 0)
+            return self._store_new(self._new_node(parent, name, SPECIAL, attrs))
+
+    def _store_new(self, node: Node) -> Node:
+        """A new symlink or special file (no staging bytes): record and schedule its object."""
+        node.condition = "none"
+        node.shadows = self._claim_key(self.key(node))
+        self._persist(node)
+        node.lookups += 1
+        assert node.parent is not None
+        self._entries_changed(node.parent)
+        return node
+
+    def _entries_changed(self, folder: Node) -> None:
+        """An entry was added to, removed from or renamed in ``folder``: its mtime and ctime
+        move (POSIX). They reach the store with the folder's marker: in its next upload if
+        one is due anyway, else at sync or unmount (``sync``) — never a PUT per change."""
+        folder.mtime_ns = folder.ctime_ns = time.time_ns()
+        folder.times_unsaved = True
 
     async def readlink(self, ino: int) -> bytes:
         node = self.node(ino)
@@ -989,6 +1033,7 @@ class Namespace:
             if node.kind == DIR:
                 raise IsADirectory(node.name)
             self._forget_pending(node)
+            self._entries_changed(parent)
 
     async def rmdir(self, parent_ino: int, raw_name: bytes) -> None:
         async with self._tree_lock:
@@ -1006,6 +1051,7 @@ class Namespace:
                 await self._delete_prefix(self.key(node))
                 self.hooks.workspace_deleted(full[0], full[1])
             self._forget_pending(node)
+            self._entries_changed(parent)
 
     async def _delete_prefix(self, prefix: str) -> None:
         """Delete every object under ``prefix``, shown or not (a workspace's record too)."""
@@ -1056,8 +1102,10 @@ class Namespace:
                 self._drop_intent(target)
             shadows = self._claim_key(new_key) or (target is not None and self._may_hold_object(target))
             carries_data = node.kind != DIR and self._carries_data(node)
+            node.ctime_ns = time.time_ns()
             if node.kind == DIR:
                 await self._move_dir_objects(old_key, new_key)
+                node.times_unsaved = True  # the copied marker has the old ctime
             elif not carries_data:
                 await self.writeback.copy(old_key, new_key, to_metadata(node.attrs()))
             if self._may_hold_object(node):
@@ -1066,8 +1114,9 @@ class Namespace:
             del old_parent.children[node.name]
             node.name, node.parent = new_name, new_parent
             new_parent.children[new_name] = node
-            node.ctime_ns = time.time_ns()
             node.condition = "none"
+            for folder in {old_parent, new_parent}:
+                self._entries_changed(folder)
             if carries_data:
                 self._persist(node)
             now = self.clock()
@@ -1432,7 +1481,7 @@ class Namespace:
     def _persist(self, node: Node) -> None:
         self.writeback.changed()
         node.touched = self.clock()
-        node.dirty = False
+        node.dirty = node.times_unsaved = False
         node.version += 1
         if node.staging != node.committed and node.committed is not None:
             self.journal.discard_staging(node.committed)
@@ -1477,7 +1526,9 @@ class Namespace:
             staging=self.journal.staging_path(staging) if staging else None,
             inline=inline,
             size=node.committed_size,
-            if_match=node.etag if node.condition == "etag" and node.remote else None,
+            # Not on a folder marker: every empty object has the same ETag, so it would guard nothing
+            # but the marker's existence, and a lost condition leaves a conflict copy in the folder.
+            if_match=node.etag if node.condition == "etag" and node.remote and node.kind != DIR else None,
             if_none_match=node.condition == "absent",
         )
 
@@ -1600,14 +1651,15 @@ class Namespace:
         gid: int | None = None,
         size: int | None = None,
         mtime_ns: int | None = None,
+        atime_ns: int | None = None,
     ) -> Node:
         node = self._writable(self.node(ino))
         await self._ensure_meta(node)
         if size is not None:
             if node.kind == DIR:
                 raise IsADirectory(node.name)
-            if node.kind == LINK:
-                raise InvalidArgument("cannot truncate a symlink")
+            if node.kind != FILE:
+                raise InvalidArgument(f"{node.name} is not a regular file")
             await self._make_writable(node, truncate=size == 0)
             await self._before_change(node, size)
             os.ftruncate(node.fd, size)
@@ -1620,6 +1672,8 @@ class Namespace:
             node.gid = gid
         if mtime_ns is not None:
             node.mtime_ns = mtime_ns
+        if atime_ns is not None:
+            node.atime_ns = atime_ns
         self._attrs_changed(node)
         return node
 
@@ -1702,6 +1756,8 @@ class Namespace:
         for node in list(self.inodes.values()):
             if node.dirty and node.open_count:
                 self._commit(node)
+            elif node.times_unsaved and node.attached and len(self.full(node)) > layout.WORKSPACE_DEPTH:
+                self._persist(node)
         await self.writeback.drain()
 
 

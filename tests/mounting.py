@@ -29,26 +29,18 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
-def require_fuse() -> None:
-    """Skip without FUSE, but fail under CI=true: CI must not pass by skipping."""
-    problem = None
-    if not os.path.exists("/dev/fuse"):
-        problem = "/dev/fuse is missing"
-    elif shutil.which("fusermount3") is None:
-        problem = "fusermount3 is not installed (apt-get install fuse3)"
+def unavailable(problem: str | None) -> None:
+    """Skip for ``problem``, but fail under CI=true: CI must not pass by skipping."""
     if problem:
         if in_ci():
-            pytest.fail(f"cannot mount FUSE under CI: {problem}")
+            pytest.fail(f"cannot run under CI: {problem}")
         pytest.skip(problem)
 
 
 @contextlib.contextmanager
 def tmpfs(path: Path, size: str) -> Iterator[Path]:
     """A tmpfs of ``size`` mounted at ``path`` (root only; skipped otherwise, failed under CI=true)."""
-    if os.geteuid() != 0:
-        if in_ci():
-            pytest.fail("mounting a tmpfs needs root under CI")
-        pytest.skip("mounting a tmpfs needs root")
+    require_root("mounting a tmpfs")
     path.mkdir(parents=True, exist_ok=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
     try:
@@ -56,6 +48,25 @@ def tmpfs(path: Path, size: str) -> Iterator[Path]:
     finally:
         subprocess.run(["umount", "-l", str(path)], check=False)
     assert not is_mounted(path)
+
+
+def require_fuse() -> None:
+    """Skip without FUSE, but fail under CI=true."""
+    if not os.path.exists("/dev/fuse"):
+        unavailable("/dev/fuse is missing")
+    elif shutil.which("fusermount3") is None:
+        unavailable("fusermount3 is not installed (apt-get install fuse3)")
+
+
+def require_root(why: str) -> None:
+    """Skip unless root (device files, other users' requests), but fail under CI=true."""
+    unavailable(None if os.geteuid() == 0 else f"needs root: {why}")
+
+
+def require_programs(*names: str) -> None:
+    """Skip unless every program is on PATH (scripts/setup installs them), but fail under CI=true."""
+    missing = [name for name in names if shutil.which(name) is None]
+    unavailable(f"not installed: {', '.join(missing)} (scripts/setup installs them)" if missing else None)
 
 
 def is_mounted(path: Path) -> bool:

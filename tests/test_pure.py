@@ -67,6 +67,24 @@ def test_metadata_round_trip_and_foreign_objects():
     assert from_metadata({"mode": "420"}, is_dir=False, last_modified=0, uid=0, gid=0).mode == stat.S_IFREG | 0o644
 
 
+def test_special_files_and_times_in_metadata_as_s3fs_writes_them():
+    fifo = Attrs(stat.S_IFIFO | 0o640, 1, 2, 1_600_000_000_000_000_001)
+    assert to_metadata(fifo) == {"mode": str(stat.S_IFIFO | 0o640), "uid": "1", "gid": "2",
+                                 "mtime": "1600000000.000000001"}
+    device = Attrs(stat.S_IFCHR | 0o600, 0, 0, 1_600_000_000_000_000_000, rdev=os.makedev(1, 3),
+                   atime_ns=1_500_000_000_500_000_000, ctime_ns=1_700_000_000_000_000_007)
+    meta = to_metadata(device)
+    assert (meta["rdev"], meta["atime"], meta["ctime"]) == ("259", "1500000000.500000000", "1700000000.000000007")
+    assert from_metadata(meta, is_dir=False, last_modified=0, uid=0, gid=0) == device
+    same = Attrs(stat.S_IFREG | 0o644, 0, 0, 5, atime_ns=5, ctime_ns=5)
+    assert {"atime", "ctime", "rdev"}.isdisjoint(to_metadata(same))  # as mtime: not written
+    back = from_metadata(to_metadata(same), is_dir=False, last_modified=0, uid=0, gid=0)
+    assert (back.atime_ns, back.ctime_ns) == (None, None)
+    not_a_device = from_metadata({"mode": str(stat.S_IFREG | 0o644), "rdev": "259"}, is_dir=False, last_modified=0,
+                                 uid=0, gid=0)
+    assert not_a_device.rdev == 0
+
+
 def test_xattrs_limited_to_object_metadata_size():
     check_xattrs_fit({"user.a": b"x" * 1000})
     with pytest.raises(NoSpace):
