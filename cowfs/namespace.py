@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import logging
 import math
 import os
@@ -1499,13 +1500,18 @@ class Namespace:
             return BODY_STAGING, node.committed, b""
         return (BODY_METADATA_ONLY if node.remote else BODY_EMPTY), None, b""
 
-    def _write_record(self, node: Node) -> None:
+    def _record(self, node: Node) -> PutRecord:
+        """The version of ``node`` to store, as the journal records it (a staging file by id)."""
         body, staging, inline = self._intent(node)
-        if body == BODY_STAGING and staging is not None and node.committed_size <= INLINE_RECORD:
-            body, staging, inline = BODY_INLINE, None, self._committed_bytes(node, staging)
-        self.journal.write_put(
-            PutRecord(node.rid, self.key(node), body, staging, to_metadata(node.attrs()), inline, node.committed_size)
-        )
+        return PutRecord(node.rid, self.key(node), body, staging, to_metadata(node.attrs()), inline, node.committed_size)
+
+    def _write_record(self, node: Node) -> None:
+        """Journal ``node``'s version; a small file's bytes go into the record itself."""
+        record = self._record(node)
+        if record.body == BODY_STAGING and record.staging is not None and record.size <= INLINE_RECORD:
+            record = dataclasses.replace(record, body=BODY_INLINE, staging=None,
+                                         inline=self._committed_bytes(node, record.staging))
+        self.journal.write_put(record)
 
     def _committed_bytes(self, node: Node, staging: str) -> bytes:
         """The closed version of a small file (its staging file's first ``committed_size`` bytes)."""
@@ -1517,15 +1523,9 @@ class Namespace:
     def _snapshot(self, node: Node) -> Upload | None:
         if not node.attached:
             return None
-        body, staging, inline = self._intent(node)
         return Upload(
-            key=self.key(node),
-            body=body,
-            metadata=to_metadata(node.attrs()),
-            version=node.version,
-            staging=self.journal.staging_path(staging) if staging else None,
-            inline=inline,
-            size=node.committed_size,
+            self._record(node),
+            node.version,
             # Not on a folder marker: every empty object has the same ETag, so it would guard nothing
             # but the marker's existence, and a lost condition leaves a conflict copy in the folder.
             if_match=node.etag if node.condition == "etag" and node.remote and node.kind != DIR else None,

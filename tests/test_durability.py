@@ -10,13 +10,12 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.parse
 from pathlib import Path
 
 import pytest
 
-from faultproxy import ERROR, HANG, PASS, REFUSE, FaultProxy
-from mounting import cowfs, is_mounted, tmpfs
+from faultproxy import ERROR, HANG, PASS, REFUSE
+from mounting import cowfs, tmpfs
 
 HERE = Path(__file__).parent
 MiB = 1024 * 1024
@@ -28,13 +27,6 @@ def keys(bucket, prefix: str = "") -> dict[str, bytes]:
         for obj in page.get("Contents", []):
             out[obj["Key"]] = bucket.client.get_object(Bucket=bucket.name, Key=obj["Key"])["Body"].read()
     return out
-
-
-@pytest.fixture
-def proxy(moto_server):
-    proxy = FaultProxy(urllib.parse.urlparse(moto_server).port)
-    yield proxy
-    proxy.stop()
 
 
 def test_kill_9_during_write_storm_keeps_every_closed_file(mount_factory, s3_bucket):
