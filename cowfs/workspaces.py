@@ -138,7 +138,7 @@ def _prefixes(store: ObjectStore, tenant: str | None = None) -> list[tuple[str, 
     return [(t, w) for t, w in pairs if SCOPED_NAME.match(w)]
 
 
-def _parallel(fn: Callable[[T], R], items: list[T]) -> list[R]:
+def parallel(fn: Callable[[T], R], items: list[T]) -> list[R]:
     """``fn`` over ``items`` on 16 threads (one store request each), results in order."""
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         return list(pool.map(fn, items))
@@ -146,7 +146,7 @@ def _parallel(fn: Callable[[T], R], items: list[T]) -> list[R]:
 
 def list_workspaces(store: ObjectStore, tenant: str | None = None) -> list[WorkspaceRecord]:
     """Every workspace (of one tenant), records read in parallel."""
-    records = _parallel(lambda tw: _get_or_none(store, *tw), _prefixes(store, tenant))
+    records = parallel(lambda tw: _get_or_none(store, *tw), _prefixes(store, tenant))
     return sorted((r for r in records if r is not None), key=lambda r: (r.tenantId, r.workspaceId))
 
 
@@ -191,9 +191,9 @@ def inactive_workspaces(
     workspace whose record could not be updated is not idle while written to.
     """
     cutoff = now - timedelta(days=inactive_days)
-    records = _parallel(lambda tw: _own_record(store, *tw), _prefixes(store))
+    records = parallel(lambda tw: _own_record(store, *tw), _prefixes(store))
     stale = [r for r in records if r is not None and r.lastActiveAt < cutoff]
-    listings = _parallel(lambda r: store.list_all(f"{r.tenantId}/{r.workspaceId}/", None).objects, stale)
+    listings = parallel(lambda r: store.list_all(f"{r.tenantId}/{r.workspaceId}/", None).objects, stale)
     idle = []
     for record, objects in zip(stale, listings):
         control = f"{record.tenantId}/{record.workspaceId}/.cowfs/"
