@@ -8,7 +8,7 @@ permission bits, uid, gid and mtime (the exact nanoseconds in the pax
 records (GNU tar's convention, so ``tar --xattrs`` reads and writes them).
 ``.cowfs`` is generated and never archived.
 
-Import never writes outside ``TENANT/WORKSPACE/`` (DESIGN.md §4): every
+Import never writes outside ``TENANT/WORKSPACE/``: every
 member is checked before anything is written, and the ones a mount could
 not have created (absolute or escaping names, devices, fifos, symlinks that
 lead out, names over the length limits or under ``.cowfs``, invalid session
@@ -44,6 +44,8 @@ from .errors import CowfsError, InvalidName, NameTooLong, NoSpace, NotFound, Not
 from .hooks import user_name
 from .keys import KeyMap
 from .names import component
+from .output import plural, size
+from .progress import Meter
 from .store import ObjectInfo, ObjectStore
 from .workspaces import check_scoped_name, create_workspace, get_workspace, touch_workspace
 
@@ -81,11 +83,11 @@ class Summary:
 
     def lines(self, verb: str, where: str) -> list[str]:
         """One line per skipped entry, then ``exported 3 files, 1 folder, 0 symlinks (1.2 MiB) to OUT``."""
-        counts = ", ".join(_plural(n, word) for n, word in
+        counts = ", ".join(plural(n, word) for n, word in
                            ((self.files, "file"), (self.folders, "folder"), (self.symlinks, "symlink")))
         skipped = f"; {len(self.skipped)} skipped" if self.skipped else ""
         return [f"skipped {_shown(name)}: {why}" for name, why in self.skipped] + [
-            f"{verb} {counts} ({_size(self.bytes)}) {where}{skipped}"]
+            f"{verb} {counts} ({size(self.bytes)}) {where}{skipped}"]
 
 
 # -- export -----------------------------------------------------------------------
@@ -100,8 +102,9 @@ class _Node:
     info: ObjectInfo | None
 
 
-def export_archive(store: ObjectStore, tenant: str, workspace: str, out: Path, session: str | None = None) -> Summary:
-    """Write the workspace (or one of its sessions) to ``out`` as a tar.gz.
+def export_archive(store: ObjectStore, tenant: str, workspace: str, out: Path, session: str | None = None,
+                   meter: Meter | None = None) -> Summary:
+    """Write the workspace (or one of its sessions) to ``out`` as a tar.gz; ``meter`` hears of each member.
 
     The archive is written beside ``out`` and renamed into place at the end,
     so a failed export never leaves a half archive behind.
@@ -113,6 +116,8 @@ def export_archive(store: ObjectStore, tenant: str, workspace: str, out: Path, s
     nodes = _visible(store, keymap, base, summary)
     if session and not nodes:
         raise NotFound(f"no session {session} in {tenant}/{workspace}")
+    if meter is not None:
+        meter.plan(len(nodes), sum(n.info.size for n in nodes if n.info is not None and not n.is_dir))
     partial = out.with_name(f".{out.name}.{secrets.token_hex(4)}.part")
     try:
         with _file_errors(f"cannot write {out}"), open(partial, "xb") as raw:
@@ -123,6 +128,8 @@ def export_archive(store: ObjectStore, tenant: str, workspace: str, out: Path, s
                     if body is not None:
                         body.close()
                     summary.count(member)
+                    if meter is not None:
+                        meter.advance(1, member.size if member.isreg() else 0)
             raw.flush()
             os.fsync(raw.fileno())
             os.replace(partial, out)
@@ -242,12 +249,12 @@ class Limits:
         if members > self.max_members:
             raise CowfsError(f"{archive} holds more than {self.max_members} members (--max-members raises the limit)")
         if expanded > self.max_bytes:
-            raise CowfsError(f"{archive} expands to more than {_size(self.max_bytes)} of files "
+            raise CowfsError(f"{archive} expands to more than {size(self.max_bytes)} of files "
                              "(--max-bytes raises the limit)")
 
 
 def import_archive(store: ObjectStore, tenant: str, workspace: str, archive: Path,
-                   limits: Limits = Limits()) -> Summary:
+                   limits: Limits = Limits(), meter: Meter | None = None) -> Summary:
     """Write the members of a tar archive (any compression) into the workspace.
 
     The whole archive is read and checked first, so a damaged one writes
@@ -256,7 +263,7 @@ def import_archive(store: ObjectStore, tenant: str, workspace: str, archive: Pat
     expands past ``limits`` or needs more room in the temporary folder than
     there is. Objects already under the same keys are replaced. The
     workspace record is created if missing (as ``mkdir TENANT/NAME`` does)
-    and its ``lastActiveAt`` advanced.
+    and its ``lastActiveAt`` advanced. ``meter`` hears of each member stored.
     """
     keymap = _keymap(store, tenant, workspace)
     summary = Summary()
@@ -265,11 +272,15 @@ def import_archive(store: ObjectStore, tenant: str, workspace: str, archive: Pat
         files = [entry.data.size for entry in entries if entry.data.isreg()]
         limits.check(archive, len(entries), sum(files))
         _check_temporary_room(files)
+        if meter is not None:
+            meter.plan(len(entries), sum(files))
         create_workspace(store, tenant, user_name(os.getuid()), "general", workspace_id=workspace)
         bodies = ((entry, _body(tar, entry)) for entry in entries)
         for member in _ahead(functools.partial(_put, store, keymap, summary), bodies):
             if member is not None:
                 summary.count(member)
+            if meter is not None and member is not None:
+                meter.advance(1, member.size if member.isreg() else 0)
     touch_workspace(store, tenant, workspace, datetime.now(timezone.utc))
     return summary
 
@@ -299,8 +310,8 @@ def _check_temporary_room(sizes: list[int]) -> None:
     folder = tempfile.gettempdir()
     free = shutil.disk_usage(folder).free
     if need > free:
-        raise NoSpace(f"the temporary folder {folder} has {_size(free)} free and the import spools up to "
-                      f"{_size(need)} there at once (TMPDIR names another folder)")
+        raise NoSpace(f"the temporary folder {folder} has {size(free)} free and the import spools up to "
+                      f"{size(need)} there at once (TMPDIR names another folder)")
 
 
 def _plan(keymap: KeyMap, members: list[tarfile.TarInfo], summary: Summary) -> list[_Entry]:
@@ -551,16 +562,3 @@ def _file_errors(what: str) -> Iterator[None]:
 def _shown(name: str) -> str:
     """A name safe to print on one line: hostile archives can hold newlines and escapes."""
     return name if name.isprintable() else ascii(name)
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
-
-
-def _size(n: int) -> str:
-    value, unit = float(n), "B"
-    for bigger in ("KiB", "MiB", "GiB", "TiB"):
-        if value < 1024:
-            break
-        value, unit = value / 1024, bigger
-    return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"

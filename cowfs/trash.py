@@ -128,14 +128,15 @@ def list_trash(store: ObjectStore) -> list[TrashEntry]:
     return [entry for found in parallel(lambda f: entries(store, f), trash_folders(store)) for entry in found]
 
 
-def empty(store: ObjectStore, older_than_days: float | None = None, now: datetime | None = None,
-          dry_run: bool = False, progress: Callable[[TrashEntry], None] | None = None) -> list[TrashEntry]:
-    """Delete the entries trashed more than ``older_than_days`` ago (every entry when None)."""
+def select(store: ObjectStore, older_than_days: float | None = None, now: datetime | None = None) -> list[TrashEntry]:
+    """The entries trashed more than ``older_than_days`` ago (every entry when None)."""
     cutoff = (now or datetime.now(timezone.utc)) - timedelta(days=older_than_days or 0)
-    chosen = [e for e in list_trash(store) if older_than_days is None or e.older_than(cutoff)]
+    return [e for e in list_trash(store) if older_than_days is None or e.older_than(cutoff)]
+
+
+def delete(store: ObjectStore, chosen: list[TrashEntry], progress: Callable[[TrashEntry], None] | None = None) -> None:
+    """Delete the objects of ``chosen`` entries, telling ``progress`` of each once it is gone."""
     for entry in chosen:
-        if not dry_run:
-            store.delete_many(entry.keys)
+        store.delete_many(entry.keys)
         if progress is not None:
             progress(entry)
-    return chosen

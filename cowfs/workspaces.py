@@ -13,9 +13,11 @@ from typing import Callable, TypeVar
 
 from .errors import InvalidName, NotFound, ObjectNotFound, PreconditionFailed, UsageError
 from .names import SCOPED_NAME
-from .store import ObjectStore
+from .store import ObjectInfo, ObjectStore
 
 SCOPES = ("local", "general", "cloud")
+#: Keys per DeleteObjects request (S3's most): the step in which deletes report progress.
+DELETE_BATCH = 1000
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -157,15 +159,24 @@ def _get_or_none(store: ObjectStore, tenant: str, workspace: str) -> WorkspaceRe
         return None
 
 
-def delete_workspace(store: ObjectStore, tenant: str, workspace: str) -> int:
-    """Delete every object under the workspace; how many there were."""
+def workspace_objects(store: ObjectStore, tenant: str, workspace: str) -> list[ObjectInfo]:
+    """Every object under the workspace, its record included; NotFound when there is none."""
     check_scoped_name("tenant", tenant)
     check_scoped_name("workspace", workspace)
-    keys = [o.key for o in store.list_all(f"{tenant}/{workspace}/", None).objects]
-    if not keys:
+    objects = store.list_all(f"{tenant}/{workspace}/", None).objects
+    if not objects:
         raise NotFound(f"no workspace {tenant}/{workspace}")
-    store.delete_many(keys)
-    return len(keys)
+    return objects
+
+
+def delete_objects(store: ObjectStore, objects: list[ObjectInfo],
+                   progress: Callable[[int, int], None] | None = None) -> None:
+    """Delete ``objects`` a batch at a time, telling ``progress`` (objects, bytes) after each batch."""
+    for start in range(0, len(objects), DELETE_BATCH):
+        batch = objects[start:start + DELETE_BATCH]
+        store.delete_many([o.key for o in batch])
+        if progress is not None:
+            progress(len(batch), sum(o.size for o in batch))
 
 
 def _own_record(store: ObjectStore, tenant: str, workspace: str) -> WorkspaceRecord | None:
@@ -181,8 +192,8 @@ def _own_record(store: ObjectStore, tenant: str, workspace: str) -> WorkspaceRec
 
 def inactive_workspaces(
     store: ObjectStore, inactive_days: float, now: datetime
-) -> list[tuple[WorkspaceRecord, list[str]]]:
-    """Workspaces idle for longer than ``inactive_days``, each with the keys it holds.
+) -> list[tuple[WorkspaceRecord, list[ObjectInfo]]]:
+    """Workspaces idle for longer than ``inactive_days``, each with the objects it holds.
 
     Only a prefix with a valid record is a workspace: any other (data of a
     store whose prefix lies inside this one, a tool's own objects) is never
@@ -199,7 +210,7 @@ def inactive_workspaces(
         control = f"{record.tenantId}/{record.workspaceId}/.cowfs/"
         written = [o.last_modified for o in objects if not o.key.startswith(control)]
         if objects and max(written, default=0.0) < cutoff.timestamp():
-            idle.append((record, [o.key for o in objects]))
+            idle.append((record, objects))
     return idle
 
 
@@ -207,9 +218,9 @@ def purge(store: ObjectStore, inactive_days: float, now: datetime | None = None,
           progress: Callable[[WorkspaceRecord], None] | None = None) -> list[WorkspaceRecord]:
     """Delete workspaces idle for longer than ``inactive_days`` (or only name them)."""
     idle = inactive_workspaces(store, inactive_days, now or datetime.now(timezone.utc))
-    for record, keys in idle:
+    for record, objects in idle:
         if not dry_run:
-            store.delete_many(keys)
+            delete_objects(store, objects)
         if progress is not None:
             progress(record)
     return [record for record, _ in idle]

@@ -203,7 +203,7 @@ def test_another_user_reads_nothing_in_the_cache_of_a_multi_user_mount(s3_bucket
         assert "pendingUploads" in json.loads(status)
         assert not {"cacheDir", "mountpoint", "store", "lastError"} & set(json.loads(status))
         assert str(config.parent) not in status and s3_bucket.name not in status
-        assert f"cacheDir: {cache}" in cowfs("status", str(mnt)).stdout.splitlines()
+        assert json.loads(cowfs("status", str(mnt), "--json").stdout)["cacheDir"] == str(cache)
 
         paths = [cache] + sorted(cache.rglob("*"))
         assert cache / "cowfs.log" in paths and cache / "cache" / "cache.db" in paths

@@ -182,12 +182,14 @@ def test_trash_is_listed_and_emptied_by_age_from_the_store(tmp_path):
         "deletedAt": found[(".Trash-1000/", "old.txt")].to_json()["deletedAt"], "files": 1, "bytes": 5}
 
     later = now + timedelta(days=5)
-    emptied = trash.empty(store, older_than_days=1, now=later)
+    emptied = trash.select(store, older_than_days=1, now=later)
     assert sorted(e.name for e in emptied) == ["dir", "old.txt"]
+    trash.delete(store, emptied)
     left = {o.key for o in store.list_all("", None).objects}
     assert left == {"acme/.Trash-1000/info/new.txt.trashinfo", "acme/.Trash-1000/files/new.txt",
                     "acme/ws/kept.txt", "acme/ws/.Trash-1000/files/x"}
-    assert [e.name for e in trash.empty(store)] == ["new.txt"]
+    assert [e.name for e in trash.select(store)] == ["new.txt"]
+    trash.delete(store, trash.select(store))
     assert {o.key for o in store.list_all("", None).objects} == {"acme/ws/kept.txt", "acme/ws/.Trash-1000/files/x"}
 
 
