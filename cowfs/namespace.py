@@ -222,6 +222,9 @@ class Hooks(Protocol):
     def workspace_deleted(self, tenant: str, name: str) -> None:
         """The workspace is gone: stop tracking its activity."""
 
+    async def last_active(self, tenant: str, name: str) -> float | None:
+        """The record's ``lastActiveAt`` (epoch seconds): a workspace folder's mtime; None without a record."""
+
     async def render(self, kind: str, parts: tuple[str, ...]) -> bytes:
         """Content of a generated file (``workspace.json`` …) for the folder at ``parts``."""
 
@@ -752,6 +755,10 @@ class Namespace:
                 info = await self._io(self._head, key)
         except (ObjectNotFound, NotFound):
             if node.kind == DIR:
+                full = self.full(node)
+                when = await self.hooks.last_active(*full) if layout.is_workspace(full) else None
+                if when is not None:
+                    node.mtime_ns = node.ctime_ns = int(when * 1e9)
                 node.meta_known = True
                 return
             self._detach(node)

@@ -179,7 +179,7 @@ def delete_objects(store: ObjectStore, objects: list[ObjectInfo],
             progress(len(batch), sum(o.size for o in batch))
 
 
-def _own_record(store: ObjectStore, tenant: str, workspace: str) -> WorkspaceRecord | None:
+def read_record(store: ObjectStore, tenant: str, workspace: str) -> WorkspaceRecord | None:
     """The record at ``tenant/workspace`` if it is one: it parses and names that tenant and workspace."""
     try:
         record = _read(store, tenant, workspace)[0]
@@ -202,7 +202,7 @@ def inactive_workspaces(
     workspace whose record could not be updated is not idle while written to.
     """
     cutoff = now - timedelta(days=inactive_days)
-    records = parallel(lambda tw: _own_record(store, *tw), _prefixes(store))
+    records = parallel(lambda tw: read_record(store, *tw), _prefixes(store))
     stale = [r for r in records if r is not None and r.lastActiveAt < cutoff]
     listings = parallel(lambda r: store.list_all(f"{r.tenantId}/{r.workspaceId}/", None).objects, stale)
     idle = []
