@@ -484,36 +484,35 @@ def _delete_trash(args: argparse.Namespace, store: ObjectStore, chosen: list[tra
             meter.close()
 
 
-def _summary_json(summary: archive.Summary, **where: str) -> dict[str, Any]:
-    return {**where, "files": summary.files, "folders": summary.folders, "symlinks": summary.symlinks,
-            "bytes": summary.bytes, "skipped": [{"name": name, "reason": why} for name, why in summary.skipped]}
+def _archive_command(args: argparse.Namespace, label: str, work: Callable[[progress.Meter], archive.Summary],
+                     verb: str, where: str, **json_where: str) -> None:
+    """Run an export or import with a progress line, then print its summary."""
+    meter = progress.Meter(label, "file", progress.on_terminal(args.quiet))
+    try:
+        summary = work(meter)
+    finally:
+        meter.close()
+    if args.json:
+        output.emit_json({**json_where, "files": summary.files, "folders": summary.folders,
+                          "symlinks": summary.symlinks, "bytes": summary.bytes,
+                          "skipped": [{"name": name, "reason": why} for name, why in summary.skipped]})
+    else:
+        output.emit(summary.lines(verb, where))
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
     tenant, name, session = args.source
-    meter = progress.Meter(f"exporting to {args.out.name}", "file", progress.on_terminal(args.quiet))
-    try:
-        summary = archive.export_archive(_open_store(args), tenant, name, args.out, session, meter)
-    finally:
-        meter.close()
-    if args.json:
-        output.emit_json(_summary_json(summary, archive=str(args.out)))
-    else:
-        output.emit(summary.lines("exported", f"to {args.out}"))
+    _archive_command(args, f"exporting to {args.out.name}",
+                     lambda meter: archive.export_archive(_open_store(args), tenant, name, args.out, session, meter),
+                     "exported", f"to {args.out}", archive=str(args.out))
 
 
 def _cmd_import(args: argparse.Namespace) -> None:
     tenant, name = args.workspace
     limits = archive.Limits(args.max_bytes, args.max_members)
-    meter = progress.Meter(f"importing into {tenant}/{name}", "file", progress.on_terminal(args.quiet))
-    try:
-        summary = archive.import_archive(_open_store(args), tenant, name, args.archive, limits, meter)
-    finally:
-        meter.close()
-    if args.json:
-        output.emit_json(_summary_json(summary, workspace=f"{tenant}/{name}"))
-    else:
-        output.emit(summary.lines("imported", f"into {tenant}/{name}"))
+    _archive_command(args, f"importing into {tenant}/{name}",
+                     lambda meter: archive.import_archive(_open_store(args), tenant, name, args.archive, limits, meter),
+                     "imported", f"into {tenant}/{name}", workspace=f"{tenant}/{name}")
 
 
 def _cmd_purge(args: argparse.Namespace) -> None:

@@ -215,11 +215,16 @@ def test_another_user_reads_nothing_in_the_cache_of_a_multi_user_mount(s3_bucket
         leaked = as_user(b, "sh", "-c", script, "sh", *map(str, paths))
         assert leaked.stdout == "checked\n"
     finally:
-        if is_mounted(mnt):
-            cowfs("umount", str(mnt), check=False)
-        if is_mounted(mnt):
-            subprocess.run(["fusermount3", "-u", "-z", str(mnt)])
-        shutil.rmtree(config.parent, ignore_errors=True)
+        unmount_and_remove(mnt, config.parent)
+
+
+def unmount_and_remove(mnt: Path, top: Path) -> None:
+    """Leave nothing of a multi-user mount behind: the mount (flushed if it can be), then its folder."""
+    if is_mounted(mnt):
+        cowfs("umount", str(mnt), check=False)
+    if is_mounted(mnt):
+        subprocess.run(["fusermount3", "-u", "-z", str(mnt)])
+    shutil.rmtree(top, ignore_errors=True)
 
 
 def test_broken_config_is_refused_naming_the_key(tmp_path):

@@ -10,7 +10,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import time
 import urllib.parse
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -19,8 +18,8 @@ import pytest
 
 from cowfs import trash
 from cowfs.store.local import LocalStore
-from mounting import cowfs, in_ci, is_mounted
-from test_servers import as_user, tenants_config, two_users  # noqa: F401 - two_users is a fixture
+from mounting import cowfs, in_ci
+from test_servers import as_user, tenants_config, two_users, unmount_and_remove  # noqa: F401 - a fixture
 
 UID = os.getuid()
 
@@ -151,11 +150,7 @@ def test_each_user_of_a_multi_user_mount_trashes_into_a_folder_only_they_can_ent
             assert denied.returncode != 0 and "Permission denied" in denied.stderr, (path, denied)
         assert as_user(b, "mkdir", str(mnt / f".Trash-{uid_a}" / "x")).returncode != 0
     finally:
-        if is_mounted(mnt):
-            cowfs("umount", str(mnt), check=False)
-        if is_mounted(mnt):
-            subprocess.run(["fusermount3", "-u", "-z", str(mnt)])
-        shutil.rmtree(config.parent, ignore_errors=True)
+        unmount_and_remove(mnt, config.parent)
 
 
 def _trashed(store: LocalStore, folder: str, name: str, path: str, when: datetime, body: bytes = b"x") -> None:
