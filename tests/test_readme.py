@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 from mounting import is_mounted, require_fuse
 
 README = Path(__file__).resolve().parent.parent / "README.md"
