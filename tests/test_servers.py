@@ -158,7 +158,7 @@ def test_two_users_in_two_tenants_are_kept_apart(s3_bucket, two_users):
         while not is_mounted(mnt):
             assert proc.poll() is None and time.monotonic() < deadline, (top / "log").read_text()
             time.sleep(0.05)
-        assert sorted(os.listdir(mnt)) == ["ta", "tb"]
+        assert sorted(os.listdir(mnt)) == sorted(["ta", "tb", f".Trash-{uid_a}", f".Trash-{uid_b}"])
         assert (os.stat(mnt / "ta").st_uid, os.stat(mnt / "ta").st_gid) == (uid_a, gid_a)
         for user, own, other in ((a, "ta", "tb"), (b, "tb", "ta")):
             assert as_user(user, "mkdir", str(mnt / own / "ws")).returncode == 0
