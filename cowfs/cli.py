@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     _store_options(a, json_flag=True)
     for name, text in (("show", "one workspace record"), ("delete", "delete a workspace and every object in it")):
         a = command(name, text, actions)
-        a.add_argument("workspace", metavar="TENANT/WORKSPACE", type=_arg(values.workspace_ref))
+        a.add_argument("workspace", metavar="TENANT/WORKSPACE", type=_arg(values.workspace_ref), help="which one")
         if name == "delete":
             _yes_option(a)
         _store_options(a, json_flag=True)
@@ -154,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("sessions", "sessions of a workspace")
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=_Parser)
     a = command("list", "most recently active first, a page at a time", actions)
-    a.add_argument("workspace", metavar="TENANT/WORKSPACE", type=_arg(values.workspace_ref))
+    a.add_argument("workspace", metavar="TENANT/WORKSPACE", type=_arg(values.workspace_ref),
+                   help="the workspace whose sessions to list")
     a.add_argument("--limit", type=_arg(values.page_size), default=20, help="page size, 1-100 (default 20)")
     a.add_argument("--next-token", type=_arg(values.non_empty), help="the token printed with the previous page")
     _store_options(a, json_flag=True)
@@ -168,13 +169,15 @@ def build_parser() -> argparse.ArgumentParser:
     _store_options(a, json_flag=True)
 
     p = command("export", "write a workspace, or one session of it, to a tar.gz archive")
-    p.add_argument("source", metavar="TENANT/WORKSPACE[/sessions/ID]", type=_arg(values.archive_source))
-    p.add_argument("out", metavar="OUT.tar.gz", type=Path)
+    p.add_argument("source", metavar="TENANT/WORKSPACE[/sessions/ID]", type=_arg(values.archive_source),
+                   help="a workspace, or one session of it")
+    p.add_argument("out", metavar="OUT.tar.gz", type=Path, help="the archive to write")
     _store_options(p, json_flag=True)
 
     p = command("import", "write the files of a tar archive into a workspace")
-    p.add_argument("workspace", metavar="TENANT/WORKSPACE", type=_arg(values.workspace_ref))
-    p.add_argument("archive", metavar="IN.tar.gz", type=Path)
+    p.add_argument("workspace", metavar="TENANT/WORKSPACE", type=_arg(values.workspace_ref),
+                   help="the workspace to write into (created if missing)")
+    p.add_argument("archive", metavar="IN.tar.gz", type=Path, help="a tar archive, compressed or not")
     p.add_argument("--max-bytes", type=_arg(values.byte_size), default=archive.Limits.max_bytes,
                    help="refuse an archive whose files add up to more (default 64G)")
     p.add_argument("--max-members", type=_arg(values.positive_int), default=archive.Limits.max_members,
@@ -182,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     _store_options(p, json_flag=True)
 
     p = command("purge", "delete workspaces idle for N days, and trash older than that")
-    p.add_argument("--inactive-days", type=_arg(values.days), required=True, help="at least 1")
+    p.add_argument("--inactive-days", type=_arg(values.days), required=True,
+                   help="days without activity (at least 1) after which a workspace, or trash, is deleted")
     p.add_argument("--dry-run", action="store_true", help="only print what would be deleted")
     _yes_option(p)
     _store_options(p, json_flag=True)
@@ -352,13 +356,16 @@ def _cmd_doctor(args: argparse.Namespace) -> None:
         raise CowfsError(f"{output.plural(len(failed), 'check')} failed: {', '.join(c.name for c in failed)}")
 
 
+def _refuse_unattended(args: argparse.Namespace, what: str) -> None:
+    """Deleting needs --yes when nobody is at a terminal to answer, whether or not there is anything to delete."""
+    if not args.yes and not sys.stdin.isatty():
+        raise UsageError(f"not deleting without --yes when not on a terminal: {what}")
+
+
 def _confirm(args: argparse.Namespace, question: str) -> None:
     """Go on with a deletion: --yes, or a yes typed on a terminal; never silently without one."""
-    if args.yes:
-        return
-    if not sys.stdin.isatty():
-        raise UsageError(f"not deleting without --yes when not on a terminal: {question}")
-    if input(f"{question}? [y/N] ").strip().lower() not in ("y", "yes"):
+    _refuse_unattended(args, question)
+    if not args.yes and input(f"{question}? [y/N] ").strip().lower() not in ("y", "yes"):
         raise CowfsError("nothing deleted")
 
 
@@ -450,6 +457,7 @@ def _cmd_trash(args: argparse.Namespace) -> None:
             output.emit(output.table(("TRASH", "NAME", "ORIGINAL PATH", "TRASHED", "SIZE"), map(_trash_row, found),
                                      "the trash is empty"))
         return
+    _refuse_unattended(args, "trash empty")
     chosen = trash.select(store, args.older_than)
     if chosen:
         _confirm(args, f"delete {output.plural(len(chosen), 'trashed entry', 'trashed entries')} "
@@ -458,7 +466,8 @@ def _cmd_trash(args: argparse.Namespace) -> None:
     if args.json:
         output.emit_json({"deleted": [e.to_json() for e in chosen]})
     elif not chosen:
-        print("nothing in the trash" + (f" older than {args.older_than:g} days" if args.older_than else ""))
+        days = args.older_than
+        print("nothing in the trash" + (f" older than {days:g} day{'' if days == 1 else 's'}" if days else ""))
 
 
 def _delete_trash(args: argparse.Namespace, store: ObjectStore, chosen: list[trash.TrashEntry], verb: str) -> None:
@@ -516,6 +525,8 @@ def _cmd_import(args: argparse.Namespace) -> None:
 
 
 def _cmd_purge(args: argparse.Namespace) -> None:
+    if not args.dry_run:
+        _refuse_unattended(args, f"purge --inactive-days {args.inactive_days:g}")
     store = _open_store(args)
     now = datetime.now(timezone.utc)
     idle = workspaces.inactive_workspaces(store, args.inactive_days, now)

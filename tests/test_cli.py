@@ -119,8 +119,8 @@ def test_people_get_headers_units_and_a_line_for_nothing(store, tmp_path):
     assert cowfs("workspace", "list", *at).stdout == "no workspaces\n"
     assert cowfs("workspace", "list", "--tenant", "acme", *at).stdout == "no workspaces in tenant acme\n"
     assert cowfs("trash", "list", *at).stdout == "the trash is empty\n"
-    assert cowfs("trash", "empty", *at).stdout == "nothing in the trash\n"
-    assert cowfs("purge", "--inactive-days", "1", *at).stdout == "nothing to purge\n"
+    assert cowfs("trash", "empty", "--yes", *at).stdout == "nothing in the trash\n"
+    assert cowfs("purge", "--inactive-days", "1", "--yes", *at).stdout == "nothing to purge\n"
     create_workspace(store, "acme", "alice", "local", "/home/alice/proj", workspace_id="w1")
     assert cowfs("sessions", "list", "acme/w1", *at).stdout == "no sessions in acme/w1\n"
     lines = cowfs("workspace", "list", *at).stdout.splitlines()
@@ -135,7 +135,7 @@ def test_people_get_headers_units_and_a_line_for_nothing(store, tmp_path):
     assert deleted.startswith("deleted acme/w1 (2 objects, ") and deleted.endswith(" KiB)\n")
 
 
-def test_deleting_is_refused_without_yes_off_a_terminal(store):
+def test_deleting_is_refused_without_yes_off_a_terminal(store):  # purge: even with nothing idle yet
     at = ("--store", store.url)
     create_workspace(store, "acme", "u", "general", workspace_id="w1")
     store.put("acme/w1/keep.txt", b"x", {})
@@ -144,9 +144,6 @@ def test_deleting_is_refused_without_yes_off_a_terminal(store):
     for args in (("workspace", "delete", "acme/w1"), ("trash", "empty"), ("purge", "--inactive-days", "1")):
         done = subprocess.run([sys.executable, "-m", "cowfs", *args, *at],
                               capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
-        if args[0] == "purge":  # nothing idle yet: nothing to confirm
-            assert done.returncode == 0, done.stderr
-            continue
         assert done.returncode == 2, (args, done.stderr)
         assert done.stderr.startswith("cowfs: error: not deleting without --yes") and done.stderr.count("\n") == 1
     assert {o.key for o in store.list_all("", None).objects} == before
@@ -235,6 +232,24 @@ def test_the_log_goes_to_the_cache_dir_and_to_log_file(mount_factory, tmp_path):
         assert f"mounted at {mount.path}" in text and "unmounted" in text, path
     assert " DEBUG " in log_file.read_text()
     assert (mount.cache_dir / "cowfs.log").read_text().count(f"mounted at {mount.path}") == 1
+
+
+def test_every_option_and_argument_says_what_it_is():
+    import argparse
+
+    from cowfs.cli import build_parser
+
+    def undocumented(parser: argparse.ArgumentParser, path: str) -> list[str]:
+        found = []
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    found += undocumented(sub, f"{path} {name}")
+            elif not action.help:
+                found.append(f"{path} {'/'.join(action.option_strings) or action.metavar or action.dest}")
+        return found
+
+    assert undocumented(build_parser(), "cowfs") == []
 
 
 def test_completion_scripts_and_man_page_come_from_the_parser(tmp_path):

@@ -193,3 +193,22 @@ def test_parse_info_takes_what_it_can():
     assert trash.parse_info("not an info") == (None, None)
     path, when = trash.parse_info("[Trash Info]\nPath=/abs\nDeletionDate=2026-01-02T03:04:05\n")
     assert path == "/abs" and when == datetime(2026, 1, 2, 3, 4, 5).astimezone().astimezone(timezone.utc)
+
+
+def test_purge_empties_trash_older_than_its_days_and_trash_empty_asks_for_nothing_else(tmp_path, monkeypatch):
+    store = LocalStore(tmp_path / "store")
+    store.check()
+    old = datetime.now(timezone.utc) - timedelta(days=100)
+    with monkeypatch.context() as m:  # trashed 100 days ago
+        m.setattr("time.time", old.timestamp)
+        _trashed(store, ".Trash-1000/", "old.txt", "acme/ws/old.txt", old)
+    _trashed(store, ".Trash-1000/", "new.txt", "acme/ws/new.txt", datetime.now(timezone.utc))
+    dry = cowfs("purge", "--inactive-days", "90", "--dry-run", "--store", store.url).stdout
+    assert dry == "would delete trash .Trash-1000/old.txt (from acme/ws/old.txt, 1 file, 1 B)\n"
+    done = cowfs("purge", "--inactive-days", "90", "--yes", "--store", store.url).stdout
+    assert done == "deleted trash .Trash-1000/old.txt (from acme/ws/old.txt, 1 file, 1 B)\n"
+    assert [e.name for e in trash.list_trash(store)] == ["new.txt"]
+    assert cowfs("trash", "empty", "--older-than", "1", "--yes", "--store", store.url).stdout == (
+        "nothing in the trash older than 1 day\n")
+    assert cowfs("trash", "empty", "--yes", "--store", store.url).stdout.startswith("deleted .Trash-1000/new.txt")
+    assert trash.list_trash(store) == []
