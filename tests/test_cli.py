@@ -183,7 +183,7 @@ def test_a_terminal_is_asked_before_deleting(store):
     assert code == 1 and "delete workspace acme/w1 (1 object, " in shown and "nothing deleted" in shown
     assert store.list_all("acme/w1/", None).objects
     code, shown = in_pty(["workspace", "delete", "acme/w1", "--store", store.url], answer=b"y\n")
-    assert code == 0 and "deleted acme/w1" in shown
+    assert code == 0 and "deleted acme/w1" in shown and "deleting acme/w1 [####" in shown
     assert not store.list_all("acme/w1/", None).objects
 
 
