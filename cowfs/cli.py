@@ -379,7 +379,10 @@ def _cmd_workspace(args: argparse.Namespace) -> None:
     if args.action in ("create", "resolve"):
         scope = "local" if args.action == "resolve" else args.scope
         record = workspaces.create_workspace(store, args.tenant, args.user, scope, args.local_path)
-        output.emit_json(record.to_json()) if args.json else print(record.workspaceId)
+        if args.json:
+            output.emit_json(record.to_json())
+        else:
+            print(record.workspaceId)
     elif args.action == "list":
         records = workspaces.list_workspaces(store, args.tenant)
         if args.json:
@@ -563,7 +566,10 @@ def _cmd_purge(args: argparse.Namespace) -> None:
 
 def _cmd_install_helper(args: argparse.Namespace) -> None:
     written = helper_install.install(args.dir)
-    output.emit_json({"installed": list(map(str, written))}) if args.json else output.emit(map(str, written))
+    if args.json:
+        output.emit_json({"installed": list(map(str, written))})
+    else:
+        output.emit(map(str, written))
 
 
 def _cmd_fsck(args: argparse.Namespace) -> None:
