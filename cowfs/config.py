@@ -57,6 +57,8 @@ KEYS: dict[str, Callable[[Any], Any]] = {
     "metadata_ttl": values.non_negative_finite,
     "store_timeout": values.positive_finite,
     "options": values.string_list,
+    "log_level": values.log_level,
+    "log_file": values.non_empty,
 }
 TENANT_KEYS: dict[str, Callable[[Any], Any]] = {"uid": values.unix_id, "gid": values.unix_id, "mode": values.file_mode}
 

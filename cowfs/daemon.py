@@ -46,6 +46,7 @@ from .writeback import WriteBack
 log = logging.getLogger(__name__)
 
 READY_FD_ENV = "COWFS_READY_FD"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 THREADS = 32
 M_ARENA_MAX = -8
 #: Seconds a thread waiting for the GIL lets its holder run before asking for it
@@ -87,6 +88,9 @@ class MountOptions:
     debug: bool = False
     config_path: Path | None = None
     tenants: dict[str, TenantOwner] | None = None
+    create_bucket: bool = False
+    log_level: str | None = None
+    log_file: Path | None = None
 
     def argv(self) -> list[str]:
         """The command line that mounts the same thing in the foreground."""
@@ -99,6 +103,8 @@ class MountOptions:
             ("--cache-dir", self.cache_dir),
             ("--endpoint-url", self.endpoint_url),
             ("--region", self.region),
+            ("--log-level", self.log_level),
+            ("--log-file", self.log_file),
         ):
             if value is not None:
                 args += [flag, str(value)]
@@ -132,6 +138,8 @@ def mount(opts: MountOptions) -> None:
     """Mount; in the foreground until unmounted, else return once the mount answers."""
     mounts.check_free(opts.mountpoint, allow_nonempty=mounts.NONEMPTY in opts.fuse_options)
     store = open_configured_store(opts)
+    if opts.create_bucket and store.create_bucket():
+        log.info("created %s", store.url)
     store.check()
     cache_dir = private_dir(opts.cache_dir or default_cache_dir(store, opts.tenant), "cache directory")
     cachedir.check_owner(cache_dir, owner_of(opts, store))
@@ -174,6 +182,7 @@ def serve(opts: MountOptions, store: ObjectStore) -> None:
     """
     os.umask(PRIVATE_UMASK)
     cache_dir = private_dir(opts.cache_dir or default_cache_dir(store, opts.tenant), "cache directory")
+    _log_to(cache_dir / "cowfs.log")
     control.private_runtime_dir()
     lock = cachedir.hold(cache_dir, opts.mountpoint)
     cachedir.record_owner(cache_dir, owner_of(opts, store))
@@ -214,6 +223,7 @@ async def _serve(
             "pid": os.getpid(),
             "mountpoint": str(opts.mountpoint),
             "store": store.url,
+            "tenant": opts.tenant,
             "cacheDir": str(cache_dir),
             "pendingUploads": stats.pending_uploads,
             "pendingDeletes": stats.pending_deletes,
@@ -286,6 +296,20 @@ async def _serve(
 #: users can enter (a tenants table, ``allow_other``) leaves them out; ``cowfs
 #: status``, which only the mount's owner can ask, has them all.
 PRIVATE_STATUS = ("mountpoint", "store", "cacheDir", "lastError", "refusedKeys")
+
+
+def _log_to(path: Path) -> None:
+    """The log goes to ``path`` too, unless stderr is that file already (a background daemon's is)."""
+    fd = open_private(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        if os.path.sameopenfile(fd, sys.stderr.fileno()):
+            os.close(fd)
+            return
+    except OSError:  # stderr closed
+        pass
+    handler = logging.StreamHandler(os.fdopen(fd, "a", buffering=1))
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.getLogger().addHandler(handler)
 
 
 def _shown_to_all(status: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:

@@ -17,7 +17,7 @@ from .activity import Activity
 from .sessions import summarize_sessions
 from .store import ObjectStore
 from .threads import blocking
-from .workspaces import create_workspace, get_workspace
+from .workspaces import create_workspace, get_workspace, read_record
 
 
 def user_name(uid: int) -> str:
@@ -56,6 +56,10 @@ class WorkspaceHooks:
 
     def workspace_deleted(self, tenant: str, name: str) -> None:
         self.activity.forget(tenant, name)
+
+    async def last_active(self, tenant: str, name: str) -> float | None:
+        record = await self._io(read_record, self.store, tenant, name)
+        return record.lastActiveAt.timestamp() if record is not None else None
 
     async def render(self, kind: str, parts: tuple[str, ...]) -> bytes:
         if kind == "status.json":

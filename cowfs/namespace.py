@@ -245,6 +245,9 @@ class Hooks(Protocol):
     def workspace_deleted(self, tenant: str, name: str) -> None:
         """The workspace is gone: stop tracking its activity."""
 
+    async def last_active(self, tenant: str, name: str) -> float | None:
+        """The record's ``lastActiveAt`` (epoch seconds): a workspace folder's mtime; None without a record."""
+
     async def render(self, kind: str, parts: tuple[str, ...]) -> bytes:
         """Content of a generated file (``workspace.json`` …) for the folder at ``parts``."""
 
@@ -327,7 +330,8 @@ class Namespace:
         reachability: Reachability | None = None,
     ) -> None:
         """``tenants`` (from the config file) makes a multi-user mount: only those
-        tenants exist, each owned by its uid/gid/mode, and new entries take its group."""
+        tenants exist, each owned by its uid/gid/mode, and new entries take its group;
+        each of their users has a trash folder at the root, as they may not create one there."""
         self.store = store
         self.keymap = keymap
         self.cache = cache
@@ -343,6 +347,7 @@ class Namespace:
         self.clock = clock
         self.tenants = tenants
         self.reachability = reachability or Reachability(store.check)
+        self.mount_root = len(keymap.root)
         self.listings = 0
         root = Node(ROOT_INODE, DIR, "", None, Attrs(DEFAULT_DIR_MODE, uid, gid, time.time_ns()))
         root.remote = True
@@ -352,7 +357,8 @@ class Namespace:
         self._decorate(root)
         self._own_tenant(root)
         if tenants is not None and not keymap.root:
-            for name in sorted(tenants):
+            trash = sorted({f".Trash-{owner.uid}" for owner in tenants.values()})
+            for name in sorted(tenants) + trash:
                 tenant = self._new_node(root, name, DIR, Attrs(DEFAULT_DIR_MODE, uid, gid, time.time_ns()))
                 tenant.remote, tenant.pinned = True, True
                 self._own_tenant(tenant)
@@ -435,7 +441,7 @@ class Namespace:
         """Give a folder its generated ``.cowfs`` files, if its depth has any."""
         if node is self.root:
             names = ROOT_GENERATED
-        elif node.kind == DIR and len(self.full(node)) == layout.WORKSPACE_DEPTH:
+        elif node.kind == DIR and layout.is_workspace(self.full(node)):
             names = WORKSPACE_GENERATED
         else:
             return
@@ -453,11 +459,14 @@ class Namespace:
         return self.tenants.get(full[0]) if self.tenants and full else None
 
     def _own_tenant(self, node: Node) -> None:
-        """A configured tenant's folder always shows its configured owner and mode."""
+        """A configured tenant's folder always shows its configured owner and mode, a trash folder its user and 0700."""
         full = self.full(node)
         owner = self._owner(full)
         if owner is not None and len(full) == layout.TENANT_DEPTH:
             node.uid, node.gid, node.mode = owner.uid, owner.gid, stat.S_IFDIR | owner.mode
+        trash_uid = layout.trash_owner(full, self.mount_root)
+        if trash_uid is not None:
+            node.uid, node.mode = trash_uid, stat.S_IFDIR | layout.TRASH_MODE
 
     @staticmethod
     def _writable(node: Node) -> Node:
@@ -649,13 +658,14 @@ class Namespace:
         base = self.full(dir_node)
         for sub in page.prefixes:
             name = KeyMap.child_name(prefix, sub)
-            if is_listable(name) and layout.visible(base + (name,), is_dir=True) and self._may_exist(base + (name,)):
+            if (is_listable(name) and layout.visible(base + (name,), True, self.mount_root)
+                    and self._may_exist(base + (name,))):
                 remote[name] = _PREFIX_ONLY
         for info in page.objects:
             if info.key == prefix:
                 continue
             name = KeyMap.child_name(prefix, info.key)
-            if is_listable(name) and name not in remote and layout.visible(base + (name,), is_dir=False):
+            if is_listable(name) and name not in remote and layout.visible(base + (name,), False, self.mount_root):
                 remote[name] = info
         for name, info in remote.items():
             child = dir_node.children.get(name)
@@ -701,8 +711,9 @@ class Namespace:
             self._read_ahead_workers -= 1
 
     def _may_exist(self, full: tuple[str, ...]) -> bool:
-        """With a tenants table, only configured tenants exist."""
-        return self.tenants is None or len(full) != layout.TENANT_DEPTH or full[0] in self.tenants
+        """With a tenants table, only configured tenants (and trash folders) exist."""
+        return (self.tenants is None or len(full) != layout.TENANT_DEPTH or full[0] in self.tenants
+                or layout.in_trash(full))
 
     def _node_from_listing(self, parent: Node, name: str, info: ObjectInfo | None) -> Node:
         if info is _PREFIX_ONLY:
@@ -766,6 +777,10 @@ class Namespace:
                 info = await self._io(self._head, key)
         except (ObjectNotFound, NotFound):
             if node.kind == DIR:
+                full = self.full(node)
+                when = await self.hooks.last_active(*full) if layout.is_workspace(full) else None
+                if when is not None:
+                    node.mtime_ns = node.ctime_ns = int(when * 1e9)
                 node.meta_known = True
                 return
             self._detach(node)
@@ -920,7 +935,7 @@ class Namespace:
         """Checks shared by create/mkdir/symlink: the name, the key, no clash."""
         parent = self._writable(self._dir(parent_ino))
         name = component(raw_name)
-        layout.check_new_entry(self.full(parent) + (name,), kind == DIR)
+        layout.check_new_entry(self.full(parent) + (name,), kind == DIR, self.mount_root)
         if not self._may_exist(self.full(parent) + (name,)):
             raise NotPermitted(f"tenant {name!r} is not configured on this mount")
         self.keymap.checked_key(parent.path() + (name,), kind == DIR)
@@ -953,7 +968,10 @@ class Namespace:
             parent, name = await self._new_entry(parent_ino, raw_name, DIR)
             gid = self._group(parent, gid)
             full = self.full(parent) + (name,)
-            if len(full) == layout.WORKSPACE_DEPTH:
+            trash_uid = layout.trash_owner(full, self.mount_root)
+            if trash_uid is not None and trash_uid != uid:
+                raise NotPermitted(f"{name} is the trash of uid {trash_uid}")
+            if layout.is_workspace(full):
                 await self.hooks.create_workspace(full[0], name, uid)
             attrs = Attrs(stat.S_IFDIR | (mode & 0o7777), uid, gid, time.time_ns())
             node = self._new_node(parent, name, DIR, attrs)
@@ -961,7 +979,7 @@ class Namespace:
             node.listed_at = self.clock()
             node.condition = "none"
             node.shadows = self._claim_key(self.key(node))
-            if len(full) == layout.WORKSPACE_DEPTH:
+            if layout.is_workspace(full):
                 node.remote, node.touched = True, self.clock()
                 self._decorate(node)
             else:
@@ -1043,12 +1061,12 @@ class Namespace:
             if node.kind != DIR:
                 raise NotADirectory(node.name)
             if node.pinned:
-                raise NotPermitted(f"tenant {node.name!r} is configured on this mount")
+                raise NotPermitted(f"{node.name!r} is configured on this mount")
             await self._refresh(node, wait=False)
             if any(not child.virtual for child in node.children.values()):
                 raise NotEmpty(node.name)
             full = self.full(node)
-            if len(full) == layout.WORKSPACE_DEPTH:
+            if layout.is_workspace(full):
                 await self._delete_prefix(self.key(node))
                 self.hooks.workspace_deleted(full[0], full[1])
             self._forget_pending(node)
@@ -1075,9 +1093,9 @@ class Namespace:
             self._writable(new_parent)
             new_name = component(new_raw)
             new_full = self.full(new_parent) + (new_name,)
-            if not (layout.can_rename(self.full(node)) and layout.can_rename(new_full)):
-                raise NotPermitted("tenants and workspaces cannot be renamed")
-            layout.check_new_entry(new_full, node.kind == DIR)
+            if not (layout.can_rename(self.full(node), self.mount_root) and layout.can_rename(new_full, self.mount_root)):
+                raise NotPermitted("tenants, workspaces and trash folders cannot be renamed")
+            layout.check_new_entry(new_full, node.kind == DIR, self.mount_root)
             self.keymap.checked_key(new_parent.path() + (new_name,), node.kind == DIR)
             await self._refresh(new_parent, wait=False)
             target = new_parent.children.get(new_name)

@@ -24,6 +24,8 @@ path_style = true
 cache_size = "2G"
 write_back_delay = 0.5
 options = ["allow_other"]
+log_level = "Debug"
+log_file = "/var/log/cowfs.log"
 
 [tenants.acme]
 uid = 0
@@ -33,6 +35,7 @@ mode = "0750"
     assert config.get("store") == "s3://bucket/prefix"
     assert config.get("cache_size") == 2 * 1024**3
     assert config.get("write_back_delay") == 0.5
+    assert (config.get("log_level"), config.get("log_file")) == ("DEBUG", "/var/log/cowfs.log")
     assert config.tenants == {"acme": TenantOwner(0, 0, 0o750)}
 
 
@@ -54,6 +57,7 @@ mode = "0750"
         ('tenant = "../x"', "'tenant'"),
         ('endpoint_url = "notaurl"', "'endpoint_url'"),
         ('region = "us east"', "'region'"),
+        ('log_level = "loud"', "'log_level'"),
         ("[tenants.acme]\nuid = 0\ngid = 0\nshell = 1", "'shell'"),
         ("[tenants.'bad name']\nuid = 0\ngid = 0", "bad name"),
         ("store = ", "not valid TOML"),

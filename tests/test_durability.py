@@ -74,10 +74,11 @@ def test_store_outage_writes_succeed_and_arrive_later(mount_factory, s3_bucket, 
             with open(ws / "history.jsonl", "a") as f:
                 f.write(f"{mode} {i}\n")
         time.sleep(1.5)
-    status = cowfs("status", str(m.path)).stdout
-    assert "retries: 0" not in status
+    assert json.loads(cowfs("status", str(m.path), "--json").stdout)["retries"] > 0
     done = cowfs("sync", str(m.path), "--timeout", "2", check=False)
     assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1
+    assert "upload" in done.stderr and "still pending; last error: " in done.stderr, done.stderr
+    assert "last error: none" not in done.stderr
     proxy.set_mode(PASS)
     cowfs("sync", str(m.path), "--timeout", "120")
     stored = keys(s3_bucket, "t1/ws1/")
