@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     _json_option(p)
 
     p = command("fsck", "replay a journal left by a stopped daemon")
-    p.add_argument("store", metavar="STORE", nargs="?", help="the store the mount wrote to (default: embedded)")
+    p.add_argument("store", metavar="STORE", nargs="?", help="the store the mount wrote to (default: the one the cache dir records)")
     p.add_argument("--cache-dir", type=Path, required=True, help="the cache dir of the mount that stopped")
     _store_options(p, json_flag=True, store_flag=False)
 
@@ -276,7 +276,11 @@ def _cmd_status(args: argparse.Namespace) -> None:
                  f"{output.plural(status['retries'], 'retry', 'retries')}"),
         ("listings", status["listings"]),
         ("cache", f"{output.size(status['cacheBytes'])} on disk"),
+        ("reachable", "yes" if not status.get("storeUnreachableSince")
+         else f"no, since {status['storeUnreachableSince']}"),
         ("last error", status["lastError"]),
+        ("refused keys", "; ".join(f"{key!r} ({why})" for key, why in (status.get("refusedKeys") or {}).items())
+         or None),
         ("store quirks", status["storeQuirks"]),
     ]))
 

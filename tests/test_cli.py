@@ -108,7 +108,7 @@ def test_every_store_command_prints_json_of_its_own_shape(store, tmp_path):
         "installed": [str(helpers / "mount.fuse.cowfs"), str(helpers / "mount.cowfs")]}
     (tmp_path / "cache" / "journal").mkdir(parents=True)
     assert run_json("fsck", store.url, "--cache-dir", str(tmp_path / "cache")) == {
-        "uploaded": [], "deleted": [], "lost": []}
+        "moved": [], "uploaded": [], "deleted": [], "lost": [], "refused": {}}
     checked = run_json("doctor", store.url, "--cache-dir", str(tmp_path / "cache"))
     assert checked["ok"] is True and [c["check"] for c in checked["checks"]] == ["fuse", "store", "cache dir"]
     assert all(set(c) == {"check", "ok", "detail"} for c in checked["checks"])
@@ -208,8 +208,8 @@ def test_status_and_mounts_speak_json(mount_factory):
     mount = mount_factory("m", extra=["--tenant", "t1"])
     status = run_json("status", str(mount.path))
     assert {"pid", "mountpoint", "store", "tenant", "cacheDir", "pendingUploads", "pendingDeletes", "dirtyBytes",
-            "uploads", "deletes", "retries", "listings", "lastError", "cacheBytes", "storeQuirks",
-            "uptime"} == set(status)
+            "uploads", "deletes", "retries", "listings", "storeUnreachableSince", "lastError", "refusedKeys",
+            "cacheBytes", "storeQuirks", "uptime"} == set(status)
     found = [m for m in run_json("mounts")["mounts"] if m["mountpoint"] == str(mount.path)]
     assert found == [{"mountpoint": str(mount.path), "store": status["store"], "tenant": "t1",
                       "cacheDir": str(mount.cache_dir), "pid": mount.proc.pid}]
