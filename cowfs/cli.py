@@ -17,8 +17,8 @@ from typing import Any, Callable, NoReturn, Sequence, TypeVar
 import json
 from datetime import datetime, timezone
 
-from . import (__version__, archive, completion, control, helper_install, mounts, output, progress, sessions, trash,
-               values, workspaces)
+from . import (__version__, archive, completion, control, helper_install, mounts, options, output, progress, sessions,
+               trash, values, workspaces)
 from .config import Config, load
 from .daemon import LOG_FORMAT, READY_FD_ENV, MountOptions, default_cache_dir, mount
 from .errors import CowfsError, NotFound, UsageError
@@ -49,10 +49,7 @@ def _store_options(parser: argparse.ArgumentParser, json_flag: bool = False, sto
     if store_flag:
         parser.add_argument("--store", type=_arg(values.non_empty),
                             help="s3://BUCKET[/PREFIX] or file:///PATH (default: $COWFS_STORE, config, embedded)")
-    parser.add_argument("--endpoint-url", type=_arg(values.endpoint_url),
-                        help="S3 endpoint, e.g. http://127.0.0.1:9000 (default: $AWS_ENDPOINT_URL, else AWS)")
-    parser.add_argument("--region", type=_arg(values.region), help="S3 region")
-    parser.add_argument("--path-style", action="store_true", help="path-style S3 addressing")
+    options.add_arguments(parser, options.STORE, _arg)
 
 
 def _json_option(parser: argparse.ArgumentParser) -> None:
@@ -68,9 +65,7 @@ def _common_options() -> argparse.ArgumentParser:
     """Options every command takes: quiet, and where the log goes."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", help="no progress lines or log messages, only errors")
-    common.add_argument("--log-level", type=_arg(values.log_level),
-                        help="debug, info, warning or error (default: info for mount, warning otherwise)")
-    common.add_argument("--log-file", type=Path, help="write the log to this file too")
+    options.add_arguments(common, options.LOGGING, _arg)
     return common
 
 
@@ -96,18 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="s3://BUCKET[/PREFIX] or file:///PATH (default: the embedded store)")
     p.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?", help="an existing, empty folder")
     p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
-    p.add_argument("--tenant", type=_arg(values.tenant_name), help="mount one tenant as the root")
-    p.add_argument("--cache-dir", type=Path, help="local cache and journal directory")
-    p.add_argument("--cache-size", type=_arg(values.byte_size), help="cache size limit (default 10G)")
-    p.add_argument("--write-back-delay", type=_arg(values.non_negative_finite),
-                   help="seconds between close and upload (default 1)")
-    p.add_argument("--metadata-ttl", type=_arg(values.non_negative_finite),
-                   help="seconds metadata is trusted (default 1)")
-    p.add_argument("--store-timeout", type=_arg(values.positive_finite),
-                   help="seconds before a read that needs the store fails with EIO (default 30)")
-    p.add_argument("--create-bucket", action="store_true", help="create the S3 bucket if it does not exist")
+    options.add_arguments(p, options.MOUNT, _arg)
     p.add_argument("-o", dest="fuse_options", action="append", default=[], help="FUSE options, comma separated")
-    p.add_argument("--debug", action="store_true", help="log every FUSE request")
     _store_options(p, store_flag=False)
 
     for name, text in (("umount", "flush pending uploads, then unmount"),
@@ -216,31 +201,16 @@ def _cmd_mount(args: argparse.Namespace) -> None:
     if mountpoint is None:
         raise UsageError("mount needs a MOUNTPOINT (argument or 'mountpoint' in the config file)")
 
-    def pick(name: str, default: object) -> object:
-        value = getattr(args, name)
-        return value if value is not None else config.get(name, default)
-
-    cache_dir, log_file = pick("cache_dir", None), pick("log_file", None)
+    given = {option.name: getattr(args, option.name) for option in options.MOUNT_ALL}
+    settings = {name: config.get(name) if value is None else value for name, value in given.items()}
     opts = MountOptions(
         mountpoint=Path(mountpoint).resolve(),
         store_url=store_url,
         foreground=args.foreground,
-        tenant=pick("tenant", None),
-        cache_dir=Path(cache_dir).resolve() if cache_dir else None,
-        cache_size=pick("cache_size", 10 * 1024**3),
-        write_back_delay=pick("write_back_delay", 1.0),
-        metadata_ttl=pick("metadata_ttl", 1.0),
-        store_timeout=pick("store_timeout", 30.0),
-        endpoint_url=pick("endpoint_url", None),
-        region=pick("region", None),
-        path_style=args.path_style or config.get("path_style", False),
         fuse_options=config.get("options", []) + [o for group in args.fuse_options for o in group.split(",") if o],
-        debug=args.debug,
         config_path=config.path,
         tenants=config.tenants or None,
-        create_bucket=args.create_bucket,
-        log_level=pick("log_level", None),
-        log_file=Path(log_file).resolve() if log_file else None,
+        **{name: value for name, value in settings.items() if value is not None},
     )
     mount(opts)
 
@@ -689,11 +659,8 @@ def _fail(parser: argparse.ArgumentParser, exc: Exception, code: int) -> int:
 
 #: ``mount -o`` names that are cowfs options rather than FUSE ones: the ones with a value,
 #: checked as the long option of that name is, and the flags, which take none.
-HELPER_OPTIONS = {
-    "tenant", "cache_dir", "cache_size", "write_back_delay", "metadata_ttl", "store_timeout",
-    "endpoint_url", "region", "log_level", "log_file",
-}
-HELPER_FLAGS = {"path_style", "debug", "create_bucket"}
+HELPER_OPTIONS = {option.name for option in options.MOUNT_ALL if not option.flag}
+HELPER_FLAGS = {option.name for option in options.MOUNT_ALL if option.flag}
 
 
 def mount_helper_main(argv: Sequence[str] | None = None) -> int:

@@ -26,7 +26,7 @@ from typing import Any, Awaitable, Callable
 import pyfuse3
 import trio
 
-from . import cachedir, control, mounts
+from . import cachedir, control, mounts, options
 from .activity import Activity
 from .cache import ContentCache
 from .config import TenantOwner
@@ -95,23 +95,7 @@ class MountOptions:
     def argv(self) -> list[str]:
         """The command line that mounts the same thing in the foreground."""
         args = (["--config", str(self.config_path)] if self.config_path else []) + ["mount"]
-        args += ([self.store_url] if self.store_url else []) + [str(self.mountpoint), "-f"]
-        args += ["--cache-size", str(self.cache_size), "--write-back-delay", str(self.write_back_delay)]
-        args += ["--metadata-ttl", str(self.metadata_ttl), "--store-timeout", str(self.store_timeout)]
-        for flag, value in (
-            ("--tenant", self.tenant),
-            ("--cache-dir", self.cache_dir),
-            ("--endpoint-url", self.endpoint_url),
-            ("--region", self.region),
-            ("--log-level", self.log_level),
-            ("--log-file", self.log_file),
-        ):
-            if value is not None:
-                args += [flag, str(value)]
-        if self.path_style:
-            args.append("--path-style")
-        if self.debug:
-            args.append("--debug")
+        args += ([self.store_url] if self.store_url else []) + [str(self.mountpoint), "-f", *options.argv(self)]
         if self.fuse_options:
             args += ["-o", ",".join(self.fuse_options)]
         return args
