@@ -83,6 +83,9 @@ READ_AHEAD_QUEUE = 4096
 #: A folder read while its parent was read this recently is being walked
 #: (rm -r, find, du, rsync): its whole subtree is listed at once ...
 WALK_WINDOW = 5.0
+#: A listing that started less than this long after this mount changed an entry may
+#: lack it on a server whose listings lag its writes: a HEAD decides (``_confirm_gone``).
+LISTING_LAG = 30.0
 #: ... in at most this many flat pages (the store's page size each).
 DEEP_PAGES = 5
 #: A closed version up to this size is written into its journal record, so
@@ -601,7 +604,9 @@ class Namespace:
                 log.warning("listing %s failed, serving the last known listing: %s", prefix or "/", exc)
                 return
             if dir_node.attached:
-                self._read_ahead(self._merge(dir_node, prefix, page, started))
+                fresh, doubtful = self._merge(dir_node, prefix, page, started)
+                await self._confirm_gone(doubtful)
+                self._read_ahead(fresh)
             dir_node.listed_at = started
 
     async def _refresh_walked(self, dir_node: Node) -> None:
@@ -638,22 +643,27 @@ class Namespace:
                 folder += part + "/"
             folders.setdefault(folder, ([], {}))[0].append(info)
         pending = [dir_node]
+        doubtful: list[Node] = []
         while pending:
             node = pending.pop()
             key = self.key(node)
             if complete or (last > key and not last.startswith(key)):
                 objects, prefixes = folders.get(key, ([], {}))
-                self._merge(node, key, ListPage(objects, list(prefixes)), started)
+                doubtful += self._merge(node, key, ListPage(objects, list(prefixes)), started)[1]
                 node.listed_at = started
             pending.extend(c for c in node.children.values() if c.kind == DIR and c.attached and not c.virtual
                            and self.key(c) in folders)
+        await self._confirm_gone(doubtful)
 
-    def _merge(self, dir_node: Node, prefix: str, page: ListPage, started: float) -> list[Node]:
+    def _merge(self, dir_node: Node, prefix: str, page: ListPage, started: float) -> tuple[list[Node], list[Node]]:
         """Fold a listing into the tree; what changed here since it started wins.
 
-        Returns the nodes it added or whose object changed: their metadata is unknown.
+        Returns the nodes it added or whose object changed (their metadata is
+        unknown), and the ones it lacks that this mount changed moments before
+        it started (``_confirm_gone`` decides those).
         """
         fresh: list[Node] = []
+        doubtful: list[Node] = []
         remote: dict[str, ObjectInfo | None] = {}
         base = self.full(dir_node)
         for sub in page.prefixes:
@@ -684,8 +694,42 @@ class Namespace:
             fresh.append(self._node_from_listing(dir_node, name, info))
         for name, child in list(dir_node.children.items()):
             if name not in remote and not self._locally_owned(child) and child.touched < started:
-                self._detach(child)
-        return fresh
+                if started - child.touched < LISTING_LAG:
+                    doubtful.append(child)
+                else:
+                    self._detach(child)
+        return fresh, doubtful
+
+    async def _confirm_gone(self, nodes: list[Node]) -> None:
+        """Entries a listing lacks that this mount changed moments before it started:
+        each is detached only once the store says it is gone. S3 lists what it stored
+        at once, but not every server does (an index updated after the write's
+        answer), and a file a listing misses must not vanish from under the program
+        that just wrote it."""
+
+        unconfirmed = iter(nodes)
+
+        async def worker() -> None:
+            for node in unconfirmed:
+                key = self.key(node)
+                try:
+                    if node.kind == DIR:
+                        listing, _ = await self._io(self.store.list_some, key, None, 1)
+                        gone = not listing.objects
+                    else:
+                        await self._io(self.store.head, key)
+                        gone = False
+                except ObjectNotFound:
+                    gone = True
+                except (CowfsError, OSError) as exc:
+                    log.debug("checking whether %s is gone: %s", key, exc)
+                    continue
+                if gone and node.attached and self.key(node) == key and not self._locally_owned(node):
+                    self._detach(node)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(min(META_PARALLEL, len(nodes))):
+                nursery.start_soon(worker)
 
     def _read_ahead(self, nodes: list[Node]) -> None:
         """Fetch the small files of a just-listed folder in the background, a few at a time.
