@@ -44,6 +44,7 @@ from .errors import (
 from .hooks import user_name
 from .keys import KeyMap
 from .names import component
+from .sessionindex import refresh_keys
 from .store import ObjectInfo, ObjectStore
 from .workspaces import check_scoped_name, create_workspace, get_workspace, touch_workspace
 
@@ -251,6 +252,7 @@ def import_archive(store: ObjectStore, tenant: str, workspace: str, archive: Pat
         for member in _ahead(functools.partial(_put, store, keymap), bodies):
             summary.count(member)
     touch_workspace(store, tenant, workspace, datetime.now(timezone.utc))
+    refresh_keys(store, (keymap.checked_key(entry.parts, entry.data.isdir()) for entry in entries))
     return summary
 
 

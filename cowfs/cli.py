@@ -17,7 +17,7 @@ from typing import Callable, NoReturn, Sequence
 
 import json
 
-from . import __version__, archive, control, helper_install, progress, sessions, workspaces
+from . import __version__, archive, control, helper_install, progress, sessionindex, sessions, workspaces
 from .config import Config, load, parse_size
 from .daemon import READY_FD_ENV, MountOptions, mount
 from .errors import CowfsError, UsageError
@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--limit", type=int, default=20, help="page size, 1-100 (default 20)")
     a.add_argument("--next-token", help="the token printed with the previous page")
     _store_options(a, json_flag=True)
+    a = actions.add_parser("reindex", help="rebuild the session index from a full listing (objects other tools wrote)")
+    a.add_argument("workspace", metavar="TENANT/WORKSPACE")
+    _store_options(a)
 
     p = sub.add_parser("export", help="write a workspace, or one session of it, to a tar.gz archive")
     p.add_argument("source", metavar="TENANT/WORKSPACE[/sessions/ID]")
@@ -126,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("install-helper", help="let mount(8) and /etc/fstab mount cowfs (type fuse.cowfs)")
     p.add_argument("--dir", type=Path, default=Path("/sbin"), help="where mount(8) looks for helpers")
 
-    p = sub.add_parser("fsck", help="replay a journal left by a stopped daemon")
+    p = sub.add_parser("fsck", help="replay a journal left by a stopped daemon, reindex the sessions it wrote")
     p.add_argument("store", metavar="STORE", nargs="?")
     p.add_argument("--cache-dir", type=Path, required=True)
     _store_options(p, store_flag=False)
@@ -254,9 +257,13 @@ def _cmd_workspace(args: argparse.Namespace) -> None:
 def _cmd_sessions(args: argparse.Namespace) -> None:
     store = _open_store(args)
     tenant, name = _split(args.workspace)
-    found = sessions.summarize_sessions(store, tenant, name)
-    page, token = sessions.page_sessions(found, args.limit, args.next_token, sessions.pagination_secret(store),
-                                         f"{tenant}/{name}")
+    if args.action == "reindex":
+        workspaces.get_workspace(store, tenant, name)
+        done = sessionindex.reindex(store, tenant, name)
+        print(f"indexed {done.sessions} sessions of {tenant}/{name} ({done.written} records written, "
+              f"{done.dropped_entries} stale entries dropped)")
+        return
+    page, token = sessions.list_page(store, tenant, name, args.limit, args.next_token)
     if args.json:
         doc: dict = {"sessions": [s.to_json() for s in page]}
         if token:
@@ -310,9 +317,14 @@ def _cmd_fsck(args: argparse.Namespace) -> None:
         raise UsageError(f"{args.cache_dir} holds no cowfs journal")
     journal = Journal(journal_dir)
     try:
-        lines = replay(store, journal).lines()
+        report = replay(store, journal)
     finally:
         journal.close()
+    lines = report.lines()
+    touched = {session[:2] for session in map(sessionindex.session_of, report.uploaded + report.deleted) if session}
+    for tenant, name in sorted(touched):
+        sessionindex.reindex(store, tenant, name)
+        lines.append(f"reindexed the sessions of {tenant}/{name}")
     for line in lines or ["nothing to recover"]:
         print(line)
 

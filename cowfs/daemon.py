@@ -36,7 +36,7 @@ from .journal import GROUP_COMMIT, Journal
 from .keys import KeyMap
 from .namespace import Namespace
 from .notify import notify
-from .recovery import replay
+from .recovery import Report, replay
 from .store import ObjectStore, open_store
 from .writeback import WriteBack
 
@@ -168,15 +168,15 @@ def serve(opts: MountOptions, store: ObjectStore) -> None:
         raise CowfsError(f"cache directory {cache_dir} is in use by another cowfs daemon") from None
     _tune_process()
     journal = Journal(cache_dir / "journal")
-    report = replay(store, journal)
-    if report.lines():
-        log.info("recovered %d pending change(s) from the journal", len(report.lines()))
+    recovered = replay(store, journal)
+    if recovered.lines():
+        log.info("recovered %d pending change(s) from the journal", len(recovered.lines()))
     tmp_dir = cache_dir / "tmp"
     shutil.rmtree(tmp_dir, ignore_errors=True)
     tmp_dir.mkdir()
     cache = ContentCache(cache_dir / "cache", opts.cache_size)
     try:
-        trio.run(_serve, opts, store, cache, journal, tmp_dir, cache_dir)
+        trio.run(_serve, opts, store, cache, journal, tmp_dir, cache_dir, recovered)
     finally:
         cache.close()
         journal.close()
@@ -184,11 +184,17 @@ def serve(opts: MountOptions, store: ObjectStore) -> None:
 
 
 async def _serve(
-    opts: MountOptions, store: ObjectStore, cache: ContentCache, journal: Journal, tmp_dir: Path, cache_dir: Path
+    opts: MountOptions, store: ObjectStore, cache: ContentCache, journal: Journal, tmp_dir: Path, cache_dir: Path,
+    recovered: Report,
 ) -> None:
     limiter = trio.CapacityLimiter(THREADS)
     activity = Activity(store, limiter)
-    writeback = WriteBack(store, journal, limiter, delay=opts.write_back_delay, on_stored=activity.mark)
+    writeback = WriteBack(store, journal, limiter, delay=opts.write_back_delay, on_stored=activity.mark,
+                          on_deleted=activity.deleted)
+    for key in recovered.uploaded:
+        activity.mark(key)
+    for key in recovered.deleted:
+        activity.deleted(key)
     keymap = KeyMap(root=(opts.tenant,) if opts.tenant else (), store_prefix=getattr(store, "prefix", ""))
     started = time.time()
 
@@ -207,6 +213,9 @@ async def _serve(
             "retries": stats.retries,
             "listings": ns.listings,
             "lastError": stats.last_error,
+            "activityPending": activity.pending,
+            "activityFailures": activity.failures,
+            "activityLastError": activity.last_error,
             "cacheBytes": cache.volume(),
             "uptime": round(time.time() - started, 3),
         }

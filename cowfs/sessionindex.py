@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Callable, Iterable, Iterator, TypeVar
 
+from . import layout
 from .errors import ObjectNotFound, PreconditionFailed
 from .names import SCOPED_NAME
 from .store import ObjectInfo, ObjectStore
@@ -164,6 +165,14 @@ def summarize(session: str, objects: Iterable[ObjectInfo]) -> SessionSummary | N
     return summary
 
 
+def session_of(key: str) -> tuple[str, str, str] | None:
+    """(tenant, workspace, session) of an object key under ``T/WS/sessions/ID/``."""
+    parts = key.split("/")
+    if len(parts) < 5 or parts[2] != layout.SESSIONS_DIR or not SCOPED_NAME.match(parts[3]):
+        return None
+    return parts[0], parts[1], parts[3]
+
+
 def group_by_session(prefix: str, objects: Iterable[ObjectInfo]) -> dict[str, list[ObjectInfo]]:
     """Objects under ``T/WS/sessions/`` by session id (keys that are no session left out)."""
     out: dict[str, list[ObjectInfo]] = {}
@@ -174,12 +183,13 @@ def group_by_session(prefix: str, objects: Iterable[ObjectInfo]) -> dict[str, li
     return out
 
 
-def merged(fresh: SessionSummary, record: Record | None, first_write: datetime | None = None) -> SessionSummary:
+def merged(fresh: SessionSummary, known: SessionSummary | None, first_write: datetime | None = None
+           ) -> SessionSummary:
     """``fresh`` counts with the earliest creation and latest activity anyone saw:
     a session's times never go back, so a page anchor never moves past it."""
     created, last = fresh.createdAt, fresh.lastActiveAt
-    if record is not None:
-        created, last = min(created, record.summary.createdAt), max(last, record.summary.lastActiveAt)
+    if known is not None:
+        created, last = min(created, known.createdAt), max(last, known.lastActiveAt)
     if first_write is not None:
         created = min(created, _second(first_write))
     return SessionSummary(fresh.sessionId, created, last, fresh.files, fresh.bytes)
@@ -207,7 +217,7 @@ def _commit(store: ObjectStore, tenant: str, workspace: str, session: str, old: 
             return None
         new = Record(replace(old.summary, files=0, bytes=0), old.version + 1, old.entry, removed=True)
     else:
-        summary = merged(fresh, old, first_write)
+        summary = merged(fresh, old.summary if old else None, first_write)
         if old is not None and not old.removed and old.summary == summary:
             return None
         new = Record(summary, old.version + 1 if old else 1, old.entry if old else None)
@@ -226,9 +236,9 @@ def _commit(store: ObjectStore, tenant: str, workspace: str, session: str, old: 
 
 
 def refresh_session(store: ObjectStore, tenant: str, workspace: str, session: str,
-                    first_write: datetime | None = None) -> bool:
-    """Count the session again from a listing of its objects and write its record and entry
-    (whether it changed).
+                    first_write: datetime | None = None) -> tuple[Record | None, bool]:
+    """Count the session again from a listing of its objects and write its record and entry:
+    the record now (None: the session has none) and whether it was written.
 
     The record is read before the listing and written only if unchanged since:
     whoever writes last listed after every upload that came before, so
@@ -239,15 +249,17 @@ def refresh_session(store: ObjectStore, tenant: str, workspace: str, session: st
         old, etag = read_record(store, tenant, workspace, session)
         fresh = summarize(session, store.list_all(prefix, None).objects)
         try:
-            return _commit(store, tenant, workspace, session, old, etag, fresh, first_write) is not None
+            new = _commit(store, tenant, workspace, session, old, etag, fresh, first_write)
         except PreconditionFailed:
             continue
+        return new or old, new is not None
     raise PreconditionFailed(f"the index record of session {session} kept changing under {ATTEMPTS} attempts")
 
 
-def refresh_sessions(store: ObjectStore, tenant: str, workspace: str, sessions: Iterable[str]) -> None:
-    """Refresh every one of ``sessions`` (import, fsck: what they wrote)."""
-    _parallel(lambda s: refresh_session(store, tenant, workspace, s), sorted(set(sessions)))
+def refresh_keys(store: ObjectStore, keys: Iterable[str]) -> None:
+    """Refresh the session of every key written (import)."""
+    sessions = sorted({s for s in map(session_of, keys) if s is not None})
+    _parallel(lambda s: refresh_session(store, *s), sessions)
 
 
 @dataclass
@@ -276,7 +288,7 @@ def reindex(store: ObjectStore, tenant: str, workspace: str) -> Reindexed:
                if o.key.endswith(".json")}
 
     def rebuild(session: str) -> tuple[int | None, bool]:
-        """The session's record version afterwards (None: not known), and whether it was written."""
+        """The session's record version afterwards, and whether it was written."""
         info = records.get(session)
         if info is None or info.last_modified < since:
             old, etag = read_record(store, tenant, workspace, session) if info is not None else (None, None)
@@ -287,7 +299,8 @@ def reindex(store: ObjectStore, tenant: str, workspace: str) -> Reindexed:
             else:
                 current = new or old
                 return (current.version if current is not None else None), new is not None
-        return None, refresh_session(store, tenant, workspace, session)
+        now, wrote = refresh_session(store, tenant, workspace, session)
+        return (now.version if now is not None else None), wrote
 
     sessions = sorted(set(listed) | set(records))
     done = dict(zip(sessions, _parallel(rebuild, sessions)))

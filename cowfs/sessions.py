@@ -9,10 +9,13 @@ import json
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Callable
 
 from .errors import InvalidToken, ObjectNotFound, PreconditionFailed, UsageError
-from .sessionindex import FORMAT, SessionSummary, index_format, read_page, reindex
-from .store import ObjectStore
+from .sessionindex import (
+    FORMAT, SessionSummary, all_sessions, index_format, merged, read_page, reindex, session_prefix, summarize,
+)
+from .store import ObjectInfo, ObjectStore
 from .workspaces import _iso, _parse, get_workspace
 
 MAX_LIMIT = 100
@@ -87,3 +90,19 @@ def list_page(store: ObjectStore, tenant: str, workspace: str, limit: int, next_
         return page.sessions, None
     last = page.sessions[-1]
     return page.sessions, make_token(Anchor(last.lastActiveAt, last.sessionId, page.hint), secret, scope)
+
+
+def with_changes(store: ObjectStore, tenant: str, workspace: str, changed: dict[str, datetime | None],
+                 overlay: Callable[[str, list[ObjectInfo]], list[ObjectInfo]]) -> list[SessionSummary]:
+    """Every session, most recently active first, as a mount that changed ``changed``
+    (session ids, with their first change where known) sees them: those counted
+    again from a listing of their own, with ``overlay`` adding what is not uploaded yet."""
+    found = all_sessions(store, tenant, workspace)
+    for session, first_write in changed.items():
+        prefix = session_prefix(tenant, workspace, session)
+        fresh = summarize(session, overlay(prefix, store.list_all(prefix, None).objects))
+        if fresh is None:
+            found.pop(session, None)
+        else:
+            found[session] = merged(fresh, found.get(session), first_write)
+    return sorted(found.values(), key=lambda s: (-s.lastActiveAt.timestamp(), s.sessionId))
