@@ -24,7 +24,7 @@ import os
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import Callable, Generator, Iterable, Iterator, TypeVar
 
 from . import layout
 from .errors import ObjectNotFound, PreconditionFailed
@@ -335,31 +335,63 @@ def all_sessions(store: ObjectStore, tenant: str, workspace: str) -> dict[str, S
     return {sid: e.summary for sid, e in best.items()}
 
 
-def _windows(position: str, hint: int) -> list[str]:
-    """Key prefixes to list after ``position``, narrowest first: ``hint`` characters of it,
-    then the same second, then ever fewer digits of its rank (ten times the time each)."""
-    rank = len(position.split(_SEP, 1)[0])
-    widths = ([hint] if hint > rank else []) + list(range(min(hint, rank), -1, -1))
-    return [position[:w] for w in widths]
+class _Walk:
+    """Entries after a position, in order, found with prefix listings alone.
 
-
-def _after(store: ObjectStore, prefix: str, position: str | None, hint: int) -> Iterator[Entry]:
-    """Entries sorting after ``position`` (every one when None), in order.
-
-    The store lists prefixes only, so the listing starts at a window around
-    ``position`` and widens until the caller has what it needs: a page costs
-    the entries near it, not the ones before.
+    A listing starts at its prefix, so the walk lists windows that follow
+    each other: the first holds the position (``hint`` characters of it, the
+    width the previous page ended with), each next one starts after the last,
+    one digit of the rank wider when the last held few entries and one
+    narrower when it held many. A page costs the entries near it, not the
+    ones before it, however many sessions there are.
     """
-    last = position + "~" if position is not None else ""  # past the position's own entries
-    for window in _windows(position, hint) if position is not None else [""]:
-        for page in store.list_pages(prefix + window, None):
+
+    #: Entries per window the walk aims at (a listing page holds up to ``store.page_size``).
+    FEW, MANY = 25, 250
+
+    def __init__(self, store: ObjectStore, prefix: str, position: str | None, hint: int) -> None:
+        self.store = store
+        self.prefix = prefix
+        self.position = position
+        self.width = hint
+        self.last = position + "~" if position is not None else ""  # past the position's own entries
+
+    def __iter__(self) -> Iterator[Entry]:
+        if self.position is None:
+            self.width = 0
+            yield from self._window("")
+            return
+        rank = len(self.position.split(_SEP, 1)[0])
+        if self.width > rank:  # within one second: some characters of the session id, then the second
+            yield from self._window(self.position[:self.width])
+            self.width = rank
+        window = self.position[:self.width]
+        while True:
+            seen = yield from self._window(window)
+            if not window or int(window) + 1 == 10 ** len(window):
+                return  # nothing sorts after it
+            following = f"{int(window) + 1:0{len(window)}d}"
+            if seen < self.FEW and len(window) > 1:
+                window = following[:-1]  # may hold the last one's neighbours, few as they are
+            elif seen > self.MANY and len(window) < rank:
+                window = following + "0"
+            else:
+                window = following
+            self.width = len(window)
+
+    def _window(self, window: str) -> Generator[Entry, None, int]:
+        """Entries of one window after the last one given; how many it holds."""
+        seen = 0
+        for page in self.store.list_pages(self.prefix + window, None):
+            seen += len(page.objects)
             for obj in page.objects:
-                name = obj.key[len(prefix):]
-                if name > last:
-                    last = name
+                name = obj.key[len(self.prefix):]
+                if name > self.last:
+                    self.last = name
                     entry = parse_entry(name)
                     if entry is not None:
                         yield entry
+        return seen
 
 
 @dataclass
@@ -379,7 +411,8 @@ def read_page(store: ObjectStore, tenant: str, workspace: str, limit: int,
     """
     prefix = _entries(tenant, workspace)
     start = _position(*after) if after is not None else None
-    candidates = _after(store, prefix, start, hint)
+    walk = _Walk(store, prefix, start, hint)
+    candidates = iter(walk)
     found: list[SessionSummary] = []
     while len(found) <= limit:
         batch = [e for _, e in zip(range(limit + 1 - len(found)), candidates)]
@@ -391,9 +424,10 @@ def read_page(store: ObjectStore, tenant: str, workspace: str, limit: int,
     page = found[:limit]
     if not page:
         return Page(page, False, 0)
-    end = _position(page[-1].lastActiveAt, page[-1].sessionId)
-    begin = start if start is not None else _position(page[0].lastActiveAt, page[0].sessionId)
-    return Page(page, len(found) > limit, len(os.path.commonprefix([begin, end])))
+    if start is None:  # the next page starts with a window as wide as this one's span
+        ends = [_position(s.lastActiveAt, s.sessionId) for s in (page[0], page[-1])]
+        return Page(page, len(found) > limit, len(os.path.commonprefix(ends)))
+    return Page(page, len(found) > limit, walk.width)
 
 
 def _parallel(fn: Callable[[T], R], items: list[T]) -> list[R]:
