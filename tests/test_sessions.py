@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import tempfile
 import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cowfs import sessionindex
 from cowfs.activity import Activity
@@ -277,3 +280,20 @@ def test_cli_builds_a_missing_or_older_index_once_and_reindexes_foreign_writes(s
     put(f"acme/{ws}/.cowfs/sessions/index.json", json.dumps({"format": 0}).encode())
     assert listed() == {"a": (1, 3), "b": (1, 1), "c": (1, 1)}  # an older format is rebuilt
     assert cli(s3_bucket, "sessions", "reindex", "acme/none", check=False).returncode == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 6), st.integers(0, 999)), min_size=1, max_size=80),
+       st.integers(0, 79), st.integers(0, 25))
+def test_the_walk_gives_every_entry_after_any_position_once_in_order(times, at, hint):
+    """Bursts within a second, gaps of days: whatever the window it starts with."""
+    sessions = [SessionSummary(f"s{i}", T0, T0 + timedelta(seconds=t * 10**scale), 1, 1)
+                for i, (scale, t) in enumerate(times)]
+    with tempfile.TemporaryDirectory() as root:
+        store = LocalStore(Path(root))
+        index(store, sessions)
+        names = sorted(sessionindex.entry_name(s, 1) for s in sessions)
+        start = names[at % len(names)]
+        position = start[:start.index("!", 11) + 1]
+        walked = [e.name for e in _Walk(store, "acme/ws/.cowfs/sessions/active/", position, hint)]
+    assert walked == [n for n in names if n > position + "~"]
