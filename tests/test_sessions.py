@@ -6,6 +6,7 @@ import concurrent.futures
 import json
 import tempfile
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -150,20 +151,31 @@ def test_reindex_counts_foreign_writes_and_drops_stale_entries(store):
 
 
 def test_writers_racing_on_one_session_end_with_exact_counts(store):
+    """Writer a lists, writer b uploads and writes its record, then a writes: a must not win."""
     create_workspace(store, "acme", "u", "general", workspace_id="ws")
-    barrier = threading.Barrier(4)
+    reindex(store, "acme", "ws")  # complete: pages trust the records from now on
+    b_done = threading.Event()
+    put = store.put
 
-    def writer(w: int) -> None:
-        barrier.wait()
-        for i in range(12):
-            sid = ("shared", f"own{w}")[i % 2]
-            store.put(f"acme/ws/sessions/{sid}/w{w}-{i}", b"x" * (w + 1), {})
-            refresh_session(store, "acme", "ws", sid)
+    def record_put_of_a_waits_for_b(key, body, metadata, **conditions):
+        if "/records/" in key and threading.current_thread().name == "a" and not b_done.is_set():
+            b_done.wait(10)
+        return put(key, body, metadata, **conditions)
 
-    with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        list(pool.map(writer, range(4)))
-    found = {s.sessionId: (s.files, s.bytes) for s in list_page(store, "acme", "ws", 100, None)[0]}
-    assert found == {"shared": (24, 6 * (1 + 2 + 3 + 4)), **{f"own{w}": (6, 6 * (w + 1)) for w in range(4)}}
+    store.put = record_put_of_a_waits_for_b
+
+    def writer(name: str, session: str) -> None:
+        put(f"acme/ws/sessions/{session}/{name}", b"x" * 3, {})
+        refresh_session(store, "acme", "ws", session)
+
+    a = threading.Thread(target=writer, args=("a", "shared"), name="a")
+    a.start()
+    time.sleep(0.3)  # a has listed and waits to write
+    writer("b", "shared")
+    b_done.set()
+    a.join()
+    assert [(s.sessionId, s.files, s.bytes) for s in list_page(store, "acme", "ws", 100, None)[0]] == [
+        ("shared", 2, 6)]
 
 
 def test_a_removed_session_leaves_the_index_and_comes_back_with_its_creation(tmp_path):
