@@ -88,21 +88,27 @@ def test_pages_follow_activity_order_through_every_window(tmp_path):
 
 
 def test_a_later_page_costs_what_the_first_does_whatever_the_number_of_sessions(tmp_path):
-    costs = {}
+    costs, tails = {}, {}
     for n in (200, 3000):
         store = CountingStore(tmp_path / f"store{n}")
-        index(store, spread(n))
+        sessions = spread(n)
+        index(store, sessions)
         pages, after, hint = [], None, 0
         for _ in range(8):
             store.reset()
             page = read_page(store, "acme", "ws", 20, after, hint)
             pages.append((store.lists, store.listed, store.gets))
             after, hint = (page.sessions[-1].lastActiveAt, page.sessions[-1].sessionId), page.hint
+        last = next(s for s in sessions if s.sessionId == ordered(sessions)[-11])
+        store.reset()
+        assert len(read_page(store, "acme", "ws", 20, (last.lastActiveAt, last.sessionId), hint).sessions) == 10
         costs[n] = pages
-    for small, big in zip(costs[200], costs[3000]):
-        assert small[2] == big[2] == 21  # one record read per session shown, and one to know there is more
+        tails[n] = (store.lists, store.listed, 0)
+    for number, (small, big) in enumerate(zip(costs[200], costs[3000])):
+        # a record read per session shown, one to know there is more, and where the entries end
+        assert small[2] == big[2] == (21 if number == 0 else 22)
     assert costs[3000][0][:2] == (1, 1000)  # the first page: one request of the listing
-    for lists, listed, _ in costs[200][1:] + costs[3000][1:]:
+    for lists, listed, _ in costs[200][1:] + costs[3000][1:] + list(tails.values()):  # the entries near them
         assert lists <= 2 and listed <= 2 * _Walk.MANY, costs
 
 
@@ -296,16 +302,18 @@ def test_cli_builds_a_missing_or_older_index_once_and_reindexes_foreign_writes(s
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 6), st.integers(0, 999)), min_size=1, max_size=80),
-       st.integers(0, 79), st.integers(0, 25))
-def test_the_walk_gives_every_entry_after_any_position_once_in_order(times, at, hint):
+       st.integers(0, 79), st.integers(0, 25), st.booleans(), st.integers(1, 300))
+def test_the_walk_gives_every_entry_after_any_position_once_in_order(times, at, hint, bounded, page_size):
     """Bursts within a second, gaps of days: whatever the window it starts with."""
     sessions = [SessionSummary(f"s{i}", T0, T0 + timedelta(seconds=t * 10**scale), 1, 1)
                 for i, (scale, t) in enumerate(times)]
     with tempfile.TemporaryDirectory() as root:
         store = LocalStore(Path(root))
         index(store, sessions)
+        store.page_size = page_size
         names = sorted(sessionindex.entry_name(s, 1) for s in sessions)
         start = names[at % len(names)]
         position = start[:start.index("!", 11) + 1]
-        walked = [e.name for e in _Walk(store, "acme/ws/.cowfs/sessions/active/", position, hint)]
+        oldest = sessionindex.oldest_rank(store, "acme", "ws") if bounded else None
+        walked = [e.name for e in _Walk(store, "acme/ws/.cowfs/sessions/active/", position, hint, oldest)]
     assert walked == [n for n in names if n > position + "~"]
