@@ -5,6 +5,7 @@ holds, so every writer (a mount as it uploads, import, fsck, reindex) keeps
 under ``TENANT/WORKSPACE/.cowfs/sessions/``:
 
     index.json                  the format marker: the index is complete for this format
+    oldest.json                 a rank no entry is past (raised by whoever adds a session): where a walk may stop
     records/SID.json            one record per session: counts, times and a version,
                                 changed by conditional writes only (no lost update between mounts)
     active/R!SID!V!C!F!B        one empty entry per session, named after its record: R is the
@@ -84,6 +85,10 @@ def _marker_key(tenant: str, workspace: str) -> str:
 
 def _record_key(tenant: str, workspace: str, session: str) -> str:
     return f"{_index(tenant, workspace)}records/{session}.json"
+
+
+def _oldest_key(tenant: str, workspace: str) -> str:
+    return _index(tenant, workspace) + "oldest.json"
 
 
 def _entries(tenant: str, workspace: str) -> str:
@@ -196,11 +201,50 @@ def merged(fresh: SessionSummary, known: SessionSummary | None, first_write: dat
 
 
 def read_record(store: ObjectStore, tenant: str, workspace: str, session: str) -> tuple[Record | None, str | None]:
+    """The session's record (None: none, or one that cannot be read, which the next write replaces) and its ETag."""
     try:
         data, info = store.get(_record_key(tenant, workspace, session))
     except ObjectNotFound:
         return None, None
-    return Record.from_json(json.loads(data)), info.etag
+    try:
+        return Record.from_json(json.loads(data)), info.etag
+    except (ValueError, KeyError, TypeError):
+        return None, info.etag
+
+
+def _conditions(etag: str | None) -> dict:
+    """Write only over what was read: that version, or nothing."""
+    return {"if_match": etag} if etag is not None else {"if_none_match": True}
+
+
+def oldest_rank(store: ObjectStore, tenant: str, workspace: str) -> str | None:
+    """A rank no entry of the workspace is past (None: not known)."""
+    return _read_oldest(store, tenant, workspace)[0]
+
+
+def _read_oldest(store: ObjectStore, tenant: str, workspace: str) -> tuple[str | None, str | None]:
+    try:
+        data, info = store.get(_oldest_key(tenant, workspace))
+    except ObjectNotFound:
+        return None, None
+    try:
+        return str(json.loads(data)["rank"]), info.etag
+    except (ValueError, KeyError, TypeError):
+        return None, info.etag
+
+
+def _cover(store: ObjectStore, tenant: str, workspace: str, rank: str) -> None:
+    """Raise the workspace's oldest rank to ``rank`` if it is below (never lowered)."""
+    for _ in range(ATTEMPTS):
+        held, etag = _read_oldest(store, tenant, workspace)
+        if held is not None and held >= rank:
+            return
+        try:
+            store.put(_oldest_key(tenant, workspace), json.dumps({"rank": rank}).encode(), {}, **_conditions(etag))
+            return
+        except PreconditionFailed:
+            continue
+    raise PreconditionFailed(f"the oldest rank of {tenant}/{workspace} kept changing under {ATTEMPTS} attempts")
 
 
 def _commit(store: ObjectStore, tenant: str, workspace: str, session: str, old: Record | None, etag: str | None,
@@ -221,14 +265,11 @@ def _commit(store: ObjectStore, tenant: str, workspace: str, session: str, old: 
         if old is not None and not old.removed and old.summary == summary:
             return None
         new = Record(summary, old.version + 1 if old else 1, old.entry if old else None)
-    body = json.dumps(new.to_json()).encode()
-    key = _record_key(tenant, workspace, session)
-    if old is None:
-        store.put(key, body, {}, if_none_match=True)
-    else:
-        store.put(key, body, {}, if_match=etag)
+    store.put(_record_key(tenant, workspace, session), json.dumps(new.to_json()).encode(), {}, **_conditions(etag))
     entries = _entries(tenant, workspace)
     if not new.removed:
+        if old is None or old.removed:  # a session's rank only falls, except when it (re)appears
+            _cover(store, tenant, workspace, _rank(new.summary.lastActiveAt))
         store.put(entries + new.entry, b"", {})
     if old is not None:
         store.delete_many([entries + name for name in {old.entry, old.previous} - {None, new.entry}])
@@ -287,8 +328,8 @@ def reindex(store: ObjectStore, tenant: str, workspace: str) -> Reindexed:
     records = {o.key[len(records_prefix):-len(".json")]: o for o in store.list_all(records_prefix, None).objects
                if o.key.endswith(".json")}
 
-    def rebuild(session: str) -> tuple[int | None, bool]:
-        """The session's record version afterwards, and whether it was written."""
+    def rebuild(session: str) -> tuple[Record | None, bool]:
+        """The session's record afterwards, and whether it was written."""
         info = records.get(session)
         if info is None or info.last_modified < since:
             old, etag = read_record(store, tenant, workspace, session) if info is not None else (None, None)
@@ -297,16 +338,17 @@ def reindex(store: ObjectStore, tenant: str, workspace: str) -> Reindexed:
             except PreconditionFailed:
                 pass
             else:
-                current = new or old
-                return (current.version if current is not None else None), new is not None
-        now, wrote = refresh_session(store, tenant, workspace, session)
-        return (now.version if now is not None else None), wrote
+                return new or old, new is not None
+        return refresh_session(store, tenant, workspace, session)
 
     sessions = sorted(set(listed) | set(records))
     done = dict(zip(sessions, _parallel(rebuild, sessions)))
     stale = [entries_prefix + e.name for e in entries
-             if e.summary.sessionId not in done or (done[e.summary.sessionId][0] or 0) > e.version]
+             if e.summary.sessionId not in done or getattr(done[e.summary.sessionId][0], "version", 0) > e.version]
     store.delete_many(stale)
+    ranks = [_rank(r.summary.lastActiveAt) for r, _ in done.values() if r is not None and not r.removed]
+    if ranks:
+        _cover(store, tenant, workspace, max(ranks))
     store.put(_marker_key(tenant, workspace), json.dumps({"format": FORMAT}).encode(), {})
     return Reindexed(len(listed), sum(wrote for _, wrote in done.values()), len(stale))
 
@@ -341,56 +383,71 @@ class _Walk:
     A listing starts at its prefix, so the walk lists windows that follow
     each other: the first holds the position (``hint`` characters of it, the
     width the previous page ended with), each next one starts after the last,
-    one digit of the rank wider when the last held few entries and one
-    narrower when it held many. A page costs the entries near it, not the
-    ones before it, however many sessions there are.
+    one digit of the rank narrower when the last held many entries and one
+    wider (the window holding the next) when it held few. A wider window may
+    reach back before the position: when a whole listing page of it lies
+    there, the walk goes on at the narrower width instead. It stops past
+    ``oldest``, the rank no entry is past. A page costs the entries near it,
+    not the ones before it, however many sessions there are.
     """
 
-    #: Entries per window the walk aims at (a listing page holds up to ``store.page_size``).
+    #: Entries per window the walk aims at (a listing page holds ``store.page_size``).
     FEW, MANY = 25, 250
 
-    def __init__(self, store: ObjectStore, prefix: str, position: str | None, hint: int) -> None:
+    def __init__(self, store: ObjectStore, prefix: str, position: str | None, hint: int,
+                 oldest: str | None = None) -> None:
         self.store = store
         self.prefix = prefix
         self.position = position
         self.width = hint
+        self.oldest = oldest
         self.last = position + "~" if position is not None else ""  # past the position's own entries
 
     def __iter__(self) -> Iterator[Entry]:
         if self.position is None:
             self.width = 0
-            yield from self._window("")
+            yield from self._window("", give_up=False)
             return
         rank = len(self.position.split(_SEP, 1)[0])
         if self.width > rank:  # within one second: some characters of the session id, then the second
-            yield from self._window(self.position[:self.width])
+            yield from self._window(self.position[:self.width], give_up=False)
             self.width = rank
-        window = self.position[:self.width]
+        window, narrower, refused = self.position[:self.width], None, None
         while True:
-            seen = yield from self._window(window)
+            self.width = len(window)
+            seen = yield from self._window(window, give_up=narrower is not None)
+            if seen is None:  # reaches too far back: go on at the narrower width, and stay there in it
+                window, narrower, refused = narrower, None, window
+                continue
             if not window or int(window) + 1 == 10 ** len(window):
                 return  # nothing sorts after it
             following = f"{int(window) + 1:0{len(window)}d}"
-            if seen < self.FEW and len(window) > 1:
-                window = following[:-1]  # may hold the last one's neighbours, few as they are
-            elif seen > self.MANY and len(window) < rank:
+            if self.oldest is not None and following > self.oldest[:len(following)]:
+                return
+            narrower = None
+            if seen > self.MANY and len(window) < rank:
                 window = following + "0"
+            elif seen < self.FEW and len(window) > 1 and following[:-1] != refused:
+                window, narrower = following[:-1], None if following.endswith("0") else following
             else:
                 window = following
-            self.width = len(window)
 
-    def _window(self, window: str) -> Generator[Entry, None, int]:
-        """Entries of one window after the last one given; how many it holds."""
+    def _window(self, window: str, give_up: bool) -> Generator[Entry, None, int | None]:
+        """Entries of one window after the last one given, and how many it holds; with
+        ``give_up``, None once a whole listing page of it lay before them."""
         seen = 0
         for page in self.store.list_pages(self.prefix + window, None):
             seen += len(page.objects)
+            fresh = False
             for obj in page.objects:
                 name = obj.key[len(self.prefix):]
                 if name > self.last:
-                    self.last = name
+                    fresh, self.last = True, name
                     entry = parse_entry(name)
                     if entry is not None:
                         yield entry
+            if give_up and page.more and not fresh:
+                return None
         return seen
 
 
@@ -411,7 +468,7 @@ def read_page(store: ObjectStore, tenant: str, workspace: str, limit: int,
     """
     prefix = _entries(tenant, workspace)
     start = _position(*after) if after is not None else None
-    walk = _Walk(store, prefix, start, hint)
+    walk = _Walk(store, prefix, start, hint, oldest_rank(store, tenant, workspace) if start else None)
     candidates = iter(walk)
     found: list[SessionSummary] = []
     while len(found) <= limit:
