@@ -104,12 +104,12 @@ def test_a_later_page_costs_what_the_first_does_whatever_the_number_of_sessions(
         assert len(read_page(store, "acme", "ws", 20, (last.lastActiveAt, last.sessionId), hint).sessions) == 10
         costs[n] = pages
         tails[n] = (store.lists, store.listed, 0)
+    assert costs[3000][0][:2] == (1, 1000)  # the first page: one request of the listing
+    for lists, listed, _ in costs[200][1:] + costs[3000][1:] + list(tails.values()):  # the entries near them
+        assert lists <= 2 and listed <= 2 * _Walk.MANY, (costs, tails)
     for number, (small, big) in enumerate(zip(costs[200], costs[3000])):
         # a record read per session shown, one to know there is more, and where the entries end
         assert small[2] == big[2] == (21 if number == 0 else 22)
-    assert costs[3000][0][:2] == (1, 1000)  # the first page: one request of the listing
-    for lists, listed, _ in costs[200][1:] + costs[3000][1:] + list(tails.values()):  # the entries near them
-        assert lists <= 2 and listed <= 2 * _Walk.MANY, costs
 
 
 def test_tokens_survive_activity_no_repeat_no_inactive_skipped(tmp_path):
