@@ -8,7 +8,7 @@ the next flush: activity is never dropped.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Callable, TypeVar
 
 import trio
@@ -23,6 +23,9 @@ from .workspaces import touch_workspace
 log = logging.getLogger(__name__)
 
 INTERVAL = 5.0
+#: A session's first change is kept this long for its record's ``createdAt`` if nothing
+#: of it reaches the store (created and removed before its upload).
+FIRST_WRITE_MEMORY = timedelta(hours=1)
 #: Record writes of one flush in flight at once (each a few requests on a worker thread).
 PARALLEL = 8
 
@@ -103,6 +106,8 @@ class Activity:
         """Write ``lastActiveAt`` of every workspace and the record of every session written since the last flush."""
         active, self._active = self._active, {}
         sessions, self._sessions = self._sessions, set()
+        forgotten = self.clock() - FIRST_WRITE_MEMORY
+        self._first_writes = {s: w for s, w in self._first_writes.items() if w > forgotten or s in sessions}
         self._flushing |= sessions
         try:
             async with trio.open_nursery() as nursery:

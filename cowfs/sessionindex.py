@@ -248,9 +248,11 @@ def _cover(store: ObjectStore, tenant: str, workspace: str, rank: str) -> None:
 
 
 def _commit(store: ObjectStore, tenant: str, workspace: str, session: str, old: Record | None, etag: str | None,
-            fresh: SessionSummary | None, first_write: datetime | None = None) -> Record | None:
+            fresh: SessionSummary | None, first_write: datetime | None = None, covered: bool = False
+            ) -> Record | None:
     """Write what ``fresh`` says over ``old`` (read with ``etag``): record, entry, old entries.
-    The record written, None when ``old`` already said it.
+    The record written, None when ``old`` already said it. ``covered``: the
+    oldest rank is past ``fresh``'s already.
 
     ``PreconditionFailed`` when someone else wrote the record since it was read.
     A session with nothing left keeps a removed record: its times, and a
@@ -268,7 +270,7 @@ def _commit(store: ObjectStore, tenant: str, workspace: str, session: str, old: 
     store.put(_record_key(tenant, workspace, session), json.dumps(new.to_json()).encode(), {}, **_conditions(etag))
     entries = _entries(tenant, workspace)
     if not new.removed:
-        if old is None or old.removed:  # a session's rank only falls, except when it (re)appears
+        if not covered and (old is None or old.removed):  # a session's rank only falls, except when it (re)appears
             _cover(store, tenant, workspace, _rank(new.summary.lastActiveAt))
         store.put(entries + new.entry, b"", {})
     if old is not None:
@@ -300,7 +302,7 @@ def refresh_session(store: ObjectStore, tenant: str, workspace: str, session: st
 def refresh_keys(store: ObjectStore, keys: Iterable[str]) -> None:
     """Refresh the session of every key written (import)."""
     sessions = sorted({s for s in map(session_of, keys) if s is not None})
-    _parallel(lambda s: refresh_session(store, *s), sessions)
+    in_parallel(lambda s: refresh_session(store, *s), sessions)
 
 
 @dataclass
@@ -327,6 +329,9 @@ def reindex(store: ObjectStore, tenant: str, workspace: str) -> Reindexed:
     records_prefix = f"{_index(tenant, workspace)}records/"
     records = {o.key[len(records_prefix):-len(".json")]: o for o in store.list_all(records_prefix, None).objects
                if o.key.endswith(".json")}
+    summaries = {session: summarize(session, objects) for session, objects in listed.items()}
+    if summaries:  # once for every session the listing shows: each can only end up more recent
+        _cover(store, tenant, workspace, max(_rank(s.lastActiveAt) for s in summaries.values() if s is not None))
 
     def rebuild(session: str) -> tuple[Record | None, bool]:
         """The session's record afterwards, and whether it was written."""
@@ -334,7 +339,7 @@ def reindex(store: ObjectStore, tenant: str, workspace: str) -> Reindexed:
         if info is None or info.last_modified < since:
             old, etag = read_record(store, tenant, workspace, session) if info is not None else (None, None)
             try:
-                new = _commit(store, tenant, workspace, session, old, etag, summarize(session, listed.get(session, ())))
+                new = _commit(store, tenant, workspace, session, old, etag, summaries.get(session), covered=True)
             except PreconditionFailed:
                 pass
             else:
@@ -342,13 +347,10 @@ def reindex(store: ObjectStore, tenant: str, workspace: str) -> Reindexed:
         return refresh_session(store, tenant, workspace, session)
 
     sessions = sorted(set(listed) | set(records))
-    done = dict(zip(sessions, _parallel(rebuild, sessions)))
+    done = dict(zip(sessions, in_parallel(rebuild, sessions)))
     stale = [entries_prefix + e.name for e in entries
              if e.summary.sessionId not in done or getattr(done[e.summary.sessionId][0], "version", 0) > e.version]
     store.delete_many(stale)
-    ranks = [_rank(r.summary.lastActiveAt) for r, _ in done.values() if r is not None and not r.removed]
-    if ranks:
-        _cover(store, tenant, workspace, max(ranks))
     store.put(_marker_key(tenant, workspace), json.dumps({"format": FORMAT}).encode(), {})
     return Reindexed(len(listed), sum(wrote for _, wrote in done.values()), len(stale))
 
@@ -475,7 +477,7 @@ def read_page(store: ObjectStore, tenant: str, workspace: str, limit: int,
         batch = [e for _, e in zip(range(limit + 1 - len(found)), candidates)]
         if not batch:
             break
-        records = _parallel(lambda e: read_record(store, tenant, workspace, e.summary.sessionId)[0], batch)
+        records = in_parallel(lambda e: read_record(store, tenant, workspace, e.summary.sessionId)[0], batch)
         found += [r.summary for e, r in zip(batch, records)
                   if r is not None and not r.removed and r.version == e.version]
     page = found[:limit]
@@ -487,7 +489,8 @@ def read_page(store: ObjectStore, tenant: str, workspace: str, limit: int,
     return Page(page, len(found) > limit, walk.width)
 
 
-def _parallel(fn: Callable[[T], R], items: list[T]) -> list[R]:
+def in_parallel(fn: Callable[[T], R], items: list[T]) -> list[R]:
+    """``fn`` over ``items`` on up to ``PARALLEL`` threads (a few store requests each), results in order."""
     if len(items) <= 1:
         return [fn(item) for item in items]
     with concurrent.futures.ThreadPoolExecutor(min(PARALLEL, len(items))) as pool:

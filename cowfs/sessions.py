@@ -13,7 +13,8 @@ from typing import Callable
 
 from .errors import InvalidToken, ObjectNotFound, PreconditionFailed, UsageError
 from .sessionindex import (
-    FORMAT, SessionSummary, all_sessions, index_format, merged, read_page, reindex, session_prefix, summarize,
+    FORMAT, SessionSummary, all_sessions, in_parallel, index_format, merged, read_page, reindex, session_prefix,
+    summarize,
 )
 from .store import ObjectInfo, ObjectStore
 from .workspaces import _iso, _parse, get_workspace
@@ -98,9 +99,12 @@ def with_changes(store: ObjectStore, tenant: str, workspace: str, changed: dict[
     (session ids, with their first change where known) sees them: those counted
     again from a listing of their own, with ``overlay`` adding what is not uploaded yet."""
     found = all_sessions(store, tenant, workspace)
-    for session, first_write in changed.items():
+
+    def counted(session: str) -> SessionSummary | None:
         prefix = session_prefix(tenant, workspace, session)
-        fresh = summarize(session, overlay(prefix, store.list_all(prefix, None).objects))
+        return summarize(session, overlay(prefix, store.list_all(prefix, None).objects))
+
+    for (session, first_write), fresh in zip(changed.items(), in_parallel(counted, list(changed))):
         if fresh is None:
             found.pop(session, None)
         else:
