@@ -21,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import decimal
 import functools
+import heapq
+import io
 import lzma
 import os
 import secrets
@@ -38,9 +40,7 @@ from typing import IO, Callable, Iterable, Iterator, TypeVar
 
 from . import layout
 from .attrs import DEFAULT_DIR_MODE, DEFAULT_FILE_MODE, Attrs, check_xattrs_fit, from_metadata, to_metadata
-from .errors import (
-    CowfsError, InvalidName, NameTooLong, NoSpace, NotFound, NotPermitted, PreconditionFailed, UsageError,
-)
+from .errors import CowfsError, InvalidName, NameTooLong, NoSpace, NotFound, NotPermitted, PreconditionFailed
 from .hooks import user_name
 from .keys import KeyMap
 from .names import component
@@ -50,6 +50,8 @@ from .workspaces import check_scoped_name, create_workspace, get_workspace, touc
 
 #: Objects downloaded or uploaded at once: each costs a round trip, and each waits in a temporary file.
 PARALLEL = 8
+#: Bytes copied at a time from an archive member to its temporary file.
+CHUNK = 1024 * 1024
 XATTR_RECORD = "SCHILY.xattr."
 #: Names in archives and xattr values are bytes; surrogateescape keeps the ones that are not UTF-8 intact.
 ENCODING = "utf-8"
@@ -85,16 +87,6 @@ class Summary:
         skipped = f"; {len(self.skipped)} skipped" if self.skipped else ""
         return [f"skipped {_shown(name)}: {why}" for name, why in self.skipped] + [
             f"{verb} {counts} ({_size(self.bytes)}) {where}{skipped}"]
-
-
-def parse_source(text: str) -> tuple[str, str, str | None]:
-    """``TENANT/WORKSPACE`` or ``TENANT/WORKSPACE/sessions/ID`` as (tenant, workspace, session)."""
-    parts = text.split("/")
-    if len(parts) == 2:
-        return parts[0], parts[1], None
-    if len(parts) == 4 and parts[2] == layout.SESSIONS_DIR:
-        return parts[0], parts[1], parts[3]
-    raise UsageError(f"expected TENANT/WORKSPACE or TENANT/WORKSPACE/sessions/ID, got {text!r}")
 
 
 # -- export -----------------------------------------------------------------------
@@ -235,25 +227,82 @@ class _Entry:
     implied: bool = False
 
 
-def import_archive(store: ObjectStore, tenant: str, workspace: str, archive: Path) -> Summary:
+@dataclass(frozen=True)
+class Limits:
+    """How much one import may write: far more than any real workspace holds.
+
+    An archive is small and what it expands to need not be: a few MiB of
+    zeros make GiB of files, and every member's header is kept in memory
+    while the archive is checked (about 1 KiB each).
+    """
+
+    max_bytes: int = 64 * 1024**3
+    max_members: int = 1_000_000
+
+    def check(self, archive: Path, members: int, expanded: int) -> None:
+        if members > self.max_members:
+            raise CowfsError(f"{archive} holds more than {self.max_members} members (--max-members raises the limit)")
+        if expanded > self.max_bytes:
+            raise CowfsError(f"{archive} expands to more than {_size(self.max_bytes)} of files "
+                             "(--max-bytes raises the limit)")
+
+
+def import_archive(store: ObjectStore, tenant: str, workspace: str, archive: Path,
+                   limits: Limits = Limits()) -> Summary:
     """Write the members of a tar archive (any compression) into the workspace.
 
-    The whole member list is read and checked first, so an unreadable archive
-    writes nothing. Objects already under the same keys are replaced. The
+    The whole archive is read and checked first, so a damaged one writes
+    nothing: every member header, and the compressed stream down to its last
+    byte (gzip's CRC and length, bz2's and xz's checks). So is one that
+    expands past ``limits`` or needs more room in the temporary folder than
+    there is. Objects already under the same keys are replaced. The
     workspace record is created if missing (as ``mkdir TENANT/NAME`` does)
     and its ``lastActiveAt`` advanced.
     """
     keymap = _keymap(store, tenant, workspace)
     summary = Summary()
     with _file_errors(f"cannot read {archive}"), tarfile.open(archive, "r:*", encoding=ENCODING) as tar:
-        entries = _plan(keymap, tar.getmembers(), summary)
+        entries = _plan(keymap, _read_whole(tar, archive, limits), summary)
+        files = [entry.data.size for entry in entries if entry.data.isreg()]
+        limits.check(archive, len(entries), sum(files))
+        _check_temporary_room(files)
         create_workspace(store, tenant, user_name(os.getuid()), "general", workspace_id=workspace)
         bodies = ((entry, _body(tar, entry)) for entry in entries)
-        for member in _ahead(functools.partial(_put, store, keymap), bodies):
-            summary.count(member)
+        for member in _ahead(functools.partial(_put, store, keymap, summary), bodies):
+            if member is not None:
+                summary.count(member)
     touch_workspace(store, tenant, workspace, datetime.now(timezone.utc))
     refresh_keys(store, (keymap.checked_key(entry.parts, entry.data.isdir()) for entry in entries))
     return summary
+
+
+def _read_whole(tar: tarfile.TarFile, archive: Path, limits: Limits) -> list[tarfile.TarInfo]:
+    """Every member header, then the rest of the stream to its end; stops past ``limits``.
+
+    tarfile stops at the end-of-archive blocks and never reads a compressed
+    stream's trailer: seeking to the end decompresses the rest, and the
+    stream's own checks run (the second pass, which reads the members'
+    bytes, starts again from the beginning).
+    """
+    members: list[tarfile.TarInfo] = []
+    expanded = 0
+    for member in tar:
+        members.append(member)
+        expanded += member.size if member.isreg() else 0
+        limits.check(archive, len(members), expanded)
+    tar.fileobj.seek(0, io.SEEK_END)
+    return members
+
+
+def _check_temporary_room(sizes: list[int]) -> None:
+    """Refuse, before anything is written, an import whose files spooled at once would not fit
+    in the temporary folder."""
+    need = sum(heapq.nlargest(PARALLEL, sizes))
+    folder = tempfile.gettempdir()
+    free = shutil.disk_usage(folder).free
+    if need > free:
+        raise NoSpace(f"the temporary folder {folder} has {_size(free)} free and the import spools up to "
+                      f"{_size(need)} there at once (TMPDIR names another folder)")
 
 
 def _plan(keymap: KeyMap, members: list[tarfile.TarInfo], summary: Summary) -> list[_Entry]:
@@ -391,9 +440,16 @@ def _body(tar: tarfile.TarFile, entry: _Entry) -> bytes | IO[bytes]:
         return entry.data.linkname.encode(ENCODING, "surrogateescape")
     source = tar.extractfile(entry.data)
     assert source is not None, "regular members always have a body"
-    spooled = tempfile.TemporaryFile()
     try:
-        shutil.copyfileobj(source, spooled)
+        spooled = tempfile.TemporaryFile()
+    except OSError as exc:
+        raise _spool_error(entry, exc) from None
+    try:
+        while chunk := source.read(CHUNK):
+            try:
+                spooled.write(chunk)
+            except OSError as exc:
+                raise _spool_error(entry, exc) from None
         spooled.seek(0)
     except BaseException:
         spooled.close()
@@ -401,12 +457,23 @@ def _body(tar: tarfile.TarFile, entry: _Entry) -> bytes | IO[bytes]:
     return spooled
 
 
-def _put(store: ObjectStore, keymap: KeyMap, item: tuple[_Entry, bytes | IO[bytes]]) -> tarfile.TarInfo:
-    """Store one entry (and close its spooled body); the member it counts as."""
+def _spool_error(entry: _Entry, exc: OSError) -> CowfsError:
+    """A failure to keep a member in the temporary folder, which it names (the archive is not to blame)."""
+    return CowfsError(f"cannot spool {_shown('/'.join(entry.parts))} to the temporary folder "
+                      f"{tempfile.gettempdir()}: {exc.strerror or exc}")
+
+
+def _put(store: ObjectStore, keymap: KeyMap, summary: Summary,
+         item: tuple[_Entry, bytes | IO[bytes]]) -> tarfile.TarInfo | None:
+    """Store one entry (and close its spooled body); the member it counts as.
+
+    A name the store refuses (one whose rules are stricter than the checks
+    made before) is skipped with its own line, as unsafe names are: None.
+    """
     entry, body = item
     member = entry.data
-    key = keymap.checked_key(entry.parts, member.isdir())
     try:
+        key = keymap.checked_key(entry.parts, member.isdir())
         if entry.implied:
             with contextlib.suppress(PreconditionFailed):  # the folder has a marker already: keep it
                 store.put(key, body, {}, if_none_match=True)
@@ -414,6 +481,9 @@ def _put(store: ObjectStore, keymap: KeyMap, item: tuple[_Entry, bytes | IO[byte
             kind = stat.S_IFDIR if member.isdir() else stat.S_IFLNK if member.issym() else stat.S_IFREG
             attrs = Attrs(kind | stat.S_IMODE(member.mode), member.uid, member.gid, _mtime_ns(member), _xattrs(member))
             store.put(key, body, to_metadata(attrs))
+    except (InvalidName, NameTooLong) as exc:
+        summary.skipped.append(("/".join(entry.parts), str(exc)))
+        return None
     finally:
         if not isinstance(body, bytes):
             body.close()

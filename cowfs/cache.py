@@ -80,7 +80,7 @@ class _Copied:
         self.size = size
 
     def place(self, full_path: str) -> None:
-        dst = os.open(full_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        dst = os.open(full_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             copy_fd(self.fd, dst, self.size)
         finally:

@@ -13,35 +13,45 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, NoReturn, Sequence
+from typing import Any, Callable, NoReturn, Sequence, TypeVar
 
 import json
 
-from . import __version__, archive, control, helper_install, progress, sessionindex, sessions, workspaces
-from .config import Config, load, parse_size
+from . import __version__, archive, control, helper_install, progress, sessionindex, sessions, values, workspaces
+from .config import Config, load
 from .daemon import READY_FD_ENV, MountOptions, mount
-from .errors import CowfsError, UsageError
+from .errors import CowfsError, NotFound, UsageError
 from .journal import Journal
 from .recovery import replay
 from .store import ObjectStore, open_store
+from .store.local import LocalStore
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+T = TypeVar("T")
 
 
-def _size(text: str) -> int:
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+def _arg(parse: Callable[[Any], T]) -> Callable[[str], T]:
+    """A ``values`` parse function as an argparse type: its message becomes the usage error."""
+
+    def convert(text: str) -> T:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = parse.__name__
+    return convert
 
 
 def _store_options(parser: argparse.ArgumentParser, json_flag: bool = False, store_flag: bool = True) -> None:
     if json_flag:
         parser.add_argument("--json", action="store_true", help="machine-readable output")
     if store_flag:
-        parser.add_argument("--store", help="s3://BUCKET[/PREFIX] or file:///PATH (default: $COWFS_STORE, config, embedded)")
-    parser.add_argument("--endpoint-url", help="S3 endpoint, e.g. http://127.0.0.1:9000")
-    parser.add_argument("--region", help="S3 region")
+        parser.add_argument("--store", type=_arg(values.non_empty),
+                            help="s3://BUCKET[/PREFIX] or file:///PATH (default: $COWFS_STORE, config, embedded)")
+    parser.add_argument("--endpoint-url", type=_arg(values.endpoint_url),
+                        help="S3 endpoint, e.g. http://127.0.0.1:9000")
+    parser.add_argument("--region", type=_arg(values.region), help="S3 region")
     parser.add_argument("--path-style", action="store_true", help="path-style S3 addressing")
 
 
@@ -62,12 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store_or_mountpoint", metavar="STORE", nargs="?", help="s3://BUCKET[/PREFIX] or file:///PATH")
     p.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?")
     p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
-    p.add_argument("--tenant", help="mount one tenant as the root")
+    p.add_argument("--tenant", type=_arg(values.tenant_name), help="mount one tenant as the root")
     p.add_argument("--cache-dir", type=Path, help="local cache and journal directory")
-    p.add_argument("--cache-size", type=_size, help="cache size limit (default 10G)")
-    p.add_argument("--write-back-delay", type=float, help="seconds between close and upload (default 1)")
-    p.add_argument("--metadata-ttl", type=float, help="seconds metadata is trusted (default 1)")
-    p.add_argument("--store-timeout", type=float, help="seconds before a read that needs the store fails with EIO (default 30)")
+    p.add_argument("--cache-size", type=_arg(values.byte_size), help="cache size limit (default 10G)")
+    p.add_argument("--write-back-delay", type=_arg(values.non_negative_finite),
+                   help="seconds between close and upload (default 1)")
+    p.add_argument("--metadata-ttl", type=_arg(values.non_negative_finite),
+                   help="seconds metadata is trusted (default 1)")
+    p.add_argument("--store-timeout", type=_arg(values.positive_finite),
+                   help="seconds before a read that needs the store fails with EIO (default 30)")
     p.add_argument("-o", dest="fuse_options", action="append", default=[], help="FUSE options, comma separated")
     p.add_argument("--debug", action="store_true", help="log every FUSE request")
     _store_options(p, store_flag=False)
@@ -77,52 +90,54 @@ def build_parser() -> argparse.ArgumentParser:
                        ("status", "pending uploads, dirty bytes, cache use, errors")):
         p = sub.add_parser(name, help=text)
         p.add_argument("mountpoint", metavar="MOUNTPOINT")
-        p.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
+        p.add_argument("--timeout", type=_arg(values.positive_finite), help="give up after this many seconds")
 
     p = sub.add_parser("workspace", help="create, list, show, delete or resolve workspaces")
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     for name, text in (("create", "create a workspace (prints its id)"),
                        ("resolve", "the local-scope workspace of tenant+user+path (created if missing)")):
         a = actions.add_parser(name, help=text)
-        a.add_argument("--tenant", required=True)
-        a.add_argument("--user", required=True)
+        a.add_argument("--tenant", type=_arg(values.tenant_name), required=True)
+        a.add_argument("--user", type=_arg(values.non_empty), required=True)
         if name == "create":
             a.add_argument("--scope", choices=workspaces.SCOPES, default="general")
-            a.add_argument("--local-path")
-        else:
-            a.add_argument("--local-path", required=True)
+        a.add_argument("--local-path", type=_arg(values.non_empty), required=name == "resolve")
         _store_options(a, json_flag=True)
     a = actions.add_parser("list", help="workspaces of every tenant, or of one")
-    a.add_argument("--tenant")
+    a.add_argument("--tenant", type=_arg(values.tenant_name))
     _store_options(a, json_flag=True)
     for name, text in (("show", "one workspace record"), ("delete", "delete a workspace and every object in it")):
         a = actions.add_parser(name, help=text)
-        a.add_argument("workspace", metavar="TENANT/WORKSPACE")
+        a.add_argument("workspace", metavar="TENANT/WORKSPACE", type=_arg(values.workspace_ref))
         _store_options(a, json_flag=name == "show")
 
     p = sub.add_parser("sessions", help="sessions of a workspace")
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     a = actions.add_parser("list", help="most recently active first, a page at a time")
-    a.add_argument("workspace", metavar="TENANT/WORKSPACE")
-    a.add_argument("--limit", type=int, default=20, help="page size, 1-100 (default 20)")
-    a.add_argument("--next-token", help="the token printed with the previous page")
+    a.add_argument("workspace", metavar="TENANT/WORKSPACE", type=_arg(values.workspace_ref))
+    a.add_argument("--limit", type=_arg(values.page_size), default=20, help="page size, 1-100 (default 20)")
+    a.add_argument("--next-token", type=_arg(values.non_empty), help="the token printed with the previous page")
     _store_options(a, json_flag=True)
     a = actions.add_parser("reindex", help="rebuild the session index from a full listing (objects other tools wrote)")
-    a.add_argument("workspace", metavar="TENANT/WORKSPACE")
+    a.add_argument("workspace", metavar="TENANT/WORKSPACE", type=_arg(values.workspace_ref))
     _store_options(a)
 
     p = sub.add_parser("export", help="write a workspace, or one session of it, to a tar.gz archive")
-    p.add_argument("source", metavar="TENANT/WORKSPACE[/sessions/ID]")
+    p.add_argument("source", metavar="TENANT/WORKSPACE[/sessions/ID]", type=_arg(values.archive_source))
     p.add_argument("out", metavar="OUT.tar.gz", type=Path)
     _store_options(p)
 
     p = sub.add_parser("import", help="write the files of a tar archive into a workspace")
-    p.add_argument("workspace", metavar="TENANT/WORKSPACE")
+    p.add_argument("workspace", metavar="TENANT/WORKSPACE", type=_arg(values.workspace_ref))
     p.add_argument("archive", metavar="IN.tar.gz", type=Path)
+    p.add_argument("--max-bytes", type=_arg(values.byte_size), default=archive.Limits.max_bytes,
+                   help="refuse an archive whose files add up to more (default 64G)")
+    p.add_argument("--max-members", type=_arg(values.positive_int), default=archive.Limits.max_members,
+                   help="refuse an archive with more members (default 1000000)")
     _store_options(p)
 
     p = sub.add_parser("purge", help="delete workspaces idle for N days")
-    p.add_argument("--inactive-days", type=float, required=True)
+    p.add_argument("--inactive-days", type=_arg(values.days), required=True, help="at least 1")
     p.add_argument("--dry-run", action="store_true", help="only print what would be deleted")
     _store_options(p)
 
@@ -219,15 +234,18 @@ def _open_store(args: argparse.Namespace) -> ObjectStore:
         region=args.region or config.get("region"),
         path_style=args.path_style or config.get("path_style", False),
     )
+    return _existing(store, url)
+
+
+def _existing(store: ObjectStore, url: str | None) -> ObjectStore:
+    """Check ``store``; a ``file://`` store named by URL must be there already.
+
+    Only ``mount`` makes a new one: a mistyped path is not a new, empty store.
+    """
+    if url is not None and isinstance(store, LocalStore) and not store.root.is_dir():
+        raise NotFound(f"no store at {url}: {store.root} does not exist (cowfs mount creates it)")
     store.check()
     return store
-
-
-def _split(workspace: str) -> tuple[str, str]:
-    tenant, _, name = workspace.partition("/")
-    if not name or "/" in name:
-        raise UsageError(f"expected TENANT/WORKSPACE, got {workspace!r}")
-    return workspaces.check_scoped_name("tenant", tenant), workspaces.check_scoped_name("workspace", name)
 
 
 def _print_record(record: workspaces.WorkspaceRecord, as_json: bool) -> None:
@@ -247,16 +265,16 @@ def _cmd_workspace(args: argparse.Namespace) -> None:
         for r in [] if args.json else records:
             print(f"{r.tenantId}/{r.workspaceId}\t{r.workspaceScope}\t{r.to_json()['lastActiveAt']}")
     elif args.action == "show":
-        record = workspaces.get_workspace(store, *_split(args.workspace))
+        record = workspaces.get_workspace(store, *args.workspace)
         print(json.dumps(record.to_json(), indent=None if args.json else 2))
     else:
-        count = workspaces.delete_workspace(store, *_split(args.workspace))
-        print(f"deleted {args.workspace} ({count} objects)")
+        count = workspaces.delete_workspace(store, *args.workspace)
+        print(f"deleted {'/'.join(args.workspace)} ({count} objects)")
 
 
 def _cmd_sessions(args: argparse.Namespace) -> None:
     store = _open_store(args)
-    tenant, name = _split(args.workspace)
+    tenant, name = args.workspace
     if args.action == "reindex":
         workspaces.get_workspace(store, tenant, name)
         done = sessionindex.reindex(store, tenant, name)
@@ -278,14 +296,15 @@ def _cmd_sessions(args: argparse.Namespace) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
-    tenant, name, session = archive.parse_source(args.source)
+    tenant, name, session = args.source
     summary = archive.export_archive(_open_store(args), tenant, name, args.out, session)
     print("\n".join(summary.lines("exported", f"to {args.out}")))
 
 
 def _cmd_import(args: argparse.Namespace) -> None:
-    tenant, name = _split(args.workspace)
-    summary = archive.import_archive(_open_store(args), tenant, name, args.archive)
+    tenant, name = args.workspace
+    limits = archive.Limits(args.max_bytes, args.max_members)
+    summary = archive.import_archive(_open_store(args), tenant, name, args.archive, limits)
     print("\n".join(summary.lines("imported", f"into {tenant}/{name}")))
 
 
@@ -310,8 +329,8 @@ def _cmd_install_helper(args: argparse.Namespace) -> None:
 
 
 def _cmd_fsck(args: argparse.Namespace) -> None:
-    store = open_store(args.store, endpoint_url=args.endpoint_url, region=args.region, path_style=args.path_style)
-    store.check()
+    store = _existing(open_store(args.store, endpoint_url=args.endpoint_url, region=args.region,
+                                 path_style=args.path_style), args.store)
     journal_dir = args.cache_dir / "journal"
     if not journal_dir.is_dir():
         raise UsageError(f"{args.cache_dir} holds no cowfs journal")
@@ -357,13 +376,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.loaded_config = load(args.config)
         COMMANDS[args.command](args)
+        sys.stdout.flush()
     except UsageError as exc:
         return _fail(parser, exc, EXIT_USAGE)
     except CowfsError as exc:
         return _fail(parser, exc, EXIT_FAILED)
     except KeyboardInterrupt:
         return EXIT_FAILED
+    except BrokenPipeError:
+        return _reader_left()
     return EXIT_OK
+
+
+def _reader_left() -> int:
+    """stdout's reader is gone (``| head``): stop quietly, as other commands do.
+
+    stdout is pointed at /dev/null so that the interpreter's last flush does
+    not complain again on its way out.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_FAILED
 
 
 def _fail(parser: argparse.ArgumentParser, exc: Exception, code: int) -> int:
@@ -376,12 +410,13 @@ def _fail(parser: argparse.ArgumentParser, exc: Exception, code: int) -> int:
     return code
 
 
-#: ``mount -o`` names that are cowfs options rather than FUSE ones.
+#: ``mount -o`` names that are cowfs options rather than FUSE ones: the ones with a value,
+#: checked as the long option of that name is, and the flags, which take none.
 HELPER_OPTIONS = {
-    "config",
     "tenant", "cache_dir", "cache_size", "write_back_delay", "metadata_ttl", "store_timeout",
-    "endpoint_url", "region", "path_style", "debug",
+    "endpoint_url", "region",
 }
+HELPER_FLAGS = {"path_style", "debug"}
 
 
 def mount_helper_main(argv: Sequence[str] | None = None) -> int:
@@ -408,12 +443,18 @@ def mount_helper_main(argv: Sequence[str] | None = None) -> int:
     config = [o.partition("=")[2] for o in options if o.startswith("config=")]
     options = [o for o in options if not o.startswith("config=")]
     if config:
-        args = ["--config", config[-1]] + args
+        args = [f"--config={config[-1]}"] + args
     fuse: list[str] = []
     for opt in options:
-        name, _, value = opt.partition("=")
+        name, has_value, value = opt.partition("=")
+        if name in HELPER_OPTIONS | HELPER_FLAGS and bool(has_value) != (name in HELPER_OPTIONS):
+            need = "needs a value" if name in HELPER_OPTIONS else "takes no value"
+            print(f"mount.cowfs: error: option {name} {need}", file=sys.stderr)
+            return EXIT_USAGE
         if name in HELPER_OPTIONS:
-            args += [f"--{name.replace('_', '-')}"] + ([value] if value else [])
+            args.append(f"--{name.replace('_', '-')}={value}")
+        elif name in HELPER_FLAGS:
+            args.append(f"--{name.replace('_', '-')}")
         elif name not in ("rw", "defaults", "auto", "noauto", "user", "nouser", "_netdev", "nofail"):
             fuse.append(opt)
     if fuse:

@@ -2,6 +2,10 @@
 
 One JSON request line in, one JSON reply line out. The socket's path follows
 from the mount point alone, so the CLI needs nothing but the mount point.
+It lives in a folder only its user can enter (``/run/cowfs`` for root,
+``$XDG_RUNTIME_DIR/cowfs``, else ``/tmp/cowfs-UID`` made 0700 and checked
+to be ours), and a client trusts only a socket of its own user: no one
+else can answer ``sync`` or ``umount`` in the daemon's place.
 """
 
 from __future__ import annotations
@@ -11,12 +15,14 @@ import json
 import logging
 import os
 import socket
+import stat
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 import trio
 
 from .errors import CowfsError, StoreError
+from .private import private_dir
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +30,15 @@ Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 def runtime_dir() -> Path:
-    if os.getuid() == 0:
+    if os.geteuid() == 0:
         return Path("/run/cowfs")
     base = os.environ.get("XDG_RUNTIME_DIR")
-    return Path(base) / "cowfs" if base else Path(f"/tmp/cowfs-{os.getuid()}")
+    return Path(base) / "cowfs" if base else Path(f"/tmp/cowfs-{os.geteuid()}")
+
+
+def private_runtime_dir() -> Path:
+    """The sockets' folder, created 0700 if missing, after checking it is ours and no symlink."""
+    return private_dir(runtime_dir(), "control socket folder", follow_symlinks=False)
 
 
 def socket_path(mountpoint: str | os.PathLike[str]) -> Path:
@@ -36,8 +47,7 @@ def socket_path(mountpoint: str | os.PathLike[str]) -> Path:
 
 
 async def serve(path: Path, handler: Handler) -> None:
-    """Answer requests on ``path`` until cancelled; removes the socket after."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """Answer requests on ``path`` (in ``private_runtime_dir()``) until cancelled; removes the socket after."""
     path.unlink(missing_ok=True)
     sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
     await sock.bind(str(path))
@@ -77,15 +87,16 @@ def partial_handler(handler: Handler) -> Callable[[trio.SocketStream], Awaitable
 def request(mountpoint: str | os.PathLike[str], command: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
     """Send one command to the daemon serving ``mountpoint``; blocks for the reply."""
     path = socket_path(mountpoint)
+    _check_owner(path, mountpoint)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         try:
             sock.connect(str(path))
         except (FileNotFoundError, ConnectionRefusedError):
             raise CowfsError(f"{mountpoint} is not a cowfs mount served by a running daemon") from None
-        sock.sendall(json.dumps(command).encode() + b"\n")
         data = b""
         try:
+            sock.sendall(json.dumps(command).encode() + b"\n")
             while not data.endswith(b"\n"):
                 chunk = sock.recv(65536)
                 if not chunk:
@@ -93,7 +104,22 @@ def request(mountpoint: str | os.PathLike[str], command: dict[str, Any], timeout
                 data += chunk
         except socket.timeout:
             raise StoreError(f"timed out after {timeout} s waiting for {command.get('cmd')}") from None
+        except (BrokenPipeError, ConnectionResetError):
+            raise CowfsError("the daemon closed the control connection") from None
     reply = json.loads(data)
     if not reply.get("ok", False):
         raise CowfsError(reply.get("error", "failed"))
     return reply
+
+
+def _check_owner(path: Path, mountpoint: str | os.PathLike[str]) -> None:
+    """Refuse a socket (or a folder holding it) that is not this user's: another user could have put it there."""
+    for where in (path.parent, path):
+        try:
+            st = os.lstat(where)
+        except FileNotFoundError:
+            raise CowfsError(f"{mountpoint} is not a cowfs mount served by a running daemon") from None
+        if stat.S_ISLNK(st.st_mode):
+            raise CowfsError(f"{where} is a symlink: not trusting it")
+        if st.st_uid != os.geteuid():
+            raise CowfsError(f"{where} belongs to uid {st.st_uid}, not to uid {os.geteuid()}: not trusting it")

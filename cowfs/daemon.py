@@ -36,6 +36,7 @@ from .journal import GROUP_COMMIT, Journal
 from .keys import KeyMap
 from .namespace import Namespace
 from .notify import notify
+from .private import PRIVATE_DIR_MODE, PRIVATE_UMASK, open_private, private_dir
 from .recovery import Report, replay
 from .store import ObjectStore, open_store
 from .writeback import WriteBack
@@ -112,7 +113,9 @@ def default_cache_dir(store: ObjectStore, tenant: str | None) -> Path:
 
 
 def open_configured_store(opts: MountOptions) -> ObjectStore:
-    return open_store(opts.store_url, endpoint_url=opts.endpoint_url, region=opts.region, path_style=opts.path_style)
+    """The mount's store; an S3 request that receives nothing for ``--store-timeout`` is given up."""
+    return open_store(opts.store_url, endpoint_url=opts.endpoint_url, region=opts.region, path_style=opts.path_style,
+                      read_timeout=opts.store_timeout)
 
 
 def mount(opts: MountOptions) -> None:
@@ -133,12 +136,11 @@ def mount(opts: MountOptions) -> None:
 
 def _spawn_background(opts: MountOptions, store: ObjectStore) -> None:
     """Start the foreground daemon detached and wait until it reports ready."""
-    cache_dir = opts.cache_dir or default_cache_dir(store, opts.tenant)
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir = private_dir(opts.cache_dir or default_cache_dir(store, opts.tenant), "cache directory")
     read_end, write_end = os.pipe()
     env = dict(os.environ, **{READY_FD_ENV: str(write_end)})
     log_path = cache_dir / "cowfs.log"
-    with open(log_path, "ab") as log_file:
+    with os.fdopen(open_private(log_path, os.O_WRONLY | os.O_APPEND), "ab") as log_file:
         proc = subprocess.Popen(
             [sys.executable, "-m", "cowfs", *opts.argv()],
             env=env,
@@ -158,9 +160,15 @@ def _spawn_background(opts: MountOptions, store: ObjectStore) -> None:
 
 
 def serve(opts: MountOptions, store: ObjectStore) -> None:
-    """Run the daemon in this process until the file system is unmounted."""
-    cache_dir = opts.cache_dir or default_cache_dir(store, opts.tenant)
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    """Run the daemon in this process until the file system is unmounted.
+
+    Everything it creates under the cache directory is owner-only (0700
+    folders, 0600 files: the cache, its database, the journal, staging and
+    temporary files), whatever umask it was started with.
+    """
+    os.umask(PRIVATE_UMASK)
+    cache_dir = private_dir(opts.cache_dir or default_cache_dir(store, opts.tenant), "cache directory")
+    control.private_runtime_dir()
     lock = open(cache_dir / "lock", "w")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -173,7 +181,7 @@ def serve(opts: MountOptions, store: ObjectStore) -> None:
         log.info("recovered %d pending change(s) from the journal", len(recovered.lines()))
     tmp_dir = cache_dir / "tmp"
     shutil.rmtree(tmp_dir, ignore_errors=True)
-    tmp_dir.mkdir()
+    tmp_dir.mkdir(mode=PRIVATE_DIR_MODE)
     cache = ContentCache(cache_dir / "cache", opts.cache_size)
     try:
         trio.run(_serve, opts, store, cache, journal, tmp_dir, cache_dir, recovered)
@@ -217,10 +225,12 @@ async def _serve(
             "activityFailures": activity.failures,
             "activityLastError": activity.last_error,
             "cacheBytes": cache.volume(),
+            "storeQuirks": store.quirks(),
             "uptime": round(time.time() - started, 3),
         }
 
-    hooks = WorkspaceHooks(store, limiter, activity, status, opts.store_timeout)
+    shared = bool(opts.tenants) or "allow_other" in opts.fuse_options
+    hooks = WorkspaceHooks(store, limiter, activity, _shown_to_all(status) if shared else status, opts.store_timeout)
     ns = Namespace(
         store, keymap, cache, journal, writeback, limiter, tmp_dir, hooks,
         uid=os.getuid(), gid=os.getgid(), metadata_ttl=opts.metadata_ttl, store_timeout=opts.store_timeout,
@@ -257,6 +267,7 @@ async def _serve(
             nursery.start_soon(control.serve, control_path, handle)
             nursery.start_soon(_stop_on_signal, sync_all)
             nursery.start_soon(_announce_ready, opts.mountpoint)
+            nursery.start_soon(_learn_the_server, store, limiter)
             await pyfuse3.main()
             await sync_all()
             nursery.cancel_scope.cancel()
@@ -265,6 +276,17 @@ async def _serve(
         pyfuse3.close(unmount=True)
         if unmounted:
             log.info("unmounted %s; every pending change is in the store", opts.mountpoint)
+
+
+#: Status fields that name paths or keys: ``.cowfs/status.json`` of a mount other
+#: users can enter (a tenants table, ``allow_other``) leaves them out; ``cowfs
+#: status``, which only the mount's owner can ask, has them all.
+PRIVATE_STATUS = ("mountpoint", "store", "cacheDir", "lastError", "activityLastError")
+
+
+def _shown_to_all(status: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
+    """The status without the fields that would tell one tenant about the cache or another tenant."""
+    return lambda: {name: value for name, value in status().items() if name not in PRIVATE_STATUS}
 
 
 def _tune_process() -> None:
@@ -311,6 +333,14 @@ async def _group_commit(journal: Journal) -> None:
             await trio.to_thread.run_sync(journal.sync_to_disk)
         except OSError as exc:
             log.error("cannot flush the journal to disk: %s", exc)
+
+
+async def _learn_the_server(store: ObjectStore, limiter: trio.CapacityLimiter) -> None:
+    """Learn once, in the background, what the server does where S3 servers differ."""
+    try:
+        await trio.to_thread.run_sync(store.probe, limiter=limiter)
+    except CowfsError as exc:
+        log.info("could not learn how the store behaves: %s", exc)
 
 
 async def _stop_on_signal(sync_all: Callable[[], Awaitable[None]]) -> None:

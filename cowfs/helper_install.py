@@ -29,8 +29,11 @@ def install(directory: Path = Path("/sbin")) -> list[Path]:
     for name in ("mount.fuse.cowfs", "mount.cowfs"):
         path = directory / name
         tmp = path.with_name(f".{name}.tmp")
-        tmp.write_text(script)
-        tmp.chmod(0o755)
-        os.replace(tmp, path)
+        try:
+            tmp.write_text(script)
+            tmp.chmod(0o755)
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise CowfsError(f"cannot write {path}: {exc.strerror or exc}") from None
         written.append(path)
     return written

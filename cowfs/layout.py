@@ -5,8 +5,8 @@ mount sees the same rules one level down):
 
     depth 1   TENANT        folders only, named by SCOPED_NAME
     depth 2   WORKSPACE     folders only, named by SCOPED_NAME; a workspace record
-    depth 3+  inside a workspace: anything, except the generated ``.cowfs``
-              and session ids (``sessions/ID``) named by SCOPED_NAME
+    depth 3+  inside a workspace: anything, except the generated ``.cowfs``;
+              directly under ``sessions/`` only folders (session ids) named by SCOPED_NAME
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ def _is_session_slot(parts: tuple[str, ...]) -> bool:
 def check_new_entry(parts: tuple[str, ...], is_dir: bool) -> None:
     """Refuse creating ``parts`` where the layout does not allow it.
 
-    Files at the tenant or workspace level -> EPERM; tenant, workspace and
-    session names outside ``[A-Za-z0-9][A-Za-z0-9._-]{0,127}`` -> EINVAL.
+    Files at the tenant or workspace level, or directly under ``sessions/``
+    -> EPERM; tenant, workspace and session names outside
+    ``[A-Za-z0-9][A-Za-z0-9._-]{0,127}`` -> EINVAL.
     """
     name = parts[-1]
     depth = len(parts)
@@ -37,8 +38,11 @@ def check_new_entry(parts: tuple[str, ...], is_dir: bool) -> None:
             raise NotPermitted(f"only folders can live at the {'tenant' if depth == 1 else 'workspace'} level")
         if not SCOPED_NAME.match(name):
             raise InvalidName(f"invalid {'tenant' if depth == 1 else 'workspace'} name {name!r}")
-    elif _is_session_slot(parts) and not SCOPED_NAME.match(name):
-        raise InvalidName(f"invalid session id {name!r}")
+    elif _is_session_slot(parts):
+        if not is_dir:
+            raise NotPermitted(f"only session folders can live in {SESSIONS_DIR}/")
+        if not SCOPED_NAME.match(name):
+            raise InvalidName(f"invalid session id {name!r}")
 
 
 def visible(parts: tuple[str, ...], is_dir: bool) -> bool:

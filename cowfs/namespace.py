@@ -210,8 +210,8 @@ class _NodeSource:
     async def uploaded(self, upload: Upload, etag: str) -> bool:
         return await self.namespace._uploaded(self.node, upload, etag)
 
-    def conflicted(self, upload: Upload) -> None:
-        self.namespace._conflicted(self.node, upload)
+    def conflicted(self, upload: Upload, kept_as: str, etag: str) -> None:
+        self.namespace._conflicted(self.node, upload, kept_as, etag)
 
 
 class Hooks(Protocol):
@@ -1461,10 +1461,28 @@ class Namespace:
             await trio.to_thread.run_sync(self.cache.put_meta, upload.key, etag, upload.metadata)
         return True
 
-    def _conflicted(self, node: Node, upload: Upload) -> None:
-        """Another writer's version holds the key now: show theirs; ours sits beside it."""
+    def _conflicted(self, node: Node, upload: Upload, kept_as: str, etag: str) -> None:
+        """Another writer's version holds the key now: the path shows theirs, and ours is
+        the conflict copy ``kept_as`` beside it.
+
+        A file still open, changed since, or with a newer version on its way
+        becomes the conflict copy (its inode moves to that name, and open
+        descriptors and later closes write into the copy); a closed one drops
+        its bytes and shows theirs.
+        """
         node.condition = "etag"
+        parent = node.parent
+        if parent is None or not node.attached or self.key(node) != upload.key:
+            return
+        parent.listed_at = None
         if node.open_count or node.dirty or upload.version != node.version:
+            del parent.children[node.name]
+            node.name = kept_as.rsplit("/", 1)[-1]
+            parent.children[node.name] = node
+            node.etag, node.remote = etag, True
+            node.touched = self.clock()
+            if self._pending(node):
+                self._write_record(node)
             return
         for staging in {node.staging, node.committed} - {None}:
             self.journal.discard_staging(staging)
@@ -1473,9 +1491,7 @@ class Namespace:
         node.staging = node.committed = node.fd = None
         node.etag, node.meta_known, node.remote = None, False, True
         node.content_gen += 1
-        if node.parent is not None:
-            node.parent.listed_at = None
-            node.touched = 0.0
+        node.touched = 0.0
 
     def _key_in_use(self, key: str) -> bool:
         """Whether some node in the tree now maps to ``key`` (it must not be deleted)."""

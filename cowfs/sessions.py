@@ -17,10 +17,8 @@ from .sessionindex import (
     summarize,
 )
 from .store import ObjectInfo, ObjectStore
+from .values import SESSIONS_PAGE_MAX
 from .workspaces import _iso, _parse, get_workspace
-
-MAX_LIMIT = 100
-
 
 def pagination_secret(store: ObjectStore) -> bytes:
     """A random secret kept in the store, so any machine can verify a token without a database."""
@@ -77,8 +75,8 @@ def list_page(store: ObjectStore, tenant: str, workspace: str, limit: int, next_
     after its anchor, so it repeats no session and skips none that stayed
     inactive (one that became active meanwhile moved to the first page).
     """
-    if not 1 <= limit <= MAX_LIMIT:
-        raise UsageError(f"--limit must be between 1 and {MAX_LIMIT}")
+    if not 1 <= limit <= SESSIONS_PAGE_MAX:
+        raise UsageError(f"--limit must be between 1 and {SESSIONS_PAGE_MAX}")
     scope = f"{tenant}/{workspace}"
     secret = pagination_secret(store)
     anchor = read_token(next_token, secret, scope) if next_token else None

@@ -9,13 +9,15 @@ import os
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Callable
+from typing import Callable, TypeVar
 
 from .errors import InvalidName, NotFound, ObjectNotFound, PreconditionFailed, UsageError
 from .names import SCOPED_NAME
 from .store import ObjectStore
 
 SCOPES = ("local", "general", "cloud")
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def _iso(when: datetime) -> str:
@@ -131,14 +133,23 @@ def touch_workspace(store: ObjectStore, tenant: str, workspace: str, when: datet
     raise PreconditionFailed(f"the record of {tenant}/{workspace} kept changing under 5 attempts")
 
 
-def list_workspaces(store: ObjectStore, tenant: str | None = None) -> list[WorkspaceRecord]:
-    """Every workspace (of one tenant), records read in parallel."""
+def _prefixes(store: ObjectStore, tenant: str | None = None) -> list[tuple[str, str]]:
+    """(tenant, workspace) of every two-level prefix whose names could be a workspace's."""
     tenants = [check_scoped_name("tenant", tenant)] if tenant else [
         p.rstrip("/") for p in store.list_all("", "/").prefixes if SCOPED_NAME.match(p.rstrip("/"))]
     pairs = [(t, p[len(t) + 1:].rstrip("/")) for t in tenants for p in store.list_all(f"{t}/", "/").prefixes]
-    pairs = [(t, w) for t, w in pairs if SCOPED_NAME.match(w)]
+    return [(t, w) for t, w in pairs if SCOPED_NAME.match(w)]
+
+
+def _parallel(fn: Callable[[T], R], items: list[T]) -> list[R]:
+    """``fn`` over ``items`` on 16 threads (one store request each), results in order."""
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        records = list(pool.map(lambda tw: _get_or_none(store, *tw), pairs))
+        return list(pool.map(fn, items))
+
+
+def list_workspaces(store: ObjectStore, tenant: str | None = None) -> list[WorkspaceRecord]:
+    """Every workspace (of one tenant), records read in parallel."""
+    records = _parallel(lambda tw: _get_or_none(store, *tw), _prefixes(store, tenant))
     return sorted((r for r in records if r is not None), key=lambda r: (r.tenantId, r.workspaceId))
 
 
@@ -160,18 +171,48 @@ def delete_workspace(store: ObjectStore, tenant: str, workspace: str) -> int:
     return len(keys)
 
 
-def inactive_workspaces(store: ObjectStore, inactive_days: float, now: datetime) -> list[WorkspaceRecord]:
+def _own_record(store: ObjectStore, tenant: str, workspace: str) -> WorkspaceRecord | None:
+    """The record at ``tenant/workspace`` if it is one: it parses and names that tenant and workspace."""
+    try:
+        record = _read(store, tenant, workspace)[0]
+    except ObjectNotFound:
+        return None
+    except (ValueError, KeyError, TypeError, AttributeError):  # not JSON, or not a record
+        return None
+    return record if (record.tenantId, record.workspaceId) == (tenant, workspace) else None
+
+
+def inactive_workspaces(
+    store: ObjectStore, inactive_days: float, now: datetime
+) -> list[tuple[WorkspaceRecord, list[str]]]:
+    """Workspaces idle for longer than ``inactive_days``, each with the keys it holds.
+
+    Only a prefix with a valid record is a workspace: any other (data of a
+    store whose prefix lies inside this one, a tool's own objects) is never
+    a candidate. Idle means the record's ``lastActiveAt`` and the newest
+    object outside ``.cowfs`` are both older than the cutoff, so a
+    workspace whose record could not be updated is not idle while written to.
+    """
     cutoff = now - timedelta(days=inactive_days)
-    return [r for r in list_workspaces(store) if r.lastActiveAt < cutoff]
+    records = _parallel(lambda tw: _own_record(store, *tw), _prefixes(store))
+    stale = [r for r in records if r is not None and r.lastActiveAt < cutoff]
+    listings = _parallel(lambda r: store.list_all(f"{r.tenantId}/{r.workspaceId}/", None).objects, stale)
+    idle = []
+    for record, objects in zip(stale, listings):
+        control = f"{record.tenantId}/{record.workspaceId}/.cowfs/"
+        written = [o.last_modified for o in objects if not o.key.startswith(control)]
+        if objects and max(written, default=0.0) < cutoff.timestamp():
+            idle.append((record, [o.key for o in objects]))
+    return idle
 
 
 def purge(store: ObjectStore, inactive_days: float, now: datetime | None = None, dry_run: bool = False,
           progress: Callable[[WorkspaceRecord], None] | None = None) -> list[WorkspaceRecord]:
     """Delete workspaces idle for longer than ``inactive_days`` (or only name them)."""
     idle = inactive_workspaces(store, inactive_days, now or datetime.now(timezone.utc))
-    for record in idle:
+    for record, keys in idle:
         if not dry_run:
-            delete_workspace(store, record.tenantId, record.workspaceId)
+            store.delete_many(keys)
         if progress is not None:
             progress(record)
-    return idle
+    return [record for record, _ in idle]

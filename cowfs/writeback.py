@@ -21,10 +21,12 @@ retried with capped exponential backoff and jitter; nothing is dropped.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import logging
 import math
 import random
+import secrets
 from collections import Counter, deque
 import socket
 import time
@@ -72,9 +74,10 @@ class Upload:
     if_none_match: bool = False
 
     def conflict_key(self) -> str:
-        """Where this version goes when another writer changed the key meanwhile."""
+        """Where this version goes when another writer changed the key meanwhile: a new
+        name each time (the random end keeps two conflicts in one second apart)."""
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-        return f"{self.key}.conflict-{socket.gethostname()}-{stamp}"
+        return f"{self.key}.conflict-{socket.gethostname()}-{stamp}-{secrets.token_hex(3)}"
 
 
 class Source(Protocol):
@@ -86,8 +89,8 @@ class Source(Protocol):
     async def uploaded(self, upload: Upload, etag: str) -> bool:
         """Record success; True when nothing newer is waiting to go up."""
 
-    def conflicted(self, upload: Upload) -> None:
-        """Another writer won the key; this version was kept beside it."""
+    def conflicted(self, upload: Upload, kept_as: str, etag: str) -> None:
+        """Another writer won the key; this version was kept beside it, as ``kept_as`` with ``etag``."""
 
 
 @dataclass
@@ -469,8 +472,8 @@ class WriteBack:
                 self._finish(rid, entry, settled=True)
                 return
             except PreconditionFailed:
-                await self._keep_conflict(upload)
-                entry.source.conflicted(upload)
+                kept_as, kept_etag = await self._keep_conflict(upload)
+                entry.source.conflicted(upload, kept_as, kept_etag)
                 self._release(upload.key)
                 self._finish(rid, entry, settled=True)
                 return
@@ -511,13 +514,19 @@ class WriteBack:
         entry.done.set()
         self._check_idle()
 
-    async def _keep_conflict(self, upload: Upload) -> None:
-        """Store this version beside the key another writer changed; lose neither."""
-        conflict = upload.conflict_key()
-        plain = Upload(conflict, upload.body, upload.metadata, upload.version, upload.staging, upload.inline, upload.size)
-        await trio.to_thread.run_sync(self._put_blocking, plain, limiter=self.limiter)
-        self.on_stored(conflict)
-        log.warning("%s was changed by another writer; this mount's version is kept as %s", upload.key, conflict)
+    async def _keep_conflict(self, upload: Upload) -> tuple[str, str]:
+        """Store this version beside the key another writer changed, under a name nobody
+        holds (``If-None-Match``); return that name and its ETag. Neither version is lost."""
+        while True:
+            conflict = upload.conflict_key()
+            copy = dataclasses.replace(upload, key=conflict, if_match=None, if_none_match=True)
+            try:
+                etag = await trio.to_thread.run_sync(self._put_blocking, copy, limiter=self.limiter)
+            except PreconditionFailed:
+                continue
+            self.on_stored(conflict)
+            log.warning("%s was changed by another writer; this mount's version is kept as %s", upload.key, conflict)
+            return conflict, etag
 
     def _put_blocking(self, upload: Upload) -> str:
         if upload.body == BODY_METADATA_ONLY:

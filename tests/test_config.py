@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cowfs.config import TenantOwner, load, parse_size
+from cowfs import values
+from cowfs.config import TenantOwner, load
 from cowfs.errors import UsageError
 
 
@@ -44,6 +45,15 @@ mode = "0750"
         ("write_back_delay = -1", "'write_back_delay'"),
         ("[tenants.acme]\nuid = 4000000000\ngid = 0", "'uid'"),
         ("[tenants.acme]\nuid = 0\ngid = 0\nmode = \"rwx\"", "'mode'"),
+        ("[tenants.acme]\nuid = 0\ngid = 0\nmode = 1.5", "'mode'"),
+        ("[tenants.acme]\nuid = 0", "'gid'"),
+        ("cache_size = 1.5", "'cache_size'"),
+        ("metadata_ttl = nan", "'metadata_ttl'"),
+        ("store_timeout = 0", "'store_timeout'"),
+        ("write_back_delay = inf", "'write_back_delay'"),
+        ('tenant = "../x"', "'tenant'"),
+        ('endpoint_url = "notaurl"', "'endpoint_url'"),
+        ('region = "us east"', "'region'"),
         ("[tenants.acme]\nuid = 0\ngid = 0\nshell = 1", "'shell'"),
         ("[tenants.'bad name']\nuid = 0\ngid = 0", "bad name"),
         ("store = ", "not valid TOML"),
@@ -59,8 +69,47 @@ def test_mistakes_name_the_file_and_key(tmp_path, text, names):
 
 
 def test_sizes():
-    assert parse_size("10G") == 10 * 1024**3
-    assert parse_size("512M") == 512 * 1024**2
-    assert parse_size(4096) == 4096
-    with pytest.raises(ValueError):
-        parse_size("ten")
+    assert values.byte_size("10G") == 10 * 1024**3
+    assert values.byte_size("512M") == 512 * 1024**2
+    assert values.byte_size("1.5K") == 1536
+    assert values.byte_size(4096) == 4096
+    for bad in ("ten", "1.5", "0.3K", -1, 1.5, True, "-5", "1e3"):
+        with pytest.raises(ValueError):
+            values.byte_size(bad)
+
+
+def test_numbers_are_finite_and_in_range():
+    assert values.non_negative_finite("0") == 0.0 and values.non_negative_finite(2) == 2.0
+    assert values.positive_finite("0.5") == 0.5
+    assert values.days("90") == 90.0 and values.days(1) == 1.0
+    for parse, bad in ((values.non_negative_finite, "-1"), (values.non_negative_finite, "nan"),
+                       (values.positive_finite, "0"), (values.positive_finite, float("inf")),
+                       (values.days, "0.99"), (values.days, "-inf"), (values.days, True), (values.days, "x")):
+        with pytest.raises(ValueError):
+            parse(bad)
+    assert values.page_size("100") == 100 and values.positive_int(7) == 7
+    for parse, bad in ((values.page_size, "101"), (values.page_size, "0"), (values.positive_int, "1.0"),
+                       (values.positive_int, False)):
+        with pytest.raises(ValueError):
+            parse(bad)
+
+
+def test_names_and_urls():
+    assert values.tenant_name("acme-1.a_b") == "acme-1.a_b"
+    assert values.workspace_ref("acme/ws") == ("acme", "ws")
+    assert values.archive_source("acme/ws/sessions/s1") == ("acme", "ws", "s1")
+    assert values.archive_source("acme/ws") == ("acme", "ws", None)
+    for bad in ("..", ".cowfs", "a/b", "", "-x", "a" * 129, 3):
+        with pytest.raises(ValueError):
+            values.tenant_name(bad)
+    for bad in ("acme", "acme/ws/x", "../ws", "acme/.."):
+        with pytest.raises(ValueError):
+            values.workspace_ref(bad)
+    assert values.endpoint_url("http://127.0.0.1:9000") == "http://127.0.0.1:9000"
+    for bad in ("notaurl", "ftp://host", "http://", "http://host:99999", "http://host:port", "http://host:0"):
+        with pytest.raises(ValueError):
+            values.endpoint_url(bad)
+    assert values.file_mode("0750") == 0o750 and values.file_mode(0o750) == 0o750
+    for bad in ("rwx", "0800", 1.5, 0o17777, True):
+        with pytest.raises(ValueError):
+            values.file_mode(bad)

@@ -18,6 +18,9 @@ import pytest
 
 from mounting import cowfs, is_mounted
 
+#: What these tests check can differ between S3 servers: each runs on moto and on Ceph RGW.
+pytestmark = pytest.mark.servers
+
 
 def body(bucket, key: str) -> bytes:
     return bucket.client.get_object(Bucket=bucket.name, Key=key)["Body"].read()

@@ -17,6 +17,9 @@ from cowfs.activity import Activity
 from cowfs.store.local import LocalStore
 from mounting import cowfs as run_cli
 
+#: What these tests check can differ between S3 servers: each runs on moto and on Ceph RGW.
+pytestmark = pytest.mark.servers
+
 
 def keys(bucket, prefix: str = "") -> set[str]:
     out: set[str] = set()
@@ -90,9 +93,14 @@ def test_invalid_names_and_files_outside_workspaces_refused(mnt, s3_bucket):
     assert refused((mnt.path / "file.txt").write_text, "x") == errno.EPERM
     assert refused((mnt.path / "acme" / "file.txt").write_text, "x") == errno.EPERM
     assert refused(os.symlink, "x", mnt.path / "acme" / "link") == errno.EPERM
+    sessions = mnt.path / "acme" / "proj" / "sessions"
+    assert refused((sessions / "stray.txt").write_text, "x") == errno.EPERM
+    assert refused(os.symlink, "s1", sessions / "latest") == errno.EPERM
+    (mnt.path / "acme" / "proj" / "notes.txt").write_text("x")
+    assert refused(os.rename, mnt.path / "acme" / "proj" / "notes.txt", sessions / "notes.txt") == errno.EPERM
     assert refused(os.rename, mnt.path / "acme" / "proj", mnt.path / "acme" / "other") == errno.EPERM
     mnt.sync()
-    assert keys(s3_bucket) == before
+    assert keys(s3_bucket) == before | {"acme/proj/notes.txt"}
 
 
 def test_tenant_mount_cannot_reach_other_tenants(mount_factory, s3_bucket, tmp_path):

@@ -303,7 +303,8 @@ def test_layout_rules_by_depth():
     layout.check_new_entry(("acme", "ws-1.a_b"), is_dir=True)
     layout.check_new_entry(("acme", "ws", "any name ü.txt"), is_dir=False)
     layout.check_new_entry(("acme", "ws", "sessions", "sess_789"), is_dir=True)
-    for parts in (("acme",), ("acme", "ws")):
+    layout.check_new_entry(("acme", "ws", "sessions", "s1", "notes.txt"), is_dir=False)
+    for parts in (("acme",), ("acme", "ws"), ("acme", "ws", "sessions", "s1")):
         with pytest.raises(NotPermitted):
             layout.check_new_entry(parts, is_dir=False)
     for parts in (("bad name",), (".hidden",), ("acme", "-x"), ("acme", "w" * 129), ("acme", "ws", "sessions", "a b")):
@@ -312,6 +313,7 @@ def test_layout_rules_by_depth():
     assert not layout.visible(("acme", "ws", ".cowfs"), is_dir=True)
     assert layout.visible(("acme", "ws", "sub", ".cowfs"), is_dir=True)
     assert not layout.visible(("file-at-root",), is_dir=False)
+    assert not layout.visible(("acme", "ws", "sessions", "stray.txt"), is_dir=False)
     assert not layout.can_rename(("acme", "ws")) and layout.can_rename(("acme", "ws", "f"))
     assert layout.workspace_of(("acme", "ws", "f")) == ("acme", "ws")
     assert layout.workspace_of(("acme", "ws")) is None

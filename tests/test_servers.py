@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -129,18 +131,26 @@ def as_user(user: str, *command: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["runuser", "-u", user, "--", *command], capture_output=True, text=True, timeout=60)
 
 
-def test_two_users_in_two_tenants_are_kept_apart(s3_bucket, two_users):
-    (a, uid_a, gid_a), (b, uid_b, gid_b) = two_users
+def tenants_config(bucket, two_users) -> tuple[Path, Path, Path]:
+    """A multi-user mount's config in a new folder every user can enter: (config, mount point, cache dir)."""
+    (_, uid_a, gid_a), (_, uid_b, gid_b) = two_users
     top = Path(tempfile.mkdtemp(prefix="cowfs-mu-"))
     top.chmod(0o755)
     mnt = top / "mnt"
     mnt.mkdir()
     config = top / "cowfs.toml"
     config.write_text(
-        f'store = "s3://{s3_bucket.name}"\nmountpoint = "{mnt}"\nendpoint_url = "{s3_bucket.endpoint}"\n'
+        f'store = "s3://{bucket.name}"\nmountpoint = "{mnt}"\nendpoint_url = "{bucket.endpoint}"\n'
         f'path_style = true\ncache_dir = "{top / "cache"}"\noptions = ["allow_other"]\n'
         f"[tenants.ta]\nuid = {uid_a}\ngid = {gid_a}\n[tenants.tb]\nuid = {uid_b}\ngid = {gid_b}\nmode = \"0770\"\n"
     )
+    return config, mnt, top / "cache"
+
+
+def test_two_users_in_two_tenants_are_kept_apart(s3_bucket, two_users):
+    (a, uid_a, gid_a), (b, uid_b, gid_b) = two_users
+    config, mnt, _ = tenants_config(s3_bucket, two_users)
+    top = config.parent
     proc = subprocess.Popen([sys.executable, "-m", "cowfs", "--config", str(config), "mount", "-f"],
                             stderr=open(top / "log", "w"))
     try:
@@ -171,6 +181,45 @@ def test_two_users_in_two_tenants_are_kept_apart(s3_bucket, two_users):
         if is_mounted(mnt):
             subprocess.run(["fusermount3", "-u", "-z", str(mnt)])
         shutil.rmtree(top, ignore_errors=True)
+
+
+def test_another_user_reads_nothing_in_the_cache_of_a_multi_user_mount(s3_bucket, two_users):
+    (a, _, _), (b, _, _) = two_users
+    config, mnt, cache = tenants_config(s3_bucket, two_users)
+    cache.mkdir(mode=0o755)
+    cache.chmod(0o755)  # a given cache dir others could enter: tightened
+    secret = mnt / "ta" / "ws" / "secret.txt"
+    try:
+        done = subprocess.run([sys.executable, "-m", "cowfs", "--config", str(config), "mount"],
+                              capture_output=True, text=True, timeout=60, umask=0o022)
+        assert done.returncode == 0, done.stderr
+        assert as_user(a, "mkdir", str(secret.parent)).returncode == 0
+        wrote = as_user(a, "sh", "-c", f"yes tenant-a-secret | head -c 3000000 > {secret}")
+        assert wrote.returncode == 0, wrote.stderr
+        cowfs("sync", str(mnt))
+        assert as_user(a, "head", "-c", "16", str(secret)).stdout == "tenant-a-secret\n"
+
+        status = as_user(b, "cat", str(mnt / ".cowfs" / "status.json")).stdout
+        assert "pendingUploads" in json.loads(status)
+        assert not {"cacheDir", "mountpoint", "store", "lastError"} & set(json.loads(status))
+        assert str(config.parent) not in status and s3_bucket.name not in status
+        assert f"cacheDir: {cache}" in cowfs("status", str(mnt)).stdout.splitlines()
+
+        paths = [cache] + sorted(cache.rglob("*"))
+        assert cache / "cowfs.log" in paths and cache / "cache" / "cache.db" in paths
+        assert any(b"tenant-a-secret" in p.read_bytes() for p in paths if p.is_file()), "nothing cached to protect"
+        modes = {p: stat.S_IMODE(os.lstat(p).st_mode) for p in paths}
+        assert {p: m for p, m in modes.items() if m != (0o700 if p.is_dir() else 0o600)} == {}
+        script = ('for p in "$@"; do if [ -d "$p" ]; then ls "$p" > /dev/null 2>&1 && echo "listed $p"; '
+                  'else cat "$p" > /dev/null 2>&1 && echo "read $p"; fi; done; echo checked')
+        leaked = as_user(b, "sh", "-c", script, "sh", *map(str, paths))
+        assert leaked.stdout == "checked\n"
+    finally:
+        if is_mounted(mnt):
+            cowfs("umount", str(mnt), check=False)
+        if is_mounted(mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)])
+        shutil.rmtree(config.parent, ignore_errors=True)
 
 
 def test_broken_config_is_refused_naming_the_key(tmp_path):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import trio
@@ -139,7 +141,7 @@ class IdleSource:
     async def uploaded(self, upload: object, etag: str) -> bool:
         return True
 
-    def conflicted(self, upload: object) -> None:
+    def conflicted(self, upload: object, kept_as: str, etag: str) -> None:
         pass
 
 
@@ -189,7 +191,7 @@ class SmallFile:
     async def uploaded(self, upload: Upload, etag: str) -> bool:
         return True
 
-    def conflicted(self, upload: Upload) -> None:
+    def conflicted(self, upload: Upload, kept_as: str, etag: str) -> None:
         pass
 
 
@@ -268,3 +270,58 @@ def test_uploads_started_in_a_pause_do_not_run_on_at_full_speed_once_the_mount_i
     during = [t for t in store.put_times if busy_start <= t < busy_end]
     assert len(during) <= slots + (busy_end - busy_start) * 10 + 2, f"{len(during)} uploads started in a busy second"
     assert len(store.put_times) == files
+
+
+class StaleWrite:
+    """A closed file whose upload is based on a version another writer replaced."""
+
+    def __init__(self, rid: str, body: bytes) -> None:
+        self.rid = rid
+        self.body = body
+        self.kept: list[tuple[str, str]] = []
+
+    def snapshot(self) -> Upload:
+        return Upload("t/ws/f", BODY_INLINE, {}, 1, inline=self.body, size=len(self.body), if_match='"stale"')
+
+    async def uploaded(self, upload: Upload, etag: str) -> bool:
+        raise AssertionError("a write based on a replaced version must not land at its key")
+
+    def conflicted(self, upload: Upload, kept_as: str, etag: str) -> None:
+        self.kept.append((kept_as, etag))
+
+
+def test_two_conflicts_of_one_key_in_one_second_keep_three_versions(tmp_path, monkeypatch):
+    """Conflict copies are written with If-None-Match under a name with a random end:
+    even when the clock and the random end repeat, no copy replaces another."""
+    import cowfs.writeback as writeback
+
+    class FrozenClock(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime(2026, 12, 4, 12, 0, 0, tzinfo=tz)
+
+    suffixes = iter(["aaaaaa", "aaaaaa", "bbbbbb"])
+    monkeypatch.setattr(writeback, "datetime", FrozenClock)
+    monkeypatch.setattr(writeback.secrets, "token_hex", lambda n: next(suffixes))
+    store = LocalStore(tmp_path / "store")
+    theirs = store.put("t/ws/f", b"theirs", {})
+    journal = Journal(tmp_path / "journal")
+    sources = [StaleWrite("r1", b"mine one"), StaleWrite("r2", b"mine two")]
+
+    async def main() -> None:
+        wb = WriteBack(store, journal, trio.CapacityLimiter(4), delay=0.0, concurrency=1)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wb.run)
+            for source in sources:
+                wb.schedule(source, now=True)
+            await wb.drain()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    journal.close()
+    stored = {o.key: store.get(o.key)[0] for o in store.list_all("t/ws/", None).objects}
+    kept = [name for source in sources for name, _ in source.kept]
+    assert sorted(kept) == [f"t/ws/f.conflict-{socket.gethostname()}-20261204T120000-{s}" for s in ("aaaaaa", "bbbbbb")]
+    assert stored == {"t/ws/f": b"theirs", kept[0]: sources[0].body, kept[1]: sources[1].body}
+    assert store.head("t/ws/f").etag == theirs
+    assert [etag for source in sources for _, etag in source.kept] == [store.head(k).etag for k in kept]

@@ -38,6 +38,12 @@ class ListPage:
     more: bool = False
 
 
+def same_metadata(stored: dict[str, str] | None, ours: dict[str, str]) -> bool:
+    """Whether user metadata read back from the store is ``ours`` (names are case-blind)."""
+    return {name.lower(): value for name, value in (stored or {}).items()} == {
+        name.lower(): value for name, value in ours.items()}
+
+
 #: Told, from whichever thread wrote them, that bytes ``[start, end)`` of the
 #: object ``info`` describes are in the file being downloaded into.
 Progress = Callable[[ObjectInfo, int, int], None]
@@ -99,7 +105,9 @@ class ObjectStore(abc.ABC):
 
         ``if_match`` makes the write conditional on the current ETag,
         ``if_none_match`` on the key being absent; a lost condition raises
-        ``PreconditionFailed``. A file object body is read from its current
+        ``PreconditionFailed``, unless the key already holds this very version
+        (the same bytes and metadata): then an earlier attempt of the write
+        landed and its answer was lost, and the write is a success. A file object body is read from its current
         position to the end (large ones may go up as a multipart upload).
         """
 
@@ -122,6 +130,13 @@ class ObjectStore(abc.ABC):
         With a delimiter, keys that have it after the prefix are rolled up into
         ``prefixes`` (each ending in the delimiter), as S3 does.
         """
+
+    def probe(self) -> None:
+        """Learn, once, what the server does where S3 servers differ (blocking; a few requests)."""
+
+    def quirks(self) -> list[str]:
+        """What this server was seen to do differently from S3, for ``cowfs status``."""
+        return []
 
     def list_some(self, prefix: str, delimiter: str | None, max_pages: int) -> tuple[ListPage, bool]:
         """At most ``max_pages`` pages (0: all) merged into one, and whether that was every page."""

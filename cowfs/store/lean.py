@@ -30,7 +30,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.httpsession import get_cert_path
 
-from ..errors import ObjectNotFound
+from ..errors import ObjectNotFound, PreconditionFailed
 from .base import ListPage, ObjectInfo
 
 log = logging.getLogger(__name__)
@@ -87,13 +87,15 @@ class LeanRequests:
         A GET or HEAD answered 404 once this path has had a 2xx (its URLs are
         right, so the key is missing) raises ObjectNotFound: asking boto3 again
         made every lookup of a missing key, such as a folder without a marker
-        object, two requests.
+        object, two requests. A conditional request answered 412 then raises
+        PreconditionFailed for the same reason.
         """
         segments = key.split("/")
         if "." in segments or ".." in segments:  # urllib3 would resolve them in the URL
             return None
+        conditional = any(name in (headers or {}) for name in ("If-Match", "If-None-Match"))
         return self._send(method, self.base_url + urllib.parse.quote(key, safe="/~"), body, headers, stream,
-                          missing_is_final=method in ("GET", "HEAD"))
+                          missing_is_final=method in ("GET", "HEAD"), refusal_is_final=conditional)
 
     def list_page(self, prefix: str, delimiter: str | None, token: str | None,
                   max_keys: int, cut: int = 0) -> tuple[ListPage, str | None] | None:
@@ -122,7 +124,8 @@ class LeanRequests:
             return None
 
     def _send(self, method: str, url: str, body: bytes, headers: Mapping[str, str] | None,
-              stream: bool, missing_is_final: bool = False) -> urllib3.BaseHTTPResponse | None:
+              stream: bool, missing_is_final: bool = False,
+              refusal_is_final: bool = False) -> urllib3.BaseHTTPResponse | None:
         if not self.enabled:
             return None
         signed = AWSRequest(method=method, url=url, data=body, headers=dict(headers or {}))
@@ -142,6 +145,8 @@ class LeanRequests:
             response.release_conn()
         if response.status == 404 and missing_is_final and self.served:
             raise ObjectNotFound(f"{method.lower()} {url}: no such key")
+        if response.status == 412 and refusal_is_final and self.served:
+            raise PreconditionFailed(f"{method.lower()} {url}: the condition failed")
         if response.status not in _EXPECTED_FAILURES and response.status < 500:
             log.info("lean S3 requests off: %s %s answered %d", method, url, response.status)
             self.enabled = False
@@ -158,7 +163,7 @@ def _parse_list(xml: bytes, cut: int = 0) -> tuple[ListPage, str | None]:
             ObjectInfo(
                 key=urllib.parse.unquote_plus(item.findtext(ns + "Key", ""))[cut:],
                 size=int(item.findtext(ns + "Size", "0")),
-                etag=item.findtext(ns + "ETag", ""),
+                etag=quoted_etag(item.findtext(ns + "ETag", "")),
                 last_modified=datetime.fromisoformat(item.findtext(ns + "LastModified", "")).timestamp(),
             )
             for item in root.iterfind(ns + "Contents")
@@ -174,6 +179,19 @@ def _parse_list(xml: bytes, cut: int = 0) -> tuple[ListPage, str | None]:
     return page, token
 
 
+def quoted_etag(value: str | None) -> str:
+    """An ETag as S3 writes it, in double quotes, whatever form a server answered in
+    (Ceph RGW's CopyObject answers it bare); "" when the server gave none.
+
+    Every ETag cowfs compares goes through here, so that two answers for one
+    version compare equal.
+    """
+    value = (value or "").strip()
+    if not value or value.startswith('"') or value.startswith("W/"):
+        return value
+    return f'"{value}"'
+
+
 def headers_info(key: str, headers: Mapping[str, str]) -> ObjectInfo:
     """ObjectInfo from the headers of a HEAD or GET response (names in lower case or any case).
 
@@ -186,7 +204,7 @@ def headers_info(key: str, headers: Mapping[str, str]) -> ObjectInfo:
     return ObjectInfo(
         key=key,
         size=size,
-        etag=headers["etag"],
+        etag=quoted_etag(headers.get("etag", "")),
         last_modified=parsedate_to_datetime(headers["last-modified"]).timestamp(),
         metadata={name[len(META):].lower(): value for name, value in headers.items() if name.lower().startswith(META)},
     )

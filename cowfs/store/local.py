@@ -28,7 +28,7 @@ from typing import BinaryIO, Iterator
 
 from ..errors import AccessDenied, ObjectNotFound, PreconditionFailed, StoreError
 from ..fds import pwrite_all
-from .base import ListPage, ObjectInfo, ObjectStore, Progress
+from .base import ListPage, ObjectInfo, ObjectStore, Progress, same_metadata
 
 BUSY_TIMEOUT = 60.0  # seconds a writer waits for another process's transaction
 CHUNK = 1024 * 1024
@@ -124,17 +124,23 @@ class LocalStore(ObjectStore):
     ) -> str:
         with self._guard("put", key):
             blob, size, etag = self._write_blob(body)
+            stored_already = False
             try:
                 with self._transaction() as db:
-                    row = db.execute("SELECT etag, blob FROM objects WHERE key = ?", (key,)).fetchone()
+                    row = db.execute("SELECT etag, blob, meta FROM objects WHERE key = ?", (key,)).fetchone()
                     current = None if row is None else row[0]
                     if (if_none_match and current is not None) or (if_match is not None and current != if_match):
-                        raise PreconditionFailed(f"put {self._where(key)}: the object changed")
-                    self._upsert(db, key, size, etag, metadata, blob)
+                        if current != etag or not same_metadata(json.loads(row[2]), metadata):
+                            raise PreconditionFailed(f"put {self._where(key)}: the object changed")
+                        stored_already = True
+                    else:
+                        self._upsert(db, key, size, etag, metadata, blob)
             except BaseException:
                 self._remove_blob(blob)
                 raise
-            if row is not None:
+            if stored_already:
+                self._remove_blob(blob)
+            elif row is not None:
                 self._remove_blob(row[1])
             return etag
 

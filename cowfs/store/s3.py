@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import hashlib
 import os
+import threading
 import time
+import uuid
+from dataclasses import dataclass
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO, Callable, Iterator, Sequence, TypeVar
 
@@ -30,8 +34,8 @@ from botocore.exceptions import (
 
 from ..errors import AccessDenied, ObjectNotFound, PreconditionFailed, StoreError
 from ..fds import pwrite_all
-from .base import ListPage, ObjectInfo, ObjectStore, Progress
-from .lean import META, LeanRequests, headers_info
+from .base import ListPage, ObjectInfo, ObjectStore, Progress, same_metadata
+from .lean import META, LeanRequests, headers_info, quoted_etag
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -98,6 +102,10 @@ class S3Store(ObjectStore):
             "s3", endpoint_url=endpoint_url, region_name=region, config=config
         )
         self.endpoint = self._client.meta.endpoint_url
+        #: How If-Match goes out: quoted, as S3 returns ETags, until the server shows it wants them bare.
+        self._if_match_form: Callable[[str], str] = _quoted
+        self._multipart_conditions: bool | None = None
+        self._probe_lock = threading.Lock()
         self.lean = LeanRequests.for_client(
             self._client, core, bucket,
             urllib3.Timeout(connect=connect_timeout, read=read_timeout), config.max_pool_connections,
@@ -227,40 +235,70 @@ class S3Store(ObjectStore):
         if_none_match: bool = False,
     ) -> str:
         size, read = _reader(body)
-        conditions: dict[str, str] = {}
-        if if_match is not None:
-            conditions["IfMatch"] = if_match
-        if if_none_match:
-            conditions["IfNoneMatch"] = "*"
+        condition = _Condition(quoted_etag(if_match) if if_match is not None else None, if_none_match)
         try:
             with self._translated(f"put {self._where(key)}"):
-                if size <= self.multipart_threshold:
-                    body = read(0, size)
-                    headers = {META + name: value for name, value in metadata.items()}
-                    headers.update((_CONDITION_HEADERS[name], value) for name, value in conditions.items())
-                    lean = self._lean_request("PUT", key, body, headers)
-                    if lean is not None:
-                        return lean.headers["ETag"]
-                    response = self._client.put_object(
-                        Bucket=self.bucket, Key=self.prefix + key, Body=body, Metadata=metadata, **conditions
-                    )
-                    return response["ETag"]
+                if size > self.multipart_threshold:
+                    def send(upload_id: str, number: int, start: int, end: int) -> str:
+                        return self._client.upload_part(
+                            Bucket=self.bucket,
+                            Key=self.prefix + key,
+                            UploadId=upload_id,
+                            PartNumber=number,
+                            Body=read(start, end - start),
+                        )["ETag"]
 
-                def send(upload_id: str, number: int, start: int, end: int) -> str:
-                    return self._client.upload_part(
-                        Bucket=self.bucket,
-                        Key=self.prefix + key,
-                        UploadId=upload_id,
-                        PartNumber=number,
-                        Body=read(start, end - start),
-                    )["ETag"]
-
-                return self._multipart(key, metadata, size, send, conditions)
+                    return self._multipart(key, metadata, size, send, condition)
+                data = read(0, size)
+                try:
+                    return self._put_small(key, data, metadata, condition, self._if_match_form)
+                except PreconditionFailed:
+                    return self._settle(key, _md5_etag(data), metadata, condition,
+                                        lambda form: self._put_small(key, data, metadata, condition, form))
         except ObjectNotFound as exc:
             if if_match is None:
                 raise
             # S3 answers If-Match on a missing key with 404: the condition lost.
             raise PreconditionFailed(str(exc)) from None
+
+    def _put_small(self, key: str, data: bytes, metadata: dict[str, str], condition: _Condition,
+                   form: Callable[[str], str]) -> str:
+        """One PutObject (the lean path's, else boto3's), with ``condition``'s If-Match in ``form``."""
+        headers = {META + name: value for name, value in metadata.items()}
+        params = condition.params(form)
+        headers.update((_CONDITION_HEADERS[name], value) for name, value in params.items())
+        lean = self._lean_request("PUT", key, data, headers)
+        if lean is not None:
+            return self._etag_of(key, lean.headers.get("ETag"))
+        with self._translated(f"put {self._where(key)}"):
+            response = self._client.put_object(
+                Bucket=self.bucket, Key=self.prefix + key, Body=data, Metadata=metadata, **params
+            )
+        return self._etag_of(key, response.get("ETag"))
+
+    def _settle(self, key: str, ours: str | None, metadata: dict[str, str], condition: _Condition,
+                again: Callable[[Callable[[str], str]], str]) -> str:
+        """What a refused conditional write (412) really means, decided by what the key holds.
+
+        - The key holds our bytes (``ours``, the ETag they get) and our
+          metadata: an earlier attempt of this very write landed and its answer
+          was lost (a read timeout, then the retry): a success, not a conflict.
+        - The key holds the version If-Match named: the server compares the
+          header with the bare ETag (Ceph RGW does): the write is sent again with
+          a bare If-Match, and so is every later one.
+        - Anything else: another writer changed the key.
+        """
+        info = self._now(key)
+        if info is not None and info.etag == ours and same_metadata(info.metadata, metadata):
+            log.info("put %s: an earlier attempt already stored this version", self._where(key))
+            return info.etag
+        if info is not None and info.etag == condition.if_match and self._if_match_form is _quoted:
+            etag = again(_bare)
+            if self._if_match_form is _quoted:
+                log.info("%s compares If-Match with bare ETags: sending them bare from now on", self.endpoint)
+                self._if_match_form = _bare
+            return etag
+        raise PreconditionFailed(f"put {self._where(key)}: the key was changed by another writer")
 
     def copy(self, src: str, dst: str, metadata: dict[str, str] | None = None) -> str:
         source = self.head(src)
@@ -280,7 +318,7 @@ class S3Store(ObjectStore):
                     )["CopyPartResult"]["ETag"]
 
                 kept = source.metadata or {}
-                return self._multipart(dst, kept if metadata is None else metadata, source.size, send, {})
+                return self._multipart(dst, kept if metadata is None else metadata, source.size, send, _Condition())
             directive: dict[str, Any] = (
                 {"MetadataDirective": "COPY"}
                 if metadata is None
@@ -289,7 +327,7 @@ class S3Store(ObjectStore):
             response = self._client.copy_object(
                 Bucket=self.bucket, Key=self.prefix + dst, CopySource=copy_source, **directive
             )
-            return response["CopyObjectResult"]["ETag"]
+            return self._etag_of(dst, response.get("CopyObjectResult", {}).get("ETag"))
 
     def delete(self, key: str) -> None:
         with self._translated(f"delete {self._where(key)}"):
@@ -356,33 +394,120 @@ class S3Store(ObjectStore):
         metadata: dict[str, str],
         size: int,
         send: Callable[[str, int, int, int], str],
-        conditions: dict[str, str],
+        condition: _Condition,
     ) -> str:
-        """Create an upload, send its parts in parallel, complete it; abort on any failure.
+        """Create an upload, send its parts in parallel, complete it; abort unless it completed.
 
         ``send(upload_id, part_number, start, end)`` uploads bytes ``[start, end)``
-        and returns the part's ETag.
+        and returns the part's ETag. Where the server ignores conditions on
+        CompleteMultipartUpload, ``condition`` is checked by a HEAD just before
+        completing: another writer completing between that HEAD and ours is
+        not seen (the one window left).
         """
         full_key = self.prefix + key
         part_size = max(self.part_size, -(-size // MAX_PARTS))
         starts = range(0, size, part_size)
-        upload = self._client.create_multipart_upload(Bucket=self.bucket, Key=full_key, Metadata=metadata)
-        upload_id = upload["UploadId"]
+        upload_id = self._client.create_multipart_upload(Bucket=self.bucket, Key=full_key, Metadata=metadata)["UploadId"]
+        completed = False
 
         def part(number: int) -> dict[str, Any]:
             start = starts[number - 1]
             return {"PartNumber": number, "ETag": send(upload_id, number, start, min(start + part_size, size))}
 
+        def complete(form: Callable[[str], str]) -> str:
+            nonlocal completed
+            with self._translated(f"put {self._where(key)}"):
+                response = self._client.complete_multipart_upload(
+                    Bucket=self.bucket, Key=full_key, UploadId=upload_id, MultipartUpload={"Parts": parts},
+                    **condition.params(form),
+                )
+            completed = True
+            return self._etag_of(key, response.get("ETag"))
+
         try:
             parts = _parallel(part, range(1, len(starts) + 1), self.max_workers)
-            response = self._client.complete_multipart_upload(
-                Bucket=self.bucket, Key=full_key, UploadId=upload_id, MultipartUpload={"Parts": parts}, **conditions
-            )
-            return response["ETag"]
-        except BaseException:
+            ours = _multipart_etag([p["ETag"] for p in parts])
+            if condition and not self.honours_multipart_conditions():
+                now = self._now(key)
+                if not condition.holds_for(None if now is None else now.etag):
+                    return self._settle(key, ours, metadata, condition, complete)
+            try:
+                return complete(self._if_match_form)
+            except PreconditionFailed:
+                return self._settle(key, ours, metadata, condition, complete)
+        finally:
+            if not completed:
+                with contextlib.suppress(BotoCoreError, ClientError, urllib3.exceptions.HTTPError):
+                    self._client.abort_multipart_upload(Bucket=self.bucket, Key=full_key, UploadId=upload_id)
+
+    def _now(self, key: str) -> ObjectInfo | None:
+        """The key's info now; None when it is absent."""
+        try:
+            return self.head(key)
+        except ObjectNotFound:
+            return None
+
+    # -- what the server does ------------------------------------------------
+
+    def honours_multipart_conditions(self) -> bool:
+        """Whether the server refuses a CompleteMultipartUpload whose If-None-Match or
+        If-Match fails (Ceph RGW 16 and moto ignore one or both): learned once, on a
+        scratch key under ``.cowfs/``, and logged."""
+        with self._probe_lock:
+            if self._multipart_conditions is None:
+                self._multipart_conditions = self._probe_multipart_conditions()
+                if not self._multipart_conditions:
+                    log.warning("%s ignores conditions on CompleteMultipartUpload: a large file is checked "
+                                "against the store just before its upload completes", self.endpoint)
+            return self._multipart_conditions
+
+    def quirks(self) -> list[str]:
+        found = []
+        if self._if_match_form is _bare:
+            found.append("compares If-Match with bare ETags")
+        if self._multipart_conditions is False:
+            found.append("ignores conditions on CompleteMultipartUpload")
+        return found
+
+    def probe(self) -> None:
+        self.honours_multipart_conditions()
+
+    def _probe_multipart_conditions(self) -> bool:
+        key = f"{self.prefix}.cowfs/probe-{uuid.uuid4().hex}"
+        try:
+            self._client.put_object(Bucket=self.bucket, Key=key, Body=b"")
+            return all(self._completion_refused(key, params)
+                       for params in ({"IfNoneMatch": "*"}, {"IfMatch": f'"{"0" * 32}"'}))
+        except (BotoCoreError, ClientError, urllib3.exceptions.HTTPError) as exc:
+            log.info("could not learn whether %s honours conditions on CompleteMultipartUpload: %s",
+                     self.endpoint, exc)
+            return False
+        finally:
             with contextlib.suppress(BotoCoreError, ClientError, urllib3.exceptions.HTTPError):
-                self._client.abort_multipart_upload(Bucket=self.bucket, Key=full_key, UploadId=upload_id)
-            raise
+                self._client.delete_object(Bucket=self.bucket, Key=key)
+
+    def _completion_refused(self, key: str, params: dict[str, str]) -> bool:
+        """Whether completing a one-part upload of ``key`` under conditions that fail is refused."""
+        upload_id = self._client.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
+        try:
+            etag = self._client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=1,
+                                            Body=b"x")["ETag"]
+            self._client.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id,
+                MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]}, **params)
+        except ClientError as exc:
+            if _status(exc) != 412:
+                raise
+            return True
+        finally:
+            with contextlib.suppress(BotoCoreError, ClientError, urllib3.exceptions.HTTPError):
+                self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        return False
+
+    def _etag_of(self, key: str, answered: str | None) -> str:
+        """The ETag a write answered with, or the key's from a HEAD when the answer had
+        none (Ceph RGW's CompleteMultipartUpload answers an empty one)."""
+        return quoted_etag(answered) or self.head(key).etag
 
     def _lean_request(self, method: str, key: str, body: bytes = b"", headers: dict[str, str] | None = None,
                       stream: bool = False) -> Any:
@@ -478,3 +603,52 @@ def _parallel(fn: Callable[[T], R], items: Sequence[T], workers: int) -> list[R]
         return []
     with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
         return list(pool.map(fn, items))
+
+
+def _quoted(etag: str) -> str:
+    return etag
+
+
+def _bare(etag: str) -> str:
+    return etag.strip('"')
+
+
+@dataclass(frozen=True)
+class _Condition:
+    """A write's condition: If-Match on a (quoted) ETag, or If-None-Match."""
+
+    if_match: str | None = None
+    if_none_match: bool = False
+
+    def __bool__(self) -> bool:
+        return self.if_match is not None or self.if_none_match
+
+    def params(self, form: Callable[[str], str]) -> dict[str, str]:
+        """boto3's parameters for the condition, If-Match's ETag in ``form``."""
+        out: dict[str, str] = {}
+        if self.if_match is not None:
+            out["IfMatch"] = form(self.if_match)
+        if self.if_none_match:
+            out["IfNoneMatch"] = "*"
+        return out
+
+    def holds_for(self, current: str | None) -> bool:
+        """Whether a key whose ETag is ``current`` (None: absent) meets the condition."""
+        if self.if_none_match and current is not None:
+            return False
+        return self.if_match is None or current == self.if_match
+
+
+def _md5_etag(data: bytes) -> str:
+    """The ETag S3 servers give a single PUT of ``data`` (its MD5)."""
+    return f'"{hashlib.md5(data, usedforsecurity=False).hexdigest()}"'
+
+
+def _multipart_etag(part_etags: list[str]) -> str | None:
+    """The ETag S3 servers give a multipart upload of these parts: the MD5 of their
+    MD5s, and their count (None where a part's ETag is not an MD5)."""
+    try:
+        digests = b"".join(bytes.fromhex(_bare(etag)) for etag in part_etags)
+    except ValueError:
+        return None
+    return f'"{hashlib.md5(digests, usedforsecurity=False).hexdigest()}-{len(part_etags)}"'
