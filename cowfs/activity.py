@@ -55,6 +55,7 @@ class Activity:
         self._sessions: set[Session] = set()
         self._flushing: set[Session] = set()
         self._first_writes: dict[Session, datetime] = {}
+        self._removed: set[tuple[str, str]] = set()
         self._slots = trio.Semaphore(PARALLEL)
         #: Record writes that failed (each is tried again), and the last error.
         self.failures = 0
@@ -63,6 +64,8 @@ class Activity:
     def mark(self, key: str) -> None:
         """An object under a workspace reached the store."""
         workspace = layout.workspace_of(tuple(key.split("/")))
+        if workspace in self._removed:
+            return
         if workspace is not None and not key.startswith(f"{workspace[0]}/{workspace[1]}/{layout.CONTROL_DIR}/"):
             self._active[workspace] = self.clock()
         self.deleted(key)
@@ -70,17 +73,21 @@ class Activity:
     def deleted(self, key: str) -> None:
         """An object left the store (``mark`` calls it too): its session is to be counted again."""
         session = session_of(key)
-        if session is not None:
+        if session is not None and session[:2] not in self._removed:
             self._sessions.add(session)
 
     def wrote(self, parts: tuple[str, ...]) -> None:
-        """This mount changed something at ``parts``: its session's first change dates the session."""
+        """This mount made or changed ``parts`` (a workspace or something in it): the
+        workspace is there again, and its session's first change dates the session."""
+        self._removed.discard(parts[:layout.WORKSPACE_DEPTH])
         if len(parts) > layout.WORKSPACE_DEPTH + 1 and parts[layout.WORKSPACE_DEPTH] == layout.SESSIONS_DIR:
             if SCOPED_NAME.match(parts[layout.WORKSPACE_DEPTH + 1]):
                 self._first_writes.setdefault((parts[0], parts[1], parts[layout.WORKSPACE_DEPTH + 1]), self.clock())
 
     def forget(self, tenant: str, workspace: str) -> None:
-        """The workspace was deleted: touching it now would bring its record back."""
+        """The workspace is being deleted: touching it, or indexing a session of it as its
+        deletes arrive, would bring objects back, until this mount writes to it again."""
+        self._removed.add((tenant, workspace))
         self._active.pop((tenant, workspace), None)
         self._sessions = {s for s in self._sessions if s[:2] != (tenant, workspace)}
         self._first_writes = {s: w for s, w in self._first_writes.items() if s[:2] != (tenant, workspace)}

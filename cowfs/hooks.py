@@ -76,6 +76,7 @@ class WorkspaceHooks:
 
     async def create_workspace(self, tenant: str, name: str, uid: int) -> None:
         await self._io(create_workspace, self.store, tenant, user_name(uid), "general", workspace_id=name)
+        self.activity.wrote((tenant, name))
 
     def workspace_deleted(self, tenant: str, name: str) -> None:
         self.activity.forget(tenant, name)

@@ -317,3 +317,15 @@ def test_the_walk_gives_every_entry_after_any_position_once_in_order(times, at, 
         oldest = sessionindex.oldest_rank(store, "acme", "ws") if bounded else None
         walked = [e.name for e in _Walk(store, "acme/ws/.cowfs/sessions/active/", position, hint, oldest)]
     assert walked == [n for n in names if n > position + "~"]
+
+
+def test_a_workspace_being_deleted_is_neither_touched_nor_indexed_until_written_again(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    activity = Activity(store, trio.CapacityLimiter(2))
+    activity.forget("acme", "ws")  # rm -r: its deletes arrive afterwards
+    activity.deleted("acme/ws/sessions/s1/f")
+    activity.mark("acme/ws/sessions/s2/f")
+    assert activity.pending == 0
+    activity.wrote(("acme", "ws"))  # mkdir again
+    activity.mark("acme/ws/sessions/s2/f")
+    assert activity.pending == 2 and activity.unindexed("acme", "ws") == {"s2": None}
