@@ -103,5 +103,6 @@ class WorkspaceHooks:
         prefix = f"{tenant}/{workspace}/"
         listing = await self._io(self.store.list_all, prefix, None)
         control = f"{prefix}{layout.CONTROL_DIR}/"
-        files = [o for o in local.over(prefix, listing.objects) if not o.key.endswith("/") and not o.key.startswith(control)]
+        files = [o for o in local.over(prefix, listing.objects)
+                 if not o.key.endswith("/") and not o.key.startswith(control)]
         return _json({**record.to_json(), "files": len(files), "bytes": sum(o.size for o in files)})
