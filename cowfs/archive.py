@@ -2,18 +2,20 @@
 
 An archive holds what a mount shows, named relative to the workspace root
 (a session keeps its ``sessions/ID/...`` names, so importing it into a
-workspace puts it back in place): folders, files and symlinks with their
-permission bits, uid, gid and mtime (the exact nanoseconds in the pax
-``mtime`` record), and ``user.*`` xattrs as pax ``SCHILY.xattr.user.NAME``
-records (GNU tar's convention, so ``tar --xattrs`` reads and writes them).
-``.cowfs`` is generated and never archived.
+workspace puts it back in place): folders, files, symlinks, FIFOs and
+devices with their permission bits, uid, gid and mtime (the exact
+nanoseconds in the pax ``mtime`` record), and ``user.*`` xattrs as pax
+``SCHILY.xattr.user.NAME`` records (GNU tar's convention, so ``tar --xattrs``
+reads and writes them). ``.cowfs`` is generated and never archived; nor are
+sockets, which tar cannot hold.
 
-Import never writes outside ``TENANT/WORKSPACE/`` (DESIGN.md §4): every
-member is checked before anything is written, and the ones a mount could
-not have created (absolute or escaping names, devices, fifos, symlinks that
-lead out, names over the length limits or under ``.cowfs``, invalid session
-ids) are skipped and reported. A hard link is stored as a copy of its target
-when the target is imported too, since a mount refuses hard links.
+Import never writes outside ``TENANT/WORKSPACE/``: every member is checked
+before anything is written, and the ones that could do harm or that a mount
+could not have created (absolute or escaping names, devices unless asked
+for, symlinks that lead out, names over the length limits or under
+``.cowfs``, invalid session ids) are skipped and reported. A hard link is
+stored as a copy of its target when the target is imported too, since a
+mount refuses hard links.
 """
 
 from __future__ import annotations
@@ -39,11 +41,13 @@ from pathlib import Path
 from typing import IO, Callable, Iterable, Iterator, TypeVar
 
 from . import layout
-from .attrs import DEFAULT_DIR_MODE, DEFAULT_FILE_MODE, Attrs, check_xattrs_fit, from_metadata, to_metadata
-from .errors import CowfsError, InvalidName, NameTooLong, NoSpace, NotFound, NotPermitted, PreconditionFailed
+from .attrs import DEFAULT_DIR_MODE, DEFAULT_FILE_MODE, Attrs, check_xattrs_fit, from_metadata, is_special, to_metadata
+from .errors import CowfsError, InvalidName, NameTooLong, NoSpace, NotFound, NotPermitted, PreconditionFailed, Refused
 from .hooks import user_name
 from .keys import KeyMap
 from .names import component
+from .output import plural, size
+from .progress import Meter
 from .sessionindex import refresh_keys
 from .store import ObjectInfo, ObjectStore
 from .workspaces import check_scoped_name, create_workspace, get_workspace, touch_workspace
@@ -68,6 +72,7 @@ class Summary:
     files: int = 0
     folders: int = 0
     symlinks: int = 0
+    special: int = 0
     bytes: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
@@ -76,17 +81,22 @@ class Summary:
             self.folders += 1
         elif member.issym():
             self.symlinks += 1
+        elif member.isdev():  # FIFOs too
+            self.special += 1
         else:
             self.files += 1
             self.bytes += member.size
 
     def lines(self, verb: str, where: str) -> list[str]:
-        """One line per skipped entry, then ``exported 3 files, 1 folder, 0 symlinks (1.2 MiB) to OUT``."""
-        counts = ", ".join(_plural(n, word) for n, word in
-                           ((self.files, "file"), (self.folders, "folder"), (self.symlinks, "symlink")))
+        """One line per skipped entry, then ``exported 3 files, 1 folder, 0 symlinks (1.2 MiB) to OUT``
+        (and ``, 2 special files`` when there were FIFOs or devices)."""
+        kinds = [(self.files, "file"), (self.folders, "folder"), (self.symlinks, "symlink")]
+        if self.special:
+            kinds.append((self.special, "special file"))
+        counts = ", ".join(plural(n, word) for n, word in kinds)
         skipped = f"; {len(self.skipped)} skipped" if self.skipped else ""
         return [f"skipped {_shown(name)}: {why}" for name, why in self.skipped] + [
-            f"{verb} {counts} ({_size(self.bytes)}) {where}{skipped}"]
+            f"{verb} {counts} ({size(self.bytes)}) {where}{skipped}"]
 
 
 # -- export -----------------------------------------------------------------------
@@ -101,8 +111,9 @@ class _Node:
     info: ObjectInfo | None
 
 
-def export_archive(store: ObjectStore, tenant: str, workspace: str, out: Path, session: str | None = None) -> Summary:
-    """Write the workspace (or one of its sessions) to ``out`` as a tar.gz.
+def export_archive(store: ObjectStore, tenant: str, workspace: str, out: Path, session: str | None = None,
+                   meter: Meter | None = None) -> Summary:
+    """Write the workspace (or one of its sessions) to ``out`` as a tar.gz; ``meter`` hears of each member.
 
     The archive is written beside ``out`` and renamed into place at the end,
     so a failed export never leaves a half archive behind.
@@ -114,16 +125,24 @@ def export_archive(store: ObjectStore, tenant: str, workspace: str, out: Path, s
     nodes = _visible(store, keymap, base, summary)
     if session and not nodes:
         raise NotFound(f"no session {session} in {tenant}/{workspace}")
+    if meter is not None:
+        meter.plan(len(nodes), sum(n.info.size for n in nodes if n.info is not None and not n.is_dir))
     partial = out.with_name(f".{out.name}.{secrets.token_hex(4)}.part")
     try:
         with _file_errors(f"cannot write {out}"), open(partial, "xb") as raw:
             with tarfile.open(fileobj=raw, mode="w:gz", compresslevel=6, format=tarfile.PAX_FORMAT,
                               encoding=ENCODING) as tar:
-                for member, body in _ahead(functools.partial(_fetch, store), nodes):
+                for node, fetched in zip(nodes, _ahead(functools.partial(_fetch, store), nodes)):
+                    if isinstance(fetched, str):
+                        summary.skipped.append(("/".join(node.parts), fetched))
+                        continue
+                    member, body = fetched
                     tar.addfile(member, body)
                     if body is not None:
                         body.close()
                     summary.count(member)
+                    if meter is not None:
+                        meter.advance(1, member.size if member.isreg() else 0)
             raw.flush()
             os.fsync(raw.fileno())
             os.replace(partial, out)
@@ -167,8 +186,16 @@ def _visible(store: ObjectStore, keymap: KeyMap, base: Parts, summary: Summary) 
     return sorted(nodes, key=lambda n: n.parts)
 
 
-def _fetch(store: ObjectStore, node: _Node) -> tuple[tarfile.TarInfo, IO[bytes] | None]:
-    """A node as a tar member and, for a file, its bytes spooled to a temporary file.
+#: Tar member types of the special files an archive can hold (not sockets).
+_SPECIAL_MEMBERS = {stat.S_IFIFO: tarfile.FIFOTYPE, stat.S_IFCHR: tarfile.CHRTYPE, stat.S_IFBLK: tarfile.BLKTYPE}
+#: ``S_IF*`` type bits of an imported member by its tar type; anything else is a regular file.
+_FILE_TYPES = {tarfile.DIRTYPE: stat.S_IFDIR, tarfile.SYMTYPE: stat.S_IFLNK} | {
+    kind: mode for mode, kind in _SPECIAL_MEMBERS.items()}
+
+
+def _fetch(store: ObjectStore, node: _Node) -> tuple[tarfile.TarInfo, IO[bytes] | None] | str:
+    """A node as a tar member and, for a file, its bytes spooled to a temporary file;
+    or why it cannot be archived.
 
     At most one request per node: a marker's HEAD, or the GET of a file or
     symlink (a listing carries no metadata, a GET does).
@@ -189,6 +216,14 @@ def _fetch(store: ObjectStore, node: _Node) -> tuple[tarfile.TarInfo, IO[bytes] 
             member = _member(node.parts, tarfile.SYMTYPE, attrs)
             member.linkname = body.read().decode(ENCODING, "surrogateescape")
             body.close()
+            return member, None
+        if is_special(attrs.mode):
+            body.close()
+            kind = _SPECIAL_MEMBERS.get(stat.S_IFMT(attrs.mode))
+            if kind is None:
+                return "socket (tar cannot hold one)"
+            member = _member(node.parts, kind, attrs)
+            member.devmajor, member.devminor = os.major(attrs.rdev), os.minor(attrs.rdev)
             return member, None
         if not stat.S_ISREG(attrs.mode):
             attrs.mode = DEFAULT_FILE_MODE
@@ -243,12 +278,12 @@ class Limits:
         if members > self.max_members:
             raise CowfsError(f"{archive} holds more than {self.max_members} members (--max-members raises the limit)")
         if expanded > self.max_bytes:
-            raise CowfsError(f"{archive} expands to more than {_size(self.max_bytes)} of files "
+            raise CowfsError(f"{archive} expands to more than {size(self.max_bytes)} of files "
                              "(--max-bytes raises the limit)")
 
 
 def import_archive(store: ObjectStore, tenant: str, workspace: str, archive: Path,
-                   limits: Limits = Limits()) -> Summary:
+                   limits: Limits = Limits(), allow_devices: bool = False, meter: Meter | None = None) -> Summary:
     """Write the members of a tar archive (any compression) into the workspace.
 
     The whole archive is read and checked first, so a damaged one writes
@@ -257,20 +292,26 @@ def import_archive(store: ObjectStore, tenant: str, workspace: str, archive: Pat
     expands past ``limits`` or needs more room in the temporary folder than
     there is. Objects already under the same keys are replaced. The
     workspace record is created if missing (as ``mkdir TENANT/NAME`` does)
-    and its ``lastActiveAt`` advanced.
+    and its ``lastActiveAt`` advanced. Device files are skipped unless
+    ``allow_devices`` (a mount does not let them act as devices either, unless
+    mounted with ``-o dev``). ``meter`` hears of each member stored.
     """
     keymap = _keymap(store, tenant, workspace)
     summary = Summary()
     with _file_errors(f"cannot read {archive}"), tarfile.open(archive, "r:*", encoding=ENCODING) as tar:
-        entries = _plan(keymap, _read_whole(tar, archive, limits), summary)
+        entries = _plan(keymap, _read_whole(tar, archive, limits), summary, allow_devices)
         files = [entry.data.size for entry in entries if entry.data.isreg()]
         limits.check(archive, len(entries), sum(files))
         _check_temporary_room(files)
+        if meter is not None:
+            meter.plan(len(entries), sum(files))
         create_workspace(store, tenant, user_name(os.getuid()), "general", workspace_id=workspace)
         bodies = ((entry, _body(tar, entry)) for entry in entries)
         for member in _ahead(functools.partial(_put, store, keymap, summary), bodies):
             if member is not None:
                 summary.count(member)
+            if meter is not None and member is not None:
+                meter.advance(1, member.size if member.isreg() else 0)
     touch_workspace(store, tenant, workspace, datetime.now(timezone.utc))
     refresh_keys(store, (keymap.checked_key(entry.parts, entry.data.isdir()) for entry in entries))
     return summary
@@ -301,11 +342,11 @@ def _check_temporary_room(sizes: list[int]) -> None:
     folder = tempfile.gettempdir()
     free = shutil.disk_usage(folder).free
     if need > free:
-        raise NoSpace(f"the temporary folder {folder} has {_size(free)} free and the import spools up to "
-                      f"{_size(need)} there at once (TMPDIR names another folder)")
+        raise NoSpace(f"the temporary folder {folder} has {size(free)} free and the import spools up to "
+                      f"{size(need)} there at once (TMPDIR names another folder)")
 
 
-def _plan(keymap: KeyMap, members: list[tarfile.TarInfo], summary: Summary) -> list[_Entry]:
+def _plan(keymap: KeyMap, members: list[tarfile.TarInfo], summary: Summary, allow_devices: bool) -> list[_Entry]:
     """The entries to write: folders the archive only implies, then the members in archive order.
 
     A later member of the same name replaces an earlier one, as when tar
@@ -313,7 +354,7 @@ def _plan(keymap: KeyMap, members: list[tarfile.TarInfo], summary: Summary) -> l
     """
     plan: dict[Parts, _Entry] = {}
     for member in members:
-        checked = _check(keymap, member, plan)
+        checked = _check(keymap, member, plan, allow_devices)
         if isinstance(checked, str):
             summary.skipped.append((member.name, checked))
         elif checked is not None:
@@ -348,7 +389,9 @@ def _normalized(name: str) -> tuple[Parts, str | None]:
     return tuple(parts), None
 
 
-def _check(keymap: KeyMap, member: tarfile.TarInfo, plan: dict[Parts, _Entry]) -> _Entry | str | None:
+def _check(
+    keymap: KeyMap, member: tarfile.TarInfo, plan: dict[Parts, _Entry], allow_devices: bool
+) -> _Entry | str | None:
     """The entry to write for a member, why it is skipped, or None for the archive's root folder."""
     parts, why = _normalized(member.name)
     if why is not None:
@@ -361,7 +404,7 @@ def _check(keymap: KeyMap, member: tarfile.TarInfo, plan: dict[Parts, _Entry]) -
     data = _link_target(member, plan) if member.islnk() else member
     if data is None:
         return f"hard link to {_shown(member.linkname)}, which is not imported"
-    return _problem(data, parts) or _Entry(parts, data)
+    return _problem(data, parts, allow_devices) or _Entry(parts, data)
 
 
 def _link_target(member: tarfile.TarInfo, plan: dict[Parts, _Entry]) -> tarfile.TarInfo | None:
@@ -370,13 +413,11 @@ def _link_target(member: tarfile.TarInfo, plan: dict[Parts, _Entry]) -> tarfile.
     return target.data if target is not None and target.data.isreg() else None
 
 
-def _problem(member: tarfile.TarInfo, parts: Parts) -> str | None:
+def _problem(member: tarfile.TarInfo, parts: Parts, allow_devices: bool) -> str | None:
     """Why a member with a good name cannot be imported: its type, where a symlink leads, its xattrs."""
-    if member.ischr() or member.isblk():
-        return "device file"
-    if member.isfifo():
-        return "fifo"
-    if not (member.isreg() or member.isdir() or member.issym()):
+    if (member.ischr() or member.isblk()) and not allow_devices:
+        return "device file (import with --allow-devices to keep it)"
+    if not (member.isreg() or member.isdir() or member.issym() or member.isdev()):
         return "unsupported entry type"
     if member.issym():
         return _symlink_problem(member.linkname, len(parts) - 1) or _xattr_problem(member)
@@ -434,7 +475,7 @@ def _body(tar: tarfile.TarFile, entry: _Entry) -> bytes | IO[bytes]:
     Called on the one thread that reads the archive; a spooled file is
     handed to ``store.put`` open, which uploads a large one in parts.
     """
-    if entry.data.isdir():
+    if entry.data.isdir() or entry.data.isdev():
         return b""
     if entry.data.issym():
         return entry.data.linkname.encode(ENCODING, "surrogateescape")
@@ -478,10 +519,12 @@ def _put(store: ObjectStore, keymap: KeyMap, summary: Summary,
             with contextlib.suppress(PreconditionFailed):  # the folder has a marker already: keep it
                 store.put(key, body, {}, if_none_match=True)
         else:
-            kind = stat.S_IFDIR if member.isdir() else stat.S_IFLNK if member.issym() else stat.S_IFREG
+            kind = _FILE_TYPES.get(member.type, stat.S_IFREG)
             attrs = Attrs(kind | stat.S_IMODE(member.mode), member.uid, member.gid, _mtime_ns(member), _xattrs(member))
+            if member.ischr() or member.isblk():
+                attrs.rdev = os.makedev(member.devmajor, member.devminor)
             store.put(key, body, to_metadata(attrs))
-    except (InvalidName, NameTooLong) as exc:
+    except (InvalidName, NameTooLong, Refused) as exc:
         summary.skipped.append(("/".join(entry.parts), str(exc)))
         return None
     finally:
@@ -553,16 +596,3 @@ def _file_errors(what: str) -> Iterator[None]:
 def _shown(name: str) -> str:
     """A name safe to print on one line: hostile archives can hold newlines and escapes."""
     return name if name.isprintable() else ascii(name)
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
-
-
-def _size(n: int) -> str:
-    value, unit = float(n), "B"
-    for bigger in ("KiB", "MiB", "GiB", "TiB"):
-        if value < 1024:
-            break
-        value, unit = value / 1024, bigger
-    return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"

@@ -1,7 +1,11 @@
 """File attributes as object metadata, in the names s3fs and rclone use.
 
 ``mode`` is the decimal st_mode with type bits (s3fs), ``mtime`` decimal
-seconds with a fraction (rclone), ``uid``/``gid`` decimal. ``user.*`` xattrs
+seconds with a fraction (rclone), ``uid``/``gid`` decimal; ``rdev`` the
+decimal device number of a device file (s3fs). ``atime`` and ``ctime``
+(seconds, as ``mtime``) are written only where they differ from ``mtime``:
+atime only ever changes when set explicitly (reads leave it, as with
+``noatime``), and an object without them shows both as its mtime. ``user.*`` xattrs
 travel in one ``xattr`` entry: URL-quoted JSON of name -> base64 value (S3
 metadata values must be ASCII; names are case-sensitive, metadata keys not).
 """
@@ -18,8 +22,10 @@ from .errors import NoSpace
 
 DEFAULT_FILE_MODE = stat.S_IFREG | 0o644
 DEFAULT_DIR_MODE = stat.S_IFDIR | 0o755
-#: S3 allows 2 KiB of user metadata per object; keep room for mode/uid/gid/mtime.
+#: S3 allows 2 KiB of user metadata per object; keep room for mode/uid/gid/rdev and the times.
 MAX_XATTR_BYTES = 1800
+#: File types stored as zero-byte objects whose mode carries the type (FIFOs, sockets, devices).
+SPECIAL_TYPES = frozenset({stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK})
 
 
 @dataclass
@@ -31,6 +37,19 @@ class Attrs:
     gid: int
     mtime_ns: int
     xattrs: dict[str, bytes] = field(default_factory=dict)
+    rdev: int = 0
+    #: None: as ``mtime_ns`` (never set explicitly / not stored).
+    atime_ns: int | None = None
+    ctime_ns: int | None = None
+
+
+def is_special(mode: int) -> bool:
+    """Whether ``mode`` is a FIFO, socket or device (kept as metadata of an empty object)."""
+    return stat.S_IFMT(mode) in SPECIAL_TYPES
+
+
+def _seconds(ns: int) -> str:
+    return f"{ns // 1_000_000_000}.{ns % 1_000_000_000:09d}"
 
 
 def encode_xattrs(xattrs: dict[str, bytes]) -> str:
@@ -58,8 +77,13 @@ def to_metadata(attrs: Attrs) -> dict[str, str]:
         "mode": str(attrs.mode),
         "uid": str(attrs.uid),
         "gid": str(attrs.gid),
-        "mtime": f"{attrs.mtime_ns // 1_000_000_000}.{attrs.mtime_ns % 1_000_000_000:09d}",
+        "mtime": _seconds(attrs.mtime_ns),
     }
+    if attrs.rdev:
+        meta["rdev"] = str(attrs.rdev)
+    for name, ns in (("atime", attrs.atime_ns), ("ctime", attrs.ctime_ns)):
+        if ns is not None and ns != attrs.mtime_ns:
+            meta[name] = _seconds(ns)
     if attrs.xattrs:
         meta["xattr"] = encode_xattrs(attrs.xattrs)
     return meta
@@ -72,14 +96,15 @@ def _int(meta: dict[str, str], name: str, default: int) -> int:
         return default
 
 
-def _mtime_ns(text: str | None, default_ns: int) -> int:
+def _time_ns(text: str | None) -> int | None:
+    """Decimal seconds with an optional fraction, to the nanosecond; None when absent or malformed."""
     if not text:
-        return default_ns
+        return None
     whole, _, frac = text.strip().partition(".")
     try:
         return int(whole) * 1_000_000_000 + int((frac + "000000000")[:9] or 0)
     except ValueError:
-        return default_ns
+        return None
 
 
 def from_metadata(
@@ -93,10 +118,14 @@ def from_metadata(
         mode |= stat.S_IFMT(default_mode)
     if is_dir and not stat.S_ISDIR(mode):
         mode = default_mode
+    mtime_ns = _time_ns(meta.get("mtime"))
     return Attrs(
         mode=mode,
         uid=_int(meta, "uid", uid),
         gid=_int(meta, "gid", gid),
-        mtime_ns=_mtime_ns(meta.get("mtime"), int(last_modified * 1_000_000_000)),
+        mtime_ns=int(last_modified * 1_000_000_000) if mtime_ns is None else mtime_ns,
         xattrs=decode_xattrs(meta["xattr"]) if "xattr" in meta else {},
+        rdev=_int(meta, "rdev", 0) if is_special(mode) else 0,
+        atime_ns=_time_ns(meta.get("atime")),
+        ctime_ns=_time_ns(meta.get("ctime")),
     )

@@ -9,6 +9,13 @@ counts whole blocks, room is made before a file is added (not after), a file
 larger than the whole cache is not kept, and SQLite's write-ahead log is kept
 small and counted out of the limit.
 
+The limit also bends to the disk: before a file is added, the cache may
+hold no more than leaves the file system a floor of free space
+(``free_space_floor``), whatever ``--cache-size`` says, so a full disk is
+never the clean cache's doing. Only clean entries are evicted for it: the
+journal's staging files, the only copy of unsynced bytes, are not the
+cache's to touch, and it is for their sake that the floor is kept.
+
 A file already on the cache's file system (a download, an uploaded staging
 file) is moved in by rename rather than copied: copying 128 MiB cost a
 third of a cold sequential read.
@@ -53,6 +60,18 @@ WAL_LIMIT = WAL_PAGES * BLOCK
 SQLITE_CACHE_PAGES = 64
 
 
+#: Free space the cache leaves its file system: 5% of it or 1 GiB, whichever is larger,
+#: but at most a quarter of it (a 64 MiB tmpfs keeps 16 MiB free, not more than it holds).
+FLOOR_SHARE = 20
+FLOOR_BYTES = 1024**3
+FLOOR_MAX_SHARE = 4
+
+
+def free_space_floor(total: int) -> int:
+    """The free bytes the cache never takes from a file system of ``total`` bytes."""
+    return min(max(total // FLOOR_SHARE, FLOOR_BYTES), total // FLOOR_MAX_SHARE)
+
+
 def _on_disk(size: int) -> int:
     """What a file entry of ``size`` bytes takes: whole blocks, plus one for its inode and folder entry."""
     return -(-size // BLOCK) * BLOCK + BLOCK
@@ -68,6 +87,10 @@ class _Moved:
 
     def place(self, full_path: str) -> None:
         os.rename(self.path, full_path)
+
+    def freed_if_dropped(self, on_disk: int) -> int:
+        """Its bytes are on the disk already, and leave it if the cache does not keep them."""
+        return on_disk
 
 
 class _Copied:
@@ -85,6 +108,10 @@ class _Copied:
             copy_fd(self.fd, dst, self.size)
         finally:
             os.close(dst)
+
+    def freed_if_dropped(self, on_disk: int) -> int:
+        """A copy takes its bytes from the free space only when it is made."""
+        return 0
 
 
 class _BlockDisk(diskcache.Disk):
@@ -133,6 +160,7 @@ class ContentCache:
     """File contents and object metadata, keyed by store key, tagged by ETag."""
 
     def __init__(self, directory: Path, size_limit: int) -> None:
+        self.directory = directory
         self.limit = max(0, size_limit - WAL_LIMIT)
         self._cache = diskcache.Cache(
             str(directory),
@@ -185,23 +213,34 @@ class ContentCache:
         self._keep(key, etag, os.stat(path).st_size, _Moved(path), metadata)
 
     def _keep(self, key: str, etag: str, size: int, value: _Moved | _Copied, metadata: dict[str, str] | None) -> None:
-        """Store a file entry of ``size`` bytes unless it exceeds the whole cache; room is made first."""
+        """Store a file entry of ``size`` bytes unless it exceeds what the cache may hold; room is made first."""
         on_disk = _on_disk(size)
         with self._room:
             with self._cache.transact():
                 if metadata is not None:
                     self._cache.set(_meta(key), (etag, metadata))
                 self._cache.delete(_data(key))
-            if on_disk > self.limit:
+            volume = self._cache.volume()
+            limit = min(self.limit, volume + self._room_on_disk(value.freed_if_dropped(on_disk)))
+            if on_disk > limit:
+                self._make_room(volume, 0, limit)
                 return
-            self._make_room(on_disk)
+            self._make_room(volume, on_disk, limit)
             self._cache.set(_data(key), value, read=True, tag=etag)
 
-    def _make_room(self, size: int) -> None:
-        """Evict least recently used entries until ``size`` more bytes fit under the limit."""
-        if self._cache.volume() + size <= self.limit:
+    def _room_on_disk(self, pending: int) -> int:
+        """Bytes the cache may add with the file system's free space kept above its floor.
+
+        ``pending`` bytes are on the disk already and would be freed by not keeping them.
+        """
+        fs = os.statvfs(self.directory)
+        return pending + fs.f_bavail * fs.f_frsize - free_space_floor(fs.f_blocks * fs.f_frsize)
+
+    def _make_room(self, volume: int, size: int, limit: int) -> None:
+        """Evict least recently used entries until ``size`` more bytes fit beside ``volume`` under ``limit``."""
+        if volume + size <= limit:
             return
-        self._cache.reset("size_limit", max(0, self.limit - size))
+        self._cache.reset("size_limit", max(0, limit - size))
         try:
             self._cache.cull()
         finally:

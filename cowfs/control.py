@@ -6,6 +6,10 @@ It lives in a folder only its user can enter (``/run/cowfs`` for root,
 ``$XDG_RUNTIME_DIR/cowfs``, else ``/tmp/cowfs-UID`` made 0700 and checked
 to be ours), and a client trusts only a socket of its own user: no one
 else can answer ``sync`` or ``umount`` in the daemon's place.
+
+Beside the socket the daemon leaves a record of its PID and cache
+directory, kept when it dies: ``cowfs umount`` of a dead mount reads there
+what the journal still holds.
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ from typing import Any, Awaitable, Callable
 
 import trio
 
-from .errors import CowfsError, StoreError
-from .private import private_dir
+from .errors import CowfsError, TimedOut
+from .private import open_private, private_dir
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +46,37 @@ def private_runtime_dir() -> Path:
 
 
 def socket_path(mountpoint: str | os.PathLike[str]) -> Path:
-    digest = hashlib.sha1(os.path.realpath(mountpoint).encode()).hexdigest()[:20]
-    return runtime_dir() / f"{digest}.sock"
+    return runtime_dir() / f"{_digest(mountpoint)}.sock"
+
+
+def record_path(mountpoint: str | os.PathLike[str]) -> Path:
+    return runtime_dir() / f"{_digest(mountpoint)}.json"
+
+
+def _digest(mountpoint: str | os.PathLike[str]) -> str:
+    return hashlib.sha1(os.path.realpath(mountpoint).encode()).hexdigest()[:20]
+
+
+def write_record(mountpoint: str | os.PathLike[str], cache_dir: Path) -> None:
+    """Leave this daemon's PID and cache directory beside its socket (in ``private_runtime_dir()``)."""
+    with os.fdopen(open_private(record_path(mountpoint), os.O_WRONLY | os.O_TRUNC), "w") as f:
+        json.dump({"pid": os.getpid(), "cacheDir": str(cache_dir)}, f)
+
+
+def read_record(mountpoint: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """What the daemon of ``mountpoint`` left beside its socket, if anything (and if it is ours)."""
+    path = record_path(mountpoint)
+    try:
+        _check_owner(path, mountpoint)
+        return json.loads(path.read_text())
+    except (CowfsError, OSError, ValueError):
+        return None
+
+
+def forget(mountpoint: str | os.PathLike[str]) -> None:
+    """Remove what a daemon that is gone left for ``mountpoint``: its record and socket."""
+    record_path(mountpoint).unlink(missing_ok=True)
+    socket_path(mountpoint).unlink(missing_ok=True)
 
 
 async def serve(path: Path, handler: Handler) -> None:
@@ -103,7 +136,7 @@ def request(mountpoint: str | os.PathLike[str], command: dict[str, Any], timeout
                     raise CowfsError("the daemon closed the control connection")
                 data += chunk
         except socket.timeout:
-            raise StoreError(f"timed out after {timeout} s waiting for {command.get('cmd')}") from None
+            raise TimedOut(f"timed out after {timeout} s waiting for {command.get('cmd')}") from None
         except (BrokenPipeError, ConnectionResetError):
             raise CowfsError("the daemon closed the control connection") from None
     reply = json.loads(data)

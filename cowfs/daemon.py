@@ -1,14 +1,15 @@
 """The mount daemon: wires store, cache, journal, write-back and FUSE together.
 
-Lifecycle: check the store (refuse to start if unreachable) -> lock the cache
-directory -> replay the journal -> mount -> announce readiness -> serve ->
-on SIGTERM/SIGINT or unmount: flush every pending upload -> unmount -> exit.
+Lifecycle: check the mount point (no mount there, no files unless allowed) ->
+check the store (refuse to start if unreachable) -> lock the cache directory
+and record its owner -> replay the journal -> mount -> announce readiness ->
+serve -> on SIGTERM/SIGINT/SIGHUP or unmount: flush every pending upload ->
+unmount -> exit.
 """
 
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import hashlib
 import logging
 import os
@@ -25,11 +26,11 @@ from typing import Any, Awaitable, Callable
 import pyfuse3
 import trio
 
-from . import control
+from . import cachedir, control, mounts, options
 from .activity import Activity
 from .cache import ContentCache
 from .config import TenantOwner
-from .errors import CowfsError, UsageError
+from .errors import CowfsError
 from .fs import Operations
 from .hooks import WorkspaceHooks
 from .journal import GROUP_COMMIT, Journal
@@ -39,11 +40,13 @@ from .notify import notify
 from .private import PRIVATE_DIR_MODE, PRIVATE_UMASK, open_private, private_dir
 from .recovery import Report, replay
 from .store import ObjectStore, open_store
+from .workspaces import _iso
 from .writeback import WriteBack
 
 log = logging.getLogger(__name__)
 
 READY_FD_ENV = "COWFS_READY_FD"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 THREADS = 32
 M_ARENA_MAX = -8
 #: Seconds a thread waiting for the GIL lets its holder run before asking for it
@@ -60,6 +63,9 @@ GIL_SWITCH_INTERVAL = 0.0005
 #: read from the disk cache after a remount, past its first read: 0.085-0.1 s
 #: at 128, 0.06-0.08 s at 4096 (cold reads from moto: no difference seen).
 READ_AHEAD_KIB = 4096
+#: Unless the mount asks for ``dev`` / ``suid`` (trusted, single-user use), a device file or
+#: set-uid bit found in the bucket acts as neither: said explicitly, not left to libfuse's defaults.
+SAFE_MOUNT_FLAGS = {"dev": "nodev", "suid": "nosuid"}
 
 
 @dataclass
@@ -82,25 +88,14 @@ class MountOptions:
     debug: bool = False
     config_path: Path | None = None
     tenants: dict[str, TenantOwner] | None = None
+    create_bucket: bool = False
+    log_level: str | None = None
+    log_file: Path | None = None
 
     def argv(self) -> list[str]:
         """The command line that mounts the same thing in the foreground."""
         args = (["--config", str(self.config_path)] if self.config_path else []) + ["mount"]
-        args += ([self.store_url] if self.store_url else []) + [str(self.mountpoint), "-f"]
-        args += ["--cache-size", str(self.cache_size), "--write-back-delay", str(self.write_back_delay)]
-        args += ["--metadata-ttl", str(self.metadata_ttl), "--store-timeout", str(self.store_timeout)]
-        for flag, value in (
-            ("--tenant", self.tenant),
-            ("--cache-dir", self.cache_dir),
-            ("--endpoint-url", self.endpoint_url),
-            ("--region", self.region),
-        ):
-            if value is not None:
-                args += [flag, str(value)]
-        if self.path_style:
-            args.append("--path-style")
-        if self.debug:
-            args.append("--debug")
+        args += ([self.store_url] if self.store_url else []) + [str(self.mountpoint), "-f", *options.argv(self)]
         if self.fuse_options:
             args += ["-o", ",".join(self.fuse_options)]
         return args
@@ -118,25 +113,28 @@ def open_configured_store(opts: MountOptions) -> ObjectStore:
                       read_timeout=opts.store_timeout)
 
 
+def owner_of(opts: MountOptions, store: ObjectStore) -> cachedir.Owner:
+    """What the mount's cache directory records: its store and tenant, and how the store is reached."""
+    return cachedir.Owner(store.url, opts.tenant, opts.endpoint_url, opts.region, opts.path_style)
+
+
 def mount(opts: MountOptions) -> None:
     """Mount; in the foreground until unmounted, else return once the mount answers."""
-    try:
-        is_dir = opts.mountpoint.is_dir()
-    except OSError as exc:
-        raise UsageError(f"mount point {opts.mountpoint}: {exc.strerror} (a stale mount? fusermount3 -u it)") from None
-    if not is_dir:
-        raise UsageError(f"mount point {opts.mountpoint} is not a directory")
+    mounts.check_free(opts.mountpoint, allow_nonempty=mounts.NONEMPTY in opts.fuse_options)
     store = open_configured_store(opts)
+    if opts.create_bucket and store.create_bucket():
+        log.info("created %s", store.url)
     store.check()
+    cache_dir = private_dir(opts.cache_dir or default_cache_dir(store, opts.tenant), "cache directory")
+    cachedir.check_owner(cache_dir, owner_of(opts, store))
     if opts.foreground:
         serve(opts, store)
     else:
-        _spawn_background(opts, store)
+        _spawn_background(opts, cache_dir)
 
 
-def _spawn_background(opts: MountOptions, store: ObjectStore) -> None:
+def _spawn_background(opts: MountOptions, cache_dir: Path) -> None:
     """Start the foreground daemon detached and wait until it reports ready."""
-    cache_dir = private_dir(opts.cache_dir or default_cache_dir(store, opts.tenant), "cache directory")
     read_end, write_end = os.pipe()
     env = dict(os.environ, **{READY_FD_ENV: str(write_end)})
     log_path = cache_dir / "cowfs.log"
@@ -168,12 +166,10 @@ def serve(opts: MountOptions, store: ObjectStore) -> None:
     """
     os.umask(PRIVATE_UMASK)
     cache_dir = private_dir(opts.cache_dir or default_cache_dir(store, opts.tenant), "cache directory")
+    _log_to(cache_dir / "cowfs.log")
     control.private_runtime_dir()
-    lock = open(cache_dir / "lock", "w")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise CowfsError(f"cache directory {cache_dir} is in use by another cowfs daemon") from None
+    lock = cachedir.hold(cache_dir, opts.mountpoint)
+    cachedir.record_owner(cache_dir, owner_of(opts, store))
     _tune_process()
     journal = Journal(cache_dir / "journal")
     recovered = replay(store, journal)
@@ -195,6 +191,8 @@ async def _serve(
     opts: MountOptions, store: ObjectStore, cache: ContentCache, journal: Journal, tmp_dir: Path, cache_dir: Path,
     recovered: Report,
 ) -> None:
+    """Serve the mount; ``recovered``: what replay did (the sessions it wrote are indexed; the keys it
+    found the store refusing are still in the journal)."""
     limiter = trio.CapacityLimiter(THREADS)
     activity = Activity(store, limiter)
     writeback = WriteBack(store, journal, limiter, delay=opts.write_back_delay, on_stored=activity.mark,
@@ -206,12 +204,16 @@ async def _serve(
     keymap = KeyMap(root=(opts.tenant,) if opts.tenant else (), store_prefix=getattr(store, "prefix", ""))
     started = time.time()
 
+    def refused() -> dict[str, str]:
+        return {**recovered.refused, **writeback.refused()}
+
     def status() -> dict[str, Any]:
         stats = writeback.stats()
         return {
             "pid": os.getpid(),
             "mountpoint": str(opts.mountpoint),
             "store": store.url,
+            "tenant": opts.tenant,
             "cacheDir": str(cache_dir),
             "pendingUploads": stats.pending_uploads,
             "pendingDeletes": stats.pending_deletes,
@@ -220,12 +222,14 @@ async def _serve(
             "deletes": stats.deletes,
             "retries": stats.retries,
             "listings": ns.listings,
-            "lastError": stats.last_error,
+            "storeUnreachableSince": ns.reachability.since and _iso(ns.reachability.since),
+            "lastError": stats.last_error if ns.reachability.reachable else ns.reachability.last_error,
             "activityPending": activity.pending,
             "activityFailures": activity.failures,
             "activityLastError": activity.last_error,
             "cacheBytes": cache.volume(),
             "storeQuirks": store.quirks(),
+            "refusedKeys": refused(),
             "uptime": round(time.time() - started, 3),
         }
 
@@ -243,16 +247,18 @@ async def _serve(
         await trio.to_thread.run_sync(journal.sync_to_disk)
 
     fuse_options = {"fsname=" + store.url.replace(",", "_"), "subtype=cowfs", "default_permissions"}
-    fuse_options.update(o for o in opts.fuse_options if o)
+    fuse_options.update(o for o in opts.fuse_options if o and o != mounts.NONEMPTY)
+    fuse_options.update(safe for lifted, safe in SAFE_MOUNT_FLAGS.items() if lifted not in fuse_options)
     if opts.debug:
         fuse_options.add("debug")
     control_path = control.socket_path(opts.mountpoint)
+    control.write_record(opts.mountpoint, cache_dir)
     pyfuse3.init(Operations(ns, opts.metadata_ttl), str(opts.mountpoint), fuse_options)
 
     async def handle(request: dict[str, Any]) -> dict[str, Any]:
         if request.get("cmd") == "sync":
             await sync_all()
-            return {"ok": True}
+            return {"ok": True, "refused": refused()}
         if request.get("cmd") == "status":
             return {"ok": True, **status()}
         return {"ok": False, "error": f"unknown command {request.get('cmd')!r}"}
@@ -275,13 +281,28 @@ async def _serve(
     finally:
         pyfuse3.close(unmount=True)
         if unmounted:
+            control.forget(opts.mountpoint)
             log.info("unmounted %s; every pending change is in the store", opts.mountpoint)
 
 
 #: Status fields that name paths or keys: ``.cowfs/status.json`` of a mount other
 #: users can enter (a tenants table, ``allow_other``) leaves them out; ``cowfs
 #: status``, which only the mount's owner can ask, has them all.
-PRIVATE_STATUS = ("mountpoint", "store", "cacheDir", "lastError", "activityLastError")
+PRIVATE_STATUS = ("mountpoint", "store", "cacheDir", "lastError", "refusedKeys", "activityLastError")
+
+
+def _log_to(path: Path) -> None:
+    """The log goes to ``path`` too, unless stderr is that file already (a background daemon's is)."""
+    fd = open_private(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        if os.path.sameopenfile(fd, sys.stderr.fileno()):
+            os.close(fd)
+            return
+    except OSError:  # stderr closed
+        pass
+    handler = logging.StreamHandler(os.fdopen(fd, "a", buffering=1))
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.getLogger().addHandler(handler)
 
 
 def _shown_to_all(status: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
@@ -344,7 +365,8 @@ async def _learn_the_server(store: ObjectStore, limiter: trio.CapacityLimiter) -
 
 
 async def _stop_on_signal(sync_all: Callable[[], Awaitable[None]]) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    """SIGTERM, SIGINT, and SIGHUP (the terminal of ``mount -f`` closed): flush, then unmount."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             log.info("%s: flushing pending uploads, then unmounting", signal.Signals(signum).name)
             notify("STOPPING=1")

@@ -82,6 +82,11 @@ class StoreError(CowfsError):
     errno = errno.EIO
 
 
+class Refused(StoreError):
+    """The store refused the request itself (a 4xx about the key or the body, not
+    about the store's state): sending it again cannot help."""
+
+
 class ObjectNotFound(StoreError):
     """The key does not exist in the store."""
 
@@ -92,16 +97,30 @@ class PreconditionFailed(StoreError):
     """A conditional write (If-Match / If-None-Match) lost against another writer."""
 
 
+class TimedOut(StoreError):
+    """The daemon did not answer a control request (``sync --timeout``) in time."""
+
+
 class AccessDenied(StoreError):
     """The store refused the credentials or the bucket does not exist."""
 
     errno = errno.EACCES
 
 
+class NoSuchBucket(AccessDenied):
+    """The bucket named by the store URL does not exist."""
+
+    errno = errno.ENOENT
+
+
 class InvalidToken(CowfsError):
     """A sessions next-token that was forged, damaged, or made stale by changes."""
 
     errno = errno.EINVAL
+
+
+class CacheInUse(CowfsError):
+    """Another cowfs process (a daemon, or fsck) holds the cache directory."""
 
 
 class UsageError(CowfsError):

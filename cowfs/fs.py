@@ -16,7 +16,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 import pyfuse3
 
 from .errors import CowfsError, errno_of
-from .namespace import DIR, Namespace, Node
+from .namespace import Namespace, Node
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +65,14 @@ class Operations(pyfuse3.Operations):
         attr.entry_timeout = self.ttl
         attr.attr_timeout = self.ttl
         attr.st_mode = node.mode
-        attr.st_nlink = 2 if node.kind == DIR else 1
+        attr.st_nlink = node.nlink
         attr.st_uid = node.uid
         attr.st_gid = node.gid
-        attr.st_rdev = 0
+        attr.st_rdev = node.rdev
         attr.st_size = node.size
         attr.st_blksize = BLOCK_SIZE
         attr.st_blocks = (node.size + 511) // 512
-        attr.st_atime_ns = node.mtime_ns
+        attr.st_atime_ns = node.atime
         attr.st_mtime_ns = node.mtime_ns
         attr.st_ctime_ns = node.ctime_ns
         return attr
@@ -109,6 +109,7 @@ class Operations(pyfuse3.Operations):
             gid=attr.st_gid if fields.update_gid else None,
             size=attr.st_size if fields.update_size else None,
             mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+            atime_ns=attr.st_atime_ns if fields.update_atime else None,
         )
         return self._entry(node)
 
@@ -119,7 +120,7 @@ class Operations(pyfuse3.Operations):
     @_errors
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> pyfuse3.EntryAttributes:
         if not stat.S_ISREG(mode):
-            raise pyfuse3.FUSEError(errno.EPERM)
+            return self._entry(await self.ns.mknod(parent_inode, name, mode, rdev, ctx.uid, ctx.gid))
         node, fh = await self.ns.create(parent_inode, name, mode, ctx.uid, ctx.gid)
         await self.ns.release(fh)
         return self._entry(node)

@@ -19,7 +19,7 @@ from .sessionindex import FORMAT, index_format, reindex, session_of
 from .sessions import with_changes
 from .store import ObjectInfo, ObjectStore
 from .threads import blocking
-from .workspaces import create_workspace, get_workspace
+from .workspaces import create_workspace, get_workspace, read_record
 
 
 def user_name(uid: int) -> str:
@@ -83,6 +83,10 @@ class WorkspaceHooks:
 
     def changed(self, parts: tuple[str, ...]) -> None:
         self.activity.wrote(parts)
+
+    async def last_active(self, tenant: str, name: str) -> float | None:
+        record = await self._io(read_record, self.store, tenant, name)
+        return record.lastActiveAt.timestamp() if record is not None else None
 
     async def render(self, kind: str, parts: tuple[str, ...], local: LocalChanges) -> bytes:
         if kind == "status.json":

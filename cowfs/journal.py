@@ -6,7 +6,9 @@ Layout under ``CACHE_DIR/journal``::
     log.jsonl          one JSON line per intent and per settled intent:
                        put (make KEY hold this node: staging id, inline body or
                        metadata only), done (that put reached the store),
-                       del (KEY must not exist), undel (that delete is settled)
+                       del (KEY must not exist), undel (that delete is settled),
+                       move (copy every listed object of a folder to its new
+                       prefix, then delete it), moved (that move is settled)
 
 The live intents are the log read in order; they are kept in memory too, and
 when the log has grown well past them it is rewritten with only them
@@ -24,6 +26,7 @@ Crash windows and how replay repairs them (``plan_replay``):
 | upload done, done line not written   | put record of an uploaded key | uploads the same bytes again     |
 | unlink(): del line appended          | del record (+ maybe put rec.) | deletes first, then puts         |
 | rename(): new put, old not done      | two puts of one node          | both keys hold the bytes         |
+| folder rename(): some objects copied | move record                   | copies the rest, deletes the old |
 
 (*) a record names the staging file and the size it had at close. Writes after
 a close only append beyond that size, or go to a fresh copy of the staging file
@@ -112,6 +115,20 @@ class DeleteRecord:
     key: str
 
 
+@dataclass(frozen=True)
+class MoveRecord:
+    """A folder rename under way: every object listed under ``src`` (key, ETag) is to
+    be copied under ``dst`` and removed from ``src``, as one intent."""
+
+    mid: str
+    src: str
+    dst: str
+    objects: list[tuple[str, str]]
+
+
+Record = PutRecord | DeleteRecord | MoveRecord
+
+
 class Journal:
     """Staging files and an append-only intent log in one folder of the cache directory.
 
@@ -129,6 +146,7 @@ class Journal:
         self._lock = threading.Lock()
         self._puts: dict[str, str] = {}
         self._deletes: dict[str, str] = {}
+        self._moves: dict[str, str] = {}
         self._unsynced: set[Path] = set()
         self._doomed: list[tuple[Path, bool]] = []
         self._spares: list[str] = []
@@ -186,6 +204,10 @@ class Journal:
             self._deletes[doc["key"]] = line
         elif op == "undel":
             self._deletes.pop(doc["key"], None)
+        elif op == "move":
+            self._moves[doc["mid"]] = line
+        elif op == "moved":
+            self._moves.pop(doc["mid"], None)
 
     def _append(self, doc: dict, line: str | None = None) -> None:
         """Log ``doc`` (as ``line`` when the caller encoded it already)."""
@@ -201,7 +223,7 @@ class Journal:
             self._log_dirty = True
 
     def _live_lines(self) -> list[str]:
-        return [*self._deletes.values(), *self._puts.values()]
+        return [*self._moves.values(), *self._deletes.values(), *self._puts.values()]
 
     def _write_fresh_log(self, lines: list[str]) -> tuple[Path, int, int]:
         """``lines`` in a new file beside the log, on the disk: its path, an appending descriptor, its size."""
@@ -374,17 +396,20 @@ class Journal:
 
     def reclaim_staging(self) -> None:
         """Keep the empty staging files left by the last daemon as spares (up to
-        ``SPARE_STAGING``) and remove the rest; only safe once the log on the disk
-        names none of them (after replay and ``compact``).
+        ``SPARE_STAGING``) and remove the rest but those a live record still names
+        (a key the store refused); only safe after replay and ``compact``.
 
         A clean unmount leaves up to ``SPARE_STAGING`` spares: removing them all
         and making new ones cost ~18 ms at every mount, and on a journal-less
         ext4 every create after a mass removal scans past the freed inodes. The
         old names cannot meet new ones: ids start with a per-process prefix.
         """
+        named = {r.staging for r in self.records() if isinstance(r, PutRecord)}
         kept: list[str] = []
         with os.scandir(self.data) as entries:
             for entry in entries:
+                if entry.name in named:
+                    continue
                 if len(kept) < SPARE_STAGING and entry.is_file(follow_symlinks=False) and entry.stat().st_size == 0:
                     kept.append(entry.name)
                 else:
@@ -426,14 +451,27 @@ class Journal:
         if key in self._deletes:
             self._append({"op": "undel", "key": key})
 
-    def records(self) -> list[PutRecord | DeleteRecord]:
+    def write_move(self, src: str, dst: str, objects: list[tuple[str, str]]) -> str:
+        """Log a folder rename before its first copy; returns the id that settles it."""
+        mid = self.new_id()
+        self._append({"op": "move", "mid": mid, "src": src, "dst": dst, "objects": objects})
+        return mid
+
+    def remove_move(self, mid: str) -> None:
+        """Every object of the move is copied and its old key's delete is logged."""
+        if mid in self._moves:
+            self._append({"op": "moved", "mid": mid})
+
+    def records(self) -> list[Record]:
         """Every live intent."""
         with self._lock:
             lines = self._live_lines()
-        out: list[PutRecord | DeleteRecord] = []
+        out: list[Record] = []
         for line in lines:
             doc = json.loads(line)
-            if doc["op"] == "del":
+            if doc["op"] == "move":
+                out.append(MoveRecord(doc["mid"], doc["src"], doc["dst"], [tuple(o) for o in doc["objects"]]))
+            elif doc["op"] == "del":
                 out.append(DeleteRecord(doc["key"]))
             else:
                 out.append(
@@ -481,13 +519,15 @@ def committed_body(path: Path, size: int, spill_dir: Path) -> Iterator[bytes | B
             yield snap
 
 
-def plan_replay(records: list[PutRecord | DeleteRecord]) -> tuple[list[str], list[PutRecord]]:
-    """Order recovered intents: deletes first, then puts (a put is always newer).
+def plan_replay(records: list[Record]) -> tuple[list[MoveRecord], list[str], list[PutRecord]]:
+    """Order recovered intents: folder moves first, then deletes, then puts (a put is
+    always newer: a file written into a moved folder has its put at the new key).
 
     A delete record whose key a put record also names was superseded by that
     put (its removal was lost in the crash), so it is dropped.
     """
+    moves = [r for r in records if isinstance(r, MoveRecord)]
     puts = [r for r in records if isinstance(r, PutRecord)]
     put_keys = {r.key for r in puts}
     deletes = sorted({r.key for r in records if isinstance(r, DeleteRecord)} - put_keys)
-    return deletes, puts
+    return moves, deletes, puts

@@ -10,7 +10,7 @@ Ordering rules (why nothing is lost or resurrected):
   pending delete is never shown again by a listing (``_merge``);
 - a put of a key cancels a pending delete of it first, and store operations
   on one key never overlap (``WriteBack``);
-- structural changes (create, mkdir, unlink, rmdir, rename, symlink) hold
+- structural changes (create, mkdir, unlink, rmdir, rename, symlink, mknod) hold
   ``_tree_lock``, so a listing never interleaves with half a rename.
 """
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import logging
 import math
 import os
@@ -38,6 +39,7 @@ from .attrs import (
     Attrs,
     check_xattrs_fit,
     from_metadata,
+    is_special,
     to_metadata,
 )
 from .cache import CacheBusy, ContentCache
@@ -53,7 +55,6 @@ from .errors import (
     NotFound,
     NotPermitted,
     ObjectNotFound,
-    PreconditionFailed,
     ReadOnly,
     StoreError,
     Unsupported,
@@ -66,6 +67,7 @@ from .journal import BODY_EMPTY, BODY_INLINE, BODY_METADATA_ONLY, BODY_STAGING, 
 from .keys import KeyMap
 from .names import component, is_listable
 from .store import ListPage, ObjectInfo, ObjectStore
+from .reachability import Reachability
 from .threads import Stall, blocking
 from .writeback import Upload, WriteBack
 
@@ -73,7 +75,8 @@ log = logging.getLogger(__name__)
 
 ROOT_INODE = 1
 #: After a store failure, listings are served from memory for this long before trying again.
-STORE_RETRY_PAUSE = 5.0
+#: An fsync allows the store timeout plus this long per byte of the file (1 MiB/s).
+FSYNC_BYTES_PER_SECOND = 1024 * 1024
 #: Objects up to this size are fetched whole when their metadata is first needed.
 PREFETCH_BYTES = 256 * 1024
 #: Read-ahead of freshly listed folders: at most this many small files queued, this many fetched at a time.
@@ -92,7 +95,8 @@ LINK_INTO_CACHE = 1024 * 1024
 READ_AHEAD_PARALLEL = 8
 #: Metadata of a folder's entries (readdir) is fetched this many at a time.
 META_PARALLEL = 32
-FILE, DIR, LINK = "file", "dir", "symlink"
+#: Node kinds; SPECIAL is a FIFO, socket or device (an empty object, its type in the mode).
+FILE, DIR, LINK, SPECIAL = "file", "dir", "symlink", "special"
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 _PREFIX_ONLY = None  # a listing entry that is a folder
@@ -104,14 +108,15 @@ _NO_CHILDREN: dict[str, "Node"] = {}
 
 
 class Node:
-    """One file, folder or symlink the kernel may know by inode number.
+    """One file, folder, symlink or special file the kernel may know by inode number.
 
     Slots, and a lock, journal id and write-back adapter made only when first
     needed: a mount lists hundreds of thousands of nodes and changes few.
     """
 
     __slots__ = (
-        "ino", "kind", "name", "parent", "mode", "uid", "gid", "mtime_ns", "ctime_ns", "xattrs", "size",
+        "ino", "kind", "name", "parent", "mode", "uid", "gid", "mtime_ns", "ctime_ns", "atime_ns", "rdev",
+        "times_unsaved", "xattrs", "size",
         "etag", "remote", "shadows", "meta_known", "attached", "target", "children", "listed_at", "staging",
         "committed", "committed_size", "clean_size", "write_failed", "condition", "fd", "open_count", "writers",
         "dirty", "version", "content_gen", "kernel_gen", "touched", "virtual", "pinned", "lookups", "_lock",
@@ -123,12 +128,9 @@ class Node:
         self.kind = kind
         self.name = name
         self.parent = parent
-        self.mode = attrs.mode
-        self.uid = attrs.uid
-        self.gid = attrs.gid
-        self.mtime_ns = attrs.mtime_ns
-        self.ctime_ns = attrs.mtime_ns
-        self.xattrs = attrs.xattrs
+        self.take_attrs(attrs)
+        #: A folder's times moved with its entries since its marker was last written (see ``_entries_changed``).
+        self.times_unsaved = False
         self.size = 0
         self.etag: str | None = None
         self.remote = False
@@ -185,8 +187,29 @@ class Node:
             node = node.parent
         return tuple(reversed(parts))
 
+    def take_attrs(self, attrs: Attrs) -> None:
+        """Mode, owner, times, device number and xattrs as stored (atime stays None unless it was set)."""
+        self.mode, self.uid, self.gid, self.rdev = attrs.mode, attrs.uid, attrs.gid, attrs.rdev
+        self.mtime_ns, self.atime_ns = attrs.mtime_ns, attrs.atime_ns
+        self.ctime_ns = attrs.mtime_ns if attrs.ctime_ns is None else attrs.ctime_ns
+        self.xattrs = attrs.xattrs
+
+    @property
+    def nlink(self) -> int:
+        """0 once removed (an open file outlives its name); a folder's 2 and one per subfolder
+        it is known to hold (each one's ``..``), as on a local disk; 1 for anything else."""
+        if not self.attached:
+            return 0
+        if self.kind != DIR:
+            return 1
+        return 2 + sum(1 for c in self.children.values() if c.kind == DIR and c.attached and not c.virtual)
+
+    @property
+    def atime(self) -> int:
+        return self.mtime_ns if self.atime_ns is None else self.atime_ns
+
     def attrs(self) -> Attrs:
-        return Attrs(self.mode, self.uid, self.gid, self.mtime_ns, self.xattrs)
+        return Attrs(self.mode, self.uid, self.gid, self.mtime_ns, self.xattrs, self.rdev, self.atime_ns, self.ctime_ns)
 
     def walk(self) -> Iterable[Node]:
         yield self
@@ -225,6 +248,9 @@ class Hooks(Protocol):
 
     def changed(self, parts: tuple[str, ...]) -> None:
         """An entry at ``parts`` was created, or a change to it closed (before any upload)."""
+
+    async def last_active(self, tenant: str, name: str) -> float | None:
+        """The record's ``lastActiveAt`` (epoch seconds): a workspace folder's mtime; None without a record."""
 
     async def render(self, kind: str, parts: tuple[str, ...], local: LocalChanges) -> bytes:
         """Content of a generated file (``workspace.json`` …) for the folder at ``parts``,
@@ -306,9 +332,11 @@ class Namespace:
         store_timeout: float = 30.0,
         tenants: dict[str, TenantOwner] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        reachability: Reachability | None = None,
     ) -> None:
         """``tenants`` (from the config file) makes a multi-user mount: only those
-        tenants exist, each owned by its uid/gid/mode, and new entries take its group."""
+        tenants exist, each owned by its uid/gid/mode, and new entries take its group;
+        each of their users has a trash folder at the root, as they may not create one there."""
         self.store = store
         self.keymap = keymap
         self.cache = cache
@@ -323,7 +351,8 @@ class Namespace:
         self.store_timeout = store_timeout
         self.clock = clock
         self.tenants = tenants
-        self._store_down_until = 0.0
+        self.reachability = reachability or Reachability(store.check)
+        self.mount_root = len(keymap.root)
         self.listings = 0
         root = Node(ROOT_INODE, DIR, "", None, Attrs(DEFAULT_DIR_MODE, uid, gid, time.time_ns()))
         root.remote = True
@@ -333,7 +362,8 @@ class Namespace:
         self._decorate(root)
         self._own_tenant(root)
         if tenants is not None and not keymap.root:
-            for name in sorted(tenants):
+            trash = sorted({f".Trash-{owner.uid}" for owner in tenants.values()})
+            for name in sorted(tenants) + trash:
                 tenant = self._new_node(root, name, DIR, Attrs(DEFAULT_DIR_MODE, uid, gid, time.time_ns()))
                 tenant.remote, tenant.pinned = True, True
                 self._own_tenant(tenant)
@@ -350,6 +380,7 @@ class Namespace:
         starts it with ``nursery.start`` before it serves the kernel."""
         async with trio.open_nursery() as nursery:
             self._background = nursery
+            nursery.start_soon(self.reachability.run)
             task_status.started()
             await trio.sleep_forever()
 
@@ -362,7 +393,8 @@ class Namespace:
 
     async def _io(self, fn: Callable[..., Any], *args: Any, stall: Stall | None = None) -> Any:
         """A store call on a worker thread, failing with EIO after ``store_timeout``
-        (with ``stall``, after that long without progress).
+        (with ``stall``, after that long without progress); its outcome tells
+        ``reachability`` whether the store answers.
 
         While a caller waits on one, the write-back engine starts no new work.
         """
@@ -370,12 +402,13 @@ class Namespace:
         if waiting:
             self.writeback.foreground_started()
         try:
-            return await blocking(fn, *args, limiter=self.limiter, timeout=stall or self.store_timeout)
-        except (ObjectNotFound, PreconditionFailed):
+            result = await blocking(fn, *args, limiter=self.limiter, timeout=stall or self.store_timeout)
+        except StoreError as exc:
+            self.reachability.failed(exc)
             raise
-        except StoreError:
-            self._store_down_until = self.clock() + STORE_RETRY_PAUSE
-            raise
+        else:
+            self.reachability.answered()
+            return result
         finally:
             if waiting:
                 self.writeback.foreground_done()
@@ -413,7 +446,7 @@ class Namespace:
         """Give a folder its generated ``.cowfs`` files, if its depth has any."""
         if node is self.root:
             names = ROOT_GENERATED
-        elif node.kind == DIR and len(self.full(node)) == layout.WORKSPACE_DEPTH:
+        elif node.kind == DIR and layout.is_workspace(self.full(node)):
             names = WORKSPACE_GENERATED
         else:
             return
@@ -431,11 +464,14 @@ class Namespace:
         return self.tenants.get(full[0]) if self.tenants and full else None
 
     def _own_tenant(self, node: Node) -> None:
-        """A configured tenant's folder always shows its configured owner and mode."""
+        """A configured tenant's folder always shows its configured owner and mode, a trash folder its user and 0700."""
         full = self.full(node)
         owner = self._owner(full)
         if owner is not None and len(full) == layout.TENANT_DEPTH:
             node.uid, node.gid, node.mode = owner.uid, owner.gid, stat.S_IFDIR | owner.mode
+        trash_uid = layout.trash_owner(full, self.mount_root)
+        if trash_uid is not None:
+            node.uid, node.mode = trash_uid, stat.S_IFDIR | layout.TRASH_MODE
 
     @staticmethod
     def _writable(node: Node) -> Node:
@@ -474,11 +510,6 @@ class Namespace:
         for staging in {node.staging, node.committed} - {None}:
             self.journal.discard_staging(staging)
         node.staging = node.committed = None
-
-    def _apply_attrs(self, node: Node, attrs: Attrs) -> None:
-        node.mode, node.uid, node.gid = attrs.mode, attrs.uid, attrs.gid
-        node.mtime_ns = node.ctime_ns = attrs.mtime_ns
-        node.xattrs = attrs.xattrs
 
     def _claim_key(self, key: str) -> bool:
         """A new object is about to take ``key``: an older pending delete must not hit it.
@@ -555,10 +586,10 @@ class Namespace:
 
     def _due_for_listing(self, dir_node: Node, now: float) -> bool:
         """Whether a LIST could change ``dir_node``: not fresh, not generated, and the
-        store not just found down (a folder listed before is then served as it was)."""
+        store answering (a folder listed before is otherwise served as it was)."""
         if self._fresh(dir_node, now) or dir_node.virtual:
             return False
-        return dir_node.listed_at is None or now >= self._store_down_until
+        return dir_node.listed_at is None or self.reachability.reachable
 
     async def _list(self, dir_node: Node) -> None:
         async with dir_node.lock:
@@ -632,13 +663,14 @@ class Namespace:
         base = self.full(dir_node)
         for sub in page.prefixes:
             name = KeyMap.child_name(prefix, sub)
-            if is_listable(name) and layout.visible(base + (name,), is_dir=True) and self._may_exist(base + (name,)):
+            if (is_listable(name) and layout.visible(base + (name,), True, self.mount_root)
+                    and self._may_exist(base + (name,))):
                 remote[name] = _PREFIX_ONLY
         for info in page.objects:
             if info.key == prefix:
                 continue
             name = KeyMap.child_name(prefix, info.key)
-            if is_listable(name) and name not in remote and layout.visible(base + (name,), is_dir=False):
+            if is_listable(name) and name not in remote and layout.visible(base + (name,), False, self.mount_root):
                 remote[name] = info
         for name, info in remote.items():
             child = dir_node.children.get(name)
@@ -684,8 +716,9 @@ class Namespace:
             self._read_ahead_workers -= 1
 
     def _may_exist(self, full: tuple[str, ...]) -> bool:
-        """With a tenants table, only configured tenants exist."""
-        return self.tenants is None or len(full) != layout.TENANT_DEPTH or full[0] in self.tenants
+        """With a tenants table, only configured tenants (and trash folders) exist."""
+        return (self.tenants is None or len(full) != layout.TENANT_DEPTH or full[0] in self.tenants
+                or layout.in_trash(full))
 
     def _node_from_listing(self, parent: Node, name: str, info: ObjectInfo | None) -> Node:
         if info is _PREFIX_ONLY:
@@ -749,6 +782,10 @@ class Namespace:
                 info = await self._io(self._head, key)
         except (ObjectNotFound, NotFound):
             if node.kind == DIR:
+                full = self.full(node)
+                when = await self.hooks.last_active(*full) if layout.is_workspace(full) else None
+                if when is not None:
+                    node.mtime_ns = node.ctime_ns = int(when * 1e9)
                 node.meta_known = True
                 return
             self._detach(node)
@@ -764,9 +801,9 @@ class Namespace:
 
     def _apply_meta(self, node: Node, meta: dict[str, str], last_modified: float) -> None:
         attrs = from_metadata(meta, is_dir=node.kind == DIR, last_modified=last_modified, uid=self.uid, gid=self.gid)
-        self._apply_attrs(node, attrs)
+        node.take_attrs(attrs)
         if node.kind != DIR:
-            node.kind = LINK if stat.S_ISLNK(attrs.mode) else FILE
+            node.kind = LINK if stat.S_ISLNK(attrs.mode) else SPECIAL if is_special(attrs.mode) else FILE
             if node.kind == FILE and not stat.S_ISREG(attrs.mode):
                 node.mode = DEFAULT_FILE_MODE
         self._own_tenant(node)
@@ -821,7 +858,7 @@ class Namespace:
             with contextlib.suppress(NotFound):
                 await self._ensure_meta(child)
         if child is None or not child.attached or self._checked_by_parent(child):
-            await self._refresh(parent, wait=False)
+            await self._revalidate(parent, child)
             child = parent.children.get(name)
         if child is None:
             raise NotFound(name)
@@ -829,6 +866,19 @@ class Namespace:
         if not child.attached:
             raise NotFound(name)
         return child
+
+    async def _revalidate(self, parent: Node, child: Node | None) -> None:
+        """Refresh ``parent``'s listing for ``child``; a child this mount knows is
+        served as it is while the store does not answer (in a folder it wrote
+        but never listed too), not refused or held up by a timeout."""
+        known = child is not None and child.attached
+        if known and not self.reachability.reachable:
+            return
+        try:
+            await self._refresh(parent, wait=False)
+        except StoreError:
+            if not known:
+                raise
 
     # -- lookups ------------------------------------------------------------
 
@@ -854,7 +904,7 @@ class Namespace:
         node = self.node(ino)
         await self._ensure_meta(node)
         if node.parent is not None and node.attached and self._checked_by_parent(node):
-            await self._refresh(node.parent, wait=False)
+            await self._revalidate(node.parent, node)
             if not node.attached:
                 raise NotFound(node.name)
         await self._ensure_meta(node)
@@ -890,7 +940,7 @@ class Namespace:
         """Checks shared by create/mkdir/symlink: the name, the key, no clash."""
         parent = self._writable(self._dir(parent_ino))
         name = component(raw_name)
-        layout.check_new_entry(self.full(parent) + (name,), kind == DIR)
+        layout.check_new_entry(self.full(parent) + (name,), kind == DIR, self.mount_root)
         if not self._may_exist(self.full(parent) + (name,)):
             raise NotPermitted(f"tenant {name!r} is not configured on this mount")
         self.keymap.checked_key(parent.path() + (name,), kind == DIR)
@@ -916,6 +966,7 @@ class Namespace:
             node.shadows = self._claim_key(self.key(node))
             node.condition = "none" if node.shadows else "absent"
             node.lookups += 1
+            self._entries_changed(parent)
         return node, self._open_handle(node, writable=True)
 
     async def mkdir(self, parent_ino: int, raw_name: bytes, mode: int, uid: int, gid: int) -> Node:
@@ -923,7 +974,10 @@ class Namespace:
             parent, name = await self._new_entry(parent_ino, raw_name, DIR)
             gid = self._group(parent, gid)
             full = self.full(parent) + (name,)
-            if len(full) == layout.WORKSPACE_DEPTH:
+            trash_uid = layout.trash_owner(full, self.mount_root)
+            if trash_uid is not None and trash_uid != uid:
+                raise NotPermitted(f"{name} is the trash of uid {trash_uid}")
+            if layout.is_workspace(full):
                 await self.hooks.create_workspace(full[0], name, uid)
             attrs = Attrs(stat.S_IFDIR | (mode & 0o7777), uid, gid, time.time_ns())
             node = self._new_node(parent, name, DIR, attrs)
@@ -931,26 +985,53 @@ class Namespace:
             node.listed_at = self.clock()
             node.condition = "none"
             node.shadows = self._claim_key(self.key(node))
-            if len(full) == layout.WORKSPACE_DEPTH:
+            if layout.is_workspace(full):
                 node.remote, node.touched = True, self.clock()
                 self._decorate(node)
             else:
                 self._persist(node)
             node.lookups += 1
+            self._entries_changed(parent)
             return node
 
     async def symlink(self, parent_ino: int, raw_name: bytes, target: bytes, uid: int, gid: int) -> Node:
         async with self._tree_lock:
             parent, name = await self._new_entry(parent_ino, raw_name, LINK)
-            gid = self._group(parent, gid)
-            node = self._new_node(parent, name, LINK, Attrs(stat.S_IFLNK | 0o777, uid, gid, time.time_ns()))
+            attrs = Attrs(stat.S_IFLNK | 0o777, uid, self._group(parent, gid), time.time_ns())
+            node = self._new_node(parent, name, LINK, attrs)
             node.target = target
             node.size = len(target)
-            node.condition = "none"
-            node.shadows = self._claim_key(self.key(node))
-            self._persist(node)
-            node.lookups += 1
-            return node
+            return self._store_new(node)
+
+    async def mknod(self, parent_ino: int, raw_name: bytes, mode: int, rdev: int, uid: int, gid: int) -> Node:
+        """A FIFO, socket or device file: an empty object whose metadata holds its type and
+        device number. The kernel has checked that the caller may make a device; the mount's
+        ``nodev`` keeps the device from being opened through it."""
+        if not is_special(mode):
+            raise InvalidArgument(f"cannot make a file of type {stat.S_IFMT(mode):o}")
+        async with self._tree_lock:
+            parent, name = await self._new_entry(parent_ino, raw_name, SPECIAL)
+            has_device = stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            attrs = Attrs(stat.S_IFMT(mode) | (mode & 0o7777), uid, self._group(parent, gid), time.time_ns(),
+                          rdev=rdev if has_device else 0)
+            return self._store_new(self._new_node(parent, name, SPECIAL, attrs))
+
+    def _store_new(self, node: Node) -> Node:
+        """A new symlink or special file (no staging bytes): record and schedule its object."""
+        node.condition = "none"
+        node.shadows = self._claim_key(self.key(node))
+        self._persist(node)
+        node.lookups += 1
+        assert node.parent is not None
+        self._entries_changed(node.parent)
+        return node
+
+    def _entries_changed(self, folder: Node) -> None:
+        """An entry was added to, removed from or renamed in ``folder``: its mtime and ctime
+        move (POSIX). They reach the store with the folder's marker: in its next upload if
+        one is due anyway, else at sync or unmount (``sync``) — never a PUT per change."""
+        folder.mtime_ns = folder.ctime_ns = time.time_ns()
+        folder.times_unsaved = True
 
     async def readlink(self, ino: int) -> bytes:
         node = self.node(ino)
@@ -977,6 +1058,7 @@ class Namespace:
             if node.kind == DIR:
                 raise IsADirectory(node.name)
             self._forget_pending(node)
+            self._entries_changed(parent)
 
     async def rmdir(self, parent_ino: int, raw_name: bytes) -> None:
         async with self._tree_lock:
@@ -985,15 +1067,16 @@ class Namespace:
             if node.kind != DIR:
                 raise NotADirectory(node.name)
             if node.pinned:
-                raise NotPermitted(f"tenant {node.name!r} is configured on this mount")
+                raise NotPermitted(f"{node.name!r} is configured on this mount")
             await self._refresh(node, wait=False)
             if any(not child.virtual for child in node.children.values()):
                 raise NotEmpty(node.name)
             full = self.full(node)
-            if len(full) == layout.WORKSPACE_DEPTH:
+            if layout.is_workspace(full):
                 await self._delete_prefix(self.key(node))
                 self.hooks.workspace_deleted(full[0], full[1])
             self._forget_pending(node)
+            self._entries_changed(parent)
 
     async def _delete_prefix(self, prefix: str) -> None:
         """Delete every object under ``prefix``, shown or not (a workspace's record too)."""
@@ -1016,9 +1099,9 @@ class Namespace:
             self._writable(new_parent)
             new_name = component(new_raw)
             new_full = self.full(new_parent) + (new_name,)
-            if not (layout.can_rename(self.full(node)) and layout.can_rename(new_full)):
-                raise NotPermitted("tenants and workspaces cannot be renamed")
-            layout.check_new_entry(new_full, node.kind == DIR)
+            if not (layout.can_rename(self.full(node), self.mount_root) and layout.can_rename(new_full, self.mount_root)):
+                raise NotPermitted("tenants, workspaces and trash folders cannot be renamed")
+            layout.check_new_entry(new_full, node.kind == DIR, self.mount_root)
             self.keymap.checked_key(new_parent.path() + (new_name,), node.kind == DIR)
             await self._refresh(new_parent, wait=False)
             target = new_parent.children.get(new_name)
@@ -1044,8 +1127,10 @@ class Namespace:
                 self._drop_intent(target)
             shadows = self._claim_key(new_key) or (target is not None and self._may_hold_object(target))
             carries_data = node.kind != DIR and self._carries_data(node)
+            node.ctime_ns = time.time_ns()
             if node.kind == DIR:
                 await self._move_dir_objects(old_key, new_key)
+                node.times_unsaved = True  # the copied marker has the old ctime
             elif not carries_data:
                 await self.writeback.copy(old_key, new_key, to_metadata(node.attrs()))
             if self._may_hold_object(node):
@@ -1054,8 +1139,9 @@ class Namespace:
             del old_parent.children[node.name]
             node.name, node.parent = new_name, new_parent
             new_parent.children[new_name] = node
-            node.ctime_ns = time.time_ns()
             node.condition = "none"
+            for folder in {old_parent, new_parent}:
+                self._entries_changed(folder)
             if carries_data:
                 self._persist(node)
             now = self.clock()
@@ -1077,16 +1163,37 @@ class Namespace:
             raise IsADirectory(target.name)
 
     async def _move_dir_objects(self, old_prefix: str, new_prefix: str) -> None:
-        """Server-side copy of every object under a folder, then delete the old keys."""
+        """Server-side copy of every object under a folder, then delete the old keys.
+
+        The whole move is one journal intent, logged before the first copy and
+        settled once every old key's delete is logged: replay after a crash
+        anywhere in between finishes it (the new tree whole, the old one gone).
+        A copy that fails fails the rename, and the copies made are deleted.
+        """
         listing = await self._io(self.store.list_all, old_prefix, None)
-        keys = [o.key for o in listing.objects if not self.writeback.deleting(o.key)]
-        for key in keys:
+        objects = [(o.key, o.etag) for o in listing.objects if not self.writeback.deleting(o.key)]
+        move = self.journal.write_move(old_prefix, new_prefix, objects)
+        copied: list[str] = []
+
+        async def copy(key: str) -> None:
+            target = self.keymap.rebase(key, old_prefix, new_prefix)
+            await self.writeback.copy(key, target)
+            copied.append(target)
+
+        for key, _ in objects:
             self._claim_key(self.keymap.rebase(key, old_prefix, new_prefix))
-        async with trio.open_nursery() as nursery:
-            for key in keys:
-                nursery.start_soon(self.writeback.copy, key, self.keymap.rebase(key, old_prefix, new_prefix))
-        for key in keys:
+        try:
+            async with trio.open_nursery() as nursery:
+                for key, _ in objects:
+                    nursery.start_soon(copy, key)
+        except BaseException:
+            for target in copied:
+                self._release_key(target)
+            self.journal.remove_move(move)
+            raise
+        for key, _ in objects:
             self._release_key(key)
+        self.journal.remove_move(move)
 
     # -- open files -----------------------------------------------------------
 
@@ -1342,9 +1449,12 @@ class Namespace:
             self._commit(handle.node)
 
     async def fsync(self, fh: int) -> None:
+        """Returns once the store has the file; ``EIO`` when it cannot take it now
+        (an attempt failed, or none finished within the store timeout and a
+        second per MiB). The file stays in the journal and goes up later."""
         node = self.handle(fh).node
         self._commit(node)
-        await self.writeback.flush(self._source(node))
+        await self.writeback.flush(self._source(node), self.store_timeout + node.size / FSYNC_BYTES_PER_SECOND)
 
     async def release(self, fh: int) -> None:
         handle = self.handles.pop(fh, None)
@@ -1399,7 +1509,7 @@ class Namespace:
         self.writeback.changed()
         self.hooks.changed(self.full(node))
         node.touched = self.clock()
-        node.dirty = False
+        node.dirty = node.times_unsaved = False
         node.version += 1
         if node.staging != node.committed and node.committed is not None:
             self.journal.discard_staging(node.committed)
@@ -1417,13 +1527,18 @@ class Namespace:
             return BODY_STAGING, node.committed, b""
         return (BODY_METADATA_ONLY if node.remote else BODY_EMPTY), None, b""
 
-    def _write_record(self, node: Node) -> None:
+    def _record(self, node: Node) -> PutRecord:
+        """The version of ``node`` to store, as the journal records it (a staging file by id)."""
         body, staging, inline = self._intent(node)
-        if body == BODY_STAGING and staging is not None and node.committed_size <= INLINE_RECORD:
-            body, staging, inline = BODY_INLINE, None, self._committed_bytes(node, staging)
-        self.journal.write_put(
-            PutRecord(node.rid, self.key(node), body, staging, to_metadata(node.attrs()), inline, node.committed_size)
-        )
+        return PutRecord(node.rid, self.key(node), body, staging, to_metadata(node.attrs()), inline, node.committed_size)
+
+    def _write_record(self, node: Node) -> None:
+        """Journal ``node``'s version; a small file's bytes go into the record itself."""
+        record = self._record(node)
+        if record.body == BODY_STAGING and record.staging is not None and record.size <= INLINE_RECORD:
+            record = dataclasses.replace(record, body=BODY_INLINE, staging=None,
+                                         inline=self._committed_bytes(node, record.staging))
+        self.journal.write_put(record)
 
     def _committed_bytes(self, node: Node, staging: str) -> bytes:
         """The closed version of a small file (its staging file's first ``committed_size`` bytes)."""
@@ -1435,16 +1550,12 @@ class Namespace:
     def _snapshot(self, node: Node) -> Upload | None:
         if not node.attached:
             return None
-        body, staging, inline = self._intent(node)
         return Upload(
-            key=self.key(node),
-            body=body,
-            metadata=to_metadata(node.attrs()),
-            version=node.version,
-            staging=self.journal.staging_path(staging) if staging else None,
-            inline=inline,
-            size=node.committed_size,
-            if_match=node.etag if node.condition == "etag" and node.remote else None,
+            self._record(node),
+            node.version,
+            # Not on a folder marker: every empty object has the same ETag, so it would guard nothing
+            # but the marker's existence, and a lost condition leaves a conflict copy in the folder.
+            if_match=node.etag if node.condition == "etag" and node.remote and node.kind != DIR else None,
             if_none_match=node.condition == "absent",
         )
 
@@ -1567,14 +1678,15 @@ class Namespace:
         gid: int | None = None,
         size: int | None = None,
         mtime_ns: int | None = None,
+        atime_ns: int | None = None,
     ) -> Node:
         node = self._writable(self.node(ino))
         await self._ensure_meta(node)
         if size is not None:
             if node.kind == DIR:
                 raise IsADirectory(node.name)
-            if node.kind == LINK:
-                raise InvalidArgument("cannot truncate a symlink")
+            if node.kind != FILE:
+                raise InvalidArgument(f"{node.name} is not a regular file")
             await self._make_writable(node, truncate=size == 0)
             await self._before_change(node, size)
             os.ftruncate(node.fd, size)
@@ -1587,6 +1699,8 @@ class Namespace:
             node.gid = gid
         if mtime_ns is not None:
             node.mtime_ns = mtime_ns
+        if atime_ns is not None:
+            node.atime_ns = atime_ns
         self._attrs_changed(node)
         return node
 
@@ -1678,6 +1792,8 @@ class Namespace:
         for node in list(self.inodes.values()):
             if node.dirty and node.open_count:
                 self._commit(node)
+            elif node.times_unsaved and node.attached and len(self.full(node)) > layout.WORKSPACE_DEPTH:
+                self._persist(node)
         await self.writeback.drain()
 
 

@@ -32,14 +32,14 @@ import socket
 import time
 from datetime import datetime, timezone
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Protocol
 
 import trio
 
-from .errors import ObjectNotFound, PreconditionFailed, StoreError
-from .journal import BODY_EMPTY, BODY_INLINE, BODY_METADATA_ONLY, BODY_STAGING, Journal, committed_body
+from .errors import ObjectNotFound, PreconditionFailed, Refused, StoreError
+from .journal import BODY_METADATA_ONLY, Journal, PutRecord
 from .store import ObjectStore
+from .upload import put_record
 
 log = logging.getLogger(__name__)
 
@@ -57,21 +57,27 @@ MAX_DEFER = 4.0
 BUSY_UPLOAD_RATE = 20.0
 #: Uploads and deletes in flight at once.
 UPLOAD_SLOTS = 8
+#: A key the store refuses this many times in a row is not retried (``Refused``).
+REFUSALS = 3
 
 
-@dataclass
+@dataclass(frozen=True)
 class Upload:
-    """One snapshot of what a key should hold, taken on the trio thread."""
+    """One snapshot of what a key should hold, taken on the trio thread: the journal
+    record of a version, and the condition it goes up under."""
 
-    key: str
-    body: str
-    metadata: dict[str, str]
+    record: PutRecord
     version: int
-    staging: Path | None = None
-    inline: bytes = b""
-    size: int = 0
     if_match: str | None = None
     if_none_match: bool = False
+
+    @property
+    def key(self) -> str:
+        return self.record.key
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return self.record.metadata
 
     def conflict_key(self) -> str:
         """Where this version goes when another writer changed the key meanwhile: a new
@@ -104,6 +110,9 @@ class _Pending:
     urgent: bool = False
     next_urgent: bool = False
     done: trio.Event = field(default_factory=trio.Event)
+    #: Set when an attempt fails (then replaced), for an fsync waiting on it.
+    failed: trio.Event = field(default_factory=trio.Event)
+    error: str = ""
 
 
 @dataclass
@@ -141,6 +150,7 @@ class WriteBack:
         self.on_deleted = on_deleted
         self._slots = trio.Semaphore(concurrency)
         self._puts: dict[str, _Pending] = {}
+        self._refused: dict[str, tuple[str, str]] = {}
         self._deletes: dict[str, float] = {}
         self._delete_attempts: dict[str, int] = {}
         self._busy: dict[str, trio.Event] = {}
@@ -196,6 +206,7 @@ class WriteBack:
     def schedule(self, source: Source, now: bool = False) -> None:
         """Upload ``source`` after the write-back delay (or at once)."""
         due = self.clock() + (0 if now else self.delay)
+        self._refused.pop(source.rid, None)
         entry = self._puts.get(source.rid)
         if entry is None:
             entry = self._puts[source.rid] = _Pending(source, due, urgent=now)
@@ -212,6 +223,7 @@ class WriteBack:
 
     def cancel(self, source: Source) -> None:
         """Forget a pending upload whose source went away (unlinked, replaced)."""
+        self._refused.pop(source.rid, None)
         entry = self._puts.get(source.rid)
         if entry is not None and not entry.running:
             del self._puts[source.rid]
@@ -289,13 +301,31 @@ class WriteBack:
         self.on_stored(dst)
         return etag
 
-    async def flush(self, source: Source) -> None:
-        """Upload ``source`` now and wait until the store has it (fsync)."""
+    async def flush(self, source: Source, timeout: float = math.inf) -> None:
+        """Upload ``source`` now and wait until the store has it (fsync).
+
+        Raises ``StoreError`` when an attempt fails or ``timeout`` passes first:
+        the store could not take it now. The upload goes on in the background,
+        with its retries, as for any closed file.
+        """
         entry = self._puts.get(source.rid)
         if entry is None:
             return
         self.schedule(source, now=True)
-        await entry.done.wait()
+        failed = entry.failed
+        with trio.move_on_after(timeout):
+            async with trio.open_nursery() as nursery:
+                async def settle(event: trio.Event) -> None:
+                    await event.wait()
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(settle, entry.done)
+                nursery.start_soon(settle, failed)
+        if entry.done.is_set():
+            return
+        if failed.is_set():
+            raise StoreError(entry.error)
+        raise StoreError(f"the store has not taken it within {timeout:g} s")
 
     async def drain(self) -> None:
         """Wait until every pending upload and delete is in the store."""
@@ -464,7 +494,7 @@ class WriteBack:
             try:
                 etag = await trio.to_thread.run_sync(self._put_blocking, upload, limiter=self.limiter)
             except ObjectNotFound:
-                if upload.body != BODY_METADATA_ONLY:
+                if upload.record.body != BODY_METADATA_ONLY:
                     raise
                 log.error("%s vanished from the store before its metadata could be updated", upload.key)
                 self.last_error = f"{upload.key} vanished from the store"
@@ -480,11 +510,16 @@ class WriteBack:
         except Exception as exc:
             self._release(upload.key)
             self.retries += 1
-            self.last_error = f"upload {upload.key}: {exc}"
+            self.last_error = entry.error = f"upload {upload.key}: {exc}"
             log.warning("upload of %s failed (attempt %d): %s", upload.key, entry.attempts + 1, exc,
                         exc_info=not isinstance(exc, StoreError))
+            entry.failed.set()
+            entry.failed = trio.Event()
             entry.attempts += 1
             entry.running = False
+            if isinstance(exc, Refused) and entry.attempts >= REFUSALS:
+                self._quarantine(rid, entry, upload.key, str(exc))
+                return
             entry.due = self.clock() + self._backoff(entry.attempts)
             self._enqueue(rid, entry)
             self._kick()
@@ -498,6 +533,20 @@ class WriteBack:
             settled = True
         self._release(upload.key)
         self._finish(rid, entry, settled)
+
+    def _quarantine(self, rid: str, entry: _Pending, key: str, reason: str) -> None:
+        """Stop retrying a key the store refuses for good. Its record stays in the
+        journal; a rename or unlink of the file (a new schedule, or a cancel)
+        takes it out. Sync and unmount no longer wait for it, and name it."""
+        del self._puts[rid]
+        self._refused[rid] = (key, reason)
+        log.error("the store refuses %s (%s): kept in the journal, not retried; rename or delete the file",
+                  key, reason)
+        self._check_idle()
+
+    def refused(self) -> dict[str, str]:
+        """Keys the store refused for good, and why."""
+        return dict(self._refused.values())
 
     def _finish(self, rid: str, entry: _Pending, settled: bool) -> None:
         entry.running = False
@@ -519,7 +568,7 @@ class WriteBack:
         holds (``If-None-Match``); return that name and its ETag. Neither version is lost."""
         while True:
             conflict = upload.conflict_key()
-            copy = dataclasses.replace(upload, key=conflict, if_match=None, if_none_match=True)
+            copy = Upload(dataclasses.replace(upload.record, key=conflict), upload.version, if_none_match=True)
             try:
                 etag = await trio.to_thread.run_sync(self._put_blocking, copy, limiter=self.limiter)
             except PreconditionFailed:
@@ -529,17 +578,7 @@ class WriteBack:
             return conflict, etag
 
     def _put_blocking(self, upload: Upload) -> str:
-        if upload.body == BODY_METADATA_ONLY:
-            return self.store.copy(upload.key, upload.key, upload.metadata)
-        conditions = {"if_match": upload.if_match, "if_none_match": upload.if_none_match}
-        if upload.body in (BODY_EMPTY, BODY_INLINE):
-            return self.store.put(upload.key, upload.inline, upload.metadata, **conditions)
-        assert upload.body == BODY_STAGING and upload.staging is not None
-        try:
-            with committed_body(upload.staging, upload.size, self.journal.root) as body:
-                return self.store.put(upload.key, body, upload.metadata, **conditions)
-        except FileNotFoundError:
-            raise StoreError(f"staging file of {upload.key} vanished") from None
+        return put_record(self.store, self.journal, upload.record, upload.if_match, upload.if_none_match)
 
     async def _delete_batch(self, keys: list[str]) -> None:
         async with self._slots:

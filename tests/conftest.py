@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import urllib.parse
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,8 @@ from botocore.config import Config
 from cowfs.store import ObjectStore
 from cowfs.store.local import LocalStore
 from cowfs.store.s3 import S3Store
-from mounting import Mount, in_ci, require_fuse
+from faultproxy import FaultProxy
+from mounting import Mount, require_fuse, unavailable
 from rgw import CephRgw, RgwUnavailable
 
 MiB = 1024 * 1024
@@ -83,18 +85,13 @@ def aws_env() -> Iterator[None]:
         yield
 
 
-def _unavailable(why: str) -> None:
-    """Skip without the server, but fail under CI=true: CI must not pass by skipping."""
-    (pytest.fail if in_ci() else pytest.skip)(why)
-
-
 @pytest.fixture(scope="session")
 def moto_server(aws_env: None) -> Iterator[str]:
     """moto's S3 server on 127.0.0.1 for the whole session; yields its endpoint URL."""
     try:
         from moto.server import ThreadedMotoServer
     except ImportError as exc:
-        _unavailable(f"moto server not installed: {exc}")
+        unavailable(f"moto server not installed: {exc}")
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     # start() waits forever if the server thread dies before listening.
@@ -102,7 +99,7 @@ def moto_server(aws_env: None) -> Iterator[str]:
     starter.start()
     starter.join(timeout=30)
     if starter.is_alive():
-        _unavailable("moto server did not start within 30 s")
+        unavailable("moto server did not start within 30 s")
     host, port = server.get_host_and_port()
     try:
         yield f"http://{host}:{port}"
@@ -116,7 +113,7 @@ def rgw_server(aws_env: None) -> Iterator[str]:
     try:
         rgw = CephRgw(FAKE_AWS_ENV["AWS_ACCESS_KEY_ID"], FAKE_AWS_ENV["AWS_SECRET_ACCESS_KEY"]).start()
     except RgwUnavailable as exc:
-        _unavailable(f"Ceph RGW unavailable: {exc}")
+        unavailable(f"Ceph RGW unavailable: {exc}")
     try:
         yield rgw.endpoint
     finally:
@@ -184,6 +181,14 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
     if request.param == "local":
         return LocalStore(tmp_path / "store")
     return s3_store_of(new_bucket(server_named(request, request.param)))
+
+
+@pytest.fixture
+def proxy(s3_server: S3Server) -> Iterator[FaultProxy]:
+    """A fault-injecting TCP proxy in front of the test's S3 server."""
+    proxy = FaultProxy(urllib.parse.urlparse(s3_server.endpoint).port)
+    yield proxy
+    proxy.stop()
 
 
 # -- real FUSE mounts -----------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -9,10 +10,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
-READY_TIMEOUT = 30.0
+READY_TIMEOUT = 60.0
 
 
 def cowfs(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -27,17 +29,44 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
-def require_fuse() -> None:
-    """Skip without FUSE, but fail under CI=true: CI must not pass by skipping."""
-    problem = None
-    if not os.path.exists("/dev/fuse"):
-        problem = "/dev/fuse is missing"
-    elif shutil.which("fusermount3") is None:
-        problem = "fusermount3 is not installed (apt-get install fuse3)"
+def unavailable(problem: str | None) -> None:
+    """Skip for ``problem``, but fail under CI=true: CI must not pass by skipping."""
     if problem:
         if in_ci():
-            pytest.fail(f"cannot mount FUSE under CI: {problem}")
+            pytest.fail(f"cannot run under CI: {problem}")
         pytest.skip(problem)
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``path`` (root only; skipped otherwise, failed under CI=true)."""
+    require_root("mounting a tmpfs")
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+    assert not is_mounted(path)
+
+
+def require_fuse() -> None:
+    """Skip without FUSE, but fail under CI=true."""
+    if not os.path.exists("/dev/fuse"):
+        unavailable("/dev/fuse is missing")
+    elif shutil.which("fusermount3") is None:
+        unavailable("fusermount3 is not installed (apt-get install fuse3)")
+
+
+def require_root(why: str) -> None:
+    """Skip unless root (device files, other users' requests), but fail under CI=true."""
+    unavailable(None if os.geteuid() == 0 else f"needs root: {why}")
+
+
+def require_programs(*names: str) -> None:
+    """Skip unless every program is on PATH (scripts/setup installs them), but fail under CI=true."""
+    missing = [name for name in names if shutil.which(name) is None]
+    unavailable(f"not installed: {', '.join(missing)} (scripts/setup installs them)" if missing else None)
 
 
 def is_mounted(path: Path) -> bool:

@@ -4,7 +4,7 @@ One monitor, one OSD keeping its objects in memory (``memstore``), auth
 ``none``, pools of size 1 and radosgw's beast frontend: about 15 s to start.
 Every daemon is started here and stopped here, by its PID; the cluster lives
 in a temporary folder removed at the end. The Debian packages ``radosgw
-ceph-mon ceph-osd ceph-common`` provide the programs (``scripts/setup``
+ceph-mon ceph-osd ceph-common`` provide the programs (``scripts/test``
 installs them).
 """
 

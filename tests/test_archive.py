@@ -176,7 +176,6 @@ def hostile_archive(path: Path) -> dict[str, str]:
         "docs/sneaky": "has '..' after a name",
         "null": "device file",
         "disk": "device file",
-        "fifo": "fifo",
         "hard-out": "hard link to ../../etc/passwd, which is not imported",
         ".cowfs/workspace.json": "under .cowfs",
         "sessions/bad name/x": "invalid session id",
@@ -222,16 +221,18 @@ def test_hostile_archive_imports_only_what_stays_inside(s3_bucket, tmp_path):
     reported = dict(line.removeprefix("skipped ").split(": ", 1) for line in lines[:-1])
     assert set(reported) == set(refused)
     assert all(refused[name] in why for name, why in reported.items()), reported
-    assert lines[-1] == f"imported 2 files, 1 folder, 1 symlink (4 B) into acme/w; {len(refused)} skipped"
+    counts = "2 files, 1 folder, 1 symlink, 1 special file (4 B)"
+    assert lines[-1] == f"imported {counts} into acme/w; {len(refused)} skipped"
 
     added = all_keys(s3_bucket) - before
     assert added == {"acme/w/.cowfs/workspace.json", "acme/w/ok.txt", "acme/w/docs/", "acme/w/docs/readme-link",
-                     "acme/w/hard"}
+                     "acme/w/hard", "acme/w/fifo"}
     assert body(s3_bucket, "etc/passwd") == b"root:x:0:0" and body(s3_bucket, "acme/other/keep.txt") == b"keep"
     assert json.loads(body(s3_bucket, "acme/w/.cowfs/workspace.json"))["workspaceId"] == "w"
     assert body(s3_bucket, "acme/w/hard") == b"ok"
     assert body(s3_bucket, "acme/w/docs/readme-link") == b"../ok.txt"
     assert stat.S_ISLNK(int(meta(s3_bucket, "acme/w/docs/readme-link")["mode"]))
+    assert int(meta(s3_bucket, "acme/w/fifo")["mode"]) == stat.S_IFIFO | 0o644 and body(s3_bucket, "acme/w/fifo") == b""
 
 
 def test_gnu_tar_reads_exports_and_writes_imports(s3_bucket, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,13 +15,14 @@ BENCH = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
 
 def test_quick_bench_runs_the_floors_beside_cowfs_and_leaves_nothing_mounted(tmp_path: Path) -> None:
     require_fuse()
-    mounted_before = mounts()
+    own = tmp_path / "tmp"  # the bench makes every mount point under its temporary folder
+    own.mkdir()
     out = tmp_path / "bench.json"
     workloads = "small_create,small_read_cold,stat_walk_warm,append_jsonl,atomic_replace,seq_read_warm,untar,rm_r,bucket_1000"
     done = subprocess.run(
         [sys.executable, str(BENCH), "--quick", "--targets", "local,memfs,s3,cowfs", "--workloads", workloads,
          "--big-mib", "4", "--json", str(out)],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=600, env=dict(os.environ, TMPDIR=str(own)),
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     data = json.loads(out.read_text())
@@ -32,12 +34,14 @@ def test_quick_bench_runs_the_floors_beside_cowfs_and_leaves_nothing_mounted(tmp
     assert {name: cell["status"] for name, cell in memfs.items()} == {name: "ok" for name in memfs}
     assert {name: cell["status"] for name, cell in cowfs.items()} == {name: "ok" for name in cowfs}
     assert "| cowfs/s3 | cowfs/memfs |" in data["markdown"]
-    assert mounts() == mounted_before
+    assert mounts_under(own) == []
 
 
-def mounts() -> set[str]:
+def mounts_under(folder: Path) -> list[str]:
+    """Mount points under ``folder``: the bench's own, not what others mount meanwhile."""
     with open("/proc/mounts") as table:
-        return set(table)
+        points = [line.split()[1].replace("\\040", " ") for line in table]
+    return [p for p in points if p.startswith(f"{folder}/")]
 
 
 def test_cowfs_options_reach_the_mount(tmp_path: Path) -> None:

@@ -12,8 +12,8 @@ from typing import Iterator
 
 import pytest
 
-from cowfs.cache import CacheBusy, ContentCache
-from mounting import Mount
+from cowfs.cache import CacheBusy, ContentCache, free_space_floor
+from mounting import Mount, tmpfs
 
 MiB = 1024 * 1024
 
@@ -198,6 +198,38 @@ def test_move_in_keeps_the_file_itself_within_the_limit(tmp_path):
     assert too_big.exists(), "a file larger than the cache is left to the caller"
     assert cache.open("big", "e") is None
     assert cache.volume() <= 4 * MiB
+
+
+def free_bytes(path: Path) -> int:
+    fs = os.statvfs(path)
+    return fs.f_bavail * fs.f_frsize
+
+
+def test_the_free_space_floor_is_5_percent_or_1_gib_but_at_most_a_quarter_of_a_small_disk():
+    GiB = 1024 * MiB
+    assert free_space_floor(100 * GiB) == 5 * GiB
+    assert free_space_floor(8 * GiB) == GiB
+    assert free_space_floor(2 * GiB) == GiB // 2
+    assert free_space_floor(64 * MiB) == 16 * MiB
+
+
+def test_a_cache_on_a_small_disk_keeps_the_free_space_floor_whatever_its_limit(tmp_path):
+    with tmpfs(tmp_path / "disk", "64m") as disk:
+        floor = free_space_floor(os.statvfs(disk).f_blocks * os.statvfs(disk).f_frsize)
+        cache = ContentCache(disk / "cache", 10 * 1024 * MiB)
+        for i in range(30):
+            put(cache, f"k{i}", "e", os.urandom(4 * MiB), tmp_path)
+            assert free_bytes(disk) >= floor - MiB, f"after {i + 1} files of 4 MiB"
+        assert read_fd(cache.open("k29", "e"))[:1], "the newest file is kept"
+        assert cache.open("k0", "e") is None, "the oldest made room for it"
+        for step in range(4):
+            (disk / f"staging{step}").write_bytes(b"u" * 12 * MiB)
+            put(cache, f"after-staging{step}", "e", b"x" * MiB, tmp_path)
+            assert free_bytes(disk) >= floor - MiB, "unsynced bytes grew: clean entries made way for them"
+        assert all((disk / f"staging{step}").stat().st_size == 12 * MiB for step in range(4))
+        assert cache.open("after-staging2", "e") is None and cache.open("after-staging3", "e") is None, \
+            "with 48 MiB of unsynced bytes no file fits above the floor: not cached"
+        cache.close()
 
 
 def bytes_written(pid: int) -> int:

@@ -623,3 +623,16 @@ def test_shared_writable_mmap_reaches_the_bucket(mnt, ws, s3_bucket):
     assert path.read_bytes() == want
     mnt.sync()
     assert body(s3_bucket, "t1/ws1/mapped.bin") == want
+
+
+def test_nlink_counts_subfolders_and_drops_to_zero_once_removed(mnt, ws):
+    d = ws / "d"
+    (d / "a").mkdir(parents=True)
+    (d / "b").mkdir()
+    (d / "f").write_bytes(b"f")
+    assert os.stat(d).st_nlink == 4 and os.stat(d / "a").st_nlink == 2 and os.stat(d / "f").st_nlink == 1
+    (d / "b").rename(d / "a" / "b")
+    assert os.stat(d).st_nlink == 3 and os.stat(d / "a").st_nlink == 3
+    with open(d / "f", "rb") as f:
+        os.unlink(d / "f")
+        assert os.fstat(f.fileno()).st_nlink == 0

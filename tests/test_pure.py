@@ -11,7 +11,7 @@ import pytest
 
 from cowfs.attrs import Attrs, check_xattrs_fit, from_metadata, to_metadata
 from cowfs.errors import InvalidName, NameTooLong, NoSpace
-from cowfs.journal import BODY_STAGING, SPARE_AHEAD, DeleteRecord, Journal, PutRecord, plan_replay
+from cowfs.journal import BODY_STAGING, SPARE_AHEAD, DeleteRecord, Journal, MoveRecord, PutRecord, plan_replay
 from cowfs.keys import KeyMap
 from cowfs.names import check_key_length, component, is_listable
 
@@ -67,15 +67,35 @@ def test_metadata_round_trip_and_foreign_objects():
     assert from_metadata({"mode": "420"}, is_dir=False, last_modified=0, uid=0, gid=0).mode == stat.S_IFREG | 0o644
 
 
+def test_special_files_and_times_in_metadata_as_s3fs_writes_them():
+    fifo = Attrs(stat.S_IFIFO | 0o640, 1, 2, 1_600_000_000_000_000_001)
+    assert to_metadata(fifo) == {"mode": str(stat.S_IFIFO | 0o640), "uid": "1", "gid": "2",
+                                 "mtime": "1600000000.000000001"}
+    device = Attrs(stat.S_IFCHR | 0o600, 0, 0, 1_600_000_000_000_000_000, rdev=os.makedev(1, 3),
+                   atime_ns=1_500_000_000_500_000_000, ctime_ns=1_700_000_000_000_000_007)
+    meta = to_metadata(device)
+    assert (meta["rdev"], meta["atime"], meta["ctime"]) == ("259", "1500000000.500000000", "1700000000.000000007")
+    assert from_metadata(meta, is_dir=False, last_modified=0, uid=0, gid=0) == device
+    same = Attrs(stat.S_IFREG | 0o644, 0, 0, 5, atime_ns=5, ctime_ns=5)
+    assert {"atime", "ctime", "rdev"}.isdisjoint(to_metadata(same))  # as mtime: not written
+    back = from_metadata(to_metadata(same), is_dir=False, last_modified=0, uid=0, gid=0)
+    assert (back.atime_ns, back.ctime_ns) == (None, None)
+    not_a_device = from_metadata({"mode": str(stat.S_IFREG | 0o644), "rdev": "259"}, is_dir=False, last_modified=0,
+                                 uid=0, gid=0)
+    assert not_a_device.rdev == 0
+
+
 def test_xattrs_limited_to_object_metadata_size():
     check_xattrs_fit({"user.a": b"x" * 1000})
     with pytest.raises(NoSpace):
         check_xattrs_fit({"user.a": b"x" * 1500})
 
 
-def test_replay_plan_deletes_first_and_drops_superseded_deletes():
+def test_replay_plan_moves_then_deletes_and_drops_superseded_deletes():
     put = PutRecord("r1", "t/w/a", BODY_STAGING, "s1", {})
-    deletes, puts = plan_replay([DeleteRecord("t/w/a"), DeleteRecord("t/w/b"), put])
+    move = MoveRecord("m1", "t/w/old/", "t/w/new/", [("t/w/old/x", '"e"')])
+    moves, deletes, puts = plan_replay([DeleteRecord("t/w/a"), DeleteRecord("t/w/b"), put, move])
+    assert moves == [move]
     assert deletes == ["t/w/b"]
     assert puts == [put]
 
@@ -317,6 +337,34 @@ def test_layout_rules_by_depth():
     assert not layout.can_rename(("acme", "ws")) and layout.can_rename(("acme", "ws", "f"))
     assert layout.workspace_of(("acme", "ws", "f")) == ("acme", "ws")
     assert layout.workspace_of(("acme", "ws")) is None
+
+
+def test_trash_folders_at_the_mount_root_are_the_one_exception():
+    from cowfs import layout
+    from cowfs.errors import NotPermitted
+
+    for parts, root in (((".Trash-1000",), 0), ((".Trash", "1000"), 0), (("acme", ".Trash-1000"), 1)):
+        layout.check_new_entry(parts, is_dir=True, mount_root=root)
+        layout.check_new_entry(parts + ("files", "a.txt"), is_dir=False, mount_root=root)
+        layout.check_new_entry(parts + ("files", "sessions", "x.txt"), is_dir=False, mount_root=root)
+        assert layout.trash_owner(parts, root) == 1000
+        assert layout.trash_owner(parts + ("files",), root) is None
+        assert not layout.can_rename(parts, root)
+        assert layout.can_rename(parts + ("files", "a.txt"), root)
+        assert layout.workspace_of(parts + ("files", "a.txt")) is None
+        assert not layout.is_workspace(parts + ("files",))
+        assert layout.visible(parts + ("files", ".cowfs"), is_dir=True, mount_root=root)
+    with pytest.raises(NotPermitted):
+        layout.check_new_entry((".Trash-1000",), is_dir=False)
+    with pytest.raises(NotPermitted):
+        layout.check_new_entry((".Trash", "1000"), is_dir=False)
+    with pytest.raises(InvalidName):
+        layout.check_new_entry((".Trash", "alice"), is_dir=True)
+    for parts, root in (((".Trash-1000",), 1), (("acme", ".Trash-1000"), 0), ((".Trash-x",), 0), ((".Trash-",), 0)):
+        with pytest.raises(InvalidName):
+            layout.check_new_entry(parts, is_dir=True, mount_root=root)  # only at the mount's root, only a uid
+    assert not layout.can_rename((".Trash",), 0)
+    assert layout.is_workspace(("acme", "ws"))
 
 
 def test_artifact_type_follows_the_path():

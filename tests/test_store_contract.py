@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Iterator
 import pytest
 from botocore.exceptions import ClientError, NoCredentialsError, ReadTimeoutError
 
-from cowfs.errors import AccessDenied, ObjectNotFound, PreconditionFailed, StoreError, UsageError
+from cowfs.errors import AccessDenied, ObjectNotFound, PreconditionFailed, Refused, StoreError, UsageError
 from cowfs.fetch import add_span
 from cowfs.store import ObjectStore, default_store_path, open_store
 from cowfs.store.local import LocalStore
@@ -269,6 +269,16 @@ def test_a_write_repeated_after_it_landed_is_a_success(store: ObjectStore, size:
         store.put("k", os.urandom(size), META, **kwargs)
     data, info = store.get("k")
     assert (data, info.etag, info.metadata) == (content, first, META)
+
+
+def test_a_key_the_store_will_not_take_is_refused_not_missing(store: ObjectStore) -> None:
+    """moto answers a PUT of a key with a newline 404; whatever a store does with it,
+    it either keeps the object or says ``Refused``, which write-back stops retrying."""
+    try:
+        store.put("t/w/line\nbreak", b"x", {})
+    except Refused:
+        return
+    assert store.get("t/w/line\nbreak")[0] == b"x"
 
 
 def test_if_match_on_missing_key(store: ObjectStore) -> None:

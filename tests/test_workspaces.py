@@ -66,9 +66,9 @@ def test_list_show_delete(s3_bucket):
     assert sorted(w["workspaceId"] for w in listed) == sorted(ids)
     only_acme = json.loads(cli(s3_bucket, "workspace", "list", "--tenant", "acme", "--json").stdout)["workspaces"]
     assert sorted(w["workspaceId"] for w in only_acme) == sorted(ids[:2])
-    assert "deleted" in cli(s3_bucket, "workspace", "delete", f"acme/{ids[0]}").stdout
+    assert "deleted" in cli(s3_bucket, "workspace", "delete", f"acme/{ids[0]}", "--yes").stdout
     assert not [k for k in all_keys(s3_bucket) if k.startswith(f"acme/{ids[0]}/")]
-    missing = cli(s3_bucket, "workspace", "delete", f"acme/{ids[0]}", check=False)
+    missing = cli(s3_bucket, "workspace", "delete", f"acme/{ids[0]}", "--yes", check=False)
     assert missing.returncode == 1 and len(missing.stderr.strip().splitlines()) == 1
 
 
@@ -139,10 +139,10 @@ def test_purge_deletes_only_workspaces_idle_by_record_and_by_objects(tmp_path, m
     dry = cowfs("purge", "--inactive-days", "90", "--dry-run", "--store", store.url).stdout
     assert dry == f"would delete acme/idle (last active {last_active})\n"
     assert {o.key for o in store.list_all("", None).objects} == before
-    done = cowfs("purge", "--inactive-days", "90", "--store", store.url).stdout
+    done = cowfs("purge", "--inactive-days", "90", "--yes", "--store", store.url).stdout
     assert done == f"deleted acme/idle (last active {last_active})\n"
     assert {o.key for o in store.list_all("", None).objects} == {k for k in before if not k.startswith("acme/idle/")}
-    assert cowfs("purge", "--inactive-days", "90", "--store", store.url).stdout == "nothing to purge\n"
+    assert cowfs("purge", "--inactive-days", "90", "--yes", "--store", store.url).stdout == "nothing to purge\n"
 
 
 def test_purge_never_touches_data_outside_the_store_prefix(s3_bucket):

@@ -107,7 +107,8 @@ class ObjectStore(abc.ABC):
         ``if_none_match`` on the key being absent; a lost condition raises
         ``PreconditionFailed``, unless the key already holds this very version
         (the same bytes and metadata): then an earlier attempt of the write
-        landed and its answer was lost, and the write is a success. A file object body is read from its current
+        landed and its answer was lost, and the write is a success.
+        ``Refused`` when the store will not take this key or body at all. A file object body is read from its current
         position to the end (large ones may go up as a multipart upload).
         """
 
@@ -130,6 +131,10 @@ class ObjectStore(abc.ABC):
         With a delimiter, keys that have it after the prefix are rolled up into
         ``prefixes`` (each ending in the delimiter), as S3 does.
         """
+
+    def create_bucket(self) -> bool:
+        """Make the bucket if it is missing (``mount --create-bucket``); whether it was made."""
+        return False
 
     def probe(self) -> None:
         """Learn, once, what the server does where S3 servers differ (blocking; a few requests)."""
