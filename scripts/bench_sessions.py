@@ -12,7 +12,8 @@ index. ``--workspaces N`` times ``workspace list`` and ``purge --dry-run`` over
 N workspace records of one tenant. moto's LIST walks every key of the
 bucket, whatever the prefix; ``--local`` runs the same on a local store
 (``file://``), whose LIST costs what it returns, as S3's does. Run it with
-the venv's Python (``scripts/setup`` makes it).
+the venv's Python, with the test extras (``COWFS_EXTRAS=test scripts/setup``
+makes it, moto included).
 """
 
 from __future__ import annotations
