@@ -48,6 +48,7 @@ from .keys import KeyMap
 from .names import component
 from .output import plural, size
 from .progress import Meter
+from .sessionindex import refresh_keys
 from .store import ObjectInfo, ObjectStore
 from .workspaces import check_scoped_name, create_workspace, get_workspace, touch_workspace
 
@@ -312,6 +313,7 @@ def import_archive(store: ObjectStore, tenant: str, workspace: str, archive: Pat
             if meter is not None and member is not None:
                 meter.advance(1, member.size if member.isreg() else 0)
     touch_workspace(store, tenant, workspace, datetime.now(timezone.utc))
+    refresh_keys(store, (keymap.checked_key(entry.parts, entry.data.isdir()) for entry in entries))
     return summary
 
 

@@ -17,8 +17,8 @@ from typing import Any, Callable, NoReturn, Sequence, TypeVar
 import json
 from datetime import datetime, timezone
 
-from . import (__version__, archive, completion, control, helper_install, mounts, options, output, progress, sessions,
-               trash, values, workspaces)
+from . import (__version__, archive, completion, control, helper_install, mounts, options, output, progress,
+               sessionindex, sessions, trash, values, workspaces)
 from .config import Config, load
 from .daemon import LOG_FORMAT, READY_FD_ENV, MountOptions, default_cache_dir, mount
 from .errors import CowfsError, NotFound, UsageError
@@ -142,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--limit", type=_arg(values.page_size), default=20, help="page size, 1-100 (default 20)")
     a.add_argument("--next-token", type=_arg(values.non_empty), help="the token printed with the previous page")
     _store_options(a, json_flag=True)
+    a = command("reindex", "rebuild the session index from a full listing (objects other tools wrote)", actions)
+    a.add_argument("workspace", metavar="TENANT/WORKSPACE", type=_arg(values.workspace_ref),
+                   help="the workspace whose sessions to index")
+    _store_options(a, json_flag=True)
 
     p = command("trash", "what file managers moved to the trash of mounts of this store")
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=_Parser)
@@ -180,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", type=Path, default=Path("/sbin"), help="where mount(8) looks for helpers")
     _json_option(p)
 
-    p = command("fsck", "replay a journal left by a stopped daemon")
+    p = command("fsck", "replay a journal left by a stopped daemon, reindex the sessions it wrote")
     p.add_argument("store", metavar="STORE", nargs="?", help="the store the mount wrote to (default: the one the cache dir records)")
     p.add_argument("--cache-dir", type=Path, required=True, help="the cache dir of the mount that stopped")
     _store_options(p, json_flag=True, store_flag=False)
@@ -412,9 +416,18 @@ def _delete_workspace(args: argparse.Namespace, store: ObjectStore) -> None:
 def _cmd_sessions(args: argparse.Namespace) -> None:
     store = _open_store(args)
     tenant, name = args.workspace
-    found = sessions.summarize_sessions(store, tenant, name)
-    page, token = sessions.page_sessions(found, args.limit, args.next_token, sessions.pagination_secret(store),
-                                         f"{tenant}/{name}")
+    if args.action == "reindex":
+        workspaces.get_workspace(store, tenant, name)
+        done = sessionindex.reindex(store, tenant, name)
+        if args.json:
+            output.emit_json({"sessions": done.sessions, "recordsWritten": done.written,
+                              "staleEntriesDropped": done.dropped_entries})
+        else:
+            output.emit([f"indexed {output.plural(done.sessions, 'session')} of {tenant}/{name} "
+                         f"({output.plural(done.written, 'record')} written, "
+                         f"{output.plural(done.dropped_entries, 'stale entry', 'stale entries')} dropped)"])
+        return
+    page, token = sessions.list_page(store, tenant, name, args.limit, args.next_token)
     if args.json:
         doc: dict = {"sessions": [s.to_json() for s in page]}
         if token:
@@ -563,11 +576,16 @@ def _cmd_install_helper(args: argparse.Namespace) -> None:
 def _cmd_fsck(args: argparse.Namespace) -> None:
     store, url = journal_store(args.cache_dir, args.store, args.endpoint_url, args.region, args.path_style)
     report = fsck(args.cache_dir, _existing(store, url))
+    written = {session[:2] for session in map(sessionindex.session_of, report.uploaded + report.deleted) if session}
+    for tenant, name in sorted(written):
+        sessionindex.reindex(store, tenant, name)
+    reindexed = [f"{tenant}/{name}" for tenant, name in sorted(written)]
     if args.json:
         output.emit_json({"moved": report.moved, "uploaded": report.uploaded, "deleted": report.deleted,
-                          "lost": report.lost, "refused": report.refused})
+                          "lost": report.lost, "refused": report.refused, "reindexed": reindexed})
     else:
-        output.emit(report.lines() or ["nothing to recover"])
+        lines = report.lines() + [f"reindexed the sessions of {workspace}" for workspace in reindexed]
+        output.emit(lines or ["nothing to recover"])
 
 
 def _cmd_completion(args: argparse.Namespace) -> None:

@@ -38,7 +38,7 @@ from .keys import KeyMap
 from .namespace import Namespace
 from .notify import notify
 from .private import PRIVATE_DIR_MODE, PRIVATE_UMASK, open_private, private_dir
-from .recovery import replay
+from .recovery import Report, replay
 from .store import ObjectStore, open_store
 from .workspaces import _iso
 from .writeback import WriteBack
@@ -172,15 +172,15 @@ def serve(opts: MountOptions, store: ObjectStore) -> None:
     cachedir.record_owner(cache_dir, owner_of(opts, store))
     _tune_process()
     journal = Journal(cache_dir / "journal")
-    report = replay(store, journal)
-    if report.lines():
-        log.info("recovered %d pending change(s) from the journal", len(report.lines()))
+    recovered = replay(store, journal)
+    if recovered.lines():
+        log.info("recovered %d pending change(s) from the journal", len(recovered.lines()))
     tmp_dir = cache_dir / "tmp"
     shutil.rmtree(tmp_dir, ignore_errors=True)
     tmp_dir.mkdir(mode=PRIVATE_DIR_MODE)
     cache = ContentCache(cache_dir / "cache", opts.cache_size)
     try:
-        trio.run(_serve, opts, store, cache, journal, tmp_dir, cache_dir, report.refused)
+        trio.run(_serve, opts, store, cache, journal, tmp_dir, cache_dir, recovered)
     finally:
         cache.close()
         journal.close()
@@ -189,17 +189,23 @@ def serve(opts: MountOptions, store: ObjectStore) -> None:
 
 async def _serve(
     opts: MountOptions, store: ObjectStore, cache: ContentCache, journal: Journal, tmp_dir: Path, cache_dir: Path,
-    refused_before: dict[str, str],
+    recovered: Report,
 ) -> None:
-    """Serve the mount; ``refused_before``: keys replay found the store refusing (still in the journal)."""
+    """Serve the mount; ``recovered``: what replay did (the sessions it wrote are indexed; the keys it
+    found the store refusing are still in the journal)."""
     limiter = trio.CapacityLimiter(THREADS)
     activity = Activity(store, limiter)
-    writeback = WriteBack(store, journal, limiter, delay=opts.write_back_delay, on_stored=activity.mark)
+    writeback = WriteBack(store, journal, limiter, delay=opts.write_back_delay, on_stored=activity.mark,
+                          on_deleted=activity.deleted)
+    for key in recovered.uploaded:
+        activity.mark(key)
+    for key in recovered.deleted:
+        activity.deleted(key)
     keymap = KeyMap(root=(opts.tenant,) if opts.tenant else (), store_prefix=getattr(store, "prefix", ""))
     started = time.time()
 
     def refused() -> dict[str, str]:
-        return {**refused_before, **writeback.refused()}
+        return {**recovered.refused, **writeback.refused()}
 
     def status() -> dict[str, Any]:
         stats = writeback.stats()
@@ -218,6 +224,9 @@ async def _serve(
             "listings": ns.listings,
             "storeUnreachableSince": ns.reachability.since and _iso(ns.reachability.since),
             "lastError": stats.last_error if ns.reachability.reachable else ns.reachability.last_error,
+            "activityPending": activity.pending,
+            "activityFailures": activity.failures,
+            "activityLastError": activity.last_error,
             "cacheBytes": cache.volume(),
             "storeQuirks": store.quirks(),
             "refusedKeys": refused(),
@@ -279,7 +288,7 @@ async def _serve(
 #: Status fields that name paths or keys: ``.cowfs/status.json`` of a mount other
 #: users can enter (a tenants table, ``allow_other``) leaves them out; ``cowfs
 #: status``, which only the mount's owner can ask, has them all.
-PRIVATE_STATUS = ("mountpoint", "store", "cacheDir", "lastError", "refusedKeys")
+PRIVATE_STATUS = ("mountpoint", "store", "cacheDir", "lastError", "refusedKeys", "activityLastError")
 
 
 def _log_to(path: Path) -> None:

@@ -62,6 +62,7 @@ from .errors import (
 from .fds import copy_fd
 from .fetch import Fetch
 from . import layout
+from .hooks import LocalChanges
 from .journal import BODY_EMPTY, BODY_INLINE, BODY_METADATA_ONLY, BODY_STAGING, Journal, PutRecord
 from .keys import KeyMap
 from .names import component, is_listable
@@ -248,11 +249,15 @@ class Hooks(Protocol):
     def workspace_deleted(self, tenant: str, name: str) -> None:
         """The workspace is gone: stop tracking its activity."""
 
+    def changed(self, parts: tuple[str, ...]) -> None:
+        """An entry at ``parts`` was created, or a change to it closed (before any upload)."""
+
     async def last_active(self, tenant: str, name: str) -> float | None:
         """The record's ``lastActiveAt`` (epoch seconds): a workspace folder's mtime; None without a record."""
 
-    async def render(self, kind: str, parts: tuple[str, ...]) -> bytes:
-        """Content of a generated file (``workspace.json`` …) for the folder at ``parts``."""
+    async def render(self, kind: str, parts: tuple[str, ...], local: LocalChanges) -> bytes:
+        """Content of a generated file (``workspace.json`` …) for the folder at ``parts``,
+        with ``local``, this mount's changes under it that the store has not got yet."""
 
 
 #: Generated files in ``.cowfs``: the daemon's status at the mount root, records in each workspace.
@@ -1001,6 +1006,7 @@ class Namespace:
             node = self._new_node(parent, name, FILE, attrs)
             node.staging, node.fd = self.journal.create_staging()
             node.dirty = True
+            self.hooks.changed(self.full(node))
             node.shadows = self._claim_key(self.key(node))
             node.condition = "none" if node.shadows else "absent"
             node.lookups += 1
@@ -1267,7 +1273,9 @@ class Namespace:
     async def _open_generated(self, node: Node) -> OpenResult:
         """Render a generated file once per open; direct I/O, as its size is not known before."""
         assert node.parent is not None and node.virtual is not None
-        data = await self.hooks.render(node.virtual, self.full(node.parent.parent or node.parent))
+        owner = node.parent.parent or node.parent
+        local = self._local_changes(owner) if owner is not self.root else LocalChanges()
+        data = await self.hooks.render(node.virtual, self.full(owner), local)
         node.size = len(data)
         node.mtime_ns = node.ctime_ns = time.time_ns()
         fh = self._open_handle(node, writable=False)
@@ -1543,6 +1551,7 @@ class Namespace:
 
     def _persist(self, node: Node) -> None:
         self.writeback.changed()
+        self.hooks.changed(self.full(node))
         node.touched = self.clock()
         node.dirty = node.times_unsaved = False
         node.version += 1
@@ -1804,6 +1813,15 @@ class Namespace:
         return StatFs(block, total, total - used, 2**32, 2**32 - len(self.inodes), 255)
 
     # -- whole-mount operations ---------------------------------------------
+
+    def _local_changes(self, folder: Node) -> LocalChanges:
+        """Entries under ``folder`` the store has not got yet, and the deletes still to go."""
+        files = {
+            self.key(n): ObjectInfo(self.key(n), 0 if n.kind == DIR else n.size, "", n.mtime_ns / 1e9)
+            for n in folder.walk()
+            if n is not folder and n.virtual is None and self._unsynced(n)
+        }
+        return LocalChanges(files, self.writeback.deleting)
 
     def dirty_bytes(self) -> int:
         """Bytes held in staging files that the store does not have yet."""

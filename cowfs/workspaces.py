@@ -111,6 +111,8 @@ def get_workspace(store: ObjectStore, tenant: str, workspace: str) -> WorkspaceR
 
 
 def touch_workspace(store: ObjectStore, tenant: str, workspace: str, when: datetime) -> None:
+    """Advance ``lastActiveAt`` to ``when`` by a conditional write (``PreconditionFailed``
+    when other writers keep winning: the caller tries again later)."""
     for _ in range(5):
         try:
             record, etag = _read(store, tenant, workspace)
@@ -130,6 +132,7 @@ def touch_workspace(store: ObjectStore, tenant: str, workspace: str, when: datet
             return
         except PreconditionFailed:
             continue
+    raise PreconditionFailed(f"the record of {tenant}/{workspace} kept changing under 5 attempts")
 
 
 def _prefixes(store: ObjectStore, tenant: str | None = None) -> list[tuple[str, str]]:

@@ -137,14 +137,17 @@ class WriteBack:
         concurrency: int = UPLOAD_SLOTS,
         clock: Callable[[], float] = time.monotonic,
         on_stored: Callable[[str], None] = lambda key: None,
+        on_deleted: Callable[[str], None] = lambda key: None,
     ) -> None:
-        """``on_stored(key)`` is told of every object that reached the store."""
+        """``on_stored(key)`` is told of every object that reached the store (copies too),
+        ``on_deleted(key)`` of every key deleted from it."""
         self.store = store
         self.journal = journal
         self.limiter = limiter
         self.delay = delay
         self.clock = clock
         self.on_stored = on_stored
+        self.on_deleted = on_deleted
         self._slots = trio.Semaphore(concurrency)
         self._puts: dict[str, _Pending] = {}
         self._refused: dict[str, tuple[str, str]] = {}
@@ -292,9 +295,11 @@ class WriteBack:
         """Server-side copy that waits for, and blocks, other operations on ``dst``."""
         await self._claim(dst)
         try:
-            return await trio.to_thread.run_sync(self.store.copy, src, dst, metadata, limiter=self.limiter)
+            etag = await trio.to_thread.run_sync(self.store.copy, src, dst, metadata, limiter=self.limiter)
         finally:
             self._release(dst)
+        self.on_stored(dst)
+        return etag
 
     async def flush(self, source: Source, timeout: float = math.inf) -> None:
         """Upload ``source`` now and wait until the store has it (fsync).
@@ -590,6 +595,7 @@ class WriteBack:
             else:
                 self.deletes += len(keys)
                 for key in keys:
+                    self.on_deleted(key)
                     self._delete_attempts.pop(key, None)
                     if key not in self._deletes:
                         self.journal.remove_delete(key)

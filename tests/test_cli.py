@@ -83,6 +83,8 @@ def test_every_store_command_prints_json_of_its_own_shape(store, tmp_path):
     sessions = run_json("sessions", "list", f"acme/{ws['workspaceId']}", *at)
     assert list(sessions) == ["sessions"]
     assert set(sessions["sessions"][0]) == {"sessionId", "createdAt", "lastActiveAt", "files", "bytes"}
+    assert run_json("sessions", "reindex", f"acme/{ws['workspaceId']}", *at) == {
+        "sessions": 1, "recordsWritten": 0, "staleEntriesDropped": 0}
 
     archive = tmp_path / "ws.tar.gz"
     exported = run_json("export", f"acme/{ws['workspaceId']}", str(archive), *at)
@@ -108,7 +110,7 @@ def test_every_store_command_prints_json_of_its_own_shape(store, tmp_path):
         "installed": [str(helpers / "mount.fuse.cowfs"), str(helpers / "mount.cowfs")]}
     (tmp_path / "cache" / "journal").mkdir(parents=True)
     assert run_json("fsck", store.url, "--cache-dir", str(tmp_path / "cache")) == {
-        "moved": [], "uploaded": [], "deleted": [], "lost": [], "refused": {}}
+        "moved": [], "uploaded": [], "deleted": [], "lost": [], "refused": {}, "reindexed": []}
     checked = run_json("doctor", store.url, "--cache-dir", str(tmp_path / "cache"))
     assert checked["ok"] is True and [c["check"] for c in checked["checks"]] == ["fuse", "store", "cache dir"]
     assert all(set(c) == {"check", "ok", "detail"} for c in checked["checks"])
@@ -132,7 +134,8 @@ def test_people_get_headers_units_and_a_line_for_nothing(store, tmp_path):
     exported = cowfs("export", "acme/w1", str(tmp_path / "w1.tar.gz"), *at).stdout
     assert exported == f"exported 1 file, 0 folders, 0 symlinks (1.5 KiB) to {tmp_path / 'w1.tar.gz'}\n"
     deleted = cowfs("workspace", "delete", "acme/w1", "--yes", *at).stdout
-    assert deleted.startswith("deleted acme/w1 (2 objects, ") and deleted.endswith(" KiB)\n")
+    # the record, notes.md and the session index's marker that the first sessions list wrote
+    assert deleted.startswith("deleted acme/w1 (3 objects, ") and deleted.endswith(" KiB)\n")
 
 
 def test_deleting_is_refused_without_yes_off_a_terminal(store):  # purge: even with nothing idle yet
@@ -209,7 +212,8 @@ def test_status_and_mounts_speak_json(mount_factory):
     status = run_json("status", str(mount.path))
     assert {"pid", "mountpoint", "store", "tenant", "cacheDir", "pendingUploads", "pendingDeletes", "dirtyBytes",
             "uploads", "deletes", "retries", "listings", "storeUnreachableSince", "lastError", "refusedKeys",
-            "cacheBytes", "storeQuirks", "uptime"} == set(status)
+            "activityPending", "activityFailures", "activityLastError", "cacheBytes", "storeQuirks", "uptime"
+            } == set(status)
     found = [m for m in run_json("mounts")["mounts"] if m["mountpoint"] == str(mount.path)]
     assert found == [{"mountpoint": str(mount.path), "store": status["store"], "tenant": "t1",
                       "cacheDir": str(mount.cache_dir), "pid": mount.proc.pid}]

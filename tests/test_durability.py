@@ -320,7 +320,11 @@ def test_fsck_replays_a_journal_without_mounting(mount_factory, s3_bucket):
     ws.mkdir(parents=True)
     (ws / "gone.txt").write_text("x")
     m.sync()
+    store = ["--store", f"s3://{s3_bucket.name}", "--endpoint-url", s3_bucket.endpoint, "--path-style"]
+    cowfs("sessions", "reindex", "t1/ws1", *store)
     (ws / "pending.txt").write_text("only in the journal")
+    (ws / "sessions" / "s1").mkdir(parents=True)
+    (ws / "sessions" / "s1" / "history.jsonl").write_text("12345")
     (ws / "gone.txt").unlink()
     m.kill()
     assert "t1/ws1/pending.txt" not in keys(s3_bucket, "t1/ws1/")
@@ -328,9 +332,26 @@ def test_fsck_replays_a_journal_without_mounting(mount_factory, s3_bucket):
                  "--endpoint-url", s3_bucket.endpoint, "--path-style")
     assert "uploaded t1/ws1/pending.txt" in done.stdout
     assert "deleted t1/ws1/gone.txt" in done.stdout
+    assert "reindexed the sessions of t1/ws1" in done.stdout
+    listed = json.loads(cowfs("sessions", "list", "t1/ws1", "--json", *store).stdout)["sessions"]
+    assert [(s["sessionId"], s["files"], s["bytes"]) for s in listed] == [("s1", 1, 5)]
     stored = keys(s3_bucket, "t1/ws1/")
     assert stored["t1/ws1/pending.txt"] == b"only in the journal"
     assert "t1/ws1/gone.txt" not in stored
     again = cowfs("fsck", f"s3://{s3_bucket.name}", "--cache-dir", str(m.cache_dir),
                   "--endpoint-url", s3_bucket.endpoint, "--path-style")
     assert again.stdout.strip() == "nothing to recover"
+
+
+def test_replay_at_mount_indexes_the_sessions_it_uploads(mount_factory, s3_bucket):
+    m = mount_factory("replayed", extra=["--write-back-delay", "60"])
+    (m.path / "t1" / "ws1").mkdir(parents=True)
+    store = ["--store", f"s3://{s3_bucket.name}", "--endpoint-url", s3_bucket.endpoint, "--path-style"]
+    cowfs("sessions", "reindex", "t1/ws1", *store)
+    (m.path / "t1" / "ws1" / "sessions" / "s2").mkdir(parents=True)
+    (m.path / "t1" / "ws1" / "sessions" / "s2" / "history.jsonl").write_text("abc")
+    m.kill()
+    again = mount_factory("replayed-again", cache=m.cache_dir)
+    again.sync()
+    listed = json.loads(cowfs("sessions", "list", "t1/ws1", "--json", *store).stdout)["sessions"]
+    assert [(s["sessionId"], s["files"], s["bytes"]) for s in listed] == [("s2", 1, 3)]
