@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import os
 import threading
@@ -18,6 +20,7 @@ from botocore.config import Config
 from cowfs.store import ObjectStore
 from cowfs.store.local import LocalStore
 from cowfs.store.s3 import S3Store
+from core import Cores, run_on_mock_clock
 from faultproxy import FaultProxy
 from mounting import Mount, require_fuse, unavailable
 from rgw import CephRgw, RgwUnavailable
@@ -189,6 +192,25 @@ def proxy(s3_server: S3Server) -> Iterator[FaultProxy]:
     proxy = FaultProxy(urllib.parse.urlparse(s3_server.endpoint).port)
     yield proxy
     proxy.stop()
+
+
+# -- the filesystem core in-process ---------------------------------------------
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """An ``async def`` test runs in trio on a mock clock (``core.run_on_mock_clock``)."""
+    if not inspect.iscoroutinefunction(pyfuncitem.obj):
+        return None
+    names = inspect.signature(pyfuncitem.obj).parameters
+    run_on_mock_clock(functools.partial(pyfuncitem.obj, **{name: pyfuncitem.funcargs[name] for name in names}))
+    return True
+
+
+@pytest.fixture
+def cores(tmp_path: Path) -> Cores:
+    """Builds filesystem cores in-process (``async with cores.mount() as core``) over one store."""
+    return Cores(tmp_path)
 
 
 # -- real FUSE mounts -----------------------------------------------------------
