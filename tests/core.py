@@ -20,7 +20,7 @@ import threading
 from collections import Counter
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, BinaryIO, Callable, Iterator
+from typing import AsyncIterator, Awaitable, BinaryIO, Callable, Iterator, TypeVar
 
 import pyfuse3
 import trio
@@ -46,6 +46,7 @@ HUNG_AFTER = 60.0
 THREADS = 32
 CACHE_SIZE = 1024**3
 READ_SIZE = 128 * 1024
+T = TypeVar("T")
 
 
 class S3LikeStore(LocalStore):
@@ -60,9 +61,16 @@ class S3LikeStore(LocalStore):
         super().__init__(root)
         self.requests: list[tuple[str, str]] = []
         self.refusing: set[str] = set()
-        self.held = 0
-        self._holds: dict[str, threading.Event] = {}
+        #: The kinds held back (``holding``), and how many requests of each wait.
+        self.holds: dict[str, threading.Event] = {}
+        self._waiting: Counter[str] = Counter()
         self._lock = threading.Lock()
+
+    @property
+    def held(self) -> int:
+        """Requests waiting in a ``holding`` block."""
+        with self._lock:
+            return sum(self._waiting.values())
 
     def count(self, kind: str, prefix: str = "") -> int:
         """Requests of ``kind`` made so far for keys (or listing prefixes) starting with ``prefix``."""
@@ -82,11 +90,15 @@ class S3LikeStore(LocalStore):
     @contextlib.contextmanager
     def holding(self, kind: str) -> Iterator[None]:
         """Requests of ``kind`` wait in their worker thread until the block ends."""
-        gate = self._holds[kind] = threading.Event()
+        gate = threading.Event()
+        with self._lock:
+            self.holds[kind] = gate
         try:
             yield
         finally:
-            del self._holds[kind]
+            with self._lock:
+                del self.holds[kind]
+                del self._waiting[kind]
             gate.set()
 
     def _ask(self, kind: str, key: str) -> None:
@@ -94,13 +106,11 @@ class S3LikeStore(LocalStore):
             self.requests.append((kind, key))
             if kind in self.refusing:
                 raise StoreError(f"{kind} {key}: the test store refuses it")
-            gate = self._holds.get(kind)
+            gate = self.holds.get(kind)
             if gate is not None:
-                self.held += 1
+                self._waiting[kind] += 1
         if gate is not None:
             gate.wait()
-            with self._lock:
-                self.held -= 1
 
     def stored(self, prefix: str = "") -> dict[str, bytes]:
         """Every object under ``prefix`` and its bytes (not counted: the test looking)."""
@@ -233,6 +243,10 @@ class Core:
         parent, _, name = path.rpartition("/")
         await self.ns.unlink((await self.find(parent)).ino, name.encode())
 
+    async def rmdir(self, path: str) -> None:
+        parent, _, name = path.rpartition("/")
+        await self.ns.rmdir((await self.find(parent)).ino, name.encode())
+
     async def rename(self, old: str, new: str) -> None:
         (old_parent, _, old_name), (new_parent, _, new_name) = old.rpartition("/"), new.rpartition("/")
         await self.ns.rename((await self.find(old_parent)).ino, old_name.encode(),
@@ -282,13 +296,27 @@ class Cores:
         """Until every task waits on the clock or on a request held back on purpose."""
         while True:
             await trio.testing.wait_all_tasks_blocked()
-            held = sum(store.held for store in self._stores)
-            if trio.testing.active_thread_count() <= held:
+            if trio.testing.active_thread_count() <= sum(store.held for store in self._stores):
                 return
-            if held:
+            if any(store.holds for store in self._stores):
+                # A thread may be on its way to a held request: wait for threads a moment at a time.
                 await trio.to_thread.run_sync(threading.Event().wait, 0.001)
             else:
                 await trio.testing.wait_all_threads_completed()
+
+    async def at_once(self, op: Callable[[], Awaitable[T]]) -> T:
+        """``op``'s result; fails when ``op`` waits for the clock or for a request held back."""
+        done: list[T] = []
+
+        async def run() -> None:
+            done.append(await op())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run)
+            await self.settle()
+            nursery.cancel_scope.cancel()
+        assert done, "it waited (for a held request or for the clock)"
+        return done[0]
 
     async def advance(self, seconds: float) -> None:
         """Let ``seconds`` pass on the mock clock, and what falls due in them happen."""
