@@ -21,6 +21,8 @@ import trio
 
 from core import Core, Cores
 from cowfs.errors import StoreError, errno_of
+from cowfs.journal import Journal
+from cowfs.recovery import replay
 
 KiB = 1024
 
@@ -139,6 +141,36 @@ async def test_renamed_unsynced_files_and_folders_go_up_under_their_new_names_on
         }
         assert a.store.count("put", "t1/ws1/tmp") == a.store.count("put", "t1/ws1/newdir") == 0
         assert a.store.count("copy") == 0, "bytes the store never had were copied in it"
+
+
+async def test_renames_of_unsynced_files_and_folders_survive_a_crash_under_their_new_names(cores: Cores) -> None:
+    """The journal follows a rename: what a crash leaves is replayed at the new keys."""
+    async with cores.mount(write_back_delay=30) as a:
+        await workspace(a)
+        await a.write("t1/ws1/tmp", b"fresh")
+        await a.rename("t1/ws1/tmp", "t1/ws1/final")
+        await a.makedirs("t1/ws1/newdir")
+        await a.write("t1/ws1/newdir/x", b"x")
+        await a.rename("t1/ws1/newdir", "t1/ws1/moved")
+        journal = a.journal.root
+    replay(cores.store, Journal(journal))
+    assert {k: v for k, v in cores.store.stored("t1/ws1/").items() if ".cowfs" not in k} == {
+        "t1/ws1/final": b"fresh", "t1/ws1/moved/": b"", "t1/ws1/moved/x": b"x"}
+
+
+async def test_a_file_renamed_while_its_upload_is_under_way_ends_up_under_the_new_name_only(cores: Cores) -> None:
+    async with cores.mount(write_back_delay=1) as a:
+        await workspace(a)
+        await a.write("t1/ws1/tmp", b"fresh")
+        start = a.store.mark()
+        with a.store.holding("put"):
+            await cores.advance(1.5)
+            assert a.store.held == 1
+            await a.rename("t1/ws1/tmp", "t1/ws1/final")
+        await cores.advance(1.5)  # the upload lands at the old key, which is then deleted
+        assert a.store.since(start) == Counter({("put", "t1/ws1/tmp"): 1, ("put", "t1/ws1/final"): 1,
+                                                ("delete", "t1/ws1/tmp"): 1, ("list", "t1/ws1/"): 1})
+        assert {k: v for k, v in cores.store.stored("t1/ws1/").items() if ".cowfs" not in k} == {"t1/ws1/final": b"fresh"}
 
 
 async def test_a_stored_file_renamed_is_copied_in_the_store_not_sent_again(cores: Cores) -> None:
