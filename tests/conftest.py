@@ -194,6 +194,18 @@ def proxy(s3_server: S3Server) -> Iterator[FaultProxy]:
     proxy.stop()
 
 
+#: Fixtures that start real mounts: a test using one must be marked ``mount``.
+MOUNT_FIXTURES = ("mount_factory", "file_mount_factory")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Keep ``-m "not mount"`` free of mounts: refuse a test that mounts through a fixture unmarked."""
+    for item in items:
+        used = [name for name in MOUNT_FIXTURES if name in getattr(item, "fixturenames", ())]
+        if used and item.get_closest_marker("mount") is None:
+            raise pytest.UsageError(f"{item.nodeid} mounts FUSE ({used[0]}) but is not marked mount")
+
+
 # -- the filesystem core in-process ---------------------------------------------
 
 
