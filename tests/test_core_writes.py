@@ -32,6 +32,11 @@ def stored_mtime(ns: int) -> str:
     return "{}.{:09d}".format(*divmod(ns, 10**9))
 
 
+def files(cores: Cores) -> dict[str, bytes]:
+    """What the store holds in ``t1/ws1`` but the workspace's own records."""
+    return {key: data for key, data in cores.store.stored("t1/ws1/").items() if not key.startswith("t1/ws1/.cowfs/")}
+
+
 async def workspace(core: Core) -> None:
     """``t1/ws1``, made and in the store, so that what a test counts is its own."""
     await core.makedirs("t1/ws1")
@@ -126,19 +131,25 @@ async def test_an_append_after_a_close_is_not_sent_with_the_pending_version(core
         assert cores.store.stored("t1/ws1/log") == {"t1/ws1/log": first + b"appended while the upload waited"}
 
 
+#: What ``rename_unsynced`` must leave in the store.
+RENAMED_UNSYNCED = {"t1/ws1/final": b"fresh", "t1/ws1/moved/": b"", "t1/ws1/moved/x": b"x"}
+
+
+async def rename_unsynced(core: Core) -> None:
+    """A file and a folder with a file in it, each renamed before any upload."""
+    await workspace(core)
+    await core.write("t1/ws1/tmp", b"fresh")
+    await core.rename("t1/ws1/tmp", "t1/ws1/final")
+    await core.makedirs("t1/ws1/newdir")
+    await core.write("t1/ws1/newdir/x", b"x")
+    await core.rename("t1/ws1/newdir", "t1/ws1/moved")
+
+
 async def test_renamed_unsynced_files_and_folders_go_up_under_their_new_names_only(cores: Cores) -> None:
     async with cores.mount(write_back_delay=30) as a:
-        await workspace(a)
-        await a.write("t1/ws1/tmp", b"fresh")
-        await a.rename("t1/ws1/tmp", "t1/ws1/final")
-        await a.makedirs("t1/ws1/newdir")
-        await a.write("t1/ws1/newdir/x", b"x")
-        await a.rename("t1/ws1/newdir", "t1/ws1/moved")
+        await rename_unsynced(a)
         await a.ns.sync()
-        assert cores.store.stored("t1/ws1/") == {
-            "t1/ws1/.cowfs/workspace.json": cores.store.stored("t1/ws1/.cowfs/")["t1/ws1/.cowfs/workspace.json"],
-            "t1/ws1/final": b"fresh", "t1/ws1/moved/": b"", "t1/ws1/moved/x": b"x",
-        }
+        assert files(cores) == RENAMED_UNSYNCED
         assert a.store.count("put", "t1/ws1/tmp") == a.store.count("put", "t1/ws1/newdir") == 0
         assert a.store.count("copy") == 0, "bytes the store never had were copied in it"
 
@@ -146,16 +157,10 @@ async def test_renamed_unsynced_files_and_folders_go_up_under_their_new_names_on
 async def test_renames_of_unsynced_files_and_folders_survive_a_crash_under_their_new_names(cores: Cores) -> None:
     """The journal follows a rename: what a crash leaves is replayed at the new keys."""
     async with cores.mount(write_back_delay=30) as a:
-        await workspace(a)
-        await a.write("t1/ws1/tmp", b"fresh")
-        await a.rename("t1/ws1/tmp", "t1/ws1/final")
-        await a.makedirs("t1/ws1/newdir")
-        await a.write("t1/ws1/newdir/x", b"x")
-        await a.rename("t1/ws1/newdir", "t1/ws1/moved")
+        await rename_unsynced(a)
         journal = a.journal.root
     replay(cores.store, Journal(journal))
-    assert {k: v for k, v in cores.store.stored("t1/ws1/").items() if ".cowfs" not in k} == {
-        "t1/ws1/final": b"fresh", "t1/ws1/moved/": b"", "t1/ws1/moved/x": b"x"}
+    assert files(cores) == RENAMED_UNSYNCED
 
 
 async def test_a_file_renamed_while_its_upload_is_under_way_ends_up_under_the_new_name_only(cores: Cores) -> None:
@@ -170,7 +175,7 @@ async def test_a_file_renamed_while_its_upload_is_under_way_ends_up_under_the_ne
         await cores.advance(1.5)  # the upload lands at the old key, which is then deleted
         assert a.store.since(start) == Counter({("put", "t1/ws1/tmp"): 1, ("put", "t1/ws1/final"): 1,
                                                 ("delete", "t1/ws1/tmp"): 1, ("list", "t1/ws1/"): 1})
-        assert {k: v for k, v in cores.store.stored("t1/ws1/").items() if ".cowfs" not in k} == {"t1/ws1/final": b"fresh"}
+        assert files(cores) == {"t1/ws1/final": b"fresh"}
 
 
 async def test_a_stored_file_renamed_is_copied_in_the_store_not_sent_again(cores: Cores) -> None:
@@ -189,10 +194,10 @@ async def test_a_stored_file_renamed_is_copied_in_the_store_not_sent_again(cores
 
 
 async def test_a_renamed_folder_of_stored_files_is_one_copy_and_one_delete_per_key(cores: Cores) -> None:
-    files = {f"{'sub/' if i % 5 == 0 else ''}f{i}": b"file %d" % i for i in range(20)}
+    contents = {f"{'sub/' if i % 5 == 0 else ''}f{i}": b"file %d" % i for i in range(20)}
     async with cores.mount() as a:
         await a.makedirs("t1/ws1/src/sub")
-        for path, data in files.items():
+        for path, data in contents.items():
             await a.write(f"t1/ws1/src/{path}", data)
         await a.ns.sync()
         start = a.store.mark()
@@ -200,16 +205,13 @@ async def test_a_renamed_folder_of_stored_files_is_one_copy_and_one_delete_per_k
         assert not await a.exists("t1/ws1/src")
         assert len(await a.listdir("t1/ws1/dst")) == 17
         await a.ns.sync()
-        keys = [*files, "", "sub/"]
+        keys = [*contents, "", "sub/"]
         assert a.store.since(start) == (
             Counter({("list", "t1/ws1/src/"): 1, ("put", "t1/ws1/dst/"): 1})  # the folder's new ctime
             + Counter(("copy", f"t1/ws1/dst/{key}") for key in keys)
             + Counter(("delete", f"t1/ws1/src/{key}") for key in keys)
         )
-        assert {k: v for k, v in cores.store.stored("t1/ws1/").items() if not k.endswith("/")} == {
-            **{f"t1/ws1/dst/{path}": data for path, data in files.items()},
-            "t1/ws1/.cowfs/workspace.json": cores.store.stored()["t1/ws1/.cowfs/workspace.json"],
-        }
+        assert files(cores) == {f"t1/ws1/dst/{key}": data for key, data in [*contents.items(), ("", b""), ("sub/", b"")]}
 
 
 async def test_an_unlinked_open_file_stays_readable_and_never_reaches_the_store(cores: Cores) -> None:
@@ -354,11 +356,10 @@ async def test_a_file_that_replaces_a_stored_object_takes_it_along_when_removed(
         await a.rename("t1/ws1/target", "t1/ws1/moved")  # and away again before any upload
         await a.unlink("t1/ws1/moved")
         await a.ns.sync()
-        assert set(cores.store.stored("t1/ws1/")) == {"t1/ws1/.cowfs/workspace.json", "t1/ws1/ref"}
+        assert files(cores) == {"t1/ws1/ref": b"stored"}
         await a.write("t1/ws1/journal", b"again")  # a plain create: no conflict copy appears
         await a.ns.sync()
-        assert set(cores.store.stored("t1/ws1/")) == {"t1/ws1/.cowfs/workspace.json", "t1/ws1/journal", "t1/ws1/ref"}
-        assert cores.store.stored("t1/ws1/journal") == {"t1/ws1/journal": b"again"}
+        assert files(cores) == {"t1/ws1/journal": b"again", "t1/ws1/ref": b"stored"}
 
 
 async def test_another_writer_wins_and_ours_is_kept_beside_it(cores: Cores) -> None:
