@@ -20,7 +20,7 @@ import threading
 from collections import Counter
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, BinaryIO, Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, AsyncIterator, Awaitable, BinaryIO, Callable, Iterator, TypeVar
 
 import pyfuse3
 import trio
@@ -28,22 +28,24 @@ import trio.testing
 
 from cowfs.activity import Activity
 from cowfs.cache import ContentCache
+from cowfs.daemon import THREADS
 from cowfs.errors import NotFound, StoreError
 from cowfs.hooks import WorkspaceHooks
 from cowfs.journal import Journal
 from cowfs.keys import KeyMap
 from cowfs.namespace import Namespace
-from cowfs.store import ListPage
+from cowfs.store.base import ListPage, ObjectInfo, Progress
 from cowfs.store.local import LocalStore
 from cowfs.writeback import WriteBack
+
+if TYPE_CHECKING:
+    from cowfs.namespace import Node
 
 #: Where the mock clock starts: a monotonic clock counts from boot, and the core takes
 #: times near 0 for "never".
 CLOCK_START = 10_000.0
 #: A test still waiting after this many real seconds waits for a clock nobody moves.
 HUNG_AFTER = 60.0
-#: Worker threads of one core, as the daemon has.
-THREADS = 32
 CACHE_SIZE = 1024**3
 READ_SIZE = 128 * 1024
 T = TypeVar("T")
@@ -117,23 +119,24 @@ class S3LikeStore(LocalStore):
         return {info.key: LocalStore.get(self, info.key)[0]
                 for page in LocalStore.list_pages(self, prefix, None) for info in page.objects}
 
-    def head(self, key: str):
+    def head(self, key: str) -> ObjectInfo:
         self._ask("head", key)
         return super().head(key)
 
-    def get(self, key: str, start: int | None = None, end: int | None = None):
+    def get(self, key: str, start: int | None = None, end: int | None = None) -> tuple[bytes, ObjectInfo]:
         self._ask("get", key)
         return super().get(key, start, end)
 
-    def get_to_file(self, key: str, out: BinaryIO, progress=None):
+    def get_to_file(self, key: str, out: BinaryIO, progress: Progress | None = None) -> ObjectInfo:
         self._ask("get", key)
         return super().get_to_file(key, out, progress)
 
-    def get_range_into(self, key, info, fd, start, end, progress=None) -> None:
+    def get_range_into(self, key: str, info: ObjectInfo, fd: int, start: int, end: int,
+                       progress: Progress | None = None) -> None:
         self._ask("get", key)
         super().get_range_into(key, info, fd, start, end, progress)
 
-    def put(self, key: str, body, metadata: dict[str, str], if_match: str | None = None,
+    def put(self, key: str, body: bytes | BinaryIO, metadata: dict[str, str], if_match: str | None = None,
             if_none_match: bool = False) -> str:
         self._ask("put", key)
         return super().put(key, body, metadata, if_match, if_none_match)
@@ -162,7 +165,7 @@ class Core:
     journal: Journal
     store: S3LikeStore
 
-    async def find(self, path: str):
+    async def find(self, path: str) -> Node:
         """The node at ``path`` (a lookup per component, as the kernel makes them)."""
         node = self.ns.node(pyfuse3.ROOT_INODE)
         for name in filter(None, path.split("/")):
@@ -176,7 +179,7 @@ class Core:
             return False
         return True
 
-    async def makedirs(self, path: str):
+    async def makedirs(self, path: str) -> Node:
         node = self.ns.node(pyfuse3.ROOT_INODE)
         for name in filter(None, path.split("/")):
             try:
