@@ -248,4 +248,4 @@ async def test_the_small_files_of_a_listed_folder_are_fetched_ahead_of_the_reade
         for name, data in files.items():
             assert await a.read(f"t1/ws1/docs/{name}") == data
         assert a.store.since(start) == Counter(), "files were not fetched ahead of the reader"
-        assert a.store.count("get") == len(files), "a file was fetched twice"
+        assert a.store.count("get", "t1/ws1/docs/") == len(files), "a file was fetched twice"
