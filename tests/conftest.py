@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import os
 import threading
@@ -18,6 +20,7 @@ from botocore.config import Config
 from cowfs.store import ObjectStore
 from cowfs.store.local import LocalStore
 from cowfs.store.s3 import S3Store
+from core import Cores, run_on_mock_clock
 from faultproxy import FaultProxy
 from mounting import Mount, require_fuse, unavailable
 from rgw import CephRgw, RgwUnavailable
@@ -189,6 +192,37 @@ def proxy(s3_server: S3Server) -> Iterator[FaultProxy]:
     proxy = FaultProxy(urllib.parse.urlparse(s3_server.endpoint).port)
     yield proxy
     proxy.stop()
+
+
+#: Fixtures that start real mounts: a test using one must be marked ``mount``.
+MOUNT_FIXTURES = ("mount_factory", "file_mount_factory")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Keep ``-m "not mount"`` free of mounts: refuse a test that mounts through a fixture unmarked."""
+    for item in items:
+        used = [name for name in MOUNT_FIXTURES if name in getattr(item, "fixturenames", ())]
+        if used and item.get_closest_marker("mount") is None:
+            raise pytest.UsageError(f"{item.nodeid} mounts FUSE ({used[0]}) but is not marked mount")
+
+
+# -- the filesystem core in-process ---------------------------------------------
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """An ``async def`` test runs in trio on a mock clock (``core.run_on_mock_clock``)."""
+    if not inspect.iscoroutinefunction(pyfuncitem.obj):
+        return None
+    names = inspect.signature(pyfuncitem.obj).parameters
+    run_on_mock_clock(functools.partial(pyfuncitem.obj, **{name: pyfuncitem.funcargs[name] for name in names}))
+    return True
+
+
+@pytest.fixture
+def cores(tmp_path: Path) -> Cores:
+    """Builds filesystem cores in-process (``async with cores.mount() as core``) over one store."""
+    return Cores(tmp_path)
 
 
 # -- real FUSE mounts -----------------------------------------------------------

@@ -72,6 +72,7 @@ def tree(root: Path) -> dict[str, tuple]:
     return out
 
 
+@pytest.mark.mount
 def test_round_trip_through_mounts(mount_factory, s3_bucket, tmp_path):
     first = mount_factory("one")
     src = first.path / "acme" / "src"

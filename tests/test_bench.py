@@ -8,7 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from mounting import require_fuse
+
+#: Every test here mounts FUSE (``-m "not mount"`` leaves them out).
+pytestmark = pytest.mark.mount
 
 BENCH = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
 

@@ -114,6 +114,7 @@ def append(path: Path, data: bytes) -> None:
         f.write(data)
 
 
+@pytest.mark.mount
 def test_a_busy_cache_holds_up_only_the_open_that_needs_it(tmp_path):
     """An append to a file with no local copy looks its clean copy up in the cache,
     while a worker thread may be writing there; other requests go on meanwhile."""
@@ -148,6 +149,7 @@ def test_a_busy_cache_holds_up_only_the_open_that_needs_it(tmp_path):
         first.cleanup()
 
 
+@pytest.mark.mount
 def test_remount_reuses_cached_copy_while_etag_unchanged(tmp_path):
     store_dir = tmp_path / "store"
     mnt, cache_dir = tmp_path / "mnt", tmp_path / "cache"
@@ -249,6 +251,7 @@ def cached_file(cache_dir: Path, size: int, timeout: float = 20) -> Path:
     raise AssertionError(f"no cache entry of {size} bytes after {timeout} s")
 
 
+@pytest.mark.mount
 def test_large_files_enter_the_cache_without_a_copy(mount_factory):
     size = 24 * MiB
     data = os.urandom(size)

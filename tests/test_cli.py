@@ -190,6 +190,7 @@ def test_a_terminal_is_asked_before_deleting(store):
     assert not store.list_all("acme/w1/", None).objects
 
 
+@pytest.mark.mount
 def test_sync_on_a_terminal_shows_rate_eta_and_bytes(mount_factory):
     mount = mount_factory(extra=["--write-back-delay", "60"])
     ws = mount.path / "t1" / "ws1"
@@ -207,6 +208,7 @@ def test_sync_on_a_terminal_shows_rate_eta_and_bytes(mount_factory):
     assert "pending       nothing" in human and "last error    none" in human and "None" not in human
 
 
+@pytest.mark.mount
 def test_status_and_mounts_speak_json(mount_factory):
     mount = mount_factory("m", extra=["--tenant", "t1"])
     status = run_json("status", str(mount.path))
@@ -222,6 +224,7 @@ def test_status_and_mounts_speak_json(mount_factory):
     assert any(line.split()[0] == str(mount.path) and line.split()[-1] == str(mount.proc.pid) for line in table)
 
 
+@pytest.mark.mount
 def test_the_log_goes_to_the_cache_dir_and_to_log_file(mount_factory, tmp_path):
     log_file = tmp_path / "extra.log"
     mount = mount_factory("logged", extra=["--log-file", str(log_file), "--log-level", "debug"])
@@ -319,6 +322,7 @@ def test_refused_credentials_name_the_bucket_and_endpoint(s3_bucket, monkeypatch
                                   f"{s3_bucket.endpoint} ("), done.stderr
 
 
+@pytest.mark.mount
 def test_workspace_folders_show_the_records_last_activity(mount_factory, s3_bucket):
     store = S3Store(s3_bucket.name, endpoint_url=s3_bucket.endpoint, path_style=True)
     when = datetime(2026, 3, 4, 5, 6, 7, tzinfo=timezone.utc)

@@ -18,7 +18,7 @@ import pytest
 
 from test_durability import keys
 
-pytestmark = pytest.mark.servers
+pytestmark = [pytest.mark.servers, pytest.mark.mount]
 
 MiB = 1024 * 1024
 

@@ -17,6 +17,9 @@ import pytest
 from faultproxy import ERROR, HANG, PASS, REFUSE
 from mounting import cowfs, tmpfs
 
+#: Every test here mounts FUSE (``-m "not mount"`` leaves them out).
+pytestmark = pytest.mark.mount
+
 HERE = Path(__file__).parent
 MiB = 1024 * 1024
 

@@ -24,6 +24,7 @@ def status(mount) -> dict:
 
 
 @pytest.mark.parametrize("mode", [REFUSE, HANG])
+@pytest.mark.mount
 def test_fsync_with_the_store_out_of_reach_fails_with_eio_within_the_store_timeout(mount_factory, s3_bucket, proxy,
                                                                                     mode):
     m = mount_factory("down", extra=["--endpoint-url", proxy.endpoint, "--store-timeout", "3"])
@@ -44,6 +45,7 @@ def test_fsync_with_the_store_out_of_reach_fails_with_eio_within_the_store_timeo
     assert keys(s3_bucket, "t1/ws1/notes.txt") == {"t1/ws1/notes.txt": b"kept in the journal"}
 
 
+@pytest.mark.mount
 def test_with_the_store_hanging_what_the_mount_holds_is_served_at_once(mount_factory, s3_bucket, proxy):
     m = mount_factory("hang", extra=["--endpoint-url", proxy.endpoint, "--store-timeout", "2"])
     ws = m.path / "t1" / "ws1"
@@ -79,6 +81,7 @@ def test_with_the_store_hanging_what_the_mount_holds_is_served_at_once(mount_fac
 
 
 @pytest.mark.parametrize("kill_after", [0.3, 1.0, 2.0])
+@pytest.mark.mount
 def test_kill_9_during_a_folder_rename_leaves_one_whole_tree(mount_factory, s3_bucket, proxy, kill_after):
     m = mount_factory("mv", extra=["--endpoint-url", proxy.endpoint])
     ws = m.path / "t1" / "ws1"
@@ -132,6 +135,7 @@ def test_replay_finishes_a_folder_move_copying_only_what_is_missing(tmp_path):
     journal.close()
 
 
+@pytest.mark.mount
 def test_a_key_the_store_refuses_does_not_block_sync_or_umount(mount_factory, s3_bucket):
     m = mount_factory("refused")
     ws = m.path / "t1" / "ws1"
@@ -158,6 +162,7 @@ def test_a_key_the_store_refuses_does_not_block_sync_or_umount(mount_factory, s3
     assert list(status(later)["refusedKeys"]) == ["t1/ws1/again\nbad.txt"], "still in the journal, still named"
 
 
+@pytest.mark.mount
 def test_kill_9_right_after_rm_r_of_a_workspace_leaves_nothing_of_it(mount_factory, s3_bucket):
     m = mount_factory("rm")
     ws = m.path / "t1" / "gone"

@@ -18,8 +18,9 @@ import pytest
 
 from mounting import cowfs, is_mounted
 
-#: What these tests check can differ between S3 servers: each runs on moto and on Ceph RGW.
-pytestmark = pytest.mark.servers
+#: What these tests check can differ between S3 servers: each runs on moto and on Ceph RGW;
+#: every one mounts FUSE (or has a mount refused).
+pytestmark = [pytest.mark.servers, pytest.mark.mount]
 
 
 def body(bucket, key: str) -> bytes:

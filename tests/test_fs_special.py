@@ -18,7 +18,7 @@ from mounting import require_root
 from test_fs_posix import meta
 from test_workspaces import cli
 
-pytestmark = pytest.mark.servers
+pytestmark = [pytest.mark.servers, pytest.mark.mount]
 
 MTIME = 1_650_000_000_123_456_789
 #: name -> (type bits, permission bits, device number)

@@ -15,7 +15,7 @@ import pytest
 
 from test_fs_posix import keys, meta
 
-pytestmark = pytest.mark.servers
+pytestmark = [pytest.mark.servers, pytest.mark.mount]
 
 A_TIME = 1_400_000_000_111_111_111
 M_TIME = 1_500_000_000_222_222_222

@@ -39,6 +39,7 @@ def refused(fn, *args) -> int:
     return exc.value.errno
 
 
+@pytest.mark.mount
 def test_mkdir_creates_workspace_record_and_rm_r_deletes_everything(mnt, s3_bucket):
     ws = mnt.path / "acme" / "proj"
     ws.mkdir(parents=True)
@@ -59,6 +60,7 @@ def test_mkdir_creates_workspace_record_and_rm_r_deletes_everything(mnt, s3_buck
     assert os.listdir(mnt.path / "acme") == []
 
 
+@pytest.mark.mount
 def test_generated_files_are_read_only_and_hidden_from_listings(mnt, s3_bucket):
     ws = mnt.path / "acme" / "proj"
     ws.mkdir(parents=True)
@@ -81,6 +83,7 @@ def test_generated_files_are_read_only_and_hidden_from_listings(mnt, s3_bucket):
     assert status["pendingUploads"] == 0 and status["pid"] == mnt.proc.pid
 
 
+@pytest.mark.mount
 def test_invalid_names_and_files_outside_workspaces_refused(mnt, s3_bucket):
     (mnt.path / "acme" / "proj" / "sessions").mkdir(parents=True)
     mnt.sync()
@@ -103,6 +106,7 @@ def test_invalid_names_and_files_outside_workspaces_refused(mnt, s3_bucket):
     assert keys(s3_bucket) == before | {"acme/proj/notes.txt"}
 
 
+@pytest.mark.mount
 def test_tenant_mount_cannot_reach_other_tenants(mount_factory, s3_bucket, tmp_path):
     for tenant in ("t1", "t2"):
         s3_bucket.client.put_object(Bucket=s3_bucket.name, Key=f"{tenant}/ws/secret.txt", Body=tenant.encode())
@@ -120,6 +124,7 @@ def test_tenant_mount_cannot_reach_other_tenants(mount_factory, s3_bucket, tmp_p
     assert s3_bucket.client.get_object(Bucket=s3_bucket.name, Key="t2/ws/secret.txt")["Body"].read() == b"t2"
 
 
+@pytest.mark.mount
 def test_session_files_carry_derived_and_stored_xattrs(mount_factory, s3_bucket):
     m = mount_factory("x1")
     s = m.path / "acme" / "proj" / "sessions" / "sess_1"
@@ -150,6 +155,7 @@ def test_session_files_carry_derived_and_stored_xattrs(mount_factory, s3_bucket)
     assert os.getxattr(path, "user.cowfs.type") == b"tool_output"
 
 
+@pytest.mark.mount
 def test_history_replaced_whole_or_appended(mnt, s3_bucket):
     s = mnt.path / "acme" / "proj" / "sessions" / "s1"
     s.mkdir(parents=True)
@@ -168,6 +174,7 @@ def test_history_replaced_whole_or_appended(mnt, s3_bucket):
     assert "acme/proj/sessions/s1/.history.tmp" not in keys(s3_bucket)
 
 
+@pytest.mark.mount
 def test_last_active_advances_on_write(mnt, s3_bucket):
     ws = mnt.path / "acme" / "proj"
     ws.mkdir(parents=True)
@@ -196,6 +203,7 @@ def test_activity_writes_one_record_per_workspace_per_flush(tmp_path, monkeypatc
     assert sorted(calls) == [("acme", "other"), ("acme", "proj")]
 
 
+@pytest.mark.mount
 def test_transcript_appended_line_by_line_goes_up_at_most_twice_per_write_back_window(mount_factory, s3_bucket):
     m = mount_factory("transcript", extra=["--write-back-delay", "0.5"])
     s = m.path / "acme" / "proj" / "sessions" / "s1"

@@ -125,6 +125,7 @@ def with_pending(mount_factory, name: str, files: dict[str, str]) -> Mount:
     return m
 
 
+@pytest.mark.mount
 def test_fsck_replays_into_the_recorded_store_and_refuses_another(mount_factory, s3_bucket, tmp_path):
     m = with_pending(mount_factory, "fsck", {"pending.txt": "only in the journal"})
     m.kill()
@@ -144,6 +145,7 @@ def test_fsck_replays_into_the_recorded_store_and_refuses_another(mount_factory,
     assert not env_store.exists(), "nothing went to the embedded store"
 
 
+@pytest.mark.mount
 def test_fsck_of_a_cache_directory_without_a_record_needs_the_store(mount_factory, s3_bucket):
     m = with_pending(mount_factory, "old", {"pending.txt": "from an older cowfs"})
     m.kill()
@@ -155,6 +157,7 @@ def test_fsck_of_a_cache_directory_without_a_record_needs_the_store(mount_factor
     assert body(s3_bucket, "t1/ws1/pending.txt") == b"from an older cowfs"
 
 
+@pytest.mark.mount
 def test_fsck_refuses_a_cache_directory_a_daemon_holds(mount_factory, s3_bucket):
     m = with_pending(mount_factory, "live", {"pending.txt": "the daemon's to upload"})
     done = cowfs("fsck", f"s3://{s3_bucket.name}", "--cache-dir", str(m.cache_dir), *s3_args(s3_bucket), check=False)
@@ -168,6 +171,7 @@ def test_fsck_refuses_a_cache_directory_a_daemon_holds(mount_factory, s3_bucket)
     assert body(s3_bucket, "t1/ws1/pending.txt") == b"the daemon's to upload"
 
 
+@pytest.mark.mount
 def test_a_second_mount_of_a_cache_directory_names_the_first_ones_mount_point_and_pid(mount_factory, s3_bucket,
                                                                                       tmp_path):
     m = mount_factory("first")
@@ -179,6 +183,7 @@ def test_a_second_mount_of_a_cache_directory_names_the_first_ones_mount_point_an
     assert f"in use by the cowfs daemon of {m.path} (PID {m.proc.pid})" in line
 
 
+@pytest.mark.mount
 def test_a_cache_directory_of_another_store_is_refused(mount_factory, s3_bucket, tmp_path):
     m = mount_factory("first")
     m.umount()
@@ -191,6 +196,7 @@ def test_a_cache_directory_of_another_store_is_refused(mount_factory, s3_bucket,
 # -- mount points ------------------------------------------------------------------------------
 
 
+@pytest.mark.mount
 def test_a_mount_over_a_mount_is_refused_naming_what_is_there(mount_factory, s3_bucket, tmp_path):
     m = mount_factory("first")
     done = refused_mount(f"s3://{s3_bucket.name}", str(m.path), "--cache-dir", str(tmp_path / "other-cache"),
@@ -205,6 +211,7 @@ def test_a_mount_over_a_mount_is_refused_naming_what_is_there(mount_factory, s3_
         assert done.returncode == USAGE and "already a mount (tmpfs from tmpfs)" in one_line(done)
 
 
+@pytest.mark.mount
 def test_a_non_empty_mount_point_is_refused_unless_allowed(mount_factory, s3_bucket, tmp_path):
     full = tmp_path / "full"
     full.mkdir()
@@ -221,6 +228,7 @@ def test_a_non_empty_mount_point_is_refused_unless_allowed(mount_factory, s3_buc
     assert (full / "a.txt").read_text() == "a.txt"
 
 
+@pytest.mark.mount
 def test_umount_of_a_dead_mount_unmounts_it_and_reports_the_journal(mount_factory, s3_bucket):
     m = with_pending(mount_factory, "dead", {f"pending{i}.txt": f"pending {i}" for i in range(3)})
     m.proc.send_signal(signal.SIGKILL)
@@ -241,6 +249,7 @@ def test_umount_of_a_dead_mount_unmounts_it_and_reports_the_journal(mount_factor
 # -- signals -----------------------------------------------------------------------------------
 
 
+@pytest.mark.mount
 def test_closing_the_terminal_of_a_foreground_mount_flushes_and_unmounts(s3_bucket, tmp_path):
     require_fuse()
     mnt = tmp_path / "mnt"

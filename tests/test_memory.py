@@ -33,6 +33,9 @@ from cowfs.attrs import DEFAULT_DIR_MODE, DEFAULT_FILE_MODE
 from cowfs.journal import SPARE_AHEAD
 from cowfs.store.local import LocalStore
 
+#: Every test here mounts FUSE (``-m "not mount"`` leaves them out).
+pytestmark = pytest.mark.mount
+
 KiB = 1024
 MiB = 1024 * KiB
 

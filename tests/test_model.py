@@ -13,8 +13,12 @@ import stat
 from pathlib import Path
 
 import hypothesis.strategies as st
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
+
+#: Every test here mounts FUSE (``-m "not mount"`` leaves them out).
+pytestmark = pytest.mark.mount
 
 NAMES = st.sampled_from(["a", "b", "c", "d e", "ü"])
 PATHS = st.lists(NAMES, min_size=1, max_size=3).map(lambda parts: "/".join(parts))

@@ -17,7 +17,12 @@ import subprocess
 import tarfile
 from pathlib import Path
 
+import pytest
+
 from mounting import require_programs, require_root
+
+#: Every test here mounts FUSE (``-m "not mount"`` leaves them out).
+pytestmark = pytest.mark.mount
 
 TARBALL = Path(__file__).parent / "pjdfstest" / "pjdfstest-85a8aea.tar.gz"
 TEST_FILES = 238

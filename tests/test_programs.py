@@ -28,8 +28,9 @@ import pytest
 
 from mounting import Mount
 
-#: What these tests check can differ between S3 servers: each runs on moto and on Ceph RGW.
-pytestmark = pytest.mark.servers
+#: What these tests check can differ between S3 servers: each runs on moto and on Ceph RGW;
+#: every one mounts FUSE.
+pytestmark = [pytest.mark.servers, pytest.mark.mount]
 
 
 def run(*cmd: object, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 180) -> str:

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from mounting import is_mounted, require_fuse
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -45,6 +47,7 @@ def test_the_readme_has_both_quick_starts():
     assert ".venv/bin/cowfs mount ~/agents" in embedded and "--create-bucket" in s3 and "--endpoint-url" not in s3
 
 
+@pytest.mark.mount
 def test_quick_start_on_the_embedded_store(tmp_path):
     require_fuse()
     done, home = run_as_new_user(quick_start_blocks()[0], tmp_path)
@@ -56,6 +59,7 @@ def test_quick_start_on_the_embedded_store(tmp_path):
     assert stored.is_dir() and (home / ".cache" / "cowfs").is_dir()
 
 
+@pytest.mark.mount
 def test_quick_start_on_an_s3_server_through_aws_endpoint_url(tmp_path, moto_server, moto_client):
     require_fuse()
     done, home = run_as_new_user(quick_start_blocks()[1], tmp_path, AWS_ENDPOINT_URL=moto_server)

@@ -20,6 +20,7 @@ import pytest
 from mounting import cowfs, is_mounted
 
 
+@pytest.mark.mount
 def test_notify_ready_after_mount_answers_and_stopping_on_sigterm(s3_bucket, tmp_path):
     notify_path = tmp_path / "notify.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -85,6 +86,7 @@ def _wait_unmounted_and_stored(bucket, key: str, mnt: Path) -> bytes:
     raise AssertionError(f"{key} never reached the bucket")
 
 
+@pytest.mark.mount
 def test_mount_t_fuse_cowfs_through_the_helper(s3_bucket, tmp_path):
     sbin = Path("/sbin")
     installed = [sbin / "mount.fuse.cowfs", sbin / "mount.cowfs"]
@@ -147,6 +149,7 @@ def tenants_config(bucket, two_users) -> tuple[Path, Path, Path]:
     return config, mnt, top / "cache"
 
 
+@pytest.mark.mount
 def test_two_users_in_two_tenants_are_kept_apart(s3_bucket, two_users):
     (a, uid_a, gid_a), (b, uid_b, gid_b) = two_users
     config, mnt, _ = tenants_config(s3_bucket, two_users)
@@ -183,6 +186,7 @@ def test_two_users_in_two_tenants_are_kept_apart(s3_bucket, two_users):
         shutil.rmtree(top, ignore_errors=True)
 
 
+@pytest.mark.mount
 def test_another_user_reads_nothing_in_the_cache_of_a_multi_user_mount(s3_bucket, two_users):
     (a, _, _), (b, _, _) = two_users
     config, mnt, cache = tenants_config(s3_bucket, two_users)

@@ -51,6 +51,7 @@ def keys(bucket) -> set[str]:
     return {o["Key"] for page in pages for o in page.get("Contents", [])}
 
 
+@pytest.mark.mount
 def test_gio_trash_and_restore_survive_a_remount_from_an_empty_cache(mount_factory, s3_bucket):
     first = mount_factory("first")
     ws = first.path / "t1" / "ws1"
@@ -98,6 +99,7 @@ def store_args(bucket) -> list[str]:
     return ["--store", f"s3://{bucket.name}", "--endpoint-url", bucket.endpoint, "--path-style"]
 
 
+@pytest.mark.mount
 def test_a_trash_folder_is_its_users_alone_and_only_at_the_root(mnt):
     with pytest.raises(PermissionError):
         (mnt.path / ".Trash-4242").mkdir()  # another uid's
@@ -115,6 +117,7 @@ def test_a_trash_folder_is_its_users_alone_and_only_at_the_root(mnt):
         (mnt.path / f".Trash-{UID}").rename(mnt.path / "t1" / "ws1" / "x")
 
 
+@pytest.mark.mount
 def test_trash_of_a_tenant_mount_lies_in_the_tenant(mount_factory, s3_bucket):
     mount = mount_factory("tenant", extra=["--tenant", "t1"])
     (mount.path / "ws1").mkdir()
@@ -126,6 +129,7 @@ def test_trash_of_a_tenant_mount_lies_in_the_tenant(mount_factory, s3_bucket):
     assert "Path=ws1/f.txt" in info
 
 
+@pytest.mark.mount
 def test_each_user_of_a_multi_user_mount_trashes_into_a_folder_only_they_can_enter(s3_bucket, two_users):  # noqa: F811
     (a, uid_a, _), (b, uid_b, _) = two_users
     config, mnt, _ = tenants_config(s3_bucket, two_users)

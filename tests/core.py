@@ -1,0 +1,359 @@
+"""The filesystem core in-process: no FUSE, no network, no sleeps.
+
+``Cores`` builds the namespace, write-back, journal, cache and workspace hooks
+the way the daemon does, over a store that answers like S3 where the core can
+tell (``S3LikeStore``), on trio's ``MockClock``: time moves only when a test
+says so (``Cores.advance``), and ``settle`` waits until every task and worker
+thread has nothing left to do, so what a test asserts does not depend on how
+fast the machine is. Several cores over one store are several mounts of one
+bucket. Tests drive the core through the operations the kernel calls
+(``fs.py``'s), by path with the helpers of ``Core``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import stat
+import threading
+from collections import Counter
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, AsyncIterator, Awaitable, BinaryIO, Callable, Iterator, TypeVar
+
+import pyfuse3
+import trio
+import trio.testing
+
+from cowfs.activity import Activity
+from cowfs.cache import ContentCache
+from cowfs.daemon import THREADS
+from cowfs.errors import NotFound, StoreError
+from cowfs.hooks import WorkspaceHooks
+from cowfs.journal import Journal
+from cowfs.keys import KeyMap
+from cowfs.namespace import Namespace
+from cowfs.store.base import ListPage, ObjectInfo, Progress
+from cowfs.store.local import LocalStore
+from cowfs.writeback import WriteBack
+
+if TYPE_CHECKING:
+    from cowfs.namespace import Node
+
+#: Where the mock clock starts: a monotonic clock counts from boot, and the core takes
+#: times near 0 for "never".
+CLOCK_START = 10_000.0
+#: A test still waiting after this many real seconds waits for a clock nobody moves.
+HUNG_AFTER = 60.0
+CACHE_SIZE = 1024**3
+READ_SIZE = 128 * 1024
+T = TypeVar("T")
+
+
+class S3LikeStore(LocalStore):
+    """A local store that answers as S3 does where the core can tell: a request is a
+    round trip (``remote``), and listings carry no metadata (a HEAD or GET brings
+    it). Every request is noted, as ``(kind, key)``; kinds can be refused or held
+    back on demand."""
+
+    remote = True
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.requests: list[tuple[str, str]] = []
+        self.refusing: set[str] = set()
+        #: The kinds held back (``holding``), and how many requests of each wait.
+        self.holds: dict[str, threading.Event] = {}
+        self._waiting: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    @property
+    def held(self) -> int:
+        """Requests waiting in a ``holding`` block."""
+        with self._lock:
+            return sum(self._waiting.values())
+
+    def count(self, kind: str, prefix: str = "") -> int:
+        """Requests of ``kind`` made so far for keys (or listing prefixes) starting with ``prefix``."""
+        with self._lock:
+            return sum(1 for k, key in self.requests if k == kind and key.startswith(prefix))
+
+    def mark(self) -> int:
+        """A point in the requests, for ``since``."""
+        with self._lock:
+            return len(self.requests)
+
+    def since(self, mark: int) -> Counter[tuple[str, str]]:
+        """The requests made after ``mark``, each ``(kind, key)`` with how often."""
+        with self._lock:
+            return Counter(self.requests[mark:])
+
+    @contextlib.contextmanager
+    def holding(self, kind: str) -> Iterator[None]:
+        """Requests of ``kind`` wait in their worker thread until the block ends."""
+        gate = threading.Event()
+        with self._lock:
+            self.holds[kind] = gate
+        try:
+            yield
+        finally:
+            with self._lock:
+                del self.holds[kind]
+                del self._waiting[kind]
+            gate.set()
+
+    def _ask(self, kind: str, key: str) -> None:
+        with self._lock:
+            self.requests.append((kind, key))
+            if kind in self.refusing:
+                raise StoreError(f"{kind} {key}: the test store refuses it")
+            gate = self.holds.get(kind)
+            if gate is not None:
+                self._waiting[kind] += 1
+        if gate is not None:
+            gate.wait()
+
+    def stored(self, prefix: str = "") -> dict[str, bytes]:
+        """Every object under ``prefix`` and its bytes (not counted: the test looking)."""
+        return {info.key: LocalStore.get(self, info.key)[0]
+                for page in LocalStore.list_pages(self, prefix, None) for info in page.objects}
+
+    def head(self, key: str) -> ObjectInfo:
+        self._ask("head", key)
+        return super().head(key)
+
+    def get(self, key: str, start: int | None = None, end: int | None = None) -> tuple[bytes, ObjectInfo]:
+        self._ask("get", key)
+        return super().get(key, start, end)
+
+    def get_to_file(self, key: str, out: BinaryIO, progress: Progress | None = None) -> ObjectInfo:
+        self._ask("get", key)
+        return super().get_to_file(key, out, progress)
+
+    def get_range_into(self, key: str, info: ObjectInfo, fd: int, start: int, end: int,
+                       progress: Progress | None = None) -> None:
+        self._ask("get", key)
+        super().get_range_into(key, info, fd, start, end, progress)
+
+    def put(self, key: str, body: bytes | BinaryIO, metadata: dict[str, str], if_match: str | None = None,
+            if_none_match: bool = False) -> str:
+        self._ask("put", key)
+        return super().put(key, body, metadata, if_match, if_none_match)
+
+    def copy(self, src: str, dst: str, metadata: dict[str, str] | None = None) -> str:
+        self._ask("copy", dst)
+        return super().copy(src, dst, metadata)
+
+    def delete_many(self, keys: list[str]) -> None:
+        for key in keys:
+            self._ask("delete", key)
+        super().delete_many(keys)
+
+    def list_pages(self, prefix: str, delimiter: str | None = "/") -> Iterator[ListPage]:
+        for page in super().list_pages(prefix, delimiter):
+            self._ask("list", prefix)
+            yield ListPage([dataclasses.replace(o, metadata=None) for o in page.objects], page.prefixes, page.more)
+
+
+@dataclasses.dataclass
+class Core:
+    """One mount's core, and path-based helpers over the operations the kernel calls."""
+
+    ns: Namespace
+    writeback: WriteBack
+    journal: Journal
+    store: S3LikeStore
+
+    async def find(self, path: str) -> Node:
+        """The node at ``path`` (a lookup per component, as the kernel makes them)."""
+        node = self.ns.node(pyfuse3.ROOT_INODE)
+        for name in filter(None, path.split("/")):
+            node = await self.ns.lookup(node.ino, name.encode())
+        return node
+
+    async def exists(self, path: str) -> bool:
+        try:
+            await self.find(path)
+        except NotFound:
+            return False
+        return True
+
+    async def makedirs(self, path: str) -> Node:
+        node = self.ns.node(pyfuse3.ROOT_INODE)
+        for name in filter(None, path.split("/")):
+            try:
+                node = await self.ns.lookup(node.ino, name.encode())
+            except NotFound:
+                node = await self.ns.mkdir(node.ino, name.encode(), 0o755, os.getuid(), os.getgid())
+        return node
+
+    async def open(self, path: str, flags: int = os.O_RDONLY) -> int:
+        """A handle on ``path``, made by create when absent and ``O_CREAT`` is given."""
+        parent, _, name = path.rpartition("/")
+        try:
+            node = await self.find(path)
+        except NotFound:
+            if not flags & os.O_CREAT:
+                raise
+            folder = await self.find(parent)
+            _, fh = await self.ns.create(folder.ino, name.encode(), 0o644, os.getuid(), os.getgid())
+            return fh
+        return (await self.ns.open(node.ino, flags)).fh
+
+    async def close(self, fh: int) -> None:
+        """close(2): flush, then the kernel's release."""
+        await self.ns.flush(fh)
+        await self.ns.release(fh)
+
+    async def write(self, path: str, data: bytes, *, append: bool = False) -> None:
+        """``open(path, "ab" if append else "wb").write(data)``, closed."""
+        fh = await self.open(path, os.O_WRONLY | os.O_CREAT | (0 if append else os.O_TRUNC))
+        offset = self.ns.handle(fh).node.size if append else 0
+        await self.ns.write(fh, offset, data)
+        await self.close(fh)
+
+    async def read_handle(self, fh: int) -> bytes:
+        out = b""
+        while chunk := await self.ns.read(fh, len(out), READ_SIZE):
+            out += chunk
+        return out
+
+    async def read(self, path: str) -> bytes:
+        fh = await self.open(path)
+        try:
+            return await self.read_handle(fh)
+        finally:
+            await self.ns.release(fh)
+
+    async def listdir(self, path: str) -> list[str]:
+        fh = await self.ns.opendir((await self.find(path)).ino)
+        try:
+            return [name for name, _ in await self.ns.readdir(fh, 0)]
+        finally:
+            self.ns.release_handle(fh)
+
+    async def walk(self, path: str) -> set[str]:
+        """Every path under ``path``, relative to it, as ``find`` or ``os.walk`` reach them."""
+        found: set[str] = set()
+        for name in await self.listdir(path):
+            found.add(name)
+            if stat.S_ISDIR((await self.find(f"{path}/{name}")).mode):
+                found.update(f"{name}/{below}" for below in await self.walk(f"{path}/{name}"))
+        return found
+
+    async def unlink(self, path: str) -> None:
+        parent, _, name = path.rpartition("/")
+        await self.ns.unlink((await self.find(parent)).ino, name.encode())
+
+    async def rmdir(self, path: str) -> None:
+        parent, _, name = path.rpartition("/")
+        await self.ns.rmdir((await self.find(parent)).ino, name.encode())
+
+    async def rename(self, old: str, new: str) -> None:
+        (old_parent, _, old_name), (new_parent, _, new_name) = old.rpartition("/"), new.rpartition("/")
+        await self.ns.rename((await self.find(old_parent)).ino, old_name.encode(),
+                             (await self.find(new_parent)).ino, new_name.encode(), 0)
+
+
+class Cores:
+    """Cores of the filesystem, as the daemon builds them, over one bucket: ``store``
+    is that bucket as another writer (or the test) sees it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.store = S3LikeStore(root / "store")
+        self._stores = [self.store]
+
+    @asynccontextmanager
+    async def mount(self, *, metadata_ttl: float = 1.0, write_back_delay: float = 1.0,
+                    store_timeout: float = 30.0) -> AsyncIterator[Core]:
+        """A core serving until the block ends (then stopped, not flushed: a test syncs what it means to)."""
+        base = self.root / f"core{len(self._stores)}"
+        tmp_dir = base / "tmp"
+        tmp_dir.mkdir(parents=True)
+        store = S3LikeStore(self.store.root)
+        self._stores.append(store)
+        journal = Journal(base / "journal")
+        cache = ContentCache(base / "cache", CACHE_SIZE)
+        limiter = trio.CapacityLimiter(THREADS)
+        activity = Activity(store, limiter)
+        writeback = WriteBack(store, journal, limiter, delay=write_back_delay, clock=trio.current_time,
+                              on_stored=activity.mark)
+        hooks = WorkspaceHooks(store, limiter, activity, lambda: {"listings": ns.listings}, store_timeout)
+        ns = Namespace(store, KeyMap(), cache, journal, writeback, limiter, tmp_dir, hooks, uid=os.getuid(),
+                       gid=os.getgid(), metadata_ttl=metadata_ttl, store_timeout=store_timeout,
+                       clock=trio.current_time)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(writeback.run)
+                await nursery.start(ns.run)
+                nursery.start_soon(activity.run)
+                yield Core(ns, writeback, journal, store)
+                nursery.cancel_scope.cancel()
+        finally:
+            cache.close()
+            journal.close()
+
+    async def settle(self) -> None:
+        """Until every task waits on the clock or on a request held back on purpose."""
+        while True:
+            await trio.testing.wait_all_tasks_blocked()
+            if trio.testing.active_thread_count() <= sum(store.held for store in self._stores):
+                return
+            if any(store.holds for store in self._stores):
+                # A thread may be on its way to a held request: wait for threads a moment at a time.
+                await trio.to_thread.run_sync(threading.Event().wait, 0.001)
+            else:
+                await trio.testing.wait_all_threads_completed()
+
+    async def at_once(self, op: Callable[[], Awaitable[T]]) -> T:
+        """``op``'s result; fails when ``op`` waits for the clock or for a request held back."""
+        done: list[T] = []
+
+        async def run() -> None:
+            done.append(await op())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run)
+            await self.settle()
+            nursery.cancel_scope.cancel()
+        assert done, "it waited (for a held request or for the clock)"
+        return done[0]
+
+    async def advance(self, seconds: float) -> None:
+        """Let ``seconds`` pass on the mock clock, and what falls due in them happen."""
+        await self.settle()
+        clock = trio.lowlevel.current_clock()
+        assert isinstance(clock, trio.testing.MockClock), "core tests run on the mock clock (conftest)"
+        clock.jump(seconds)
+        await self.settle()
+
+
+def _alone(group: BaseExceptionGroup) -> BaseException:
+    """The one exception a group of nurseries wraps, or the group when it holds several."""
+    while isinstance(group, BaseExceptionGroup) and len(group.exceptions) == 1:
+        group = group.exceptions[0]
+    return group
+
+
+def run_on_mock_clock(test: Callable[[], Awaitable[None]]) -> None:
+    """Run an async test in trio on a mock clock; fail it if it hangs for ``HUNG_AFTER`` real seconds."""
+
+    async def guarded() -> None:
+        token = trio.lowlevel.current_trio_token()
+        with trio.CancelScope() as scope:
+            alarm = threading.Timer(HUNG_AFTER, lambda: token.run_sync_soon(scope.cancel))
+            alarm.start()
+            try:
+                await test()
+            except BaseExceptionGroup as group:
+                raise _alone(group) from None
+            finally:
+                alarm.cancel()
+        if scope.cancelled_caught:
+            raise AssertionError(f"still waiting after {HUNG_AFTER:g} s of real time (for a clock nobody moves?)")
+
+    clock = trio.testing.MockClock()
+    clock.jump(CLOCK_START)
+    trio.run(guarded, clock=clock)
