@@ -200,10 +200,13 @@ MOUNT_FIXTURES = ("mount_factory", "file_mount_factory")
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Keep ``-m "not mount"`` free of mounts: refuse a test that mounts through a fixture unmarked."""
+    unmarked = []
     for item in items:
         used = [name for name in MOUNT_FIXTURES if name in getattr(item, "fixturenames", ())]
         if used and item.get_closest_marker("mount") is None:
-            raise pytest.UsageError(f"{item.nodeid} mounts FUSE ({used[0]}) but is not marked mount")
+            unmarked.append(f"{item.nodeid} ({used[0]})")
+    if unmarked:
+        raise pytest.UsageError("mount FUSE but are not marked mount: " + ", ".join(unmarked))
 
 
 # -- the filesystem core in-process ---------------------------------------------

@@ -228,6 +228,7 @@ def generated(ws, name: str) -> dict:
     return json.loads((ws / ".cowfs" / name).read_text())
 
 
+@pytest.mark.mount
 def test_generated_files_show_a_session_right_after_its_first_write(mount_factory, s3_bucket):
     m = mount_factory("ryw", extra=["--write-back-delay", "60"])
     ws = m.path / "acme" / "proj"
@@ -263,6 +264,7 @@ def test_generated_files_show_a_session_right_after_its_first_write(mount_factor
     assert [(s["sessionId"], s["files"], s["bytes"], s["createdAt"]) for s in listed] == [("new", 2, 102, created)]
 
 
+@pytest.mark.mount
 def test_two_mounts_writing_sessions_of_one_workspace_give_exact_counts(mount_factory, s3_bucket):
     a, b = mount_factory("a"), mount_factory("b")
     (a.path / "acme" / "proj").mkdir(parents=True)
