@@ -63,6 +63,8 @@ class S3LikeStore(LocalStore):
         super().__init__(root)
         self.requests: list[tuple[str, str]] = []
         self.refusing: set[str] = set()
+        #: Keys listings leave out, as a server whose listings lag its writes does.
+        self.unlisted: set[str] = set()
         #: The kinds held back (``holding``), and how many requests of each wait.
         self.holds: dict[str, threading.Event] = {}
         self._waiting: Counter[str] = Counter()
@@ -153,7 +155,8 @@ class S3LikeStore(LocalStore):
     def list_pages(self, prefix: str, delimiter: str | None = "/") -> Iterator[ListPage]:
         for page in super().list_pages(prefix, delimiter):
             self._ask("list", prefix)
-            yield ListPage([dataclasses.replace(o, metadata=None) for o in page.objects], page.prefixes, page.more)
+            objects = [dataclasses.replace(o, metadata=None) for o in page.objects if o.key not in self.unlisted]
+            yield ListPage(objects, page.prefixes, page.more)
 
 
 @dataclasses.dataclass

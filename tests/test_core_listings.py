@@ -13,6 +13,7 @@ from collections import Counter
 import pytest
 
 from core import Cores
+from cowfs.namespace import LISTING_LAG
 from cowfs.errors import NoAttribute, NotFound
 
 #: Bigger than what the core fetches whole when it needs an object's metadata: a HEAD asks for that.
@@ -249,3 +250,25 @@ async def test_the_small_files_of_a_listed_folder_are_fetched_ahead_of_the_reade
             assert await a.read(f"t1/ws1/docs/{name}") == data
         assert a.store.since(start) == Counter(), "files were not fetched ahead of the reader"
         assert a.store.count("get", "t1/ws1/docs/") == len(files), "a file was fetched twice"
+
+
+async def test_a_listing_that_lags_a_write_does_not_make_the_file_vanish(cores: Cores) -> None:
+    """A server whose listings lag its writes: a file this mount wrote moments before a
+    listing that lacks it stays until a HEAD says it is gone; an older one goes at once."""
+    async with cores.mount(metadata_ttl=1.0, write_back_delay=0.25) as a:
+        await a.makedirs("t1/ws1")
+        await a.write("t1/ws1/old.txt", b"old")
+        await a.ns.sync()
+        await cores.advance(LISTING_LAG)
+        await a.write("t1/ws1/kept.txt", b"written a moment ago")
+        await a.write("t1/ws1/gone.txt", b"deleted by another writer")
+        await a.ns.sync()
+        a.store.unlisted.add("t1/ws1/kept.txt")
+        cores.store.delete("t1/ws1/gone.txt")
+        cores.store.delete("t1/ws1/old.txt")
+        await cores.advance(1.0)
+        start = a.store.mark()
+        assert await a.listdir("t1/ws1") == ["kept.txt"]
+        assert a.store.since(start) == Counter({("list", "t1/ws1/"): 1, ("head", "t1/ws1/kept.txt"): 1,
+                                                ("head", "t1/ws1/gone.txt"): 1})
+        assert await a.read("t1/ws1/kept.txt") == b"written a moment ago"
