@@ -46,6 +46,9 @@ from .errors import CowfsError, InvalidName, NameTooLong, NoSpace, NotFound, Not
 from .hooks import user_name
 from .keys import KeyMap
 from .names import component
+from .output import plural, size
+from .progress import Meter
+from .sessionindex import refresh_keys
 from .store import ObjectInfo, ObjectStore
 from .workspaces import check_scoped_name, create_workspace, get_workspace, touch_workspace
 
@@ -90,10 +93,10 @@ class Summary:
         kinds = [(self.files, "file"), (self.folders, "folder"), (self.symlinks, "symlink")]
         if self.special:
             kinds.append((self.special, "special file"))
-        counts = ", ".join(_plural(n, word) for n, word in kinds)
+        counts = ", ".join(plural(n, word) for n, word in kinds)
         skipped = f"; {len(self.skipped)} skipped" if self.skipped else ""
         return [f"skipped {_shown(name)}: {why}" for name, why in self.skipped] + [
-            f"{verb} {counts} ({_size(self.bytes)}) {where}{skipped}"]
+            f"{verb} {counts} ({size(self.bytes)}) {where}{skipped}"]
 
 
 # -- export -----------------------------------------------------------------------
@@ -108,8 +111,9 @@ class _Node:
     info: ObjectInfo | None
 
 
-def export_archive(store: ObjectStore, tenant: str, workspace: str, out: Path, session: str | None = None) -> Summary:
-    """Write the workspace (or one of its sessions) to ``out`` as a tar.gz.
+def export_archive(store: ObjectStore, tenant: str, workspace: str, out: Path, session: str | None = None,
+                   meter: Meter | None = None) -> Summary:
+    """Write the workspace (or one of its sessions) to ``out`` as a tar.gz; ``meter`` hears of each member.
 
     The archive is written beside ``out`` and renamed into place at the end,
     so a failed export never leaves a half archive behind.
@@ -121,6 +125,8 @@ def export_archive(store: ObjectStore, tenant: str, workspace: str, out: Path, s
     nodes = _visible(store, keymap, base, summary)
     if session and not nodes:
         raise NotFound(f"no session {session} in {tenant}/{workspace}")
+    if meter is not None:
+        meter.plan(len(nodes), sum(n.info.size for n in nodes if n.info is not None and not n.is_dir))
     partial = out.with_name(f".{out.name}.{secrets.token_hex(4)}.part")
     try:
         with _file_errors(f"cannot write {out}"), open(partial, "xb") as raw:
@@ -135,6 +141,8 @@ def export_archive(store: ObjectStore, tenant: str, workspace: str, out: Path, s
                     if body is not None:
                         body.close()
                     summary.count(member)
+                    if meter is not None:
+                        meter.advance(1, member.size if member.isreg() else 0)
             raw.flush()
             os.fsync(raw.fileno())
             os.replace(partial, out)
@@ -270,12 +278,12 @@ class Limits:
         if members > self.max_members:
             raise CowfsError(f"{archive} holds more than {self.max_members} members (--max-members raises the limit)")
         if expanded > self.max_bytes:
-            raise CowfsError(f"{archive} expands to more than {_size(self.max_bytes)} of files "
+            raise CowfsError(f"{archive} expands to more than {size(self.max_bytes)} of files "
                              "(--max-bytes raises the limit)")
 
 
 def import_archive(store: ObjectStore, tenant: str, workspace: str, archive: Path,
-                   limits: Limits = Limits(), allow_devices: bool = False) -> Summary:
+                   limits: Limits = Limits(), allow_devices: bool = False, meter: Meter | None = None) -> Summary:
     """Write the members of a tar archive (any compression) into the workspace.
 
     The whole archive is read and checked first, so a damaged one writes
@@ -286,7 +294,7 @@ def import_archive(store: ObjectStore, tenant: str, workspace: str, archive: Pat
     workspace record is created if missing (as ``mkdir TENANT/NAME`` does)
     and its ``lastActiveAt`` advanced. Device files are skipped unless
     ``allow_devices`` (a mount does not let them act as devices either, unless
-    mounted with ``-o dev``).
+    mounted with ``-o dev``). ``meter`` hears of each member stored.
     """
     keymap = _keymap(store, tenant, workspace)
     summary = Summary()
@@ -295,12 +303,17 @@ def import_archive(store: ObjectStore, tenant: str, workspace: str, archive: Pat
         files = [entry.data.size for entry in entries if entry.data.isreg()]
         limits.check(archive, len(entries), sum(files))
         _check_temporary_room(files)
+        if meter is not None:
+            meter.plan(len(entries), sum(files))
         create_workspace(store, tenant, user_name(os.getuid()), "general", workspace_id=workspace)
         bodies = ((entry, _body(tar, entry)) for entry in entries)
         for member in _ahead(functools.partial(_put, store, keymap, summary), bodies):
             if member is not None:
                 summary.count(member)
+            if meter is not None and member is not None:
+                meter.advance(1, member.size if member.isreg() else 0)
     touch_workspace(store, tenant, workspace, datetime.now(timezone.utc))
+    refresh_keys(store, (keymap.checked_key(entry.parts, entry.data.isdir()) for entry in entries))
     return summary
 
 
@@ -329,8 +342,8 @@ def _check_temporary_room(sizes: list[int]) -> None:
     folder = tempfile.gettempdir()
     free = shutil.disk_usage(folder).free
     if need > free:
-        raise NoSpace(f"the temporary folder {folder} has {_size(free)} free and the import spools up to "
-                      f"{_size(need)} there at once (TMPDIR names another folder)")
+        raise NoSpace(f"the temporary folder {folder} has {size(free)} free and the import spools up to "
+                      f"{size(need)} there at once (TMPDIR names another folder)")
 
 
 def _plan(keymap: KeyMap, members: list[tarfile.TarInfo], summary: Summary, allow_devices: bool) -> list[_Entry]:
@@ -583,16 +596,3 @@ def _file_errors(what: str) -> Iterator[None]:
 def _shown(name: str) -> str:
     """A name safe to print on one line: hostile archives can hold newlines and escapes."""
     return name if name.isprintable() else ascii(name)
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
-
-
-def _size(n: int) -> str:
-    value, unit = float(n), "B"
-    for bigger in ("KiB", "MiB", "GiB", "TiB"):
-        if value < 1024:
-            break
-        value, unit = value / 1024, bigger
-    return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"

@@ -1,4 +1,4 @@
-"""The ``cowfs`` command line (DESIGN.md §5) and the ``mount.cowfs`` helper.
+"""The ``cowfs`` command line and the ``mount.cowfs`` helper.
 
 Exit codes: 0 success, 1 operation failed, 2 usage or configuration error.
 Every failure prints one line on stderr: ``cowfs: error: ...``.
@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence, TypeVar
 
 import json
+from datetime import datetime, timezone
 
-from . import __version__, archive, control, helper_install, mounts, progress, sessions, values, workspaces
+from . import (__version__, archive, completion, control, helper_install, mounts, options, output, progress,
+               sessionindex, sessions, trash, values, workspaces)
 from .config import Config, load
-from .daemon import READY_FD_ENV, MountOptions, mount
+from .daemon import LOG_FORMAT, READY_FD_ENV, MountOptions, default_cache_dir, mount
 from .errors import CowfsError, NotFound, UsageError
 from .recovery import fsck, journal_store, release_dead_mount
 from .store import ObjectStore, open_store
@@ -43,14 +45,28 @@ def _arg(parse: Callable[[Any], T]) -> Callable[[str], T]:
 
 def _store_options(parser: argparse.ArgumentParser, json_flag: bool = False, store_flag: bool = True) -> None:
     if json_flag:
-        parser.add_argument("--json", action="store_true", help="machine-readable output")
+        _json_option(parser)
     if store_flag:
         parser.add_argument("--store", type=_arg(values.non_empty),
                             help="s3://BUCKET[/PREFIX] or file:///PATH (default: $COWFS_STORE, config, embedded)")
-    parser.add_argument("--endpoint-url", type=_arg(values.endpoint_url),
-                        help="S3 endpoint, e.g. http://127.0.0.1:9000")
-    parser.add_argument("--region", type=_arg(values.region), help="S3 region")
-    parser.add_argument("--path-style", action="store_true", help="path-style S3 addressing")
+    options.add_arguments(parser, options.STORE, _arg)
+
+
+def _json_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+
+
+def _yes_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-y", "--yes", action="store_true",
+                        help="do not ask before deleting (needed when not on a terminal)")
+
+
+def _common_options() -> argparse.ArgumentParser:
+    """Options every command takes: quiet, and where the log goes."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress lines or log messages, only errors")
+    options.add_arguments(common, options.LOGGING, _arg)
+    return common
 
 
 class _Parser(argparse.ArgumentParser):
@@ -64,87 +80,118 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cowfs", description="Mount agent workspaces kept in an S3 bucket.")
     parser.add_argument("--version", action="version", version=f"cowfs {__version__}")
     parser.add_argument("--config", type=Path, help="TOML configuration file")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = _common_options()
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
-    p = sub.add_parser("mount", help="mount a store")
-    p.add_argument("store_or_mountpoint", metavar="STORE", nargs="?", help="s3://BUCKET[/PREFIX] or file:///PATH")
-    p.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?")
+    def command(name: str, text: str, into: Any = sub) -> argparse.ArgumentParser:
+        return into.add_parser(name, help=text, description=text, parents=[common])
+
+    p = command("mount", "mount a store")
+    p.add_argument("store_or_mountpoint", metavar="STORE", nargs="?",
+                   help="s3://BUCKET[/PREFIX] or file:///PATH (default: the embedded store)")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?", help="an existing, empty folder")
     p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
-    p.add_argument("--tenant", type=_arg(values.tenant_name), help="mount one tenant as the root")
-    p.add_argument("--cache-dir", type=Path, help="local cache and journal directory")
-    p.add_argument("--cache-size", type=_arg(values.byte_size), help="cache size limit (default 10G)")
-    p.add_argument("--write-back-delay", type=_arg(values.non_negative_finite),
-                   help="seconds between close and upload (default 1)")
-    p.add_argument("--metadata-ttl", type=_arg(values.non_negative_finite),
-                   help="seconds metadata is trusted (default 1)")
-    p.add_argument("--store-timeout", type=_arg(values.positive_finite),
-                   help="seconds before a read that needs the store fails with EIO (default 30)")
+    options.add_arguments(p, options.MOUNT, _arg)
     p.add_argument("-o", dest="fuse_options", action="append", default=[], help="FUSE options, comma separated")
-    p.add_argument("--debug", action="store_true", help="log every FUSE request")
     _store_options(p, store_flag=False)
 
     for name, text in (("umount", "flush pending uploads, then unmount"),
                        ("sync", "wait until everything written is in the store"),
                        ("status", "pending uploads, dirty bytes, cache use, errors")):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("mountpoint", metavar="MOUNTPOINT")
+        p = command(name, text)
+        p.add_argument("mountpoint", metavar="MOUNTPOINT", help="where cowfs is mounted")
         p.add_argument("--timeout", type=_arg(values.positive_finite), help="give up after this many seconds")
+        if name == "status":
+            _json_option(p)
 
-    p = sub.add_parser("workspace", help="create, list, show, delete or resolve workspaces")
-    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    _json_option(command("mounts", "the cowfs mounts of this machine: mount point, store, tenant, cache, PID"))
+    p = command("doctor", "check FUSE, credentials, endpoint, bucket, clock and cache dir")
+    p.add_argument("store", metavar="STORE", nargs="?", help="the store to check (default as for workspace)")
+    p.add_argument("--cache-dir", type=Path, help="the cache dir to check (default: where mount puts it)")
+    p.add_argument("--tenant", type=_arg(values.tenant_name), help="the tenant the cache dir is for")
+    _store_options(p, json_flag=True, store_flag=False)
+
+    p = command("workspace", "create, list, show, delete or resolve workspaces")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=_Parser)
     for name, text in (("create", "create a workspace (prints its id)"),
                        ("resolve", "the local-scope workspace of tenant+user+path (created if missing)")):
-        a = actions.add_parser(name, help=text)
-        a.add_argument("--tenant", type=_arg(values.tenant_name), required=True)
-        a.add_argument("--user", type=_arg(values.non_empty), required=True)
+        a = command(name, text, actions)
+        a.add_argument("--tenant", type=_arg(values.tenant_name), required=True, help="the tenant it belongs to")
+        a.add_argument("--user", type=_arg(values.non_empty), required=True, help="the user it is made for")
         if name == "create":
-            a.add_argument("--scope", choices=workspaces.SCOPES, default="general")
-        a.add_argument("--local-path", type=_arg(values.non_empty), required=name == "resolve")
+            a.add_argument("--scope", choices=workspaces.SCOPES, default="general",
+                           help="local (one per tenant+user+path), general (default) or cloud")
+        a.add_argument("--local-path", type=_arg(values.non_empty), required=name == "resolve",
+                       help="the folder on the user's machine it stands for")
         _store_options(a, json_flag=True)
-    a = actions.add_parser("list", help="workspaces of every tenant, or of one")
-    a.add_argument("--tenant", type=_arg(values.tenant_name))
+    a = command("list", "workspaces of every tenant, or of one", actions)
+    a.add_argument("--tenant", type=_arg(values.tenant_name), help="only this tenant's")
     _store_options(a, json_flag=True)
     for name, text in (("show", "one workspace record"), ("delete", "delete a workspace and every object in it")):
-        a = actions.add_parser(name, help=text)
-        a.add_argument("workspace", metavar="TENANT/WORKSPACE", type=_arg(values.workspace_ref))
-        _store_options(a, json_flag=name == "show")
+        a = command(name, text, actions)
+        a.add_argument("workspace", metavar="TENANT/WORKSPACE", type=_arg(values.workspace_ref), help="which one")
+        if name == "delete":
+            _yes_option(a)
+        _store_options(a, json_flag=True)
 
-    p = sub.add_parser("sessions", help="sessions of a workspace")
-    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    a = actions.add_parser("list", help="most recently active first, a page at a time")
-    a.add_argument("workspace", metavar="TENANT/WORKSPACE", type=_arg(values.workspace_ref))
+    p = command("sessions", "sessions of a workspace")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=_Parser)
+    a = command("list", "most recently active first, a page at a time", actions)
+    a.add_argument("workspace", metavar="TENANT/WORKSPACE", type=_arg(values.workspace_ref),
+                   help="the workspace whose sessions to list")
     a.add_argument("--limit", type=_arg(values.page_size), default=20, help="page size, 1-100 (default 20)")
     a.add_argument("--next-token", type=_arg(values.non_empty), help="the token printed with the previous page")
     _store_options(a, json_flag=True)
+    a = command("reindex", "rebuild the session index from a full listing (objects other tools wrote)", actions)
+    a.add_argument("workspace", metavar="TENANT/WORKSPACE", type=_arg(values.workspace_ref),
+                   help="the workspace whose sessions to index")
+    _store_options(a, json_flag=True)
 
-    p = sub.add_parser("export", help="write a workspace, or one session of it, to a tar.gz archive")
-    p.add_argument("source", metavar="TENANT/WORKSPACE[/sessions/ID]", type=_arg(values.archive_source))
-    p.add_argument("out", metavar="OUT.tar.gz", type=Path)
-    _store_options(p)
+    p = command("trash", "what file managers moved to the trash of mounts of this store")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=_Parser)
+    _store_options(command("list", "every trashed file or folder, oldest first", actions), json_flag=True)
+    a = command("empty", "delete what is in the trash for good", actions)
+    a.add_argument("--older-than", type=_arg(values.days), metavar="DAYS", help="only what was trashed before")
+    _yes_option(a)
+    _store_options(a, json_flag=True)
 
-    p = sub.add_parser("import", help="write the files of a tar archive into a workspace")
-    p.add_argument("workspace", metavar="TENANT/WORKSPACE", type=_arg(values.workspace_ref))
-    p.add_argument("archive", metavar="IN.tar.gz", type=Path)
+    p = command("export", "write a workspace, or one session of it, to a tar.gz archive")
+    p.add_argument("source", metavar="TENANT/WORKSPACE[/sessions/ID]", type=_arg(values.archive_source),
+                   help="a workspace, or one session of it")
+    p.add_argument("out", metavar="OUT.tar.gz", type=Path, help="the archive to write")
+    _store_options(p, json_flag=True)
+
+    p = command("import", "write the files of a tar archive into a workspace")
+    p.add_argument("workspace", metavar="TENANT/WORKSPACE", type=_arg(values.workspace_ref),
+                   help="the workspace to write into (created if missing)")
+    p.add_argument("archive", metavar="IN.tar.gz", type=Path, help="a tar archive, compressed or not")
     p.add_argument("--max-bytes", type=_arg(values.byte_size), default=archive.Limits.max_bytes,
                    help="refuse an archive whose files add up to more (default 64G)")
     p.add_argument("--max-members", type=_arg(values.positive_int), default=archive.Limits.max_members,
                    help="refuse an archive with more members (default 1000000)")
     p.add_argument("--allow-devices", action="store_true",
                    help="keep device files (skipped otherwise; FIFOs are always kept)")
-    _store_options(p)
+    _store_options(p, json_flag=True)
 
-    p = sub.add_parser("purge", help="delete workspaces idle for N days")
-    p.add_argument("--inactive-days", type=_arg(values.days), required=True, help="at least 1")
+    p = command("purge", "delete workspaces idle for N days, and trash older than that")
+    p.add_argument("--inactive-days", type=_arg(values.days), required=True,
+                   help="days without activity (at least 1) after which a workspace, or trash, is deleted")
     p.add_argument("--dry-run", action="store_true", help="only print what would be deleted")
-    _store_options(p)
+    _yes_option(p)
+    _store_options(p, json_flag=True)
 
-    p = sub.add_parser("install-helper", help="let mount(8) and /etc/fstab mount cowfs (type fuse.cowfs)")
+    p = command("install-helper", "let mount(8) and /etc/fstab mount cowfs (type fuse.cowfs)")
     p.add_argument("--dir", type=Path, default=Path("/sbin"), help="where mount(8) looks for helpers")
+    _json_option(p)
 
-    p = sub.add_parser("fsck", help="replay a journal left by a stopped daemon")
-    p.add_argument("store", metavar="STORE", nargs="?")
-    p.add_argument("--cache-dir", type=Path, required=True)
-    _store_options(p, store_flag=False)
+    p = command("fsck", "replay a journal left by a stopped daemon, reindex the sessions it wrote")
+    p.add_argument("store", metavar="STORE", nargs="?", help="the store the mount wrote to (default: the one the cache dir records)")
+    p.add_argument("--cache-dir", type=Path, required=True, help="the cache dir of the mount that stopped")
+    _store_options(p, json_flag=True, store_flag=False)
+
+    p = command("completion", "print a shell completion script (bash, zsh or fish)")
+    p.add_argument("shell", choices=completion.SHELLS, help="the shell")
+    command("man", "print the manual page (roff; man -l - reads it)")
     return parser
 
 
@@ -158,34 +205,22 @@ def _cmd_mount(args: argparse.Namespace) -> None:
     if mountpoint is None:
         raise UsageError("mount needs a MOUNTPOINT (argument or 'mountpoint' in the config file)")
 
-    def pick(name: str, default: object) -> object:
-        value = getattr(args, name)
-        return value if value is not None else config.get(name, default)
-
-    cache_dir = pick("cache_dir", None)
+    given = {option.name: getattr(args, option.name) for option in options.MOUNT_ALL}
+    settings = {name: config.get(name) if value is None else value for name, value in given.items()}
     opts = MountOptions(
         mountpoint=Path(mountpoint).resolve(),
         store_url=store_url,
         foreground=args.foreground,
-        tenant=pick("tenant", None),
-        cache_dir=Path(cache_dir).resolve() if cache_dir else None,
-        cache_size=pick("cache_size", 10 * 1024**3),
-        write_back_delay=pick("write_back_delay", 1.0),
-        metadata_ttl=pick("metadata_ttl", 1.0),
-        store_timeout=pick("store_timeout", 30.0),
-        endpoint_url=pick("endpoint_url", None),
-        region=pick("region", None),
-        path_style=args.path_style or config.get("path_style", False),
         fuse_options=config.get("options", []) + [o for group in args.fuse_options for o in group.split(",") if o],
-        debug=args.debug,
         config_path=config.path,
         tenants=config.tenants or None,
+        **{name: value for name, value in settings.items() if value is not None},
     )
     mount(opts)
 
 
 def _cmd_sync(args: argparse.Namespace) -> None:
-    _check_refused(progress.sync(args.mountpoint, args.timeout))
+    _check_refused(progress.sync(args.mountpoint, args.timeout, args.quiet))
 
 
 def _check_refused(reply: dict[str, Any]) -> None:
@@ -197,10 +232,31 @@ def _check_refused(reply: dict[str, Any]) -> None:
 
 
 def _cmd_status(args: argparse.Namespace) -> None:
-    reply = control.request(args.mountpoint, {"cmd": "status"}, timeout=args.timeout)
-    reply.pop("ok", None)
-    for name, value in reply.items():
-        print(f"{name}: {value}")
+    status = control.request(args.mountpoint, {"cmd": "status"}, timeout=args.timeout)
+    status.pop("ok", None)
+    if args.json:
+        output.emit_json(status)
+        return
+    uploads, deletes = status["pendingUploads"], status["pendingDeletes"]
+    output.emit(output.fields([
+        ("mount point", status["mountpoint"]),
+        ("store", status["store"] + (f" (tenant {status['tenant']})" if status.get("tenant") else "")),
+        ("cache dir", status["cacheDir"]),
+        ("daemon", f"pid {status['pid']}, up {output.duration(status['uptime'])}"),
+        ("pending", "nothing" if not uploads + deletes else
+         f"{output.plural(uploads, 'upload')} ({output.size(status['dirtyBytes'])}), "
+         f"{output.plural(deletes, 'delete')}"),
+        ("done", f"{output.plural(status['uploads'], 'upload')}, {output.plural(status['deletes'], 'delete')}, "
+                 f"{output.plural(status['retries'], 'retry', 'retries')}"),
+        ("listings", status["listings"]),
+        ("cache", f"{output.size(status['cacheBytes'])} on disk"),
+        ("reachable", "yes" if not status.get("storeUnreachableSince")
+         else f"no, since {status['storeUnreachableSince']}"),
+        ("last error", status["lastError"]),
+        ("refused keys", "; ".join(f"{key!r} ({why})" for key, why in (status.get("refusedKeys") or {}).items())
+         or None),
+        ("store quirks", status["storeQuirks"]),
+    ]))
 
 
 def _cmd_umount(args: argparse.Namespace) -> None:
@@ -212,7 +268,7 @@ def _cmd_umount(args: argparse.Namespace) -> None:
         print(release_dead_mount(Path(args.mountpoint)))
         return
     status = control.request(args.mountpoint, {"cmd": "status"}, timeout=args.timeout)
-    synced = progress.sync(args.mountpoint, args.timeout)
+    synced = progress.sync(args.mountpoint, args.timeout, args.quiet, label="flushing")
     mounts.unmount(args.mountpoint)
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     while _alive(status["pid"]):
@@ -234,17 +290,33 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _open_store(args: argparse.Namespace) -> ObjectStore:
-    """The store a command works on: --store, $COWFS_STORE, the config file, else the embedded one."""
+def _cmd_mounts(args: argparse.Namespace) -> None:
+    found = mounts.active()
+    if args.json:
+        output.emit_json({"mounts": [m.to_json() for m in found]})
+        return
+    rows = [(m.mountpoint, m.store, m.tenant, m.cacheDir, m.pid or "unknown (another user's)") for m in found]
+    output.emit(output.table(("MOUNT POINT", "STORE", "TENANT", "CACHE DIR", "PID"), rows, "no cowfs mounts"))
+
+
+def _store_url(args: argparse.Namespace) -> str | None:
     config: Config = args.loaded_config
-    url = args.store or os.environ.get("COWFS_STORE") or config.get("store")
-    store = open_store(
-        url,
+    return getattr(args, "store", None) or os.environ.get("COWFS_STORE") or config.get("store")
+
+
+def _store_of(args: argparse.Namespace) -> ObjectStore:
+    """The store a command names: --store, $COWFS_STORE, the config file, else the embedded one; not checked."""
+    config: Config = args.loaded_config
+    return open_store(
+        _store_url(args),
         endpoint_url=args.endpoint_url or config.get("endpoint_url"),
         region=args.region or config.get("region"),
         path_style=args.path_style or config.get("path_style", False),
     )
-    return _existing(store, url)
+
+
+def _open_store(args: argparse.Namespace) -> ObjectStore:
+    return _existing(_store_of(args), _store_url(args))
 
 
 def _existing(store: ObjectStore, url: str | None) -> ObjectStore:
@@ -258,8 +330,39 @@ def _existing(store: ObjectStore, url: str | None) -> ObjectStore:
     return store
 
 
-def _print_record(record: workspaces.WorkspaceRecord, as_json: bool) -> None:
-    print(json.dumps(record.to_json()) if as_json else record.workspaceId)
+def _cmd_doctor(args: argparse.Namespace) -> None:
+    from . import doctor  # imports boto3, which the other commands load only for an s3:// store
+
+    store = _store_of(args)
+    config: Config = args.loaded_config
+    cache = args.cache_dir or config.get("cache_dir")
+    checks = [doctor.fuse(), *doctor.store_checks(store, bool(args.endpoint_url or config.get("endpoint_url"))),
+              doctor.cache_dir(Path(cache) if cache else default_cache_dir(store, args.tenant))]
+    failed = [c for c in checks if not c.ok]
+    if args.json:
+        output.emit_json({"ok": not failed, "checks": [c.to_json() for c in checks]})
+    else:
+        output.emit(f"{'ok  ' if c.ok else 'FAIL'}  {c.name}: {c.detail}" for c in checks)
+    if failed:
+        raise CowfsError(f"{output.plural(len(failed), 'check')} failed: {', '.join(c.name for c in failed)}")
+
+
+def _refuse_unattended(args: argparse.Namespace, what: str) -> None:
+    """Deleting needs --yes when nobody is at a terminal to answer, whether or not there is anything to delete."""
+    if not args.yes and not sys.stdin.isatty():
+        raise UsageError(f"not deleting without --yes when not on a terminal: {what}")
+
+
+def _confirm(args: argparse.Namespace, question: str) -> None:
+    """Go on with a deletion: --yes, or a yes typed on a terminal; never silently without one."""
+    _refuse_unattended(args, question)
+    if not args.yes and input(f"{question}? [y/N] ").strip().lower() not in ("y", "yes"):
+        raise CowfsError("nothing deleted")
+
+
+def _record_row(r: workspaces.WorkspaceRecord) -> tuple[Any, ...]:
+    doc = r.to_json()
+    return f"{r.tenantId}/{r.workspaceId}", r.workspaceScope, r.userId, r.localPath, doc["lastActiveAt"]
 
 
 def _cmd_workspace(args: argparse.Namespace) -> None:
@@ -267,33 +370,74 @@ def _cmd_workspace(args: argparse.Namespace) -> None:
     if args.action in ("create", "resolve"):
         scope = "local" if args.action == "resolve" else args.scope
         record = workspaces.create_workspace(store, args.tenant, args.user, scope, args.local_path)
-        _print_record(record, args.json)
+        if args.json:
+            output.emit_json(record.to_json())
+        else:
+            print(record.workspaceId)
     elif args.action == "list":
         records = workspaces.list_workspaces(store, args.tenant)
         if args.json:
-            print(json.dumps({"workspaces": [r.to_json() for r in records]}))
-        for r in [] if args.json else records:
-            print(f"{r.tenantId}/{r.workspaceId}\t{r.workspaceScope}\t{r.to_json()['lastActiveAt']}")
+            output.emit_json({"workspaces": [r.to_json() for r in records]})
+            return
+        empty = f"no workspaces in tenant {args.tenant}" if args.tenant else "no workspaces"
+        output.emit(output.table(("WORKSPACE", "SCOPE", "USER", "LOCAL PATH", "LAST ACTIVE"),
+                                 map(_record_row, records), empty))
     elif args.action == "show":
-        record = workspaces.get_workspace(store, *args.workspace)
-        print(json.dumps(record.to_json(), indent=None if args.json else 2))
+        doc = workspaces.get_workspace(store, *args.workspace).to_json()
+        if args.json:
+            output.emit_json(doc)
+            return
+        output.emit(output.fields([("workspace", f"{doc['tenantId']}/{doc['workspaceId']}"),
+                                   ("scope", doc["workspaceScope"]), ("user", doc["userId"]),
+                                   ("local path", doc["localPath"]), ("created", doc["createdAt"]),
+                                   ("last active", doc["lastActiveAt"])]))
     else:
-        count = workspaces.delete_workspace(store, *args.workspace)
-        print(f"deleted {'/'.join(args.workspace)} ({count} objects)")
+        _delete_workspace(args, store)
+
+
+def _delete_workspace(args: argparse.Namespace, store: ObjectStore) -> None:
+    name = "/".join(args.workspace)
+    objects = workspaces.workspace_objects(store, *args.workspace)
+    nbytes = sum(o.size for o in objects)
+    what = f"{output.plural(len(objects), 'object')}, {output.size(nbytes)}"
+    _confirm(args, f"delete workspace {name} ({what})")
+    meter = progress.Meter(f"deleting {name}", "object", progress.on_terminal(args.quiet))
+    meter.plan(len(objects), nbytes)
+    try:
+        workspaces.delete_objects(store, objects, meter.advance)
+    finally:
+        meter.close()
+    if args.json:
+        output.emit_json({"deleted": name, "objects": len(objects), "bytes": nbytes})
+    else:
+        print(f"deleted {name} ({what})")
 
 
 def _cmd_sessions(args: argparse.Namespace) -> None:
     store = _open_store(args)
     tenant, name = args.workspace
-    found = sessions.summarize_sessions(store, tenant, name)
-    page, token = sessions.page_sessions(found, args.limit, args.next_token, sessions.pagination_secret(store),
-                                         f"{tenant}/{name}")
+    if args.action == "reindex":
+        workspaces.get_workspace(store, tenant, name)
+        done = sessionindex.reindex(store, tenant, name)
+        if args.json:
+            output.emit_json({"sessions": done.sessions, "recordsWritten": done.written,
+                              "staleEntriesDropped": done.dropped_entries})
+        else:
+            output.emit([f"indexed {output.plural(done.sessions, 'session')} of {tenant}/{name} "
+                         f"({output.plural(done.written, 'record')} written, "
+                         f"{output.plural(done.dropped_entries, 'stale entry', 'stale entries')} dropped)"])
+        return
+    page, token = sessions.list_page(store, tenant, name, args.limit, args.next_token)
     if args.json:
         doc: dict = {"sessions": [s.to_json() for s in page]}
         if token:
             doc["nextToken"] = token
         print(json.dumps(doc))
         return
+    if not page:
+        print(f"no sessions in {tenant}/{name}")
+    else:
+        print("SESSION\tLAST ACTIVE\tCREATED\tFILES\tBYTES")
     for s in page:
         j = s.to_json()
         print(f"{j['sessionId']}\t{j['lastActiveAt']}\t{j['createdAt']}\t{j['files']} files\t{j['bytes']} bytes")
@@ -301,44 +445,155 @@ def _cmd_sessions(args: argparse.Namespace) -> None:
         print(f"next-token: {token}")
 
 
+def _trash_row(e: trash.TrashEntry) -> tuple[Any, ...]:
+    doc = e.to_json()
+    return doc["trash"], e.name, e.originalPath, doc["deletedAt"], output.size(e.bytes)
+
+
+def _cmd_trash(args: argparse.Namespace) -> None:
+    store = _open_store(args)
+    if args.action == "list":
+        found = trash.list_trash(store)
+        if args.json:
+            output.emit_json({"trash": [e.to_json() for e in found]})
+        else:
+            output.emit(output.table(("TRASH", "NAME", "ORIGINAL PATH", "TRASHED", "SIZE"), map(_trash_row, found),
+                                     "the trash is empty"))
+        return
+    _refuse_unattended(args, "trash empty")
+    chosen = trash.select(store, args.older_than)
+    if chosen:
+        _confirm(args, f"delete {output.plural(len(chosen), 'trashed entry', 'trashed entries')} "
+                       f"({output.size(sum(e.bytes for e in chosen))}) for good")
+    _delete_trash(args, store, chosen, "deleted")
+    if args.json:
+        output.emit_json({"deleted": [e.to_json() for e in chosen]})
+    elif not chosen:
+        days = args.older_than
+        print("nothing in the trash" + (f" older than {days:g} day{'' if days == 1 else 's'}" if days else ""))
+
+
+def _delete_trash(args: argparse.Namespace, store: ObjectStore, chosen: list[trash.TrashEntry], verb: str) -> None:
+    """Delete trash entries with a progress line, a line for each unless --json."""
+    meter = progress.Meter("emptying the trash", "entry", progress.on_terminal(args.quiet))
+    meter.plan(len(chosen), sum(e.bytes for e in chosen))
+
+    def told(entry: trash.TrashEntry) -> None:
+        meter.advance(1, entry.bytes)
+        if not args.json:
+            meter.clear()
+            print(f"{verb} {entry.trash}{entry.name} (from {output.shown(entry.originalPath)}, "
+                  f"{output.plural(entry.files, 'file')}, {output.size(entry.bytes)})", flush=True)
+
+    try:
+        if getattr(args, "dry_run", False):
+            for entry in chosen:
+                told(entry)
+        else:
+            trash.delete(store, chosen, told)
+    finally:
+        if chosen:
+            meter.close()
+
+
+def _archive_command(args: argparse.Namespace, label: str, work: Callable[[progress.Meter], archive.Summary],
+                     verb: str, where: str, **json_where: str) -> None:
+    """Run an export or import with a progress line, then print its summary."""
+    meter = progress.Meter(label, "file", progress.on_terminal(args.quiet))
+    try:
+        summary = work(meter)
+    finally:
+        meter.close()
+    if args.json:
+        output.emit_json({**json_where, "files": summary.files, "folders": summary.folders,
+                          "symlinks": summary.symlinks, "bytes": summary.bytes,
+                          "skipped": [{"name": name, "reason": why} for name, why in summary.skipped]})
+    else:
+        output.emit(summary.lines(verb, where))
+
+
 def _cmd_export(args: argparse.Namespace) -> None:
     tenant, name, session = args.source
-    summary = archive.export_archive(_open_store(args), tenant, name, args.out, session)
-    print("\n".join(summary.lines("exported", f"to {args.out}")))
+    _archive_command(args, f"exporting to {args.out.name}",
+                     lambda meter: archive.export_archive(_open_store(args), tenant, name, args.out, session, meter),
+                     "exported", f"to {args.out}", archive=str(args.out))
 
 
 def _cmd_import(args: argparse.Namespace) -> None:
     tenant, name = args.workspace
     limits = archive.Limits(args.max_bytes, args.max_members)
-    summary = archive.import_archive(_open_store(args), tenant, name, args.archive, limits, args.allow_devices)
-    print("\n".join(summary.lines("imported", f"into {tenant}/{name}")))
+    _archive_command(args, f"importing into {tenant}/{name}",
+                     lambda meter: archive.import_archive(_open_store(args), tenant, name, args.archive, limits,
+                                                          args.allow_devices, meter),
+                     "imported", f"into {tenant}/{name}", workspace=f"{tenant}/{name}")
 
 
 def _cmd_purge(args: argparse.Namespace) -> None:
+    if not args.dry_run:
+        _refuse_unattended(args, f"purge --inactive-days {args.inactive_days:g}")
     store = _open_store(args)
+    now = datetime.now(timezone.utc)
+    idle = workspaces.inactive_workspaces(store, args.inactive_days, now)
+    old = trash.select(store, args.inactive_days, now)
+    objects = sum(len(found) for _, found in idle) + sum(len(e.keys) for e in old)
+    nbytes = sum(o.size for _, found in idle for o in found) + sum(e.bytes for e in old)
+    if (idle or old) and not args.dry_run:
+        _confirm(args, f"delete {output.plural(len(idle), 'idle workspace')} and "
+                       f"{output.plural(len(old), 'trashed entry', 'trashed entries')} "
+                       f"({output.plural(objects, 'object')}, {output.size(nbytes)})")
     verb = "would delete" if args.dry_run else "deleted"
-    shown = sys.stderr.isatty()
-
-    def report(record: workspaces.WorkspaceRecord) -> None:
-        if shown:
-            sys.stderr.write("\r" + " " * 60 + "\r")
-        print(f"{verb} {record.tenantId}/{record.workspaceId} (last active {record.to_json()['lastActiveAt']})")
-
-    done = workspaces.purge(store, args.inactive_days, dry_run=args.dry_run, progress=report)
-    if not done:
+    meter = progress.Meter("purging", "object", progress.on_terminal(args.quiet) and not args.dry_run)
+    meter.plan(objects, nbytes)
+    try:
+        for record, found in idle:
+            if not args.dry_run:
+                workspaces.delete_objects(store, found, meter.advance)
+            if not args.json:
+                meter.clear()
+                print(f"{verb} {record.tenantId}/{record.workspaceId} "
+                      f"(last active {record.to_json()['lastActiveAt']})", flush=True)
+    finally:
+        if idle and not args.dry_run:
+            meter.close()
+    _delete_trash(args, store, old, f"{verb} trash")
+    if args.json:
+        output.emit_json({"dryRun": args.dry_run,
+                          "workspaces": [{**r.to_json(), "objects": len(found), "bytes": sum(o.size for o in found)}
+                                         for r, found in idle],
+                          "trash": [e.to_json() for e in old]})
+    elif not idle and not old:
         print("nothing to purge")
 
 
 def _cmd_install_helper(args: argparse.Namespace) -> None:
-    for path in helper_install.install(args.dir):
-        print(path)
+    written = helper_install.install(args.dir)
+    if args.json:
+        output.emit_json({"installed": list(map(str, written))})
+    else:
+        output.emit(map(str, written))
 
 
 def _cmd_fsck(args: argparse.Namespace) -> None:
     store, url = journal_store(args.cache_dir, args.store, args.endpoint_url, args.region, args.path_style)
-    lines = fsck(args.cache_dir, _existing(store, url)).lines()
-    for line in lines or ["nothing to recover"]:
-        print(line)
+    report = fsck(args.cache_dir, _existing(store, url))
+    written = {session[:2] for session in map(sessionindex.session_of, report.uploaded + report.deleted) if session}
+    for tenant, name in sorted(written):
+        sessionindex.reindex(store, tenant, name)
+    reindexed = [f"{tenant}/{name}" for tenant, name in sorted(written)]
+    if args.json:
+        output.emit_json({"moved": report.moved, "uploaded": report.uploaded, "deleted": report.deleted,
+                          "lost": report.lost, "refused": report.refused, "reindexed": reindexed})
+    else:
+        lines = report.lines() + [f"reindexed the sessions of {workspace}" for workspace in reindexed]
+        output.emit(lines or ["nothing to recover"])
+
+
+def _cmd_completion(args: argparse.Namespace) -> None:
+    sys.stdout.write(completion.script(build_parser(), args.shell))
+
+
+def _cmd_man(args: argparse.Namespace) -> None:
+    sys.stdout.write(completion.man_page(build_parser()))
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
@@ -346,28 +601,45 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "umount": _cmd_umount,
     "sync": _cmd_sync,
     "status": _cmd_status,
+    "mounts": _cmd_mounts,
+    "doctor": _cmd_doctor,
     "fsck": _cmd_fsck,
     "install-helper": _cmd_install_helper,
     "workspace": _cmd_workspace,
     "sessions": _cmd_sessions,
+    "trash": _cmd_trash,
     "export": _cmd_export,
     "import": _cmd_import,
     "purge": _cmd_purge,
+    "completion": _cmd_completion,
+    "man": _cmd_man,
 }
+
+
+def _set_up_logging(args: argparse.Namespace) -> None:
+    """Log to stderr (and --log-file): info for mount (debug with --debug), warnings otherwise, errors if quiet."""
+    config: Config = args.loaded_config
+    level = args.log_level or config.get("log_level") or (
+        "ERROR" if args.quiet else "DEBUG" if getattr(args, "debug", False)
+        else "INFO" if args.command == "mount" else "WARNING")
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    log_file = args.log_file or config.get("log_file")
+    if log_file:
+        try:
+            handlers.append(logging.FileHandler(log_file))
+        except OSError as exc:
+            raise UsageError(f"cannot write the log file {log_file}: {exc.strerror or exc}") from None
+    logging.basicConfig(level=level, format=LOG_FORMAT, handlers=handlers, force=True)
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=logging.DEBUG if getattr(args, "debug", False) else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         args.loaded_config = load(args.config)
+        _set_up_logging(args)
         COMMANDS[args.command](args)
         sys.stdout.flush()
     except UsageError as exc:
@@ -405,11 +677,8 @@ def _fail(parser: argparse.ArgumentParser, exc: Exception, code: int) -> int:
 
 #: ``mount -o`` names that are cowfs options rather than FUSE ones: the ones with a value,
 #: checked as the long option of that name is, and the flags, which take none.
-HELPER_OPTIONS = {
-    "tenant", "cache_dir", "cache_size", "write_back_delay", "metadata_ttl", "store_timeout",
-    "endpoint_url", "region",
-}
-HELPER_FLAGS = {"path_style", "debug"}
+HELPER_OPTIONS = {option.name for option in options.MOUNT_ALL if not option.flag}
+HELPER_FLAGS = {option.name for option in options.MOUNT_ALL if option.flag}
 
 
 def mount_helper_main(argv: Sequence[str] | None = None) -> int:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import values
+from . import options, values
 from .errors import UsageError
 
 DEFAULT_PATH = Path("/etc/cowfs/cowfs.toml")
@@ -47,16 +47,8 @@ class Config:
 KEYS: dict[str, Callable[[Any], Any]] = {
     "store": values.non_empty,
     "mountpoint": values.non_empty,
-    "endpoint_url": values.endpoint_url,
-    "region": values.region,
-    "path_style": values.boolean,
-    "tenant": values.tenant_name,
-    "cache_dir": values.non_empty,
-    "cache_size": values.byte_size,
-    "write_back_delay": values.non_negative_finite,
-    "metadata_ttl": values.non_negative_finite,
-    "store_timeout": values.positive_finite,
     "options": values.string_list,
+    **{option.name: option.check for option in options.MOUNT_ALL},
 }
 TENANT_KEYS: dict[str, Callable[[Any], Any]] = {"uid": values.unix_id, "gid": values.unix_id, "mode": values.file_mode}
 

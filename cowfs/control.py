@@ -25,7 +25,7 @@ from typing import Any, Awaitable, Callable
 
 import trio
 
-from .errors import CowfsError, StoreError
+from .errors import CowfsError, TimedOut
 from .private import open_private, private_dir
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ def request(mountpoint: str | os.PathLike[str], command: dict[str, Any], timeout
                     raise CowfsError("the daemon closed the control connection")
                 data += chunk
         except socket.timeout:
-            raise StoreError(f"timed out after {timeout} s waiting for {command.get('cmd')}") from None
+            raise TimedOut(f"timed out after {timeout} s waiting for {command.get('cmd')}") from None
         except (BrokenPipeError, ConnectionResetError):
             raise CowfsError("the daemon closed the control connection") from None
     reply = json.loads(data)

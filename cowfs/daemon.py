@@ -26,7 +26,7 @@ from typing import Any, Awaitable, Callable
 import pyfuse3
 import trio
 
-from . import cachedir, control, mounts
+from . import cachedir, control, mounts, options
 from .activity import Activity
 from .cache import ContentCache
 from .config import TenantOwner
@@ -38,7 +38,7 @@ from .keys import KeyMap
 from .namespace import Namespace
 from .notify import notify
 from .private import PRIVATE_DIR_MODE, PRIVATE_UMASK, open_private, private_dir
-from .recovery import replay
+from .recovery import Report, replay
 from .store import ObjectStore, open_store
 from .workspaces import _iso
 from .writeback import WriteBack
@@ -46,6 +46,7 @@ from .writeback import WriteBack
 log = logging.getLogger(__name__)
 
 READY_FD_ENV = "COWFS_READY_FD"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 THREADS = 32
 M_ARENA_MAX = -8
 #: Seconds a thread waiting for the GIL lets its holder run before asking for it
@@ -87,25 +88,14 @@ class MountOptions:
     debug: bool = False
     config_path: Path | None = None
     tenants: dict[str, TenantOwner] | None = None
+    create_bucket: bool = False
+    log_level: str | None = None
+    log_file: Path | None = None
 
     def argv(self) -> list[str]:
         """The command line that mounts the same thing in the foreground."""
         args = (["--config", str(self.config_path)] if self.config_path else []) + ["mount"]
-        args += ([self.store_url] if self.store_url else []) + [str(self.mountpoint), "-f"]
-        args += ["--cache-size", str(self.cache_size), "--write-back-delay", str(self.write_back_delay)]
-        args += ["--metadata-ttl", str(self.metadata_ttl), "--store-timeout", str(self.store_timeout)]
-        for flag, value in (
-            ("--tenant", self.tenant),
-            ("--cache-dir", self.cache_dir),
-            ("--endpoint-url", self.endpoint_url),
-            ("--region", self.region),
-        ):
-            if value is not None:
-                args += [flag, str(value)]
-        if self.path_style:
-            args.append("--path-style")
-        if self.debug:
-            args.append("--debug")
+        args += ([self.store_url] if self.store_url else []) + [str(self.mountpoint), "-f", *options.argv(self)]
         if self.fuse_options:
             args += ["-o", ",".join(self.fuse_options)]
         return args
@@ -132,6 +122,8 @@ def mount(opts: MountOptions) -> None:
     """Mount; in the foreground until unmounted, else return once the mount answers."""
     mounts.check_free(opts.mountpoint, allow_nonempty=mounts.NONEMPTY in opts.fuse_options)
     store = open_configured_store(opts)
+    if opts.create_bucket and store.create_bucket():
+        log.info("created %s", store.url)
     store.check()
     cache_dir = private_dir(opts.cache_dir or default_cache_dir(store, opts.tenant), "cache directory")
     cachedir.check_owner(cache_dir, owner_of(opts, store))
@@ -174,20 +166,21 @@ def serve(opts: MountOptions, store: ObjectStore) -> None:
     """
     os.umask(PRIVATE_UMASK)
     cache_dir = private_dir(opts.cache_dir or default_cache_dir(store, opts.tenant), "cache directory")
+    _log_to(cache_dir / "cowfs.log")
     control.private_runtime_dir()
     lock = cachedir.hold(cache_dir, opts.mountpoint)
     cachedir.record_owner(cache_dir, owner_of(opts, store))
     _tune_process()
     journal = Journal(cache_dir / "journal")
-    report = replay(store, journal)
-    if report.lines():
-        log.info("recovered %d pending change(s) from the journal", len(report.lines()))
+    recovered = replay(store, journal)
+    if recovered.lines():
+        log.info("recovered %d pending change(s) from the journal", len(recovered.lines()))
     tmp_dir = cache_dir / "tmp"
     shutil.rmtree(tmp_dir, ignore_errors=True)
     tmp_dir.mkdir(mode=PRIVATE_DIR_MODE)
     cache = ContentCache(cache_dir / "cache", opts.cache_size)
     try:
-        trio.run(_serve, opts, store, cache, journal, tmp_dir, cache_dir, report.refused)
+        trio.run(_serve, opts, store, cache, journal, tmp_dir, cache_dir, recovered)
     finally:
         cache.close()
         journal.close()
@@ -196,17 +189,23 @@ def serve(opts: MountOptions, store: ObjectStore) -> None:
 
 async def _serve(
     opts: MountOptions, store: ObjectStore, cache: ContentCache, journal: Journal, tmp_dir: Path, cache_dir: Path,
-    refused_before: dict[str, str],
+    recovered: Report,
 ) -> None:
-    """Serve the mount; ``refused_before``: keys replay found the store refusing (still in the journal)."""
+    """Serve the mount; ``recovered``: what replay did (the sessions it wrote are indexed; the keys it
+    found the store refusing are still in the journal)."""
     limiter = trio.CapacityLimiter(THREADS)
     activity = Activity(store, limiter)
-    writeback = WriteBack(store, journal, limiter, delay=opts.write_back_delay, on_stored=activity.mark)
+    writeback = WriteBack(store, journal, limiter, delay=opts.write_back_delay, on_stored=activity.mark,
+                          on_deleted=activity.deleted)
+    for key in recovered.uploaded:
+        activity.mark(key)
+    for key in recovered.deleted:
+        activity.deleted(key)
     keymap = KeyMap(root=(opts.tenant,) if opts.tenant else (), store_prefix=getattr(store, "prefix", ""))
     started = time.time()
 
     def refused() -> dict[str, str]:
-        return {**refused_before, **writeback.refused()}
+        return {**recovered.refused, **writeback.refused()}
 
     def status() -> dict[str, Any]:
         stats = writeback.stats()
@@ -214,6 +213,7 @@ async def _serve(
             "pid": os.getpid(),
             "mountpoint": str(opts.mountpoint),
             "store": store.url,
+            "tenant": opts.tenant,
             "cacheDir": str(cache_dir),
             "pendingUploads": stats.pending_uploads,
             "pendingDeletes": stats.pending_deletes,
@@ -224,6 +224,9 @@ async def _serve(
             "listings": ns.listings,
             "storeUnreachableSince": ns.reachability.since and _iso(ns.reachability.since),
             "lastError": stats.last_error if ns.reachability.reachable else ns.reachability.last_error,
+            "activityPending": activity.pending,
+            "activityFailures": activity.failures,
+            "activityLastError": activity.last_error,
             "cacheBytes": cache.volume(),
             "storeQuirks": store.quirks(),
             "refusedKeys": refused(),
@@ -285,7 +288,21 @@ async def _serve(
 #: Status fields that name paths or keys: ``.cowfs/status.json`` of a mount other
 #: users can enter (a tenants table, ``allow_other``) leaves them out; ``cowfs
 #: status``, which only the mount's owner can ask, has them all.
-PRIVATE_STATUS = ("mountpoint", "store", "cacheDir", "lastError", "refusedKeys")
+PRIVATE_STATUS = ("mountpoint", "store", "cacheDir", "lastError", "refusedKeys", "activityLastError")
+
+
+def _log_to(path: Path) -> None:
+    """The log goes to ``path`` too, unless stderr is that file already (a background daemon's is)."""
+    fd = open_private(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        if os.path.sameopenfile(fd, sys.stderr.fileno()):
+            os.close(fd)
+            return
+    except OSError:  # stderr closed
+        pass
+    handler = logging.StreamHandler(os.fdopen(fd, "a", buffering=1))
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.getLogger().addHandler(handler)
 
 
 def _shown_to_all(status: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:

@@ -97,10 +97,20 @@ class PreconditionFailed(StoreError):
     """A conditional write (If-Match / If-None-Match) lost against another writer."""
 
 
+class TimedOut(StoreError):
+    """The daemon did not answer a control request (``sync --timeout``) in time."""
+
+
 class AccessDenied(StoreError):
     """The store refused the credentials or the bucket does not exist."""
 
     errno = errno.EACCES
+
+
+class NoSuchBucket(AccessDenied):
+    """The bucket named by the store URL does not exist."""
+
+    errno = errno.ENOENT
 
 
 class InvalidToken(CowfsError):

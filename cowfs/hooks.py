@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import json
 import pwd
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import trio
 
 from . import layout
 from .activity import Activity
-from .sessions import summarize_sessions
-from .store import ObjectStore
+from .sessionindex import FORMAT, index_format, reindex, session_of
+from .sessions import with_changes
+from .store import ObjectInfo, ObjectStore
 from .threads import blocking
-from .workspaces import create_workspace, get_workspace
+from .workspaces import create_workspace, get_workspace, read_record
 
 
 def user_name(uid: int) -> str:
@@ -29,6 +31,27 @@ def user_name(uid: int) -> str:
 
 def _json(doc: Any) -> bytes:
     return json.dumps(doc, indent=2).encode() + b"\n"
+
+
+def _never(key: str) -> bool:
+    return False
+
+
+@dataclass
+class LocalChanges:
+    """What a mount holds under a workspace that the store has not got yet: generated
+    files show it at once (read-your-writes), not after the upload."""
+
+    #: Entries not uploaded yet (folders end in ``/``), with their size and mtime now.
+    files: dict[str, ObjectInfo] = field(default_factory=dict)
+    #: Whether a key's delete is still to reach the store.
+    deleting: Callable[[str], bool] = _never
+
+    def over(self, prefix: str, objects: list[ObjectInfo]) -> list[ObjectInfo]:
+        """A listing of ``prefix`` as it will be once these changes are in the store."""
+        out = {o.key: o for o in objects if not self.deleting(o.key)}
+        out.update((key, info) for key, info in self.files.items() if key.startswith(prefix))
+        return [out[key] for key in sorted(out)]
 
 
 class WorkspaceHooks:
@@ -53,19 +76,37 @@ class WorkspaceHooks:
 
     async def create_workspace(self, tenant: str, name: str, uid: int) -> None:
         await self._io(create_workspace, self.store, tenant, user_name(uid), "general", workspace_id=name)
+        self.activity.wrote((tenant, name))
 
     def workspace_deleted(self, tenant: str, name: str) -> None:
         self.activity.forget(tenant, name)
 
-    async def render(self, kind: str, parts: tuple[str, ...]) -> bytes:
+    def changed(self, parts: tuple[str, ...]) -> None:
+        self.activity.wrote(parts)
+
+    async def last_active(self, tenant: str, name: str) -> float | None:
+        record = await self._io(read_record, self.store, tenant, name)
+        return record.lastActiveAt.timestamp() if record is not None else None
+
+    async def render(self, kind: str, parts: tuple[str, ...], local: LocalChanges) -> bytes:
         if kind == "status.json":
             return _json(self.status())
         tenant, workspace = parts[0], parts[1]
         if kind == "sessions.json":
-            sessions = await self._io(summarize_sessions, self.store, tenant, workspace)
+            if await self._io(index_format, self.store, tenant, workspace) != FORMAT:
+                # once per workspace written before the index, or only by other tools: as long as it takes
+                await blocking(reindex, self.store, tenant, workspace, limiter=self.limiter)
+            changed = self.activity.unindexed(tenant, workspace)
+            for key in local.files:
+                session = session_of(key)
+                if session is not None and session[:2] == (tenant, workspace):
+                    changed.setdefault(session[2], None)
+            sessions = await self._io(with_changes, self.store, tenant, workspace, changed, local.over)
             return _json({"sessions": [s.to_json() for s in sessions]})
         record = await self._io(get_workspace, self.store, tenant, workspace)
-        listing = await self._io(self.store.list_all, f"{tenant}/{workspace}/", None)
-        control = f"{tenant}/{workspace}/{layout.CONTROL_DIR}/"
-        files = [o for o in listing.objects if not o.key.endswith("/") and not o.key.startswith(control)]
+        prefix = f"{tenant}/{workspace}/"
+        listing = await self._io(self.store.list_all, prefix, None)
+        control = f"{prefix}{layout.CONTROL_DIR}/"
+        files = [o for o in local.over(prefix, listing.objects)
+                 if not o.key.endswith("/") and not o.key.startswith(control)]
         return _json({**record.to_json(), "files": len(files), "bytes": sum(o.size for o in files)})

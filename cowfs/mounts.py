@@ -1,4 +1,5 @@
-"""What a mount point holds before cowfs mounts there or unmounts it.
+"""Mounts on this machine: what a mount point holds before cowfs mounts there or
+unmounts it, and the cowfs mounts there are (``cowfs mounts``).
 
 Mounting over a mount stacks a second one on top: the first one's files are
 hidden, and its control socket (named after the mount point) is taken over.
@@ -17,6 +18,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import control
 from .errors import CowfsError, UsageError
 
 MOUNTINFO = Path("/proc/self/mountinfo")
@@ -85,7 +87,7 @@ def check_free(path: Path, allow_nonempty: bool) -> None:
     try:
         names = sorted(os.listdir(path))
     except FileNotFoundError:
-        raise UsageError(f"mount point {path} does not exist") from None
+        raise UsageError(f"mount point {path} does not exist (mkdir -p it first)") from None
     except NotADirectoryError:
         raise UsageError(f"mount point {path} is not a directory") from None
     except OSError as exc:
@@ -112,3 +114,31 @@ def unmount(path: str | os.PathLike[str], *, lazy_if_busy: bool = False) -> None
         done = subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True, text=True)
     if done.returncode != 0:
         raise CowfsError(done.stderr.strip() or f"could not unmount {path}")
+
+
+@dataclass
+class ActiveMount:
+    """A cowfs mount, and what serves it where its daemon answers us."""
+
+    mountpoint: str
+    store: str
+    tenant: str | None = None
+    cacheDir: str | None = None
+    pid: int | None = None
+
+    def to_json(self) -> dict:
+        return {"mountpoint": self.mountpoint, "store": self.store, "tenant": self.tenant,
+                "cacheDir": self.cacheDir, "pid": self.pid}
+
+
+def active(mountinfo: Path = MOUNTINFO, timeout: float = 2.0) -> list[ActiveMount]:
+    """Every cowfs mount; its daemon's PID, tenant and cache dir where its control socket answers us."""
+    found = [ActiveMount(e.target, e.source) for e in parse_mountinfo(mountinfo.read_text()) if e.fstype == COWFS_TYPE]
+    for mount in found:
+        try:
+            status = control.request(mount.mountpoint, {"cmd": "status"}, timeout=timeout)
+        except CowfsError:  # another user's daemon, or one that does not answer
+            continue
+        mount.store, mount.tenant = status.get("store", mount.store), status.get("tenant")
+        mount.cacheDir, mount.pid = status.get("cacheDir"), status.get("pid")
+    return found

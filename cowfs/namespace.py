@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import logging
 import math
 import os
@@ -61,6 +62,7 @@ from .errors import (
 from .fds import copy_fd
 from .fetch import Fetch
 from . import layout
+from .hooks import LocalChanges
 from .journal import BODY_EMPTY, BODY_INLINE, BODY_METADATA_ONLY, BODY_STAGING, Journal, PutRecord
 from .keys import KeyMap
 from .names import component, is_listable
@@ -82,6 +84,9 @@ READ_AHEAD_QUEUE = 4096
 #: A folder read while its parent was read this recently is being walked
 #: (rm -r, find, du, rsync): its whole subtree is listed at once ...
 WALK_WINDOW = 5.0
+#: A listing that started less than this long after this mount changed an entry may
+#: lack it on a server whose listings lag its writes: a HEAD decides (``_confirm_gone``).
+LISTING_LAG = 30.0
 #: ... in at most this many flat pages (the store's page size each).
 DEEP_PAGES = 5
 #: A closed version up to this size is written into its journal record, so
@@ -244,8 +249,15 @@ class Hooks(Protocol):
     def workspace_deleted(self, tenant: str, name: str) -> None:
         """The workspace is gone: stop tracking its activity."""
 
-    async def render(self, kind: str, parts: tuple[str, ...]) -> bytes:
-        """Content of a generated file (``workspace.json`` …) for the folder at ``parts``."""
+    def changed(self, parts: tuple[str, ...]) -> None:
+        """An entry at ``parts`` was created, or a change to it closed (before any upload)."""
+
+    async def last_active(self, tenant: str, name: str) -> float | None:
+        """The record's ``lastActiveAt`` (epoch seconds): a workspace folder's mtime; None without a record."""
+
+    async def render(self, kind: str, parts: tuple[str, ...], local: LocalChanges) -> bytes:
+        """Content of a generated file (``workspace.json`` …) for the folder at ``parts``,
+        with ``local``, this mount's changes under it that the store has not got yet."""
 
 
 #: Generated files in ``.cowfs``: the daemon's status at the mount root, records in each workspace.
@@ -326,7 +338,8 @@ class Namespace:
         reachability: Reachability | None = None,
     ) -> None:
         """``tenants`` (from the config file) makes a multi-user mount: only those
-        tenants exist, each owned by its uid/gid/mode, and new entries take its group."""
+        tenants exist, each owned by its uid/gid/mode, and new entries take its group;
+        each of their users has a trash folder at the root, as they may not create one there."""
         self.store = store
         self.keymap = keymap
         self.cache = cache
@@ -342,6 +355,7 @@ class Namespace:
         self.clock = clock
         self.tenants = tenants
         self.reachability = reachability or Reachability(store.check)
+        self.mount_root = len(keymap.root)
         self.listings = 0
         root = Node(ROOT_INODE, DIR, "", None, Attrs(DEFAULT_DIR_MODE, uid, gid, time.time_ns()))
         root.remote = True
@@ -351,7 +365,8 @@ class Namespace:
         self._decorate(root)
         self._own_tenant(root)
         if tenants is not None and not keymap.root:
-            for name in sorted(tenants):
+            trash = sorted({f".Trash-{owner.uid}" for owner in tenants.values()})
+            for name in sorted(tenants) + trash:
                 tenant = self._new_node(root, name, DIR, Attrs(DEFAULT_DIR_MODE, uid, gid, time.time_ns()))
                 tenant.remote, tenant.pinned = True, True
                 self._own_tenant(tenant)
@@ -434,7 +449,7 @@ class Namespace:
         """Give a folder its generated ``.cowfs`` files, if its depth has any."""
         if node is self.root:
             names = ROOT_GENERATED
-        elif node.kind == DIR and len(self.full(node)) == layout.WORKSPACE_DEPTH:
+        elif node.kind == DIR and layout.is_workspace(self.full(node)):
             names = WORKSPACE_GENERATED
         else:
             return
@@ -452,11 +467,14 @@ class Namespace:
         return self.tenants.get(full[0]) if self.tenants and full else None
 
     def _own_tenant(self, node: Node) -> None:
-        """A configured tenant's folder always shows its configured owner and mode."""
+        """A configured tenant's folder always shows its configured owner and mode, a trash folder its user and 0700."""
         full = self.full(node)
         owner = self._owner(full)
         if owner is not None and len(full) == layout.TENANT_DEPTH:
             node.uid, node.gid, node.mode = owner.uid, owner.gid, stat.S_IFDIR | owner.mode
+        trash_uid = layout.trash_owner(full, self.mount_root)
+        if trash_uid is not None:
+            node.uid, node.mode = trash_uid, stat.S_IFDIR | layout.TRASH_MODE
 
     @staticmethod
     def _writable(node: Node) -> Node:
@@ -591,7 +609,9 @@ class Namespace:
                 log.warning("listing %s failed, serving the last known listing: %s", prefix or "/", exc)
                 return
             if dir_node.attached:
-                self._read_ahead(self._merge(dir_node, prefix, page, started))
+                fresh, doubtful = self._merge(dir_node, prefix, page, started)
+                await self._confirm_gone(doubtful)
+                self._read_ahead(fresh)
             dir_node.listed_at = started
 
     async def _refresh_walked(self, dir_node: Node) -> None:
@@ -628,33 +648,39 @@ class Namespace:
                 folder += part + "/"
             folders.setdefault(folder, ([], {}))[0].append(info)
         pending = [dir_node]
+        doubtful: list[Node] = []
         while pending:
             node = pending.pop()
             key = self.key(node)
             if complete or (last > key and not last.startswith(key)):
                 objects, prefixes = folders.get(key, ([], {}))
-                self._merge(node, key, ListPage(objects, list(prefixes)), started)
+                doubtful += self._merge(node, key, ListPage(objects, list(prefixes)), started)[1]
                 node.listed_at = started
             pending.extend(c for c in node.children.values() if c.kind == DIR and c.attached and not c.virtual
                            and self.key(c) in folders)
+        await self._confirm_gone(doubtful)
 
-    def _merge(self, dir_node: Node, prefix: str, page: ListPage, started: float) -> list[Node]:
+    def _merge(self, dir_node: Node, prefix: str, page: ListPage, started: float) -> tuple[list[Node], list[Node]]:
         """Fold a listing into the tree; what changed here since it started wins.
 
-        Returns the nodes it added or whose object changed: their metadata is unknown.
+        Returns the nodes it added or whose object changed (their metadata is
+        unknown), and the ones it lacks that this mount changed moments before
+        it started (``_confirm_gone`` decides those).
         """
         fresh: list[Node] = []
+        doubtful: list[Node] = []
         remote: dict[str, ObjectInfo | None] = {}
         base = self.full(dir_node)
         for sub in page.prefixes:
             name = KeyMap.child_name(prefix, sub)
-            if is_listable(name) and layout.visible(base + (name,), is_dir=True) and self._may_exist(base + (name,)):
+            if (is_listable(name) and layout.visible(base + (name,), True, self.mount_root)
+                    and self._may_exist(base + (name,))):
                 remote[name] = _PREFIX_ONLY
         for info in page.objects:
             if info.key == prefix:
                 continue
             name = KeyMap.child_name(prefix, info.key)
-            if is_listable(name) and name not in remote and layout.visible(base + (name,), is_dir=False):
+            if is_listable(name) and name not in remote and layout.visible(base + (name,), False, self.mount_root):
                 remote[name] = info
         for name, info in remote.items():
             child = dir_node.children.get(name)
@@ -673,8 +699,42 @@ class Namespace:
             fresh.append(self._node_from_listing(dir_node, name, info))
         for name, child in list(dir_node.children.items()):
             if name not in remote and not self._locally_owned(child) and child.touched < started:
-                self._detach(child)
-        return fresh
+                if started - child.touched < LISTING_LAG:
+                    doubtful.append(child)
+                else:
+                    self._detach(child)
+        return fresh, doubtful
+
+    async def _confirm_gone(self, nodes: list[Node]) -> None:
+        """Entries a listing lacks that this mount changed moments before it started:
+        each is detached only once the store says it is gone. S3 lists what it stored
+        at once, but not every server does (an index updated after the write's
+        answer), and a file a listing misses must not vanish from under the program
+        that just wrote it."""
+
+        unconfirmed = iter(nodes)
+
+        async def worker() -> None:
+            for node in unconfirmed:
+                key = self.key(node)
+                try:
+                    if node.kind == DIR:
+                        listing, _ = await self._io(self.store.list_some, key, None, 1)
+                        gone = not listing.objects
+                    else:
+                        await self._io(self.store.head, key)
+                        gone = False
+                except ObjectNotFound:
+                    gone = True
+                except (CowfsError, OSError) as exc:
+                    log.debug("checking whether %s is gone: %s", key, exc)
+                    continue
+                if gone and node.attached and self.key(node) == key and not self._locally_owned(node):
+                    self._detach(node)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(min(META_PARALLEL, len(nodes))):
+                nursery.start_soon(worker)
 
     def _read_ahead(self, nodes: list[Node]) -> None:
         """Fetch the small files of a just-listed folder in the background, a few at a time.
@@ -700,8 +760,9 @@ class Namespace:
             self._read_ahead_workers -= 1
 
     def _may_exist(self, full: tuple[str, ...]) -> bool:
-        """With a tenants table, only configured tenants exist."""
-        return self.tenants is None or len(full) != layout.TENANT_DEPTH or full[0] in self.tenants
+        """With a tenants table, only configured tenants (and trash folders) exist."""
+        return (self.tenants is None or len(full) != layout.TENANT_DEPTH or full[0] in self.tenants
+                or layout.in_trash(full))
 
     def _node_from_listing(self, parent: Node, name: str, info: ObjectInfo | None) -> Node:
         if info is _PREFIX_ONLY:
@@ -765,6 +826,10 @@ class Namespace:
                 info = await self._io(self._head, key)
         except (ObjectNotFound, NotFound):
             if node.kind == DIR:
+                full = self.full(node)
+                when = await self.hooks.last_active(*full) if layout.is_workspace(full) else None
+                if when is not None:
+                    node.mtime_ns = node.ctime_ns = int(when * 1e9)
                 node.meta_known = True
                 return
             self._detach(node)
@@ -919,7 +984,7 @@ class Namespace:
         """Checks shared by create/mkdir/symlink: the name, the key, no clash."""
         parent = self._writable(self._dir(parent_ino))
         name = component(raw_name)
-        layout.check_new_entry(self.full(parent) + (name,), kind == DIR)
+        layout.check_new_entry(self.full(parent) + (name,), kind == DIR, self.mount_root)
         if not self._may_exist(self.full(parent) + (name,)):
             raise NotPermitted(f"tenant {name!r} is not configured on this mount")
         self.keymap.checked_key(parent.path() + (name,), kind == DIR)
@@ -941,6 +1006,7 @@ class Namespace:
             node = self._new_node(parent, name, FILE, attrs)
             node.staging, node.fd = self.journal.create_staging()
             node.dirty = True
+            self.hooks.changed(self.full(node))
             node.shadows = self._claim_key(self.key(node))
             node.condition = "none" if node.shadows else "absent"
             node.lookups += 1
@@ -952,7 +1018,10 @@ class Namespace:
             parent, name = await self._new_entry(parent_ino, raw_name, DIR)
             gid = self._group(parent, gid)
             full = self.full(parent) + (name,)
-            if len(full) == layout.WORKSPACE_DEPTH:
+            trash_uid = layout.trash_owner(full, self.mount_root)
+            if trash_uid is not None and trash_uid != uid:
+                raise NotPermitted(f"{name} is the trash of uid {trash_uid}")
+            if layout.is_workspace(full):
                 await self.hooks.create_workspace(full[0], name, uid)
             attrs = Attrs(stat.S_IFDIR | (mode & 0o7777), uid, gid, time.time_ns())
             node = self._new_node(parent, name, DIR, attrs)
@@ -960,7 +1029,7 @@ class Namespace:
             node.listed_at = self.clock()
             node.condition = "none"
             node.shadows = self._claim_key(self.key(node))
-            if len(full) == layout.WORKSPACE_DEPTH:
+            if layout.is_workspace(full):
                 node.remote, node.touched = True, self.clock()
                 self._decorate(node)
             else:
@@ -1042,12 +1111,12 @@ class Namespace:
             if node.kind != DIR:
                 raise NotADirectory(node.name)
             if node.pinned:
-                raise NotPermitted(f"tenant {node.name!r} is configured on this mount")
+                raise NotPermitted(f"{node.name!r} is configured on this mount")
             await self._refresh(node, wait=False)
             if any(not child.virtual for child in node.children.values()):
                 raise NotEmpty(node.name)
             full = self.full(node)
-            if len(full) == layout.WORKSPACE_DEPTH:
+            if layout.is_workspace(full):
                 await self._delete_prefix(self.key(node))
                 self.hooks.workspace_deleted(full[0], full[1])
             self._forget_pending(node)
@@ -1074,9 +1143,9 @@ class Namespace:
             self._writable(new_parent)
             new_name = component(new_raw)
             new_full = self.full(new_parent) + (new_name,)
-            if not (layout.can_rename(self.full(node)) and layout.can_rename(new_full)):
-                raise NotPermitted("tenants and workspaces cannot be renamed")
-            layout.check_new_entry(new_full, node.kind == DIR)
+            if not (layout.can_rename(self.full(node), self.mount_root) and layout.can_rename(new_full, self.mount_root)):
+                raise NotPermitted("tenants, workspaces and trash folders cannot be renamed")
+            layout.check_new_entry(new_full, node.kind == DIR, self.mount_root)
             self.keymap.checked_key(new_parent.path() + (new_name,), node.kind == DIR)
             await self._refresh(new_parent, wait=False)
             target = new_parent.children.get(new_name)
@@ -1204,7 +1273,9 @@ class Namespace:
     async def _open_generated(self, node: Node) -> OpenResult:
         """Render a generated file once per open; direct I/O, as its size is not known before."""
         assert node.parent is not None and node.virtual is not None
-        data = await self.hooks.render(node.virtual, self.full(node.parent.parent or node.parent))
+        owner = node.parent.parent or node.parent
+        local = self._local_changes(owner) if owner is not self.root else LocalChanges()
+        data = await self.hooks.render(node.virtual, self.full(owner), local)
         node.size = len(data)
         node.mtime_ns = node.ctime_ns = time.time_ns()
         fh = self._open_handle(node, writable=False)
@@ -1480,6 +1551,7 @@ class Namespace:
 
     def _persist(self, node: Node) -> None:
         self.writeback.changed()
+        self.hooks.changed(self.full(node))
         node.touched = self.clock()
         node.dirty = node.times_unsaved = False
         node.version += 1
@@ -1499,13 +1571,18 @@ class Namespace:
             return BODY_STAGING, node.committed, b""
         return (BODY_METADATA_ONLY if node.remote else BODY_EMPTY), None, b""
 
-    def _write_record(self, node: Node) -> None:
+    def _record(self, node: Node) -> PutRecord:
+        """The version of ``node`` to store, as the journal records it (a staging file by id)."""
         body, staging, inline = self._intent(node)
-        if body == BODY_STAGING and staging is not None and node.committed_size <= INLINE_RECORD:
-            body, staging, inline = BODY_INLINE, None, self._committed_bytes(node, staging)
-        self.journal.write_put(
-            PutRecord(node.rid, self.key(node), body, staging, to_metadata(node.attrs()), inline, node.committed_size)
-        )
+        return PutRecord(node.rid, self.key(node), body, staging, to_metadata(node.attrs()), inline, node.committed_size)
+
+    def _write_record(self, node: Node) -> None:
+        """Journal ``node``'s version; a small file's bytes go into the record itself."""
+        record = self._record(node)
+        if record.body == BODY_STAGING and record.staging is not None and record.size <= INLINE_RECORD:
+            record = dataclasses.replace(record, body=BODY_INLINE, staging=None,
+                                         inline=self._committed_bytes(node, record.staging))
+        self.journal.write_put(record)
 
     def _committed_bytes(self, node: Node, staging: str) -> bytes:
         """The closed version of a small file (its staging file's first ``committed_size`` bytes)."""
@@ -1517,15 +1594,9 @@ class Namespace:
     def _snapshot(self, node: Node) -> Upload | None:
         if not node.attached:
             return None
-        body, staging, inline = self._intent(node)
         return Upload(
-            key=self.key(node),
-            body=body,
-            metadata=to_metadata(node.attrs()),
-            version=node.version,
-            staging=self.journal.staging_path(staging) if staging else None,
-            inline=inline,
-            size=node.committed_size,
+            self._record(node),
+            node.version,
             # Not on a folder marker: every empty object has the same ETag, so it would guard nothing
             # but the marker's existence, and a lost condition leaves a conflict copy in the folder.
             if_match=node.etag if node.condition == "etag" and node.remote and node.kind != DIR else None,
@@ -1742,6 +1813,15 @@ class Namespace:
         return StatFs(block, total, total - used, 2**32, 2**32 - len(self.inodes), 255)
 
     # -- whole-mount operations ---------------------------------------------
+
+    def _local_changes(self, folder: Node) -> LocalChanges:
+        """Entries under ``folder`` the store has not got yet, and the deletes still to go."""
+        files = {
+            self.key(n): ObjectInfo(self.key(n), 0 if n.kind == DIR else n.size, "", n.mtime_ns / 1e9)
+            for n in folder.walk()
+            if n is not folder and n.virtual is None and self._unsynced(n)
+        }
+        return LocalChanges(files, self.writeback.deleting)
 
     def dirty_bytes(self) -> int:
         """Bytes held in staging files that the store does not have yet."""

@@ -16,16 +16,13 @@ from pathlib import Path
 from . import cachedir, control, mounts
 from .errors import CacheInUse, ObjectNotFound, Refused, StagingLost, UsageError
 from .journal import (
-    BODY_METADATA_ONLY,
-    BODY_STAGING,
     DeleteRecord,
     Journal,
     MoveRecord,
-    PutRecord,
-    committed_body,
     plan_replay,
 )
 from .store import ObjectStore, open_store
+from .upload import put_record
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +65,8 @@ def replay(store: ObjectStore, journal: Journal) -> Report:
         report.deleted.extend(deletes)
     for record in puts:
         try:
-            _put(store, journal, record)
-        except (FileNotFoundError, StagingLost):
+            put_record(store, journal, record)
+        except (ObjectNotFound, StagingLost):
             report.lost.append(record.key)
         except Refused as exc:
             report.refused[record.key] = str(exc)
@@ -85,20 +82,6 @@ def replay(store: ObjectStore, journal: Journal) -> Report:
     for line in report.lines():
         log.info("journal replay: %s", line)
     return report
-
-
-def _put(store: ObjectStore, journal: Journal, record: PutRecord) -> None:
-    """Make the store hold what ``record`` says (``Refused`` when it will not take the key)."""
-    if record.body == BODY_STAGING:
-        with committed_body(journal.staging_path(record.staging or ""), record.size, journal.root) as body:
-            store.put(record.key, body, record.metadata)
-    elif record.body == BODY_METADATA_ONLY:
-        try:
-            store.copy(record.key, record.key, record.metadata)
-        except ObjectNotFound:
-            raise FileNotFoundError(record.key) from None
-    else:
-        store.put(record.key, record.inline, record.metadata)
 
 
 def finish_move(store: ObjectStore, move: MoveRecord) -> None:

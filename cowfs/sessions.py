@@ -1,4 +1,4 @@
-"""Sessions of a workspace, aggregated from one listing."""
+"""Pages of a workspace's sessions from its index, with signed keyset tokens."""
 
 from __future__ import annotations
 
@@ -8,48 +8,25 @@ import hmac
 import json
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
+from typing import Callable
 
-from .errors import InvalidToken, PreconditionFailed, UsageError
-from .names import SCOPED_NAME
-from .store import ObjectStore
-from .workspaces import _iso, get_workspace
-
-
-@dataclass
-class SessionSummary:
-    sessionId: str
-    createdAt: datetime
-    lastActiveAt: datetime
-    files: int
-    bytes: int
-
-    def to_json(self) -> dict:
-        return {"sessionId": self.sessionId, "createdAt": _iso(self.createdAt),
-                "lastActiveAt": _iso(self.lastActiveAt), "files": self.files, "bytes": self.bytes}
-
-
-def summarize_sessions(store: ObjectStore, tenant: str, workspace: str) -> list[SessionSummary]:
-    get_workspace(store, tenant, workspace)
-    prefix = f"{tenant}/{workspace}/sessions/"
-    found: dict[str, SessionSummary] = {}
-    for page in store.list_pages(prefix, None):
-        for obj in page.objects:
-            sid = obj.key[len(prefix):].split("/", 1)[0]
-            if not SCOPED_NAME.match(sid):
-                continue
-            when = datetime.fromtimestamp(obj.last_modified, timezone.utc)
-            s = found.setdefault(sid, SessionSummary(sid, when, when, 0, 0))
-            s.createdAt, s.lastActiveAt = min(s.createdAt, when), max(s.lastActiveAt, when)
-            if not obj.key.endswith("/"):
-                s.files += 1
-                s.bytes += obj.size
-    return sorted(found.values(), key=lambda s: (-s.lastActiveAt.timestamp(), s.sessionId))
-
+from .errors import InvalidToken, ObjectNotFound, PreconditionFailed, UsageError
+from .sessionindex import (
+    FORMAT, SessionSummary, all_sessions, in_parallel, index_format, merged, read_page, reindex, session_prefix,
+    summarize,
+)
+from .store import ObjectInfo, ObjectStore
+from .values import SESSIONS_PAGE_MAX
+from .workspaces import _iso, _parse, get_workspace
 
 def pagination_secret(store: ObjectStore) -> bytes:
     """A random secret kept in the store, so any machine can verify a token without a database."""
     key = ".cowfs/pagination-secret"
+    try:
+        return store.get(key)[0]
+    except ObjectNotFound:
+        pass
     try:
         store.put(key, secrets.token_bytes(32), {}, if_none_match=True)
     except PreconditionFailed:
@@ -61,37 +38,73 @@ def _sign(payload: bytes, secret: bytes) -> str:
     return hmac.new(secret, payload, hashlib.sha256).hexdigest()[:32]
 
 
-def page_sessions(sessions: list[SessionSummary], limit: int, next_token: str | None, secret: bytes,
-                  scope: str) -> tuple[list[SessionSummary], str | None]:
-    """One page of ``sessions`` (already ordered) after the anchor the token names."""
-    if not 1 <= limit <= 100:
-        raise UsageError("--limit must be between 1 and 100")
-    start = 0
-    if next_token:
-        anchor = _anchor(next_token, secret, scope)
-        positions = {s.sessionId: i for i, s in enumerate(sessions)}
-        i = positions.get(anchor["sessionId"])
-        if i is None or _iso(sessions[i].lastActiveAt) != anchor["lastActiveAt"]:
-            raise InvalidToken("stale next-token: the session list changed; start again without --next-token")
-        start = i + 1
-    page = sessions[start:start + limit]
-    if start + limit >= len(sessions):
-        return page, None
-    last = page[-1]
-    payload = json.dumps({"scope": scope, "sessionId": last.sessionId, "lastActiveAt": _iso(last.lastActiveAt)},
-                         separators=(",", ":")).encode()
-    token = base64.urlsafe_b64encode(payload).decode().rstrip("=") + "." + _sign(payload, secret)
-    return page, token
+@dataclass(frozen=True)
+class Anchor:
+    """Where the next page starts: after this (lastActiveAt, sessionId), most recent first."""
+
+    lastActiveAt: datetime
+    sessionId: str
+    hint: int = 0
 
 
-def _anchor(token: str, secret: bytes, scope: str) -> dict:
+def make_token(anchor: Anchor, secret: bytes, scope: str) -> str:
+    payload = json.dumps({"scope": scope, "sessionId": anchor.sessionId, "lastActiveAt": _iso(anchor.lastActiveAt),
+                          "hint": anchor.hint}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(payload).decode().rstrip("=") + "." + _sign(payload, secret)
+
+
+def read_token(token: str, secret: bytes, scope: str) -> Anchor:
+    """The anchor a token names; ``InvalidToken`` if forged, damaged or of another workspace."""
     try:
         body, tag = token.rsplit(".", 1)
         payload = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
         valid = hmac.compare_digest(_sign(payload, secret), tag)
         doc = json.loads(payload) if valid else None
-    except (ValueError, TypeError):
-        doc = None
-    if not isinstance(doc, dict) or doc.get("scope") != scope:
-        raise InvalidToken("invalid next-token")
-    return doc
+        if isinstance(doc, dict) and doc.get("scope") == scope:
+            return Anchor(_parse(doc["lastActiveAt"]), str(doc["sessionId"]), int(doc.get("hint", 0)))
+    except (ValueError, TypeError, KeyError):
+        pass
+    raise InvalidToken("invalid next-token")
+
+
+def list_page(store: ObjectStore, tenant: str, workspace: str, limit: int, next_token: str | None
+              ) -> tuple[list[SessionSummary], str | None]:
+    """One page of sessions, most recently active first, and the token of the next (None: the last).
+
+    A token keeps working while the workspace is in use: the next page starts
+    after its anchor, so it repeats no session and skips none that stayed
+    inactive (one that became active meanwhile moved to the first page).
+    """
+    if not 1 <= limit <= SESSIONS_PAGE_MAX:
+        raise UsageError(f"--limit must be between 1 and {SESSIONS_PAGE_MAX}")
+    scope = f"{tenant}/{workspace}"
+    secret = pagination_secret(store)
+    anchor = read_token(next_token, secret, scope) if next_token else None
+    if index_format(store, tenant, workspace) != FORMAT:  # the marker lives in the workspace: it exists
+        get_workspace(store, tenant, workspace)
+        reindex(store, tenant, workspace)
+    after = (anchor.lastActiveAt, anchor.sessionId) if anchor else None
+    page = read_page(store, tenant, workspace, limit, after, anchor.hint if anchor else 0)
+    if not page.more:
+        return page.sessions, None
+    last = page.sessions[-1]
+    return page.sessions, make_token(Anchor(last.lastActiveAt, last.sessionId, page.hint), secret, scope)
+
+
+def with_changes(store: ObjectStore, tenant: str, workspace: str, changed: dict[str, datetime | None],
+                 overlay: Callable[[str, list[ObjectInfo]], list[ObjectInfo]]) -> list[SessionSummary]:
+    """Every session, most recently active first, as a mount that changed ``changed``
+    (session ids, with their first change where known) sees them: those counted
+    again from a listing of their own, with ``overlay`` adding what is not uploaded yet."""
+    found = all_sessions(store, tenant, workspace)
+
+    def counted(session: str) -> SessionSummary | None:
+        prefix = session_prefix(tenant, workspace, session)
+        return summarize(session, overlay(prefix, store.list_all(prefix, None).objects))
+
+    for (session, first_write), fresh in zip(changed.items(), in_parallel(counted, list(changed))):
+        if fresh is None:
+            found.pop(session, None)
+        else:
+            found[session] = merged(fresh, found.get(session), first_write)
+    return sorted(found.values(), key=lambda s: (-s.lastActiveAt.timestamp(), s.sessionId))

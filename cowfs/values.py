@@ -22,6 +22,7 @@ _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\Z", re.IGNORECASE)
 #: What botocore accepts as a region name.
 _REGION = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
 SESSIONS_PAGE_MAX = 100
+LOG_LEVELS = ("debug", "info", "warning", "error")
 N = TypeVar("N", int, float)
 
 
@@ -182,3 +183,11 @@ def region(value: Any) -> str:
     if not _REGION.match(string(value)):
         raise ValueError(f"expected a region name like us-east-1, got {value!r}")
     return value
+
+
+def log_level(value: Any) -> str:
+    """``debug``, ``info``, ``warning`` or ``error`` (any case) -> the logging module's name for it."""
+    text = string(value).strip().lower()
+    if text not in LOG_LEVELS:
+        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, got {value!r}")
+    return text.upper()

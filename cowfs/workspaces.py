@@ -13,9 +13,11 @@ from typing import Callable, TypeVar
 
 from .errors import InvalidName, NotFound, ObjectNotFound, PreconditionFailed, UsageError
 from .names import SCOPED_NAME
-from .store import ObjectStore
+from .store import ObjectInfo, ObjectStore
 
 SCOPES = ("local", "general", "cloud")
+#: Keys per DeleteObjects request (S3's most): the step in which deletes report progress.
+DELETE_BATCH = 1000
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -109,6 +111,8 @@ def get_workspace(store: ObjectStore, tenant: str, workspace: str) -> WorkspaceR
 
 
 def touch_workspace(store: ObjectStore, tenant: str, workspace: str, when: datetime) -> None:
+    """Advance ``lastActiveAt`` to ``when`` by a conditional write (``PreconditionFailed``
+    when other writers keep winning: the caller tries again later)."""
     for _ in range(5):
         try:
             record, etag = _read(store, tenant, workspace)
@@ -128,6 +132,7 @@ def touch_workspace(store: ObjectStore, tenant: str, workspace: str, when: datet
             return
         except PreconditionFailed:
             continue
+    raise PreconditionFailed(f"the record of {tenant}/{workspace} kept changing under 5 attempts")
 
 
 def _prefixes(store: ObjectStore, tenant: str | None = None) -> list[tuple[str, str]]:
@@ -138,7 +143,7 @@ def _prefixes(store: ObjectStore, tenant: str | None = None) -> list[tuple[str, 
     return [(t, w) for t, w in pairs if SCOPED_NAME.match(w)]
 
 
-def _parallel(fn: Callable[[T], R], items: list[T]) -> list[R]:
+def parallel(fn: Callable[[T], R], items: list[T]) -> list[R]:
     """``fn`` over ``items`` on 16 threads (one store request each), results in order."""
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         return list(pool.map(fn, items))
@@ -146,7 +151,7 @@ def _parallel(fn: Callable[[T], R], items: list[T]) -> list[R]:
 
 def list_workspaces(store: ObjectStore, tenant: str | None = None) -> list[WorkspaceRecord]:
     """Every workspace (of one tenant), records read in parallel."""
-    records = _parallel(lambda tw: _get_or_none(store, *tw), _prefixes(store, tenant))
+    records = parallel(lambda tw: _get_or_none(store, *tw), _prefixes(store, tenant))
     return sorted((r for r in records if r is not None), key=lambda r: (r.tenantId, r.workspaceId))
 
 
@@ -157,18 +162,27 @@ def _get_or_none(store: ObjectStore, tenant: str, workspace: str) -> WorkspaceRe
         return None
 
 
-def delete_workspace(store: ObjectStore, tenant: str, workspace: str) -> int:
-    """Delete every object under the workspace; how many there were."""
+def workspace_objects(store: ObjectStore, tenant: str, workspace: str) -> list[ObjectInfo]:
+    """Every object under the workspace, its record included; NotFound when there is none."""
     check_scoped_name("tenant", tenant)
     check_scoped_name("workspace", workspace)
-    keys = [o.key for o in store.list_all(f"{tenant}/{workspace}/", None).objects]
-    if not keys:
+    objects = store.list_all(f"{tenant}/{workspace}/", None).objects
+    if not objects:
         raise NotFound(f"no workspace {tenant}/{workspace}")
-    store.delete_many(keys)
-    return len(keys)
+    return objects
 
 
-def _own_record(store: ObjectStore, tenant: str, workspace: str) -> WorkspaceRecord | None:
+def delete_objects(store: ObjectStore, objects: list[ObjectInfo],
+                   progress: Callable[[int, int], None] | None = None) -> None:
+    """Delete ``objects`` a batch at a time, telling ``progress`` (objects, bytes) after each batch."""
+    for start in range(0, len(objects), DELETE_BATCH):
+        batch = objects[start:start + DELETE_BATCH]
+        store.delete_many([o.key for o in batch])
+        if progress is not None:
+            progress(len(batch), sum(o.size for o in batch))
+
+
+def read_record(store: ObjectStore, tenant: str, workspace: str) -> WorkspaceRecord | None:
     """The record at ``tenant/workspace`` if it is one: it parses and names that tenant and workspace."""
     try:
         record = _read(store, tenant, workspace)[0]
@@ -181,8 +195,8 @@ def _own_record(store: ObjectStore, tenant: str, workspace: str) -> WorkspaceRec
 
 def inactive_workspaces(
     store: ObjectStore, inactive_days: float, now: datetime
-) -> list[tuple[WorkspaceRecord, list[str]]]:
-    """Workspaces idle for longer than ``inactive_days``, each with the keys it holds.
+) -> list[tuple[WorkspaceRecord, list[ObjectInfo]]]:
+    """Workspaces idle for longer than ``inactive_days``, each with the objects it holds.
 
     Only a prefix with a valid record is a workspace: any other (data of a
     store whose prefix lies inside this one, a tool's own objects) is never
@@ -191,15 +205,15 @@ def inactive_workspaces(
     workspace whose record could not be updated is not idle while written to.
     """
     cutoff = now - timedelta(days=inactive_days)
-    records = _parallel(lambda tw: _own_record(store, *tw), _prefixes(store))
+    records = parallel(lambda tw: read_record(store, *tw), _prefixes(store))
     stale = [r for r in records if r is not None and r.lastActiveAt < cutoff]
-    listings = _parallel(lambda r: store.list_all(f"{r.tenantId}/{r.workspaceId}/", None).objects, stale)
+    listings = parallel(lambda r: store.list_all(f"{r.tenantId}/{r.workspaceId}/", None).objects, stale)
     idle = []
     for record, objects in zip(stale, listings):
         control = f"{record.tenantId}/{record.workspaceId}/.cowfs/"
         written = [o.last_modified for o in objects if not o.key.startswith(control)]
         if objects and max(written, default=0.0) < cutoff.timestamp():
-            idle.append((record, [o.key for o in objects]))
+            idle.append((record, objects))
     return idle
 
 
@@ -207,9 +221,9 @@ def purge(store: ObjectStore, inactive_days: float, now: datetime | None = None,
           progress: Callable[[WorkspaceRecord], None] | None = None) -> list[WorkspaceRecord]:
     """Delete workspaces idle for longer than ``inactive_days`` (or only name them)."""
     idle = inactive_workspaces(store, inactive_days, now or datetime.now(timezone.utc))
-    for record, keys in idle:
+    for record, objects in idle:
         if not dry_run:
-            store.delete_many(keys)
+            delete_objects(store, objects)
         if progress is not None:
             progress(record)
     return [record for record, _ in idle]

@@ -32,14 +32,14 @@ import socket
 import time
 from datetime import datetime, timezone
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Protocol
 
 import trio
 
 from .errors import ObjectNotFound, PreconditionFailed, Refused, StoreError
-from .journal import BODY_EMPTY, BODY_INLINE, BODY_METADATA_ONLY, BODY_STAGING, Journal, committed_body
+from .journal import BODY_METADATA_ONLY, Journal, PutRecord
 from .store import ObjectStore
+from .upload import put_record
 
 log = logging.getLogger(__name__)
 
@@ -61,19 +61,23 @@ UPLOAD_SLOTS = 8
 REFUSALS = 3
 
 
-@dataclass
+@dataclass(frozen=True)
 class Upload:
-    """One snapshot of what a key should hold, taken on the trio thread."""
+    """One snapshot of what a key should hold, taken on the trio thread: the journal
+    record of a version, and the condition it goes up under."""
 
-    key: str
-    body: str
-    metadata: dict[str, str]
+    record: PutRecord
     version: int
-    staging: Path | None = None
-    inline: bytes = b""
-    size: int = 0
     if_match: str | None = None
     if_none_match: bool = False
+
+    @property
+    def key(self) -> str:
+        return self.record.key
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return self.record.metadata
 
     def conflict_key(self) -> str:
         """Where this version goes when another writer changed the key meanwhile: a new
@@ -133,14 +137,17 @@ class WriteBack:
         concurrency: int = UPLOAD_SLOTS,
         clock: Callable[[], float] = time.monotonic,
         on_stored: Callable[[str], None] = lambda key: None,
+        on_deleted: Callable[[str], None] = lambda key: None,
     ) -> None:
-        """``on_stored(key)`` is told of every object that reached the store."""
+        """``on_stored(key)`` is told of every object that reached the store (copies too),
+        ``on_deleted(key)`` of every key deleted from it."""
         self.store = store
         self.journal = journal
         self.limiter = limiter
         self.delay = delay
         self.clock = clock
         self.on_stored = on_stored
+        self.on_deleted = on_deleted
         self._slots = trio.Semaphore(concurrency)
         self._puts: dict[str, _Pending] = {}
         self._refused: dict[str, tuple[str, str]] = {}
@@ -288,9 +295,11 @@ class WriteBack:
         """Server-side copy that waits for, and blocks, other operations on ``dst``."""
         await self._claim(dst)
         try:
-            return await trio.to_thread.run_sync(self.store.copy, src, dst, metadata, limiter=self.limiter)
+            etag = await trio.to_thread.run_sync(self.store.copy, src, dst, metadata, limiter=self.limiter)
         finally:
             self._release(dst)
+        self.on_stored(dst)
+        return etag
 
     async def flush(self, source: Source, timeout: float = math.inf) -> None:
         """Upload ``source`` now and wait until the store has it (fsync).
@@ -485,7 +494,7 @@ class WriteBack:
             try:
                 etag = await trio.to_thread.run_sync(self._put_blocking, upload, limiter=self.limiter)
             except ObjectNotFound:
-                if upload.body != BODY_METADATA_ONLY:
+                if upload.record.body != BODY_METADATA_ONLY:
                     raise
                 log.error("%s vanished from the store before its metadata could be updated", upload.key)
                 self.last_error = f"{upload.key} vanished from the store"
@@ -559,7 +568,7 @@ class WriteBack:
         holds (``If-None-Match``); return that name and its ETag. Neither version is lost."""
         while True:
             conflict = upload.conflict_key()
-            copy = dataclasses.replace(upload, key=conflict, if_match=None, if_none_match=True)
+            copy = Upload(dataclasses.replace(upload.record, key=conflict), upload.version, if_none_match=True)
             try:
                 etag = await trio.to_thread.run_sync(self._put_blocking, copy, limiter=self.limiter)
             except PreconditionFailed:
@@ -569,17 +578,7 @@ class WriteBack:
             return conflict, etag
 
     def _put_blocking(self, upload: Upload) -> str:
-        if upload.body == BODY_METADATA_ONLY:
-            return self.store.copy(upload.key, upload.key, upload.metadata)
-        conditions = {"if_match": upload.if_match, "if_none_match": upload.if_none_match}
-        if upload.body in (BODY_EMPTY, BODY_INLINE):
-            return self.store.put(upload.key, upload.inline, upload.metadata, **conditions)
-        assert upload.body == BODY_STAGING and upload.staging is not None
-        try:
-            with committed_body(upload.staging, upload.size, self.journal.root) as body:
-                return self.store.put(upload.key, body, upload.metadata, **conditions)
-        except FileNotFoundError:
-            raise StoreError(f"staging file of {upload.key} vanished") from None
+        return put_record(self.store, self.journal, upload.record, upload.if_match, upload.if_none_match)
 
     async def _delete_batch(self, keys: list[str]) -> None:
         async with self._slots:
@@ -596,6 +595,7 @@ class WriteBack:
             else:
                 self.deletes += len(keys)
                 for key in keys:
+                    self.on_deleted(key)
                     self._delete_attempts.pop(key, None)
                     if key not in self._deletes:
                         self.journal.remove_delete(key)

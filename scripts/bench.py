@@ -2337,7 +2337,6 @@ def main(argv: list[str]) -> int:
             "daemon_log_problems": problems,
         } if "cowfs" in runs else None,
         "interrupted": interrupted or None,
-        "workdir": str(tmp),
         "logs": str(logs_dir),
         "markdown": report,
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import urllib.parse
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from botocore.config import Config
 from cowfs.store import ObjectStore
 from cowfs.store.local import LocalStore
 from cowfs.store.s3 import S3Store
+from faultproxy import FaultProxy
 from mounting import Mount, require_fuse, unavailable
 from rgw import CephRgw, RgwUnavailable
 
@@ -179,6 +181,14 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
     if request.param == "local":
         return LocalStore(tmp_path / "store")
     return s3_store_of(new_bucket(server_named(request, request.param)))
+
+
+@pytest.fixture
+def proxy(s3_server: S3Server) -> Iterator[FaultProxy]:
+    """A fault-injecting TCP proxy in front of the test's S3 server."""
+    proxy = FaultProxy(urllib.parse.urlparse(s3_server.endpoint).port)
+    yield proxy
+    proxy.stop()
 
 
 # -- real FUSE mounts -----------------------------------------------------------

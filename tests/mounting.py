@@ -14,7 +14,7 @@ from typing import Iterator
 
 import pytest
 
-READY_TIMEOUT = 30.0
+READY_TIMEOUT = 60.0
 
 
 def cowfs(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -143,8 +143,10 @@ def test_session_export_holds_that_session_and_imports_back_in_place(s3_bucket, 
 
     cli(s3_bucket, "import", "acme/fresh", str(out))
     fresh = {k.removeprefix("acme/fresh/") for k in all_keys(s3_bucket) if k.startswith("acme/fresh/")}
-    assert fresh == {".cowfs/workspace.json", "sessions/", "sessions/s1/", "sessions/s1/artifacts/",
-                     "sessions/s1/artifacts/out.txt", "sessions/s1/history.jsonl"}
+    index = {k for k in fresh if k.startswith(".cowfs/sessions/")}
+    assert fresh - index == {".cowfs/workspace.json", "sessions/", "sessions/s1/", "sessions/s1/artifacts/",
+                             "sessions/s1/artifacts/out.txt", "sessions/s1/history.jsonl"}
+    assert ".cowfs/sessions/records/s1.json" in index  # import indexed the session it wrote
     assert body(s3_bucket, "acme/fresh/sessions/s1/artifacts/out.txt") == b"tool output"
     assert meta(s3_bucket, "acme/fresh/sessions/s1/") == dir_meta
     listed = json.loads(cli(s3_bucket, "sessions", "list", "acme/fresh", "--json").stdout)["sessions"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,13 +17,14 @@ BENCH = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
 
 def test_quick_bench_runs_the_floors_beside_cowfs_and_leaves_nothing_mounted(tmp_path: Path) -> None:
     require_fuse()
-    mounted_before = mounts()
+    own = tmp_path / "tmp"  # the bench makes every mount point under its temporary folder
+    own.mkdir()
     out = tmp_path / "bench.json"
     workloads = "small_create,small_read_cold,stat_walk_warm,append_jsonl,atomic_replace,seq_read_warm,untar,rm_r,bucket_1000"
     done = subprocess.run(
         [sys.executable, str(BENCH), "--quick", "--targets", "local,memfs,s3,cowfs", "--workloads", workloads,
          "--big-mib", "4", "--json", str(out)],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=600, env=dict(os.environ, TMPDIR=str(own)),
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     data = json.loads(out.read_text())
@@ -34,12 +36,14 @@ def test_quick_bench_runs_the_floors_beside_cowfs_and_leaves_nothing_mounted(tmp
     assert {name: cell["status"] for name, cell in memfs.items()} == {name: "ok" for name in memfs}
     assert {name: cell["status"] for name, cell in cowfs.items()} == {name: "ok" for name in cowfs}
     assert "| cowfs/s3 | cowfs/memfs |" in data["markdown"]
-    assert mounts() == mounted_before
+    assert mounts_under(own) == []
 
 
-def mounts() -> set[str]:
+def mounts_under(folder: Path) -> list[str]:
+    """Mount points under ``folder``: the bench's own, not what others mount meanwhile."""
     with open("/proc/mounts") as table:
-        return set(table)
+        points = [line.split()[1].replace("\\040", " ") for line in table]
+    return [p for p in points if p.startswith(f"{folder}/")]
 
 
 def test_cowfs_options_reach_the_mount(tmp_path: Path) -> None:
@@ -66,11 +70,13 @@ NEW_WORKLOADS = ("walk_after_write", "agent_session", "freshness", "big_folder_c
 
 def test_quick_bench_of_walks_and_what_users_feel_checks_every_step(tmp_path: Path) -> None:
     require_fuse()
+    own = tmp_path / "tmp"  # the bench makes every mount point under its temporary folder
+    own.mkdir()
     out = tmp_path / "bench.json"
     done = subprocess.run(
         [sys.executable, str(BENCH), "--quick", "--targets", "local,s3,cowfs", "--workloads", ",".join(NEW_WORKLOADS),
          "--json", str(out)],
-        capture_output=True, text=True, timeout=900,
+        capture_output=True, text=True, timeout=900, env=dict(os.environ, TMPDIR=str(own)),
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     data = json.loads(out.read_text())
@@ -93,8 +99,7 @@ def test_quick_bench_of_walks_and_what_users_feel_checks_every_step(tmp_path: Pa
     for row in ("| walk_after_write: find |", "| agent_session: total |", "| freshness: p95 |",
                 "| big_folder_cold: ls -l |", "| large_file_small_cache: read |"):
         assert row in data["markdown"]
-    # The second mount of freshness and the remounts are gone (other mounts on the machine may come and go).
-    assert not [line for line in mounts() if f" {data['workdir']}/" in line]
+    assert mounts_under(own) == []  # the second mount of freshness and every remount too
 
 
 def test_moto_requests_are_counted_by_kind_for_one_bucket(tmp_path: Path) -> None:

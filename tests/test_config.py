@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from cowfs import values
@@ -24,6 +26,8 @@ path_style = true
 cache_size = "2G"
 write_back_delay = 0.5
 options = ["allow_other"]
+log_level = "Debug"
+log_file = "/var/log/cowfs.log"
 
 [tenants.acme]
 uid = 0
@@ -33,6 +37,7 @@ mode = "0750"
     assert config.get("store") == "s3://bucket/prefix"
     assert config.get("cache_size") == 2 * 1024**3
     assert config.get("write_back_delay") == 0.5
+    assert (config.get("log_level"), config.get("log_file")) == ("DEBUG", Path("/var/log/cowfs.log"))
     assert config.tenants == {"acme": TenantOwner(0, 0, 0o750)}
 
 
@@ -54,6 +59,7 @@ mode = "0750"
         ('tenant = "../x"', "'tenant'"),
         ('endpoint_url = "notaurl"', "'endpoint_url'"),
         ('region = "us east"', "'region'"),
+        ('log_level = "loud"', "'log_level'"),
         ("[tenants.acme]\nuid = 0\ngid = 0\nshell = 1", "'shell'"),
         ("[tenants.'bad name']\nuid = 0\ngid = 0", "bad name"),
         ("store = ", "not valid TOML"),
@@ -113,3 +119,25 @@ def test_names_and_urls():
     for bad in ("rwx", "0800", 1.5, 0o17777, True):
         with pytest.raises(ValueError):
             values.file_mode(bad)
+
+
+def test_every_mount_option_goes_the_same_way_through_the_command_line_the_config_and_the_daemon(tmp_path):
+    """One table of options: a mount's settings written as the daemon's command line
+    parse back to the same settings, and every option is a config key and a mount -o name."""
+    from cowfs import options
+    from cowfs.cli import HELPER_FLAGS, HELPER_OPTIONS, build_parser
+    from cowfs.config import KEYS
+    from cowfs.daemon import MountOptions
+
+    settings = MountOptions(
+        mountpoint=tmp_path / "mnt", store_url="s3://b/p", tenant="acme", cache_dir=tmp_path / "cache",
+        cache_size=123456, write_back_delay=0.5, metadata_ttl=2.0, store_timeout=7.0,
+        endpoint_url="http://127.0.0.1:9000", region="eu-west-1", path_style=True, create_bucket=True,
+        debug=True, log_level="DEBUG", log_file=tmp_path / "log", fuse_options=["allow_other"],
+    )
+    args = build_parser().parse_args(settings.argv())
+    for option in options.MOUNT_ALL:
+        assert getattr(args, option.name) == getattr(settings, option.name), option.name
+        assert option.name in KEYS
+        assert option.name in (HELPER_FLAGS if option.flag else HELPER_OPTIONS)
+    assert (args.store_or_mountpoint, args.mountpoint, args.foreground) == ("s3://b/p", str(tmp_path / "mnt"), True)

@@ -12,12 +12,10 @@ import json
 import os
 import threading
 import time
-import urllib.parse
 from pathlib import Path
 
 import pytest
 
-from faultproxy import FaultProxy
 from test_durability import keys
 
 pytestmark = pytest.mark.servers
@@ -86,22 +84,19 @@ def test_last_active_at_advances_with_each_write(mount_factory, s3_bucket):
     assert seen == sorted(set(seen)), f"lastActiveAt must advance with every write: {seen}"
 
 
-def test_a_put_whose_answer_comes_after_the_client_gave_up_leaves_no_conflict_copy(mount_factory, s3_bucket):
-    proxy = FaultProxy(urllib.parse.urlparse(s3_bucket.endpoint).port)
-    try:
-        m = mount_factory("slow", extra=["--endpoint-url", proxy.endpoint, "--store-timeout", "2"])
-        ws = m.path / "t1" / "ws1"
-        ws.mkdir(parents=True)
-        (ws / "existing.txt").write_text("before")
-        m.sync()
-        proxy.hold(after_bytes=0)
-        threading.Timer(5.0, proxy.release).start()
-        (ws / "existing.txt").write_text("overwritten while the answers are late")
-        for i in range(5):
-            (ws / f"new-{i}.txt").write_text(f"new {i}")
-        m.sync()
-    finally:
-        proxy.stop()
+def test_a_put_whose_answer_comes_after_the_client_gave_up_leaves_no_conflict_copy(mount_factory, s3_bucket,
+                                                                                   proxy):
+    m = mount_factory("slow", extra=["--endpoint-url", proxy.endpoint, "--store-timeout", "2"])
+    ws = m.path / "t1" / "ws1"
+    ws.mkdir(parents=True)
+    (ws / "existing.txt").write_text("before")
+    m.sync()
+    proxy.hold(after_bytes=0)
+    threading.Timer(5.0, proxy.release).start()
+    (ws / "existing.txt").write_text("overwritten while the answers are late")
+    for i in range(5):
+        (ws / f"new-{i}.txt").write_text(f"new {i}")
+    m.sync()
     stored = keys(s3_bucket, "t1/ws1/")
     assert [k for k in stored if ".conflict-" in k] == []
     assert stored["t1/ws1/existing.txt"] == b"overwritten while the answers are late"

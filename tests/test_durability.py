@@ -10,13 +10,12 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.parse
 from pathlib import Path
 
 import pytest
 
-from faultproxy import ERROR, HANG, PASS, REFUSE, FaultProxy
-from mounting import cowfs, is_mounted, tmpfs
+from faultproxy import ERROR, HANG, PASS, REFUSE
+from mounting import cowfs, tmpfs
 
 HERE = Path(__file__).parent
 MiB = 1024 * 1024
@@ -28,13 +27,6 @@ def keys(bucket, prefix: str = "") -> dict[str, bytes]:
         for obj in page.get("Contents", []):
             out[obj["Key"]] = bucket.client.get_object(Bucket=bucket.name, Key=obj["Key"])["Body"].read()
     return out
-
-
-@pytest.fixture
-def proxy(moto_server):
-    proxy = FaultProxy(urllib.parse.urlparse(moto_server).port)
-    yield proxy
-    proxy.stop()
 
 
 def test_kill_9_during_write_storm_keeps_every_closed_file(mount_factory, s3_bucket):
@@ -82,10 +74,11 @@ def test_store_outage_writes_succeed_and_arrive_later(mount_factory, s3_bucket, 
             with open(ws / "history.jsonl", "a") as f:
                 f.write(f"{mode} {i}\n")
         time.sleep(1.5)
-    status = cowfs("status", str(m.path)).stdout
-    assert "retries: 0" not in status
+    assert json.loads(cowfs("status", str(m.path), "--json").stdout)["retries"] > 0
     done = cowfs("sync", str(m.path), "--timeout", "2", check=False)
     assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1
+    assert "upload" in done.stderr and "still pending; last error: " in done.stderr, done.stderr
+    assert "last error: none" not in done.stderr
     proxy.set_mode(PASS)
     cowfs("sync", str(m.path), "--timeout", "120")
     stored = keys(s3_bucket, "t1/ws1/")
@@ -327,7 +320,11 @@ def test_fsck_replays_a_journal_without_mounting(mount_factory, s3_bucket):
     ws.mkdir(parents=True)
     (ws / "gone.txt").write_text("x")
     m.sync()
+    store = ["--store", f"s3://{s3_bucket.name}", "--endpoint-url", s3_bucket.endpoint, "--path-style"]
+    cowfs("sessions", "reindex", "t1/ws1", *store)
     (ws / "pending.txt").write_text("only in the journal")
+    (ws / "sessions" / "s1").mkdir(parents=True)
+    (ws / "sessions" / "s1" / "history.jsonl").write_text("12345")
     (ws / "gone.txt").unlink()
     m.kill()
     assert "t1/ws1/pending.txt" not in keys(s3_bucket, "t1/ws1/")
@@ -335,9 +332,26 @@ def test_fsck_replays_a_journal_without_mounting(mount_factory, s3_bucket):
                  "--endpoint-url", s3_bucket.endpoint, "--path-style")
     assert "uploaded t1/ws1/pending.txt" in done.stdout
     assert "deleted t1/ws1/gone.txt" in done.stdout
+    assert "reindexed the sessions of t1/ws1" in done.stdout
+    listed = json.loads(cowfs("sessions", "list", "t1/ws1", "--json", *store).stdout)["sessions"]
+    assert [(s["sessionId"], s["files"], s["bytes"]) for s in listed] == [("s1", 1, 5)]
     stored = keys(s3_bucket, "t1/ws1/")
     assert stored["t1/ws1/pending.txt"] == b"only in the journal"
     assert "t1/ws1/gone.txt" not in stored
     again = cowfs("fsck", f"s3://{s3_bucket.name}", "--cache-dir", str(m.cache_dir),
                   "--endpoint-url", s3_bucket.endpoint, "--path-style")
     assert again.stdout.strip() == "nothing to recover"
+
+
+def test_replay_at_mount_indexes_the_sessions_it_uploads(mount_factory, s3_bucket):
+    m = mount_factory("replayed", extra=["--write-back-delay", "60"])
+    (m.path / "t1" / "ws1").mkdir(parents=True)
+    store = ["--store", f"s3://{s3_bucket.name}", "--endpoint-url", s3_bucket.endpoint, "--path-style"]
+    cowfs("sessions", "reindex", "t1/ws1", *store)
+    (m.path / "t1" / "ws1" / "sessions" / "s2").mkdir(parents=True)
+    (m.path / "t1" / "ws1" / "sessions" / "s2" / "history.jsonl").write_text("abc")
+    m.kill()
+    again = mount_factory("replayed-again", cache=m.cache_dir)
+    again.sync()
+    listed = json.loads(cowfs("sessions", "list", "t1/ws1", "--json", *store).stdout)["sessions"]
+    assert [(s["sessionId"], s["files"], s["bytes"]) for s in listed] == [("s2", 1, 3)]

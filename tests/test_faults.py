@@ -6,10 +6,8 @@ from __future__ import annotations
 import errno
 import json
 import os
-import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
@@ -18,7 +16,7 @@ from cowfs.recovery import finish_move, replay
 from cowfs.store.local import LocalStore
 from faultproxy import HANG, PASS, REFUSE
 from mounting import cowfs
-from test_durability import keys, proxy  # noqa: F401  (a fixture)
+from test_durability import keys
 
 
 def status(mount) -> dict:

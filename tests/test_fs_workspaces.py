@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import subprocess
+import threading
 import time
 
 import pytest
@@ -14,6 +15,7 @@ import trio
 import cowfs.activity
 from cowfs.activity import Activity
 from cowfs.store.local import LocalStore
+from mounting import cowfs as run_cli
 
 #: What these tests check can differ between S3 servers: each runs on moto and on Ceph RGW.
 pytestmark = pytest.mark.servers
@@ -212,3 +214,73 @@ def test_transcript_appended_line_by_line_goes_up_at_most_twice_per_write_back_w
     assert 1 <= uploads <= 2 * windows, f"{uploads} uploads of a transcript appended {len(lines)} times"
     body = s3_bucket.client.get_object(Bucket=s3_bucket.name, Key="acme/proj/sessions/s1/history.jsonl")["Body"].read()
     assert body.decode() == "".join(lines)
+
+
+def generated(ws, name: str) -> dict:
+    return json.loads((ws / ".cowfs" / name).read_text())
+
+
+def test_generated_files_show_a_session_right_after_its_first_write(mount_factory, s3_bucket):
+    m = mount_factory("ryw", extra=["--write-back-delay", "60"])
+    ws = m.path / "acme" / "proj"
+    (ws / "sessions" / "old").mkdir(parents=True)
+    (ws / "sessions" / "old" / "h.jsonl").write_text("12345")
+    m.sync()
+    before = generated(ws, "workspace.json")
+    assert (before["files"], before["bytes"]) == (1, 5)
+    started = time.time()
+    (ws / "sessions" / "new").mkdir()
+    (ws / "sessions" / "new" / "history.jsonl").write_text("x" * 100)
+    (ws / "sessions" / "old" / "h.jsonl").write_text("1234567")
+    (ws / "notes.md").write_text("abc")
+    time.sleep(1.1)
+    (ws / "sessions" / "new" / "out.txt").write_text("yy")
+    assert not keys(s3_bucket, "acme/proj/sessions/new/")  # nothing uploaded yet
+    shown = {s["sessionId"]: s for s in generated(ws, "sessions.json")["sessions"]}
+    assert (shown["new"]["files"], shown["new"]["bytes"]) == (2, 102)
+    assert (shown["old"]["files"], shown["old"]["bytes"]) == (1, 7)
+    assert [s for s in shown] == ["new", "old"]
+    created = shown["new"]["createdAt"]
+    assert time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(started))) <= created < shown["new"]["lastActiveAt"]
+    now = generated(ws, "workspace.json")
+    assert (now["files"], now["bytes"]) == (4, 7 + 100 + 2 + 3)
+    os.unlink(ws / "sessions" / "old" / "h.jsonl")
+    shown = {s["sessionId"]: s for s in generated(ws, "sessions.json")["sessions"]}
+    assert (shown["old"]["files"], shown["old"]["bytes"]) == (0, 0)  # its folder is left
+    os.rmdir(ws / "sessions" / "old")
+    assert "old" not in {s["sessionId"] for s in generated(ws, "sessions.json")["sessions"]}
+    m.sync()
+    listed = json.loads(run_cli("sessions", "list", "acme/proj", "--json", "--store", f"s3://{s3_bucket.name}",
+                              "--endpoint-url", s3_bucket.endpoint, "--path-style").stdout)["sessions"]
+    assert [(s["sessionId"], s["files"], s["bytes"], s["createdAt"]) for s in listed] == [("new", 2, 102, created)]
+
+
+def test_two_mounts_writing_sessions_of_one_workspace_give_exact_counts(mount_factory, s3_bucket):
+    a, b = mount_factory("a"), mount_factory("b")
+    (a.path / "acme" / "proj").mkdir(parents=True)
+    store = ["--store", f"s3://{s3_bucket.name}", "--endpoint-url", s3_bucket.endpoint, "--path-style"]
+    run_cli("sessions", "reindex", "acme/proj", *store)  # the index is complete: from now on writers keep it
+
+    def write(m, who: str) -> None:
+        for i in range(30):
+            session = m.path / "acme" / "proj" / "sessions" / ("shared", f"only-{who}")[i % 2]
+            session.mkdir(parents=True, exist_ok=True)
+            (session / f"{who}-{i}.txt").write_text(who * (i + 1))
+            time.sleep(0.01)
+
+    writers = [threading.Thread(target=write, args=(m, who)) for m, who in ((a, "a"), (b, "b"))]
+    for t in writers:
+        t.start()
+    for t in writers:
+        t.join()
+    a.sync()
+    b.sync()
+    listed = json.loads(run_cli("sessions", "list", "acme/proj", "--json", *store).stdout)["sessions"]
+    odd, even = range(1, 31, 2), range(0, 30, 2)
+    assert {s["sessionId"]: (s["files"], s["bytes"]) for s in listed} == {
+        "shared": (30, 2 * sum(i + 1 for i in even)),
+        "only-a": (15, sum(i + 1 for i in odd)),
+        "only-b": (15, sum(i + 1 for i in odd)),
+    }
+    status = json.loads((a.path / ".cowfs" / "status.json").read_text())
+    assert status["activityFailures"] == 0 and status["activityLastError"] is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import pty
 import re
@@ -196,7 +197,8 @@ def test_a_mount_over_a_mount_is_refused_naming_what_is_there(mount_factory, s3_
                          *s3_args(s3_bucket))
     assert done.returncode == USAGE
     assert f"already a mount (fuse.cowfs from s3://{s3_bucket.name})" in one_line(done)
-    assert cowfs("status", str(m.path)).stdout.count(f"pid: {m.proc.pid}") == 1, "the first mount keeps its socket"
+    assert json.loads(cowfs("status", "--json", str(m.path)).stdout)["pid"] == m.proc.pid, \
+        "the first mount keeps its socket"
     with tmpfs(tmp_path / "tmpfs", "1m") as other:
         done = refused_mount(f"s3://{s3_bucket.name}", str(other), "--cache-dir", str(tmp_path / "other-cache"),
                              *s3_args(s3_bucket))

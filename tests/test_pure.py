@@ -339,6 +339,34 @@ def test_layout_rules_by_depth():
     assert layout.workspace_of(("acme", "ws")) is None
 
 
+def test_trash_folders_at_the_mount_root_are_the_one_exception():
+    from cowfs import layout
+    from cowfs.errors import NotPermitted
+
+    for parts, root in (((".Trash-1000",), 0), ((".Trash", "1000"), 0), (("acme", ".Trash-1000"), 1)):
+        layout.check_new_entry(parts, is_dir=True, mount_root=root)
+        layout.check_new_entry(parts + ("files", "a.txt"), is_dir=False, mount_root=root)
+        layout.check_new_entry(parts + ("files", "sessions", "x.txt"), is_dir=False, mount_root=root)
+        assert layout.trash_owner(parts, root) == 1000
+        assert layout.trash_owner(parts + ("files",), root) is None
+        assert not layout.can_rename(parts, root)
+        assert layout.can_rename(parts + ("files", "a.txt"), root)
+        assert layout.workspace_of(parts + ("files", "a.txt")) is None
+        assert not layout.is_workspace(parts + ("files",))
+        assert layout.visible(parts + ("files", ".cowfs"), is_dir=True, mount_root=root)
+    with pytest.raises(NotPermitted):
+        layout.check_new_entry((".Trash-1000",), is_dir=False)
+    with pytest.raises(NotPermitted):
+        layout.check_new_entry((".Trash", "1000"), is_dir=False)
+    with pytest.raises(InvalidName):
+        layout.check_new_entry((".Trash", "alice"), is_dir=True)
+    for parts, root in (((".Trash-1000",), 1), (("acme", ".Trash-1000"), 0), ((".Trash-x",), 0), ((".Trash-",), 0)):
+        with pytest.raises(InvalidName):
+            layout.check_new_entry(parts, is_dir=True, mount_root=root)  # only at the mount's root, only a uid
+    assert not layout.can_rename((".Trash",), 0)
+    assert layout.is_workspace(("acme", "ws"))
+
+
 def test_artifact_type_follows_the_path():
     from cowfs.layout import artifact_type
 

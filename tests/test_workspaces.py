@@ -10,8 +10,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from cowfs import workspaces
-from cowfs.errors import InvalidToken, UsageError
-from cowfs.sessions import SessionSummary, page_sessions
+from cowfs.errors import InvalidToken
+from cowfs.sessions import Anchor, make_token, read_token
 from cowfs.store.local import LocalStore
 from cowfs.store.s3 import S3Store
 from cowfs.workspaces import create_workspace, touch_workspace
@@ -66,9 +66,9 @@ def test_list_show_delete(s3_bucket):
     assert sorted(w["workspaceId"] for w in listed) == sorted(ids)
     only_acme = json.loads(cli(s3_bucket, "workspace", "list", "--tenant", "acme", "--json").stdout)["workspaces"]
     assert sorted(w["workspaceId"] for w in only_acme) == sorted(ids[:2])
-    assert "deleted" in cli(s3_bucket, "workspace", "delete", f"acme/{ids[0]}").stdout
+    assert "deleted" in cli(s3_bucket, "workspace", "delete", f"acme/{ids[0]}", "--yes").stdout
     assert not [k for k in all_keys(s3_bucket) if k.startswith(f"acme/{ids[0]}/")]
-    missing = cli(s3_bucket, "workspace", "delete", f"acme/{ids[0]}", check=False)
+    missing = cli(s3_bucket, "workspace", "delete", f"acme/{ids[0]}", "--yes", check=False)
     assert missing.returncode == 1 and len(missing.stderr.strip().splitlines()) == 1
 
 
@@ -95,6 +95,7 @@ def test_sessions_pagination_tokens(s3_bucket):
     assert sorted(ids) == [f"s{i:02d}" for i in range(45)]
     flat = [s for p in pages for s in p]
     assert all(s["files"] == 1 and s["bytes"] == int(s["sessionId"][1:]) for s in flat)
+    assert all(set(s) == {"sessionId", "createdAt", "lastActiveAt", "files", "bytes"} for s in flat)
     assert [s["lastActiveAt"] for s in flat] == sorted((s["lastActiveAt"] for s in flat), reverse=True)
     first = json.loads(cli(s3_bucket, "sessions", "list", f"acme/{ws}", "--json").stdout)["nextToken"]
     forged = first[:-1] + ("0" if first[-1] != "0" else "1")
@@ -103,27 +104,19 @@ def test_sessions_pagination_tokens(s3_bucket):
         assert done.returncode != 0 and "next-token" in done.stderr and len(done.stderr.strip().splitlines()) == 1
     elsewhere = cli(s3_bucket, "sessions", "list", f"acme/{other}", "--next-token", first, check=False)
     assert elsewhere.returncode != 0
-    anchor = json.loads(cli(s3_bucket, "sessions", "list", f"acme/{ws}", "--json").stdout)["sessions"][-1]
-    s3_bucket.client.delete_object(Bucket=s3_bucket.name,
-                                   Key=f"acme/{ws}/sessions/{anchor['sessionId']}/history.jsonl")
-    stale = cli(s3_bucket, "sessions", "list", f"acme/{ws}", "--next-token", first, check=False)
-    assert stale.returncode != 0 and "stale" in stale.stderr
     assert cli(s3_bucket, "sessions", "list", f"acme/{ws}", "--limit", "0", check=False).returncode == 2
+    assert cli(s3_bucket, "sessions", "list", "acme/nothing-here", check=False).returncode == 1
 
 
-def test_page_sessions_orders_and_refuses_tampering():
-    sessions = [SessionSummary(f"s{i}", T0, T0 + timedelta(minutes=i % 7), 1, 1) for i in range(30)]
-    ordered = sorted(sessions, key=lambda s: (-s.lastActiveAt.timestamp(), s.sessionId))
-    page1, token = page_sessions(ordered, 10, None, b"k" * 32, "a/w")
-    page2, token2 = page_sessions(ordered, 10, token, b"k" * 32, "a/w")
-    page3, token3 = page_sessions(ordered, 10, token2, b"k" * 32, "a/w")
-    assert page1 + page2 + page3 == ordered and token3 is None
-    with pytest.raises(InvalidToken):
-        page_sessions(ordered, 10, token, b"other-secret", "a/w")
-    with pytest.raises(InvalidToken):
-        page_sessions(ordered, 10, token, b"k" * 32, "a/other")
-    with pytest.raises(UsageError):
-        page_sessions(ordered, 101, None, b"k" * 32, "a/w")
+def test_tokens_are_signed_for_one_workspace():
+    anchor = Anchor(T0, "s1", 12)
+    token = make_token(anchor, b"k" * 32, "a/w")
+    assert read_token(token, b"k" * 32, "a/w") == anchor
+    for secret, scope, text in ((b"other-secret", "a/w", token), (b"k" * 32, "a/other", token),
+                                (b"k" * 32, "a/w", token[:-1] + ("0" if token[-1] != "0" else "1")),
+                                (b"k" * 32, "a/w", "garbage")):
+        with pytest.raises(InvalidToken):
+            read_token(text, secret, scope)
 
 
 def test_purge_deletes_only_workspaces_idle_by_record_and_by_objects(tmp_path, monkeypatch):
@@ -146,10 +139,10 @@ def test_purge_deletes_only_workspaces_idle_by_record_and_by_objects(tmp_path, m
     dry = cowfs("purge", "--inactive-days", "90", "--dry-run", "--store", store.url).stdout
     assert dry == f"would delete acme/idle (last active {last_active})\n"
     assert {o.key for o in store.list_all("", None).objects} == before
-    done = cowfs("purge", "--inactive-days", "90", "--store", store.url).stdout
+    done = cowfs("purge", "--inactive-days", "90", "--yes", "--store", store.url).stdout
     assert done == f"deleted acme/idle (last active {last_active})\n"
     assert {o.key for o in store.list_all("", None).objects} == {k for k in before if not k.startswith("acme/idle/")}
-    assert cowfs("purge", "--inactive-days", "90", "--store", store.url).stdout == "nothing to purge\n"
+    assert cowfs("purge", "--inactive-days", "90", "--yes", "--store", store.url).stdout == "nothing to purge\n"
 
 
 def test_purge_never_touches_data_outside_the_store_prefix(s3_bucket):

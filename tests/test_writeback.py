@@ -12,7 +12,7 @@ import trio
 
 from cowfs.journal import Journal
 from cowfs.store.local import LocalStore
-from cowfs.journal import BODY_INLINE
+from cowfs.journal import BODY_INLINE, PutRecord
 from cowfs.writeback import Upload, WriteBack
 
 
@@ -186,7 +186,7 @@ class SmallFile:
         self.rid = rid
 
     def snapshot(self) -> Upload:
-        return Upload(f"t/ws/{self.rid}", BODY_INLINE, {}, 1, inline=b"x" * 100, size=100)
+        return Upload(PutRecord(self.rid, f"t/ws/{self.rid}", BODY_INLINE, None, {}, b"x" * 100, 100), 1)
 
     async def uploaded(self, upload: Upload, etag: str) -> bool:
         return True
@@ -281,7 +281,8 @@ class StaleWrite:
         self.kept: list[tuple[str, str]] = []
 
     def snapshot(self) -> Upload:
-        return Upload("t/ws/f", BODY_INLINE, {}, 1, inline=self.body, size=len(self.body), if_match='"stale"')
+        return Upload(PutRecord(self.rid, "t/ws/f", BODY_INLINE, None, {}, self.body, len(self.body)), 1,
+                      if_match='"stale"')
 
     async def uploaded(self, upload: Upload, etag: str) -> bool:
         raise AssertionError("a write based on a replaced version must not land at its key")

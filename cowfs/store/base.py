@@ -132,6 +132,10 @@ class ObjectStore(abc.ABC):
         ``prefixes`` (each ending in the delimiter), as S3 does.
         """
 
+    def create_bucket(self) -> bool:
+        """Make the bucket if it is missing (``mount --create-bucket``); whether it was made."""
+        return False
+
     def probe(self) -> None:
         """Learn, once, what the server does where S3 servers differ (blocking; a few requests)."""
 

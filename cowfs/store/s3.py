@@ -9,6 +9,7 @@ instance roles); they never appear in an error message.
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import logging
 import hashlib
 import os
@@ -32,7 +33,7 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
-from ..errors import AccessDenied, ObjectNotFound, PreconditionFailed, Refused, StoreError
+from ..errors import AccessDenied, NoSuchBucket, ObjectNotFound, PreconditionFailed, Refused, StoreError
 from ..fds import pwrite_all
 from .base import ListPage, ObjectInfo, ObjectStore, Progress, same_metadata
 from .lean import META, LeanRequests, headers_info, quoted_etag
@@ -99,7 +100,7 @@ class S3Store(ObjectStore):
             # boto3 sends by default since 1.36; send them only where S3 needs them.
             request_checksum_calculation="when_required",
         )
-        core = botocore.session.get_session()
+        core = self._core = botocore.session.get_session()
         self._client = boto3.session.Session(botocore_session=core).client(
             "s3", endpoint_url=endpoint_url, region_name=region, config=config
         )
@@ -116,12 +117,48 @@ class S3Store(ObjectStore):
     # -- interface -------------------------------------------------------------
 
     def check(self) -> None:
+        self.server_time()
+
+    def server_time(self) -> float | None:
+        """Check the bucket; the server's clock (its ``Date`` header, epoch seconds) if it sent one.
+
+        The message says what is wrong: no credentials, credentials refused, or no such bucket.
+        """
         what = f"bucket {self.bucket} at {self.endpoint}"
         try:
             with self._translated(what):
-                self._client.head_bucket(Bucket=self.bucket)
+                response = self._client.head_bucket(Bucket=self.bucket)
         except ObjectNotFound:
-            raise AccessDenied(f"{what}: no such bucket") from None
+            raise NoSuchBucket(f"{what}: no such bucket (cowfs mount --create-bucket makes it)") from None
+        except AccessDenied as exc:
+            if isinstance(exc.__cause__, (NoCredentialsError, PartialCredentialsError)):
+                raise AccessDenied(f"no credentials for {what} (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                                   "or AWS_PROFILE)") from None
+            raise AccessDenied(f"credentials refused for {what} ({str(exc).removeprefix(what + ': ')})") from None
+        date = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+        return email.utils.parsedate_to_datetime(date).timestamp() if date else None
+
+    def credentials_method(self) -> str | None:
+        """Where boto3 found credentials ("env", "shared-credentials-file", ...), or None without any."""
+        found = self._core.get_credentials()
+        return found.method if found is not None else None
+
+    def create_bucket(self) -> bool:
+        try:
+            self.check()
+            return False
+        except NoSuchBucket:
+            pass
+        region = self._client.meta.region_name
+        where = {"CreateBucketConfiguration": {"LocationConstraint": region}} if region != "us-east-1" else {}
+        with self._translated(f"create bucket {self.bucket} at {self.endpoint}"):
+            try:
+                self._client.create_bucket(Bucket=self.bucket, **where)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "BucketAlreadyOwnedByYou":
+                    raise
+                return False
+        return True
 
     def head(self, key: str) -> ObjectInfo:
         response = self._lean_request("HEAD", key)
