@@ -281,7 +281,10 @@ def run_out(argv: list[str], timeout: float = 900, cwd: Path | None = None,
             env: dict[str, str] | None = None) -> tuple[float, str]:
     """Run a command, return its wall time and stdout; a non-zero exit is a Fail naming stderr."""
     start = time.perf_counter()
-    done = subprocess.run(argv, check=False, capture_output=True, timeout=timeout, cwd=cwd, env=env)
+    try:
+        done = subprocess.run(argv, check=False, capture_output=True, timeout=timeout, cwd=cwd, env=env)
+    except subprocess.TimeoutExpired:
+        raise Fail(f"{Path(argv[0]).name} did not finish within {timeout:.0f} s") from None
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
         raise Fail(f"{Path(argv[0]).name} exited {done.returncode}: {error_summary(done.stderr or done.stdout)}",
@@ -1759,21 +1762,27 @@ def wl_big_folder_cold(run: Run, rep: int) -> dict[str, float]:
     try:
         target.restart_cold()
         steps = Steps(run, "big_folder_cold")
-        with steps.step("ls -f"):
+        out = ""
+        with steps.step("ls -f", go_on=True):  # a step that fails or times out leaves the others to run
             _, out = run_out(["ls", "-f", str(folder)])
         names = set(out.split()) - {".", ".."}  # a file system need not list them (POSIX readdir)
-        if names != set(blobs):
-            raise Fail(f"ls -f lists {len(names)} names besides . and .., expected {len(blobs)}")
-        with steps.step("ls -l"):
+        with steps.check("ls -f"):
+            if names != set(blobs):
+                raise Fail(f"ls -f lists {len(names)} names besides . and .., expected {len(blobs)}")
+        out = ""
+        with steps.step("ls -l", go_on=True):
             _, out = run_out(["ls", "-l", str(folder)])
         sizes = {line.split()[-1]: int(line.split()[4]) for line in out.splitlines()[1:]}
-        if sizes != {name: len(blob) for name, blob in blobs.items()}:
-            raise Fail(f"ls -l lists {len(sizes)} files with {sum(sizes.values())} bytes, "
-                       f"expected {len(blobs)} with {sum(map(len, blobs.values()))}")
-        with steps.step("find"):
+        with steps.check("ls -l"):
+            if sizes != {name: len(blob) for name, blob in blobs.items()}:
+                raise Fail(f"ls -l lists {len(sizes)} files with {sum(sizes.values())} bytes, "
+                           f"expected {len(blobs)} with {sum(map(len, blobs.values()))}")
+        out = ""
+        with steps.step("find", go_on=True):
             _, out = run_out(["find", str(folder)])
-        if sorted(relative_lines(out, folder)) != sorted([".", *blobs]):
-            raise Fail(f"find lists {len(out.splitlines())} paths, expected {len(blobs) + 1}")
+        with steps.check("find"):
+            if sorted(relative_lines(out, folder)) != sorted([".", *blobs]):
+                raise Fail(f"find lists {len(out.splitlines())} paths, expected {len(blobs) + 1}")
         rss = target.daemon_rss_kib()
         if rss is not None:
             steps.seconds["peak RSS MiB"] = rss / KiB
