@@ -43,6 +43,7 @@ from .attrs import (
     to_metadata,
 )
 from .cache import CacheBusy, ContentCache
+from .changes import ChangeMarks
 from .config import TenantOwner
 from .errors import (
     AlreadyExists,
@@ -336,10 +337,12 @@ class Namespace:
         tenants: dict[str, TenantOwner] | None = None,
         clock: Callable[[], float] = time.monotonic,
         reachability: Reachability | None = None,
+        marks: ChangeMarks | None = None,
     ) -> None:
         """``tenants`` (from the config file) makes a multi-user mount: only those
         tenants exist, each owned by its uid/gid/mode, and new entries take its group;
-        each of their users has a trash folder at the root, as they may not create one there."""
+        each of their users has a trash folder at the root, as they may not create one there.
+        ``marks`` (the change marks of the workspaces) vouch for folders' listings between LISTs."""
         self.store = store
         self.keymap = keymap
         self.cache = cache
@@ -355,6 +358,7 @@ class Namespace:
         self.clock = clock
         self.tenants = tenants
         self.reachability = reachability or Reachability(store.check)
+        self.marks = marks
         self.mount_root = len(keymap.root)
         self.listings = 0
         root = Node(ROOT_INODE, DIR, "", None, Attrs(DEFAULT_DIR_MODE, uid, gid, time.time_ns()))
@@ -564,6 +568,7 @@ class Namespace:
         """
         now = self.clock()
         used, dir_node.used_at = dir_node.used_at, now
+        await self._check_marks(dir_node, now)
         if not self._due_for_listing(dir_node, now):
             return
         if (
@@ -585,7 +590,22 @@ class Namespace:
             log.debug("listing %s ahead: %s", self.key(dir_node) or "/", exc)
 
     def _fresh(self, dir_node: Node, now: float) -> bool:
-        return dir_node.listed_at is not None and now - dir_node.listed_at < self.ttl
+        """Whether ``dir_node``'s listing holds: less than a TTL old, or vouched for by the change marks."""
+        if dir_node.listed_at is None:
+            return False
+        if now - dir_node.listed_at < self.ttl:
+            return True
+        return self.marks is not None and self.marks.vouches(self.key(dir_node), dir_node.listed_at, now)
+
+    async def _check_marks(self, dir_node: Node, now: float) -> None:
+        """Read the change marks of ``dir_node``'s workspace before its listing is made or
+        renewed (one LIST per workspace per TTL, whatever the number of folders it holds): a
+        listing made after a check is vouched for by the next ones."""
+        if self.marks is None or (dir_node.listed_at is not None and now - dir_node.listed_at < self.ttl):
+            return
+        workspace = self.marks.workspace_of(self.key(dir_node))
+        if workspace is not None and self.reachability.reachable:
+            await self.marks.check(workspace)
 
     def _due_for_listing(self, dir_node: Node, now: float) -> bool:
         """Whether a LIST could change ``dir_node``: not fresh, not generated, and the
@@ -623,6 +643,7 @@ class Namespace:
         parent = dir_node.parent
         walking = parent is not None and now - parent.walked_at < WALK_WINDOW
         dir_node.walked_at = now
+        await self._check_marks(dir_node, now)
         pages = DEEP_PAGES if walking else 1 if _small_tree(dir_node, self.store.page_size) else 0
         if pages and self._due_for_listing(dir_node, now):
             async with dir_node.lock:

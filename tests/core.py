@@ -28,6 +28,7 @@ import trio.testing
 
 from cowfs.activity import Activity
 from cowfs.cache import ContentCache
+from cowfs.changes import ChangeMarks
 from cowfs.daemon import THREADS
 from cowfs.errors import NotFound, StoreError
 from cowfs.hooks import WorkspaceHooks
@@ -167,6 +168,13 @@ class Core:
     writeback: WriteBack
     journal: Journal
     store: S3LikeStore
+    marks: ChangeMarks | None = None
+
+    async def sync(self) -> None:
+        """``cowfs sync``: every pending change in the store, then this mount's change marks."""
+        await self.ns.sync()
+        if self.marks is not None:
+            await self.marks.flush()
 
     async def find(self, path: str) -> Node:
         """The node at ``path`` (a lookup per component, as the kernel makes them)."""
@@ -270,9 +278,12 @@ class Cores:
 
     @asynccontextmanager
     async def mount(self, *, metadata_ttl: float = 1.0, write_back_delay: float = 1.0,
-                    store_timeout: float = 30.0) -> AsyncIterator[Core]:
-        """A core serving until the block ends (then stopped, not flushed: a test syncs what it means to)."""
-        base = self.root / f"core{len(self._stores)}"
+                    store_timeout: float = 30.0, foreign_ttl: float | None = None) -> AsyncIterator[Core]:
+        """A core serving until the block ends (then stopped, not flushed: a test syncs what it means to).
+
+        With ``foreign_ttl`` it writes and reads change marks, as the daemon does."""
+        name = f"core{len(self._stores)}"
+        base = self.root / name
         tmp_dir = base / "tmp"
         tmp_dir.mkdir(parents=True)
         store = S3LikeStore(self.store.root)
@@ -281,18 +292,33 @@ class Cores:
         cache = ContentCache(base / "cache", CACHE_SIZE)
         limiter = trio.CapacityLimiter(THREADS)
         activity = Activity(store, limiter)
+        marks = None if foreign_ttl is None else ChangeMarks(store, limiter, name, ttl=metadata_ttl,
+                                                             foreign_ttl=foreign_ttl)
+
+        def stored(key: str) -> None:
+            activity.mark(key)
+            if marks is not None:
+                marks.changed(key)
+
+        def deleted(key: str) -> None:
+            activity.deleted(key)
+            if marks is not None:
+                marks.changed(key)
+
         writeback = WriteBack(store, journal, limiter, delay=write_back_delay, clock=trio.current_time,
-                              on_stored=activity.mark)
+                              on_stored=stored, on_deleted=deleted)
         hooks = WorkspaceHooks(store, limiter, activity, lambda: {"listings": ns.listings}, store_timeout)
         ns = Namespace(store, KeyMap(), cache, journal, writeback, limiter, tmp_dir, hooks, uid=os.getuid(),
                        gid=os.getgid(), metadata_ttl=metadata_ttl, store_timeout=store_timeout,
-                       clock=trio.current_time)
+                       clock=trio.current_time, marks=marks)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(writeback.run)
                 await nursery.start(ns.run)
                 nursery.start_soon(activity.run)
-                yield Core(ns, writeback, journal, store)
+                if marks is not None:
+                    nursery.start_soon(marks.run)
+                yield Core(ns, writeback, journal, store, marks)
                 nursery.cancel_scope.cancel()
         finally:
             cache.close()
