@@ -26,7 +26,7 @@ import secrets
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Awaitable, Callable
 
 import trio
 
@@ -49,6 +49,8 @@ WRITER_FILE = "writer"
 FORMAT = 1
 
 Workspace = tuple[str, str]
+#: Runs a store call on a worker thread: ``await io(fn, *args)``.
+Io = Callable[..., Awaitable[Any]]
 
 
 @dataclass
@@ -159,7 +161,8 @@ class ChangeMarks:
 
     def __init__(self, store: ObjectStore, limiter: trio.CapacityLimiter, writer: str, *, ttl: float,
                  foreign_ttl: float, clock: Callable[[], float] = trio.current_time,
-                 interval: float = FLUSH_INTERVAL) -> None:
+                 interval: float = FLUSH_INTERVAL, removed: Callable[[Workspace], bool] = lambda w: False) -> None:
+        """``removed(workspace)``: whether this mount is deleting it (a mark would bring it back)."""
         self.store = store
         self.limiter = limiter
         self.writer = writer
@@ -167,6 +170,7 @@ class ChangeMarks:
         self.foreign_ttl = foreign_ttl
         self.clock = clock
         self.interval = interval
+        self.removed = removed
         self._pending: dict[Workspace, set[str]] = {}
         self._written: dict[Workspace, Mark] = {}
         self._flushing = trio.Lock()
@@ -182,7 +186,7 @@ class ChangeMarks:
     def changed(self, key: str) -> None:
         """An object under ``key`` reached the store or left it."""
         where = folder_of(key)
-        if where is not None:
+        if where is not None and not self.removed(where[0]):
             self._pending.setdefault(where[0], set()).add(where[1])
             self._wake.set()
 
@@ -205,17 +209,17 @@ class ChangeMarks:
             pending, self._pending = self._pending, {}
             async with trio.open_nursery() as nursery:
                 for workspace, folders in pending.items():
-                    nursery.start_soon(self._write, workspace, folders)
+                    if not self.removed(workspace):
+                        nursery.start_soon(self._write, workspace, folders)
 
     async def _write(self, workspace: Workspace, folders: set[str]) -> None:
         key = marks_prefix(workspace) + self.writer
         try:
             mark = self._written.get(workspace)
             if mark is None:
-                mark = await self._read(key) or Mark()
+                mark = await self._read(key, self._background) or Mark()
             mark = mark.advanced(folders)
-            await blocking(self.store.put, key, mark.encode(), {"content-type": "application/json"},
-                           limiter=self.limiter)
+            await self._background(self.store.put, key, mark.encode(), {"content-type": "application/json"})
         except (CowfsError, OSError) as exc:
             self._failed(f"writing the change mark of {workspace[0]}/{workspace[1]}", exc)
             self._pending.setdefault(workspace, set()).update(folders)
@@ -223,10 +227,13 @@ class ChangeMarks:
             return
         self._written[workspace] = mark
 
-    async def _read(self, key: str) -> Mark | None:
+    async def _background(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await blocking(fn, *args, limiter=self.limiter)
+
+    async def _read(self, key: str, io: Io) -> Mark | None:
         """The mark at ``key``; None when there is none or it is not one (then it is written anew)."""
         try:
-            data, _ = await blocking(self.store.get, key, limiter=self.limiter)
+            data, _ = await io(self.store.get, key)
         except ObjectNotFound:
             return None
         try:
@@ -262,9 +269,9 @@ class ChangeMarks:
         where = listed_folder(key)
         return where[0] if where else None
 
-    async def check(self, workspace: Workspace) -> bool:
-        """Read the workspace's marks unless a check of them is less than a TTL old; whether
-        they can vouch for its folders now (False when the store did not answer)."""
+    async def check(self, workspace: Workspace, io: Io) -> bool:
+        """Read the workspace's marks unless a check of them is less than a TTL old, through
+        ``io``; whether they can vouch for its folders now (False when the store did not answer)."""
         view = self._views.get(workspace)
         while view is not None and view.checking is not None:
             await view.checking.wait()
@@ -276,7 +283,7 @@ class ChangeMarks:
             view = self._views[workspace] = _View(baseline=math.inf)
         view.checking = trio.Event()
         try:
-            await self._check(workspace, view, now)
+            await self._check(workspace, view, now, io)
         except (CowfsError, OSError) as exc:
             self._failed(f"reading the change marks of {workspace[0]}/{workspace[1]}", exc)
             return False
@@ -285,10 +292,10 @@ class ChangeMarks:
             view.checking = None
         return True
 
-    async def _check(self, workspace: Workspace, view: _View, started: float) -> None:
+    async def _check(self, workspace: Workspace, view: _View, started: float, io: Io) -> None:
         self.checks += 1
         prefix = marks_prefix(workspace)
-        listing = await blocking(self.store.list_all, prefix, None, limiter=self.limiter)
+        listing = await io(self.store.list_all, prefix, None)
         moved = {info.key: info.etag for info in listing.objects
                  if info.key != prefix + self.writer and view.etags.get(info.key) != info.etag}
         first = view.checked_at == -math.inf
@@ -296,7 +303,7 @@ class ChangeMarks:
 
         async def reader(keys: list[str]) -> None:
             for key in keys:
-                read[key] = await self._read(key)
+                read[key] = await self._read(key, io)
 
         keys = sorted(moved)
         async with trio.open_nursery() as nursery:

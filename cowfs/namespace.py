@@ -568,7 +568,6 @@ class Namespace:
         """
         now = self.clock()
         used, dir_node.used_at = dir_node.used_at, now
-        await self._check_marks(dir_node, now)
         if not self._due_for_listing(dir_node, now):
             return
         if (
@@ -597,15 +596,15 @@ class Namespace:
             return True
         return self.marks is not None and self.marks.vouches(self.key(dir_node), dir_node.listed_at, now)
 
-    async def _check_marks(self, dir_node: Node, now: float) -> None:
+    async def _check_marks(self, dir_node: Node) -> None:
         """Read the change marks of ``dir_node``'s workspace before its listing is made or
         renewed (one LIST per workspace per TTL, whatever the number of folders it holds): a
         listing made after a check is vouched for by the next ones."""
-        if self.marks is None or (dir_node.listed_at is not None and now - dir_node.listed_at < self.ttl):
+        if self.marks is None or not self.reachability.reachable:
             return
         workspace = self.marks.workspace_of(self.key(dir_node))
-        if workspace is not None and self.reachability.reachable:
-            await self.marks.check(workspace)
+        if workspace is not None:
+            await self.marks.check(workspace, self._io)
 
     def _due_for_listing(self, dir_node: Node, now: float) -> bool:
         """Whether a LIST could change ``dir_node``: not fresh, not generated, and the
@@ -615,6 +614,7 @@ class Namespace:
         return dir_node.listed_at is None or self.reachability.reachable
 
     async def _list(self, dir_node: Node) -> None:
+        await self._check_marks(dir_node)
         async with dir_node.lock:
             if self._fresh(dir_node, self.clock()):
                 return
@@ -643,9 +643,9 @@ class Namespace:
         parent = dir_node.parent
         walking = parent is not None and now - parent.walked_at < WALK_WINDOW
         dir_node.walked_at = now
-        await self._check_marks(dir_node, now)
         pages = DEEP_PAGES if walking else 1 if _small_tree(dir_node, self.store.page_size) else 0
         if pages and self._due_for_listing(dir_node, now):
+            await self._check_marks(dir_node)
             async with dir_node.lock:
                 if not self._fresh(dir_node, self.clock()):
                     await self._list_subtree(dir_node, pages)

@@ -134,3 +134,17 @@ def test_a_mark_keeps_the_folders_changed_last_and_the_highest_it_dropped() -> N
 def test_a_cache_folder_keeps_its_writer_name(tmp_path) -> None:
     name = writer_id(tmp_path)
     assert name == writer_id(tmp_path) and "/" not in name
+
+
+async def test_removing_a_workspace_leaves_no_mark_behind(cores: Cores) -> None:
+    async with cores.mount(foreign_ttl=30) as a:
+        await a.makedirs("t1/ws1/src")
+        await a.write("t1/ws1/src/f.txt", b"x")
+        await a.sync()
+        assert MARKS + "core1" in cores.store.stored("t1/ws1/")
+        await a.unlink("t1/ws1/src/f.txt")
+        await a.rmdir("t1/ws1/src")
+        await a.rmdir("t1/ws1")
+        await a.sync()
+        await cores.advance(1.0)
+        assert cores.store.stored("t1/ws1/") == {}

@@ -16,6 +16,8 @@ import urllib.parse
 
 import pytest
 
+from cowfs.changes import MARKS_DIR
+
 from mounting import cowfs, is_mounted
 
 #: What these tests check can differ between S3 servers: each runs on moto and on Ceph RGW;
@@ -32,9 +34,10 @@ def meta(bucket, key: str) -> dict[str, str]:
 
 
 def keys(bucket, prefix: str = "") -> set[str]:
+    """The keys under ``prefix``, but the mounts' change marks (``.cowfs/changes/``)."""
     out: set[str] = set()
     for page in bucket.client.get_paginator("list_objects_v2").paginate(Bucket=bucket.name, Prefix=prefix):
-        out.update(o["Key"] for o in page.get("Contents", []))
+        out.update(o["Key"] for o in page.get("Contents", []) if f"/{MARKS_DIR}" not in o["Key"])
     return out
 
 
