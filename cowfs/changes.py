@@ -147,7 +147,7 @@ class _View:
 
     #: Listings older than this are not vouched for (the first check, or a change it could not place).
     baseline: float
-    #: When the last check that succeeded started (-inf: none yet).
+    #: When the last check that succeeded ended (-inf: none yet): it vouches for a TTL from then.
     checked_at: float = -math.inf
     etags: dict[str, str] = field(default_factory=dict)
     seqs: dict[str, int] = field(default_factory=dict)
@@ -283,7 +283,7 @@ class ChangeMarks:
             view = self._views[workspace] = _View(baseline=math.inf)
         view.checking = trio.Event()
         try:
-            await self._check(workspace, view, now, io)
+            await self._check(workspace, view, io)
         except (CowfsError, OSError) as exc:
             self._failed(f"reading the change marks of {workspace[0]}/{workspace[1]}", exc)
             return False
@@ -292,7 +292,7 @@ class ChangeMarks:
             view.checking = None
         return True
 
-    async def _check(self, workspace: Workspace, view: _View, started: float, io: Io) -> None:
+    async def _check(self, workspace: Workspace, view: _View, io: Io) -> None:
         self.checks += 1
         prefix = marks_prefix(workspace)
         listing = await io(self.store.list_all, prefix, None)
@@ -330,4 +330,4 @@ class ChangeMarks:
         view.stale = {folder: at for folder, at in view.stale.items() if at > seen - self.foreign_ttl}
         if first:
             view.baseline = seen
-        view.checked_at = started
+        view.checked_at = seen

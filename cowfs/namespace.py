@@ -455,6 +455,8 @@ class Namespace:
             names = ROOT_GENERATED
         elif node.kind == DIR and layout.is_workspace(self.full(node)):
             names = WORKSPACE_GENERATED
+            if self.marks is not None and self._background is not None:
+                self._nursery.start_soon(self._check_marks_behind, node)
         else:
             return
         now = time.time_ns()
@@ -595,6 +597,13 @@ class Namespace:
         if now - dir_node.listed_at < self.ttl:
             return True
         return self.marks is not None and self.marks.vouches(self.key(dir_node), dir_node.listed_at, now)
+
+    async def _check_marks_behind(self, workspace: Node) -> None:
+        """A first check of a workspace's marks as soon as the mount meets it, so the
+        folders it lists or makes there from then on are vouched for."""
+        _AHEAD.set(True)
+        with contextlib.suppress(CowfsError, OSError):
+            await self._check_marks(workspace)
 
     async def _check_marks(self, dir_node: Node) -> None:
         """Read the change marks of ``dir_node``'s workspace before its listing is made or

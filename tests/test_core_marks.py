@@ -148,3 +148,20 @@ async def test_removing_a_workspace_leaves_no_mark_behind(cores: Cores) -> None:
         await a.sync()
         await cores.advance(1.0)
         assert cores.store.stored("t1/ws1/") == {}
+
+
+async def test_a_tree_this_mount_just_wrote_is_walked_without_listing_it_again(cores: Cores) -> None:
+    """An untar, then ``find``: the folders this mount made stay vouched for while their uploads go up."""
+    async with cores.mount(foreign_ttl=30) as a:
+        made: set[str] = set()
+        for i in range(30):
+            await a.makedirs(f"t1/ws1/walk/src/d{i}/sub")
+            made |= {f"d{i}", f"d{i}/sub"}
+            for j in range(5):
+                await a.write(f"t1/ws1/walk/src/d{i}/sub/f{j}.txt", b"x")
+                made.add(f"d{i}/sub/f{j}.txt")
+            await cores.advance(0.1)
+        await cores.advance(0.5)
+        start = a.store.mark()
+        assert await a.walk("t1/ws1/walk/src") == made
+        assert Counter(kind for kind, _ in a.store.since(start).elements() if kind != "put") == Counter({"list": 1})
