@@ -24,6 +24,7 @@ import math
 import re
 import secrets
 import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -160,9 +161,10 @@ class ChangeMarks:
     """Writes this mount's marks and reads the others' for the listings (see the module)."""
 
     def __init__(self, store: ObjectStore, limiter: trio.CapacityLimiter, writer: str, *, ttl: float,
-                 foreign_ttl: float, clock: Callable[[], float] = trio.current_time,
+                 foreign_ttl: float, clock: Callable[[], float] = time.monotonic,
                  interval: float = FLUSH_INTERVAL, removed: Callable[[Workspace], bool] = lambda w: False) -> None:
-        """``removed(workspace)``: whether this mount is deleting it (a mark would bring it back)."""
+        """``removed(workspace)``: whether this mount is deleting it (a mark would bring it back);
+        ``clock`` is the namespace's (listing times are compared with it)."""
         self.store = store
         self.limiter = limiter
         self.writer = writer
@@ -249,10 +251,15 @@ class ChangeMarks:
 
     # -- the other mounts' marks --------------------------------------------
 
+    @property
+    def reading(self) -> bool:
+        """Whether marks vouch for anything: not with a foreign TTL no longer than the metadata TTL."""
+        return self.foreign_ttl > self.ttl
+
     def vouches(self, key: str, listed_at: float, now: float) -> bool:
         """Whether the listing of the folder ``key`` made at ``listed_at`` still holds at ``now``
         by the marks (a check of them less than a TTL old, no mark naming it since)."""
-        where = listed_folder(key)
+        where = listed_folder(key) if self.reading else None
         if where is None:
             return False
         view = self._views.get(where[0])
@@ -265,8 +272,8 @@ class ChangeMarks:
         )
 
     def workspace_of(self, key: str) -> Workspace | None:
-        """The workspace whose marks speak for the folder ``key``, if any."""
-        where = listed_folder(key)
+        """The workspace whose marks speak for the folder ``key``, if any (and marks are read)."""
+        where = listed_folder(key) if self.reading else None
         return where[0] if where else None
 
     async def check(self, workspace: Workspace, io: Io) -> bool:

@@ -198,7 +198,7 @@ async def _serve(
     limiter = trio.CapacityLimiter(THREADS)
     activity = Activity(store, limiter)
     marks = ChangeMarks(store, limiter, writer_id(cache_dir), ttl=opts.metadata_ttl,
-                        foreign_ttl=max(opts.foreign_ttl, opts.metadata_ttl), removed=activity.forgotten)
+                        foreign_ttl=opts.foreign_ttl, removed=activity.forgotten)
 
     def stored(key: str) -> None:
         activity.mark(key)

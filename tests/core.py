@@ -293,7 +293,8 @@ class Cores:
         limiter = trio.CapacityLimiter(THREADS)
         activity = Activity(store, limiter)
         marks = None if foreign_ttl is None else ChangeMarks(store, limiter, name, ttl=metadata_ttl,
-                                                             foreign_ttl=foreign_ttl, removed=activity.forgotten)
+                                                             foreign_ttl=foreign_ttl, removed=activity.forgotten,
+                                                             clock=trio.current_time)
 
         def stored(key: str) -> None:
             activity.mark(key)
