@@ -10,13 +10,16 @@ import pytest
 from core import Cores
 from cowfs import changes
 from cowfs.changes import Mark, folder_of, listed_folder, writer_id
+from cowfs.workspaces import create_workspace
 
 MARKS = "t1/ws1/.cowfs/changes/"
 FOLDERS = 8
 
 
 def tree(cores: Cores) -> set[str]:
-    """A workspace tree of ``FOLDERS`` folders of one file, put by another tool; its paths under src."""
+    """A workspace (its record) and a tree of ``FOLDERS`` folders of one file in it, put by another
+    tool; the tree's paths under src."""
+    create_workspace(cores.store, "t1", "u1", "general", workspace_id="ws1")
     for i in range(FOLDERS):
         cores.store.put(f"t1/ws1/src/d{i}/", b"", {})
         cores.store.put(f"t1/ws1/src/d{i}/f.txt", f"file {i}".encode(), {})
@@ -53,6 +56,16 @@ async def test_another_mounts_changes_show_within_a_ttl_of_its_mark(cores: Cores
         assert {key for kind, key in asked if kind == "list"} == {
             MARKS, "t1/ws1/src/d3/", "t1/ws1/src/d5/", "t1/ws1/src/d6/"}
         assert b.store.stored(MARKS).keys() == {MARKS + "core1"}
+
+
+async def test_no_mark_brings_back_a_workspace_without_its_record(cores: Cores) -> None:
+    """Deletes replayed after a crash during a workspace's removal, or a folder other tools made."""
+    tree(cores)
+    cores.store.delete("t1/ws1/.cowfs/workspace.json")
+    async with cores.mount(foreign_ttl=30) as a:
+        await a.unlink("t1/ws1/src/d0/f.txt")
+        await a.sync()
+        assert cores.store.stored(MARKS) == {}
 
 
 async def test_a_mount_ignores_its_own_marks(cores: Cores) -> None:
