@@ -53,8 +53,9 @@ class Counting:
 
     lists = gets = 0
 
-    def list_pages(self, prefix: str, delimiter: str | None = "/"):  # type: ignore[no-untyped-def]
-        for page in super().list_pages(prefix, delimiter):  # type: ignore[misc]
+    def list_pages(self, prefix: str, delimiter: str | None = "/", start_after: str | None = None
+                   ):  # type: ignore[no-untyped-def]
+        for page in super().list_pages(prefix, delimiter, start_after):  # type: ignore[misc]
             self.lists += 1
             yield page
 
