@@ -40,7 +40,7 @@ from bench import FAKE_AWS_ENV, Moto, log  # noqa: E402
 from rgw import CephRgw  # noqa: E402
 
 from cowfs.sessionindex import all_sessions, session_prefix  # noqa: E402
-from cowfs.sessions import Anchor, list_page, make_token, pagination_secret, read_token  # noqa: E402
+from cowfs.sessions import Anchor, list_page, make_token, pagination_secret  # noqa: E402
 from cowfs.store.local import LocalStore  # noqa: E402
 from cowfs.store.s3 import S3Store  # noqa: E402
 
@@ -159,9 +159,8 @@ def sessions_size(place: Place, sessions: int, files: int, reps: int) -> dict[st
     scope = f"{TENANT}/{workspace}"
     ordered = sorted(all_sessions(store, TENANT, workspace).values(),
                      key=lambda s: (-s.lastActiveAt.timestamp(), s.sessionId))
-    first, token = list_page(store, TENANT, workspace, 20, None)
+    _, token = list_page(store, TENANT, workspace, 20, None)
     secret = pagination_secret(store)
-    hint = read_token(token, secret, scope).hint if token else 0
     tokens: dict[str, str | None] = {"first": None}
     if token:
         tokens["second"] = token
@@ -169,7 +168,7 @@ def sessions_size(place: Place, sessions: int, files: int, reps: int) -> dict[st
         start = int((len(ordered) - 1) * fraction) // 20 * 20  # where the page starts
         if start >= 40:
             anchor = ordered[start - 1]
-            tokens[name] = make_token(Anchor(anchor.lastActiveAt, anchor.sessionId, hint), secret, scope)
+            tokens[name] = make_token(Anchor(anchor.lastActiveAt, anchor.sessionId), secret, scope)
     row: dict[str, Any] = {"sessions": sessions, "files": files, "objects": len(keys),
                            "put_s": round(put_time, 1), "reindex_s": round(index_time, 2), "pages": {}}
     empty = f"{TENANT}/{workspace}/nothing/"
