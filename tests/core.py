@@ -153,8 +153,9 @@ class S3LikeStore(LocalStore):
             self._ask("delete", key)
         super().delete_many(keys)
 
-    def list_pages(self, prefix: str, delimiter: str | None = "/") -> Iterator[ListPage]:
-        for page in super().list_pages(prefix, delimiter):
+    def list_pages(self, prefix: str, delimiter: str | None = "/",
+                   start_after: str | None = None) -> Iterator[ListPage]:
+        for page in super().list_pages(prefix, delimiter, start_after):
             self._ask("list", prefix)
             objects = [dataclasses.replace(o, metadata=None) for o in page.objects if o.key not in self.unlisted]
             yield ListPage(objects, page.prefixes, page.more)
