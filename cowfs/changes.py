@@ -35,7 +35,7 @@ from . import layout
 from .errors import CowfsError, ObjectNotFound
 from .store import ObjectStore
 from .threads import blocking
-from .workspaces import record_key
+from .workspaces import has_record
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ class ChangeMarks:
         try:
             mark = self._written.get(workspace)
             if mark is None:
-                if not await self._has_record(workspace):
+                if not await self._background(has_record, self.store, *workspace):
                     log.debug("no mark for %s/%s: it has no record (removed, or made by another tool)", *workspace)
                     return
                 mark = await self._read(key, self._background) or Mark()
@@ -232,14 +232,6 @@ class ChangeMarks:
             self._wake.set()
             return
         self._written[workspace] = mark
-
-    async def _has_record(self, workspace: Workspace) -> bool:
-        """Whether the workspace has its record: a mark written into a removed one would bring it back."""
-        try:
-            await self._background(self.store.head, record_key(*workspace))
-        except ObjectNotFound:
-            return False
-        return True
 
     async def _background(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await blocking(fn, *args, limiter=self.limiter)

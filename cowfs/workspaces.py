@@ -61,6 +61,16 @@ def record_key(tenant: str, workspace: str) -> str:
     return f"{tenant}/{workspace}/.cowfs/workspace.json"
 
 
+def has_record(store: ObjectStore, tenant: str, workspace: str) -> bool:
+    """Whether the workspace has its record (one HEAD): what cowfs writes into a removed
+    workspace, or a folder other tools made, would make it one."""
+    try:
+        store.head(record_key(tenant, workspace))
+    except ObjectNotFound:
+        return False
+    return True
+
+
 def check_scoped_name(kind: str, name: str) -> str:
     if not SCOPED_NAME.match(name):
         raise InvalidName(f"invalid {kind} name {name!r}")
