@@ -1,0 +1,280 @@
+"""Attribute summaries: one object per folder holds the metadata of the files cowfs put there.
+
+S3 listings carry a file's size, ETag and time but not the mode, owner and
+times cowfs keeps in its metadata, so a walk after a remount with an empty
+cache would need a HEAD per file. A mount that puts files into a folder ``F``
+of the workspace ``T/WS`` keeps, a moment later, ``T/WS/.cowfs/attrs/NAME``:
+F's path relative to the workspace and, for each file, the ETag of the object
+and the metadata stored with it; a cold walk reads one summary per folder.
+
+``NAME`` is a hash of F's relative path: a folder's path may be close to S3's
+1,024-byte limit on keys, so a key that spelled it out beside ``.cowfs/attrs/``
+would not fit, while a hash has one short length at any depth and keeps the
+summaries of a workspace in one flat folder. The path inside the summary tells
+the (improbable) collision apart.
+
+An entry is used only while its ETag is the one the folder's listing shows
+for that name (``usable``): an entry that went stale (another tool rewrote or
+deleted the file, a write lost a race) costs a HEAD, never wrong attributes.
+Several mounts write one summary by read-modify-write with conditional puts,
+merging again on a lost condition. A folder with more than ``MAX_ENTRIES``
+files, or whose summary would outgrow ``MAX_BYTES``, keeps a summary that says
+it is full and holds no entries: its files are fetched one by one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Callable
+
+import trio
+
+from . import layout
+from .changes import Io, Workspace, folder_of, listed_folder
+from .errors import CowfsError, ObjectNotFound, PreconditionFailed
+from .store import ObjectStore
+from .threads import blocking
+from .workspaces import has_record
+
+log = logging.getLogger(__name__)
+
+#: Where a workspace's summaries live, under ``T/WS/``.
+SUMMARIES_DIR = f"{layout.CONTROL_DIR}/attrs/"
+#: A writer flushes the summaries of changed folders at most this often.
+FLUSH_INTERVAL = 0.5
+#: Files one summary describes at most, and its largest size: beyond, it is full.
+MAX_ENTRIES = 2000
+MAX_BYTES = 256 * 1024
+#: Read-modify-writes of one summary lost in a row before the flush gives up (and tries later).
+ATTEMPTS = 5
+#: Summaries written at once in one flush.
+PARALLEL = 8
+FORMAT = 1
+NAME_LENGTH = 32
+
+#: A file's entry: the ETag of its object and the metadata stored with it.
+Entry = tuple[str, dict[str, str]]
+#: A folder's summary: its workspace and its path relative to it (``""`` or ending in ``/``).
+Folder = tuple[Workspace, str]
+
+
+def summary_key(workspace: Workspace, folder: str) -> str:
+    """The key of the summary of ``folder`` (relative to the workspace)."""
+    name = hashlib.sha256(folder.encode()).hexdigest()[:NAME_LENGTH]
+    return f"{workspace[0]}/{workspace[1]}/{SUMMARIES_DIR}{name}"
+
+
+def _bare(etag: str) -> str:
+    return etag.strip('"')
+
+
+@dataclass
+class Summary:
+    """What one folder's summary says: file name -> entry, or ``full`` (and no entries)."""
+
+    folder: str
+    entries: dict[str, Entry] = field(default_factory=dict)
+    full: bool = False
+
+    def merged(self, changes: dict[str, Entry | None]) -> Summary:
+        """The summary with ``changes`` applied (an entry set, or dropped for None), full when it
+        would outgrow the caps."""
+        if self.full:
+            return self
+        entries = dict(self.entries)
+        for name, entry in changes.items():
+            if entry is None:
+                entries.pop(name, None)
+            else:
+                entries[name] = entry
+        summary = Summary(self.folder, entries)
+        if len(entries) > MAX_ENTRIES or len(summary.encode()) > MAX_BYTES:
+            return Summary(self.folder, full=True)
+        return summary
+
+    def encode(self) -> bytes:
+        doc: dict[str, Any] = {"format": FORMAT, "folder": self.folder,
+                               "entries": {name: [etag, meta] for name, (etag, meta) in self.entries.items()}}
+        if self.full:
+            doc["full"] = True
+        return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Summary:
+        """A summary from its bytes; ``ValueError`` for anything else."""
+        try:
+            doc = json.loads(data)
+            folder, raw, full = doc["folder"], doc["entries"], doc.get("full", False)
+            entries = {name: (etag, meta) for name, (etag, meta) in raw.items()}
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not an attribute summary: {exc}") from None
+        if not (isinstance(folder, str) and isinstance(full, bool) and all(
+                isinstance(name, str) and isinstance(etag, str) and isinstance(meta, dict)
+                and all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items())
+                for name, (etag, meta) in entries.items())):
+            raise ValueError("not an attribute summary: wrong types")
+        return cls(folder, entries, full)
+
+
+def usable(listed: dict[str, str], entries: dict[str, Entry]) -> dict[str, dict[str, str]]:
+    """The metadata of each listed name (name -> the ETag its listing shows) whose summary entry
+    is of that very object: an entry of another version, or of a name not listed, is left out."""
+    out = {}
+    for name, etag in listed.items():
+        entry = entries.get(name)
+        if entry is not None and _bare(entry[0]) == _bare(etag):
+            out[name] = entry[1]
+    return out
+
+
+def _file_folder(key: str) -> Folder | None:
+    """The folder whose summary describes the file ``key``: none for a folder's marker (a
+    parent's listing shows no ETag for it) or a key outside a workspace's content."""
+    return None if key.endswith("/") else folder_of(key)
+
+
+class Summaries:
+    """Writes the summaries of the folders this mount puts files into, and reads any (see the module)."""
+
+    def __init__(self, store: ObjectStore, limiter: trio.CapacityLimiter, *, interval: float = FLUSH_INTERVAL,
+                 forgotten: Callable[[Workspace], bool] = lambda w: False) -> None:
+        """``forgotten(workspace)``: whether this mount is deleting it (a summary would bring it back)."""
+        self.store = store
+        self.limiter = limiter
+        self.interval = interval
+        self.forgotten = forgotten
+        self._pending: dict[Folder, dict[str, Entry | None]] = {}
+        self._recorded: set[Workspace] = set()
+        self._flushing = trio.Lock()
+        self._wake = trio.Event()
+        #: Summary writes and reads that failed, and the last error (``cowfs status``).
+        self.failures = 0
+        self.last_error: str | None = None
+
+    # -- this mount's writes -------------------------------------------------
+
+    def noted(self, key: str, etag: str, metadata: dict[str, str]) -> None:
+        """The object ``key`` reached the store as ``etag`` with ``metadata``."""
+        self._change(key, (etag, {name.lower(): value for name, value in metadata.items()}))
+
+    def removed(self, key: str) -> None:
+        """The object ``key`` left the store."""
+        self._change(key, None)
+
+    def _change(self, key: str, entry: Entry | None) -> None:
+        where = _file_folder(key)
+        if where is not None and not self.forgotten(where[0]):
+            self._pending.setdefault(where, {})[key.rsplit("/", 1)[1]] = entry
+            self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        """Folders whose summary waits for the next flush."""
+        return len(self._pending)
+
+    async def run(self) -> None:
+        """Flush summaries at most every ``interval`` while changes come in; run it in the daemon's nursery."""
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            await self.flush()
+            await trio.sleep(self.interval)
+
+    async def flush(self) -> None:
+        """Write the summary of every folder changed since the last flush (a failed one is tried again later)."""
+        async with self._flushing:
+            pending, self._pending = self._pending, {}
+            work = iter([(where, changes) for where, changes in pending.items() if not self.forgotten(where[0])])
+
+            async def writer() -> None:
+                for where, changes in work:
+                    await self._write(where, changes)
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(min(PARALLEL, len(pending))):
+                    nursery.start_soon(writer)
+
+    async def _write(self, where: Folder, changes: dict[str, Entry | None]) -> None:
+        workspace, folder = where
+        try:
+            if workspace not in self._recorded:
+                if not await self._background(has_record, self.store, *workspace):
+                    log.debug("no summary for %s/%s: it has no record (removed, or made by another tool)", *workspace)
+                    return
+                self._recorded.add(workspace)
+            await self._merge(summary_key(workspace, folder), folder, changes)
+        except (CowfsError, OSError) as exc:
+            self._failed(f"writing the attribute summary of {workspace[0]}/{workspace[1]}/{folder}", exc)
+            self._pending[where] = {**changes, **self._pending.get(where, {})}
+            self._wake.set()
+
+    async def _merge(self, key: str, folder: str, changes: dict[str, Entry | None]) -> None:
+        """Apply ``changes`` to the summary at ``key`` by read-modify-write, merging again when
+        another writer got in between (``PreconditionFailed`` when that keeps happening)."""
+        for _ in range(ATTEMPTS):
+            current, etag = await self._current(key, folder)
+            summary = (current or Summary(folder)).merged(changes)
+            if summary == current:
+                return
+            try:
+                if summary.entries or summary.full:
+                    await self._background(partial(self.store.put, if_match=etag, if_none_match=etag is None),
+                                           key, summary.encode(), {"content-type": "application/json"})
+                elif etag is not None:
+                    # S3 has no conditional delete everywhere: an entry another writer adds
+                    # meanwhile is lost, which only costs a HEAD.
+                    await self._background(self.store.delete, key)
+                return
+            except PreconditionFailed:
+                log.debug("%s changed while this mount merged into it: merging again", key)
+        raise PreconditionFailed(f"{key}: other writers changed it {ATTEMPTS} times in a row")
+
+    async def _current(self, key: str, folder: str) -> tuple[Summary | None, str | None]:
+        """The summary at ``key`` and its ETag; None for the summary when there is none, it is not
+        one or it is another folder's (then it is written anew)."""
+        try:
+            data, info = await self._background(self.store.get, key)
+        except ObjectNotFound:
+            return None, None
+        try:
+            summary = Summary.decode(data)
+        except ValueError as exc:
+            log.warning("%s: %s", key, exc)
+            return None, info.etag
+        return (summary if summary.folder == folder else None), info.etag
+
+    async def _background(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await blocking(fn, *args, limiter=self.limiter)
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        self.failures += 1
+        self.last_error = f"{what}: {exc}"
+        log.warning("%s failed: %s", what, exc)
+
+    # -- reading -------------------------------------------------------------
+
+    async def read(self, folder_key: str, io: Io) -> dict[str, Entry]:
+        """The entries of the summary of the folder ``folder_key`` (``T/WS/a/``), read through
+        ``io``: name -> (ETag, metadata); empty when there is none or it cannot be read.
+        Check them against the listing with ``usable``."""
+        where = listed_folder(folder_key)
+        if where is None:
+            return {}
+        key = summary_key(*where)
+        try:
+            data, _ = await io(self.store.get, key)
+        except ObjectNotFound:
+            return {}
+        except (CowfsError, OSError) as exc:
+            self._failed(f"reading the attribute summary of {folder_key}", exc)
+            return {}
+        try:
+            summary = Summary.decode(data)
+        except ValueError as exc:
+            log.warning("%s: %s", key, exc)
+            return {}
+        return summary.entries if summary.folder == where[1] else {}
