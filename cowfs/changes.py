@@ -32,9 +32,9 @@ from typing import Any, Awaitable, Callable
 import trio
 
 from . import layout
+from .batches import BatchWriter
 from .errors import CowfsError, ObjectNotFound
 from .store import ObjectStore
-from .threads import blocking
 from .workspaces import has_record
 
 log = logging.getLogger(__name__)
@@ -158,30 +158,23 @@ class _View:
     checking: trio.Event | None = None
 
 
-class ChangeMarks:
-    """Writes this mount's marks and reads the others' for the listings (see the module)."""
+class ChangeMarks(BatchWriter[Workspace, set[str]]):
+    """Writes this mount's marks and reads the others' for the listings (see the module).
+    ``pending`` counts the workspaces whose mark waits for the next flush."""
 
     def __init__(self, store: ObjectStore, limiter: trio.CapacityLimiter, writer: str, *, ttl: float,
                  foreign_ttl: float, clock: Callable[[], float] = time.monotonic,
                  interval: float = FLUSH_INTERVAL, removed: Callable[[Workspace], bool] = lambda w: False) -> None:
         """``removed(workspace)``: whether this mount is deleting it (a mark would bring it back);
         ``clock`` is the namespace's (listing times are compared with it)."""
-        self.store = store
-        self.limiter = limiter
+        super().__init__(store, limiter, interval)
         self.writer = writer
         self.ttl = ttl
         self.foreign_ttl = foreign_ttl
         self.clock = clock
-        self.interval = interval
         self.removed = removed
-        self._pending: dict[Workspace, set[str]] = {}
         self._written: dict[Workspace, Mark] = {}
-        self._flushing = trio.Lock()
-        self._wake = trio.Event()
         self._views: dict[Workspace, _View] = {}
-        #: Mark writes and checks that failed, and the last error (``cowfs status``).
-        self.failures = 0
-        self.last_error: str | None = None
         self.checks = 0
 
     # -- this mount's marks -------------------------------------------------
@@ -193,29 +186,9 @@ class ChangeMarks:
             self._pending.setdefault(where[0], set()).add(where[1])
             self._wake.set()
 
-    @property
-    def pending(self) -> int:
-        """Workspaces whose mark waits for the next flush."""
-        return len(self._pending)
-
-    async def run(self) -> None:
-        """Flush marks at most every ``interval`` while changes come in; run it in the daemon's nursery."""
-        while True:
-            await self._wake.wait()
-            self._wake = trio.Event()
-            await self.flush()
-            await trio.sleep(self.interval)
-
-    async def flush(self) -> None:
-        """Write the mark of every workspace changed since the last flush (a failed one is tried again)."""
-        async with self._flushing:
-            pending, self._pending = self._pending, {}
-            async with trio.open_nursery() as nursery:
-                for workspace, folders in pending.items():
-                    if not self.removed(workspace):
-                        nursery.start_soon(self._write, workspace, folders)
-
     async def _write(self, workspace: Workspace, folders: set[str]) -> None:
+        if self.removed(workspace):
+            return
         key = marks_prefix(workspace) + self.writer
         try:
             mark = self._written.get(workspace)
@@ -233,9 +206,6 @@ class ChangeMarks:
             return
         self._written[workspace] = mark
 
-    async def _background(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await blocking(fn, *args, limiter=self.limiter)
-
     async def _read(self, key: str, io: Io) -> Mark | None:
         """The mark at ``key``; None when there is none or it is not one (then it is written anew)."""
         try:
@@ -247,11 +217,6 @@ class ChangeMarks:
         except ValueError as exc:
             log.warning("%s: %s", key, exc)
             return None
-
-    def _failed(self, what: str, exc: Exception) -> None:
-        self.failures += 1
-        self.last_error = f"{what}: {exc}"
-        log.warning("%s failed: %s", what, exc)
 
     # -- the other mounts' marks --------------------------------------------
 

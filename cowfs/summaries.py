@@ -34,10 +34,10 @@ from typing import Any, Callable
 import trio
 
 from . import layout
+from .batches import BatchWriter
 from .changes import Io, Workspace, folder_of, listed_folder
 from .errors import CowfsError, ObjectNotFound, PreconditionFailed
 from .store import ObjectStore
-from .threads import blocking
 from .workspaces import has_record
 
 log = logging.getLogger(__name__)
@@ -51,8 +51,6 @@ MAX_ENTRIES = 2000
 MAX_BYTES = 256 * 1024
 #: Read-modify-writes of one summary lost in a row before the flush gives up (and tries later).
 ATTEMPTS = 5
-#: Summaries written at once in one flush.
-PARALLEL = 8
 FORMAT = 1
 NAME_LENGTH = 32
 
@@ -137,25 +135,16 @@ def _file_folder(key: str) -> Folder | None:
     return None if key.endswith("/") else folder_of(key)
 
 
-class Summaries:
-    """Writes the summaries of the folders this mount puts files into, and reads any (see the module)."""
+class Summaries(BatchWriter[Folder, dict[str, Entry | None]]):
+    """Writes the summaries of the folders this mount puts files into, and reads any (see the module).
+    ``pending`` counts the folders whose summary waits for the next flush."""
 
     def __init__(self, store: ObjectStore, limiter: trio.CapacityLimiter, *, interval: float = FLUSH_INTERVAL,
                  forgotten: Callable[[Workspace], bool] = lambda w: False) -> None:
         """``forgotten(workspace)``: whether this mount is deleting it (a summary would bring it back)."""
-        self.store = store
-        self.limiter = limiter
-        self.interval = interval
+        super().__init__(store, limiter, interval)
         self.forgotten = forgotten
-        self._pending: dict[Folder, dict[str, Entry | None]] = {}
         self._recorded: set[Workspace] = set()
-        self._flushing = trio.Lock()
-        self._wake = trio.Event()
-        #: Summary writes and reads that failed, and the last error (``cowfs status``).
-        self.failures = 0
-        self.last_error: str | None = None
-
-    # -- this mount's writes -------------------------------------------------
 
     def noted(self, key: str, etag: str, metadata: dict[str, str]) -> None:
         """The object ``key`` reached the store as ``etag`` with ``metadata``."""
@@ -171,35 +160,10 @@ class Summaries:
             self._pending.setdefault(where, {})[key.rsplit("/", 1)[1]] = entry
             self._wake.set()
 
-    @property
-    def pending(self) -> int:
-        """Folders whose summary waits for the next flush."""
-        return len(self._pending)
-
-    async def run(self) -> None:
-        """Flush summaries at most every ``interval`` while changes come in; run it in the daemon's nursery."""
-        while True:
-            await self._wake.wait()
-            self._wake = trio.Event()
-            await self.flush()
-            await trio.sleep(self.interval)
-
-    async def flush(self) -> None:
-        """Write the summary of every folder changed since the last flush (a failed one is tried again later)."""
-        async with self._flushing:
-            pending, self._pending = self._pending, {}
-            work = iter([(where, changes) for where, changes in pending.items() if not self.forgotten(where[0])])
-
-            async def writer() -> None:
-                for where, changes in work:
-                    await self._write(where, changes)
-
-            async with trio.open_nursery() as nursery:
-                for _ in range(min(PARALLEL, len(pending))):
-                    nursery.start_soon(writer)
-
     async def _write(self, where: Folder, changes: dict[str, Entry | None]) -> None:
         workspace, folder = where
+        if self.forgotten(workspace):
+            return
         try:
             if workspace not in self._recorded:
                 if not await self._background(has_record, self.store, *workspace):
@@ -246,14 +210,6 @@ class Summaries:
             log.warning("%s: %s", key, exc)
             return None, info.etag
         return (summary if summary.folder == folder else None), info.etag
-
-    async def _background(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await blocking(fn, *args, limiter=self.limiter)
-
-    def _failed(self, what: str, exc: Exception) -> None:
-        self.failures += 1
-        self.last_error = f"{what}: {exc}"
-        log.warning("%s failed: %s", what, exc)
 
     # -- reading -------------------------------------------------------------
 
