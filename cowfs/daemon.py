@@ -32,12 +32,14 @@ from .cache import ContentCache
 from .config import TenantOwner
 from .errors import CowfsError
 from .fs import Operations
+from .gateway import StoreCalls
 from .hooks import WorkspaceHooks
 from .journal import GROUP_COMMIT, Journal
 from .keys import KeyMap
 from .namespace import Namespace
 from .notify import notify
 from .private import PRIVATE_DIR_MODE, PRIVATE_UMASK, open_private, private_dir
+from .reachability import Reachability
 from .recovery import Report, replay
 from .store import ObjectStore, open_store
 from .workspaces import _iso
@@ -193,9 +195,9 @@ async def _serve(
 ) -> None:
     """Serve the mount; ``recovered``: what replay did (the sessions it wrote are indexed; the keys it
     found the store refusing are still in the journal)."""
-    limiter = trio.CapacityLimiter(THREADS)
-    activity = Activity(store, limiter)
-    writeback = WriteBack(store, journal, limiter, delay=opts.write_back_delay, on_stored=activity.mark,
+    calls = StoreCalls(trio.CapacityLimiter(THREADS), Reachability(store.check), opts.store_timeout)
+    activity = Activity(store, calls)
+    writeback = WriteBack(store, journal, calls, delay=opts.write_back_delay, on_stored=activity.mark,
                           on_deleted=activity.deleted)
     for key in recovered.uploaded:
         activity.mark(key)
@@ -234,11 +236,10 @@ async def _serve(
         }
 
     shared = bool(opts.tenants) or "allow_other" in opts.fuse_options
-    hooks = WorkspaceHooks(store, limiter, activity, _shown_to_all(status) if shared else status, opts.store_timeout)
+    hooks = WorkspaceHooks(store, calls, activity, _shown_to_all(status) if shared else status)
     ns = Namespace(
-        store, keymap, cache, journal, writeback, limiter, tmp_dir, hooks,
-        uid=os.getuid(), gid=os.getgid(), metadata_ttl=opts.metadata_ttl, store_timeout=opts.store_timeout,
-        tenants=opts.tenants,
+        store, keymap, cache, journal, writeback, calls, tmp_dir, hooks,
+        uid=os.getuid(), gid=os.getgid(), metadata_ttl=opts.metadata_ttl, tenants=opts.tenants,
     )
 
     async def sync_all() -> None:
@@ -273,7 +274,7 @@ async def _serve(
             nursery.start_soon(control.serve, control_path, handle)
             nursery.start_soon(_stop_on_signal, sync_all)
             nursery.start_soon(_announce_ready, opts.mountpoint)
-            nursery.start_soon(_learn_the_server, store, limiter)
+            nursery.start_soon(_learn_the_server, store, calls)
             await pyfuse3.main()
             await sync_all()
             nursery.cancel_scope.cancel()
@@ -356,10 +357,10 @@ async def _group_commit(journal: Journal) -> None:
             log.error("cannot flush the journal to disk: %s", exc)
 
 
-async def _learn_the_server(store: ObjectStore, limiter: trio.CapacityLimiter) -> None:
+async def _learn_the_server(store: ObjectStore, calls: StoreCalls) -> None:
     """Learn once, in the background, what the server does where S3 servers differ."""
     try:
-        await trio.to_thread.run_sync(store.probe, limiter=limiter)
+        await calls.call(store.probe, background=True, bounded=False)
     except CowfsError as exc:
         log.info("could not learn how the store behaves: %s", exc)
 

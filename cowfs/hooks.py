@@ -9,16 +9,15 @@ from __future__ import annotations
 import json
 import pwd
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable
-
-import trio
 
 from . import layout
 from .activity import Activity
+from .gateway import StoreCalls
 from .sessionindex import FORMAT, index_format, reindex, session_of
 from .sessions import with_changes
 from .store import ObjectInfo, ObjectStore
-from .threads import blocking
 from .workspaces import create_workspace, get_workspace, read_record
 
 
@@ -60,22 +59,21 @@ class WorkspaceHooks:
     def __init__(
         self,
         store: ObjectStore,
-        limiter: trio.CapacityLimiter,
+        calls: StoreCalls,
         activity: Activity,
         status: Callable[[], dict[str, Any]],
-        store_timeout: float = 30.0,
     ) -> None:
         self.store = store
-        self.store_timeout = store_timeout
-        self.limiter = limiter
+        self.calls = calls
         self.activity = activity
         self.status = status
 
-    async def _io(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return await blocking(fn, *args, limiter=self.limiter, timeout=self.store_timeout, **kwargs)
+    async def _io(self, fn: Callable[..., Any], *args: Any, bounded: bool = True) -> Any:
+        """A store call a program waits on (mkdir of a workspace, a generated file)."""
+        return await self.calls.call(fn, *args, background=False, bounded=bounded)
 
     async def create_workspace(self, tenant: str, name: str, uid: int) -> None:
-        await self._io(create_workspace, self.store, tenant, user_name(uid), "general", workspace_id=name)
+        await self._io(partial(create_workspace, workspace_id=name), self.store, tenant, user_name(uid), "general")
         self.activity.wrote((tenant, name))
 
     def workspace_deleted(self, tenant: str, name: str) -> None:
@@ -95,7 +93,7 @@ class WorkspaceHooks:
         if kind == "sessions.json":
             if await self._io(index_format, self.store, tenant, workspace) != FORMAT:
                 # once per workspace written before the index, or only by other tools: as long as it takes
-                await blocking(reindex, self.store, tenant, workspace, limiter=self.limiter)
+                await self._io(reindex, self.store, tenant, workspace, bounded=False)
             changed = self.activity.unindexed(tenant, workspace)
             for key in local.files:
                 session = session_of(key)

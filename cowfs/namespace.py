@@ -17,7 +17,6 @@ Ordering rules (why nothing is lost or resurrected):
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import dataclasses
 import logging
 import math
@@ -67,8 +66,8 @@ from .journal import BODY_EMPTY, BODY_INLINE, BODY_METADATA_ONLY, BODY_STAGING, 
 from .keys import KeyMap
 from .names import component, is_listable
 from .store import ListPage, ObjectInfo, ObjectStore
-from .reachability import Reachability
-from .threads import Stall, blocking
+from .gateway import StoreCalls
+from .threads import Stall
 from .writeback import Upload, WriteBack
 
 log = logging.getLogger(__name__)
@@ -103,8 +102,6 @@ FILE, DIR, LINK, SPECIAL = "file", "dir", "symlink", "special"
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 _PREFIX_ONLY = None  # a listing entry that is a folder
-#: Set in tasks that fetch ahead of any reader: their store calls do not hold back write-back.
-_AHEAD: contextvars.ContextVar[bool] = contextvars.ContextVar("cowfs_ahead", default=False)
 
 
 _NO_CHILDREN: dict[str, "Node"] = {}
@@ -325,36 +322,36 @@ class Namespace:
         cache: ContentCache,
         journal: Journal,
         writeback: WriteBack,
-        limiter: trio.CapacityLimiter,
+        calls: StoreCalls,
         tmp_dir: Path,
         hooks: Hooks,
         *,
         uid: int,
         gid: int,
         metadata_ttl: float = 1.0,
-        store_timeout: float = 30.0,
         tenants: dict[str, TenantOwner] | None = None,
         clock: Callable[[], float] = time.monotonic,
-        reachability: Reachability | None = None,
     ) -> None:
         """``tenants`` (from the config file) makes a multi-user mount: only those
         tenants exist, each owned by its uid/gid/mode, and new entries take its group;
-        each of their users has a trash folder at the root, as they may not create one there."""
+        each of their users has a trash folder at the root, as they may not create one there.
+        ``calls`` must report to a ``Reachability``: what a degraded mount serves follows it."""
         self.store = store
         self.keymap = keymap
         self.cache = cache
         self.journal = journal
         self.writeback = writeback
-        self.limiter = limiter
+        self.calls = calls
         self.tmp_dir = tmp_dir
         self.hooks = hooks
         self.uid = uid
         self.gid = gid
         self.ttl = metadata_ttl
-        self.store_timeout = store_timeout
+        self.store_timeout = calls.timeout
         self.clock = clock
         self.tenants = tenants
-        self.reachability = reachability or Reachability(store.check)
+        assert calls.reachability is not None
+        self.reachability = calls.reachability
         self.mount_root = len(keymap.root)
         self.listings = 0
         root = Node(ROOT_INODE, DIR, "", None, Attrs(DEFAULT_DIR_MODE, uid, gid, time.time_ns()))
@@ -394,27 +391,10 @@ class Namespace:
 
     # -- helpers ------------------------------------------------------------
 
-    async def _io(self, fn: Callable[..., Any], *args: Any, stall: Stall | None = None) -> Any:
-        """A store call on a worker thread, failing with EIO after ``store_timeout``
-        (with ``stall``, after that long without progress); its outcome tells
-        ``reachability`` whether the store answers.
-
-        While a caller waits on one, the write-back engine starts no new work.
-        """
-        waiting = not _AHEAD.get()
-        if waiting:
-            self.writeback.foreground_started()
-        try:
-            result = await blocking(fn, *args, limiter=self.limiter, timeout=stall or self.store_timeout)
-        except StoreError as exc:
-            self.reachability.failed(exc)
-            raise
-        else:
-            self.reachability.answered()
-            return result
-        finally:
-            if waiting:
-                self.writeback.foreground_done()
+    async def _io(self, fn: Callable[..., Any], *args: Any, background: bool = False,
+                  stall: Stall | None = None) -> Any:
+        """A store call through the gateway; a program waits on it unless ``background``."""
+        return await self.calls.call(fn, *args, background=background, stall=stall)
 
     def _source(self, node: Node) -> _NodeSource:
         """The write-back engine's handle on ``node`` (made when it first has something to upload)."""
@@ -578,9 +558,8 @@ class Namespace:
         await self._list(dir_node)
 
     async def _refresh_behind(self, dir_node: Node) -> None:
-        _AHEAD.set(True)
         try:
-            await self._list(dir_node)
+            await self._list(dir_node, background=True)
         except (CowfsError, OSError) as exc:
             log.debug("listing %s ahead: %s", self.key(dir_node) or "/", exc)
 
@@ -594,7 +573,7 @@ class Namespace:
             return False
         return dir_node.listed_at is None or self.reachability.reachable
 
-    async def _list(self, dir_node: Node) -> None:
+    async def _list(self, dir_node: Node, background: bool = False) -> None:
         async with dir_node.lock:
             if self._fresh(dir_node, self.clock()):
                 return
@@ -602,7 +581,7 @@ class Namespace:
             started = self.clock()
             self.listings += 1
             try:
-                page = await self._io(self.store.list_all, prefix, "/")
+                page = await self._io(self.store.list_all, prefix, "/", background=background)
             except StoreError as exc:
                 if dir_node.listed_at is None:
                     raise
@@ -610,7 +589,7 @@ class Namespace:
                 return
             if dir_node.attached:
                 fresh, doubtful = self._merge(dir_node, prefix, page, started)
-                await self._confirm_gone(doubtful)
+                await self._confirm_gone(doubtful, background)
                 self._read_ahead(fresh)
             dir_node.listed_at = started
 
@@ -658,7 +637,7 @@ class Namespace:
                 node.listed_at = started
             pending.extend(c for c in node.children.values() if c.kind == DIR and c.attached and not c.virtual
                            and self.key(c) in folders)
-        await self._confirm_gone(doubtful)
+        await self._confirm_gone(doubtful, background=False)
 
     def _merge(self, dir_node: Node, prefix: str, page: ListPage, started: float) -> tuple[list[Node], list[Node]]:
         """Fold a listing into the tree; what changed here since it started wins.
@@ -705,7 +684,7 @@ class Namespace:
                     self._detach(child)
         return fresh, doubtful
 
-    async def _confirm_gone(self, nodes: list[Node]) -> None:
+    async def _confirm_gone(self, nodes: list[Node], background: bool) -> None:
         """Entries a listing lacks that this mount changed moments before it started:
         each is detached only once the store says it is gone. S3 lists what it stored
         at once, but not every server does (an index updated after the write's
@@ -719,10 +698,10 @@ class Namespace:
                 key = self.key(node)
                 try:
                     if node.kind == DIR:
-                        listing, _ = await self._io(self.store.list_some, key, None, 1)
+                        listing, _ = await self._io(self.store.list_some, key, None, 1, background=background)
                         gone = not listing.objects
                     else:
-                        await self._io(self.store.head, key)
+                        await self._io(self.store.head, key, background=background)
                         gone = False
                 except ObjectNotFound:
                     gone = True
@@ -750,7 +729,6 @@ class Namespace:
             self._nursery.start_soon(self._read_ahead_worker)
 
     async def _read_ahead_worker(self) -> None:
-        _AHEAD.set(True)
         try:
             while self._read_ahead_queue:
                 node = self._read_ahead_queue.popleft()
@@ -790,7 +768,7 @@ class Namespace:
         if info.metadata is not None:
             self._apply_meta(node, info.metadata, info.last_modified)
 
-    async def _ensure_meta(self, node: Node) -> None:
+    async def _ensure_meta(self, node: Node, background: bool = False) -> None:
         """Fill in mode/uid/gid/mtime/xattrs of a listed object: from the cache, else one request.
 
         A small object is fetched whole (GET returns metadata and bytes at once),
@@ -806,12 +784,12 @@ class Namespace:
                 continue
             done = self._fetching[node] = trio.Event()
             try:
-                await self._fetch_meta(node)
+                await self._fetch_meta(node, background)
             finally:
                 del self._fetching[node]
                 done.set()
 
-    async def _fetch_meta(self, node: Node) -> None:
+    async def _fetch_meta(self, node: Node, background: bool) -> None:
         key = self.key(node)
         meta = await self._cached(self.cache.get_meta, key, node.etag) if node.etag else None
         if meta is not None:
@@ -821,9 +799,9 @@ class Namespace:
         asked = self.clock()
         try:
             if small:
-                fd, info = await self._io(self._download, key)
+                fd, info = await self._io(self._download, key, background=background)
             else:
-                info = await self._io(self._head, key)
+                info = await self._io(self._head, key, background=background)
         except (ObjectNotFound, NotFound):
             if node.kind == DIR:
                 full = self.full(node)
@@ -871,7 +849,7 @@ class Namespace:
     async def _fetch_quietly(self, node: Node) -> None:
         """``_ensure_meta`` for work nobody waits on: a failure only costs a later fetch."""
         try:
-            await self._ensure_meta(node)
+            await self._ensure_meta(node, background=True)
         except (CowfsError, OSError) as exc:
             log.debug("fetching %s ahead: %s", node.name, exc)
 
@@ -1290,7 +1268,7 @@ class Namespace:
                 try:
                     if not truncate and node.size > 0:
                         src = await self._clean_fd(node)
-                        await trio.to_thread.run_sync(copy_fd, src, fd, node.size)
+                        await self.calls.local(copy_fd, src, fd, node.size)
                 except BaseException:
                     os.close(fd)
                     self.journal.discard_staging(staging)
@@ -1389,7 +1367,7 @@ class Namespace:
         try:
             return lookup(key, etag, wait=False)
         except CacheBusy:
-            return await trio.to_thread.run_sync(lookup, key, etag)
+            return await self.calls.local(lookup, key, etag)
 
     def _head(self, key: str) -> ObjectInfo:
         """An object's metadata, remembered in the cache when the store is remote; blocking."""
@@ -1474,7 +1452,7 @@ class Namespace:
                 return
             staging, fd = self.journal.create_staging()
             try:
-                await trio.to_thread.run_sync(copy_fd, node.fd, fd, node.size)
+                await self.calls.local(copy_fd, node.fd, fd, node.size)
             except BaseException:
                 os.close(fd)
                 self.journal.discard_staging(staging)
@@ -1613,7 +1591,7 @@ class Namespace:
         node.touched = self.clock()
         retire = upload.version == node.version and node.open_count == 0 and node.staging is not None
         if not (retire and await self._retire_staging(node, upload.metadata)):
-            await trio.to_thread.run_sync(self.cache.put_meta, upload.key, etag, upload.metadata)
+            await self.calls.local(self.cache.put_meta, upload.key, etag, upload.metadata)
         return True
 
     def _conflicted(self, node: Node, upload: Upload, kept_as: str, etag: str) -> None:
@@ -1675,7 +1653,7 @@ class Namespace:
                 self.journal.discard_staging(staging)
             return False
         fd = node.fd
-        linked = await trio.to_thread.run_sync(self._keep_clean, key, etag, staging, fd, metadata)
+        linked = await self.calls.local(self._keep_clean, key, etag, staging, fd, metadata)
         if (
             node.staging != staging
             or node.committed != staging
@@ -1683,7 +1661,7 @@ class Namespace:
             or node.dirty
             or node.open_count
         ):
-            await trio.to_thread.run_sync(self.cache.discard, key)
+            await self.calls.local(self.cache.discard, key)
             return True
         os.close(fd)
         node.fd = None

@@ -32,16 +32,18 @@ import socket
 import time
 from datetime import datetime, timezone
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable, Protocol, TypeVar
 
 import trio
 
 from .errors import ObjectNotFound, PreconditionFailed, Refused, StoreError
+from .gateway import StoreCalls
 from .journal import BODY_METADATA_ONLY, Journal, PutRecord
 from .store import ObjectStore
 from .upload import put_record
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_BACKOFF = 30.0
 DELETE_BATCH = 1000
@@ -132,7 +134,7 @@ class WriteBack:
         self,
         store: ObjectStore,
         journal: Journal,
-        limiter: trio.CapacityLimiter,
+        calls: StoreCalls,
         delay: float = 1.0,
         concurrency: int = UPLOAD_SLOTS,
         clock: Callable[[], float] = time.monotonic,
@@ -140,10 +142,12 @@ class WriteBack:
         on_deleted: Callable[[str], None] = lambda key: None,
     ) -> None:
         """``on_stored(key)`` is told of every object that reached the store (copies too),
-        ``on_deleted(key)`` of every key deleted from it."""
+        ``on_deleted(key)`` of every key deleted from it. While a program waits on a
+        store call (``calls.waiting``), no new work starts."""
         self.store = store
         self.journal = journal
-        self.limiter = limiter
+        self.calls = calls
+        calls.when_served(self._kick)
         self.delay = delay
         self.clock = clock
         self.on_stored = on_stored
@@ -169,7 +173,6 @@ class WriteBack:
         self._last_change = -MAX_DEFER
         self._last_delete_batch = -DELETE_INTERVAL
         self._draining = 0
-        self._foreground = 0
         self.uploads = self.deletes = self.retries = 0
         self.last_error: str | None = None
 
@@ -179,19 +182,10 @@ class WriteBack:
         """The mount just changed something: due work waits for a pause (at most ``MAX_DEFER``)."""
         self._last_change = self.clock()
 
-    def foreground_started(self) -> None:
-        """A caller now waits on the store: start no new background work until it is served."""
-        self._foreground += 1
-
-    def foreground_done(self) -> None:
-        self._foreground -= 1
-        if self._foreground == 0:
-            self._kick()
-
     def _start_at(self, due: float, urgent: bool) -> float:
         if urgent or self._draining:
             return due
-        if self._foreground:
+        if self.calls.waiting:
             return due + MAX_DEFER
         return max(due, min(self._quiet_at(), due + MAX_DEFER))
 
@@ -295,7 +289,7 @@ class WriteBack:
         """Server-side copy that waits for, and blocks, other operations on ``dst``."""
         await self._claim(dst)
         try:
-            etag = await trio.to_thread.run_sync(self.store.copy, src, dst, metadata, limiter=self.limiter)
+            etag = await self._store(self.store.copy, src, dst, metadata)
         finally:
             self._release(dst)
         self.on_stored(dst)
@@ -492,7 +486,7 @@ class WriteBack:
         await self._claim(upload.key)
         try:
             try:
-                etag = await trio.to_thread.run_sync(self._put_blocking, upload, limiter=self.limiter)
+                etag = await self._store(self._put_blocking, upload)
             except ObjectNotFound:
                 if upload.record.body != BODY_METADATA_ONLY:
                     raise
@@ -570,12 +564,16 @@ class WriteBack:
             conflict = upload.conflict_key()
             copy = Upload(dataclasses.replace(upload.record, key=conflict), upload.version, if_none_match=True)
             try:
-                etag = await trio.to_thread.run_sync(self._put_blocking, copy, limiter=self.limiter)
+                etag = await self._store(self._put_blocking, copy)
             except PreconditionFailed:
                 continue
             self.on_stored(conflict)
             log.warning("%s was changed by another writer; this mount's version is kept as %s", upload.key, conflict)
             return conflict, etag
+
+    async def _store(self, fn: Callable[..., T], *args: object) -> T:
+        """A store call of write-back: in the background, as long as it takes (retries follow failures)."""
+        return await self.calls.call(fn, *args, background=True, bounded=False)
 
     def _put_blocking(self, upload: Upload) -> str:
         return put_record(self.store, self.journal, upload.record, upload.if_match, upload.if_none_match)
@@ -583,7 +581,7 @@ class WriteBack:
     async def _delete_batch(self, keys: list[str]) -> None:
         async with self._slots:
             try:
-                await trio.to_thread.run_sync(self.store.delete_many, keys, limiter=self.limiter)
+                await self._store(self.store.delete_many, keys)
             except Exception as exc:
                 self.retries += 1
                 self.last_error = f"delete of {len(keys)} keys: {exc}"

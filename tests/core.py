@@ -30,10 +30,12 @@ from cowfs.activity import Activity
 from cowfs.cache import ContentCache
 from cowfs.daemon import THREADS
 from cowfs.errors import NotFound, StoreError
+from cowfs.gateway import StoreCalls
 from cowfs.hooks import WorkspaceHooks
 from cowfs.journal import Journal
 from cowfs.keys import KeyMap
 from cowfs.namespace import Namespace
+from cowfs.reachability import Reachability
 from cowfs.store.base import ListPage, ObjectInfo, Progress
 from cowfs.store.local import LocalStore
 from cowfs.writeback import WriteBack
@@ -279,14 +281,13 @@ class Cores:
         self._stores.append(store)
         journal = Journal(base / "journal")
         cache = ContentCache(base / "cache", CACHE_SIZE)
-        limiter = trio.CapacityLimiter(THREADS)
-        activity = Activity(store, limiter)
-        writeback = WriteBack(store, journal, limiter, delay=write_back_delay, clock=trio.current_time,
+        calls = StoreCalls(trio.CapacityLimiter(THREADS), Reachability(store.check), store_timeout)
+        activity = Activity(store, calls)
+        writeback = WriteBack(store, journal, calls, delay=write_back_delay, clock=trio.current_time,
                               on_stored=activity.mark)
-        hooks = WorkspaceHooks(store, limiter, activity, lambda: {"listings": ns.listings}, store_timeout)
-        ns = Namespace(store, KeyMap(), cache, journal, writeback, limiter, tmp_dir, hooks, uid=os.getuid(),
-                       gid=os.getgid(), metadata_ttl=metadata_ttl, store_timeout=store_timeout,
-                       clock=trio.current_time)
+        hooks = WorkspaceHooks(store, calls, activity, lambda: {"listings": ns.listings})
+        ns = Namespace(store, KeyMap(), cache, journal, writeback, calls, tmp_dir, hooks, uid=os.getuid(),
+                       gid=os.getgid(), metadata_ttl=metadata_ttl, clock=trio.current_time)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(writeback.run)
