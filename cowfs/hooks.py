@@ -1,6 +1,6 @@
 """The workspace layer as the namespace sees it: records on mkdir, generated files.
 
-Keeps ``namespace.py`` free of workspace records and session listings; every
+Keeps the namespace free of workspace records and session listings; every
 store call here runs on a worker thread.
 """
 
@@ -10,7 +10,7 @@ import json
 import pwd
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from . import layout
 from .activity import Activity
@@ -53,8 +53,28 @@ class LocalChanges:
         return [out[key] for key in sorted(out)]
 
 
+class Hooks(Protocol):
+    """What the namespace asks of the workspace layer."""
+
+    async def create_workspace(self, tenant: str, name: str, uid: int) -> None:
+        """``mkdir TENANT/NAME``: write the workspace record."""
+
+    def workspace_deleted(self, tenant: str, name: str) -> None:
+        """The workspace is gone: stop tracking its activity."""
+
+    def changed(self, parts: tuple[str, ...]) -> None:
+        """An entry at ``parts`` was created, or a change to it closed (before any upload)."""
+
+    async def last_active(self, tenant: str, name: str) -> float | None:
+        """The record's ``lastActiveAt`` (epoch seconds): a workspace folder's mtime; None without a record."""
+
+    async def render(self, kind: str, parts: tuple[str, ...], local: LocalChanges) -> bytes:
+        """Content of a generated file (``workspace.json`` …) for the folder at ``parts``,
+        with ``local``, this mount's changes under it that the store has not got yet."""
+
+
 class WorkspaceHooks:
-    """Implements ``namespace.Hooks`` over the store."""
+    """Implements ``Hooks`` over the store."""
 
     def __init__(
         self,

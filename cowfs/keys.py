@@ -34,6 +34,10 @@ class KeyMap:
         check_key_length(key, self.store_prefix)
         return key
 
+    def path_of(self, key: str) -> Path:
+        """The path a file's key or a folder's prefix names (``file_key``/``dir_key`` undone)."""
+        return tuple(key[len(self.dir_key(())):].rstrip("/").split("/"))
+
     @staticmethod
     def child_name(dir_prefix: str, key: str) -> str:
         """Name of a listing entry (object key or common prefix) inside ``dir_prefix``."""
