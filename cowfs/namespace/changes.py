@@ -17,15 +17,12 @@ import trio
 from .. import layout
 from ..attrs import Attrs, is_special, to_metadata
 from ..errors import AlreadyExists, InvalidArgument, IsADirectory, NotADirectory, NotEmpty, NotPermitted
-from ..gateway import StoreCalls
 from ..hooks import Hooks
-from ..journal import Journal
 from ..names import component
-from ..store import ObjectStore
-from ..writeback import WriteBack
 from .listings import Listings
 from .node import Condition, Kind, Node
 from .persistence import Persistence
+from .services import Part, Services
 from .table import Inodes
 from .view import WorkspaceView
 
@@ -33,31 +30,16 @@ RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 
 
-class Changes:
+class Changes(Part):
     """The structural operations of the namespace."""
 
-    def __init__(
-        self,
-        inodes: Inodes,
-        view: WorkspaceView,
-        listings: Listings,
-        persistence: Persistence,
-        store: ObjectStore,
-        journal: Journal,
-        writeback: WriteBack,
-        calls: StoreCalls,
-        hooks: Hooks,
-    ) -> None:
-        self.inodes = inodes
+    def __init__(self, services: Services, inodes: Inodes, view: WorkspaceView, listings: Listings,
+                 persistence: Persistence, hooks: Hooks) -> None:
+        super().__init__(services, inodes)
         self.view = view
         self.listings = listings
         self.persistence = persistence
-        self.store = store
-        self.journal = journal
-        self.writeback = writeback
-        self.calls = calls
         self.hooks = hooks
-        self.clock = listings.clock
         self.tree_lock = trio.Lock()
 
     async def _new_entry(self, parent_ino: int, raw_name: bytes, kind: Kind) -> tuple[Node, str]:
@@ -74,34 +56,33 @@ class Changes:
             raise AlreadyExists(name)
         return parent, name
 
+    def _attrs(self, parent: Node, kind: int, mode: int, uid: int, gid: int) -> Attrs:
+        """A new entry's attributes: file type ``kind`` with ``mode``'s permission bits,
+        ``uid``, and ``gid`` unless the parent's tenant gives its own; its times now."""
+        return Attrs(kind | (mode & 0o7777), uid, self.view.group(parent, gid), time.time_ns())
+
     async def create(self, parent_ino: int, raw_name: bytes, mode: int, uid: int, gid: int) -> Node:
         """A new, empty file with a staging file to write to (its handle is the caller's to open)."""
         async with self.tree_lock:
             parent, name = await self._new_entry(parent_ino, raw_name, Kind.FILE)
-            gid = self.view.group(parent, gid)
-            attrs = Attrs(stat.S_IFREG | (mode & 0o7777), uid, gid, time.time_ns())
-            node = self.inodes.new_node(parent, name, Kind.FILE, attrs)
+            node = self.inodes.new_node(parent, name, Kind.FILE, self._attrs(parent, stat.S_IFREG, mode, uid, gid))
             content = node.need_content()
             content.staging, content.fd = self.journal.create_staging()
             node.dirty = True
             self.hooks.changed(self.inodes.full(node))
             self.persistence.claim_key(node, self.inodes.key(node), exclusive=True)
-            node.lookups += 1
-            parent.entries_changed()
-        return node
+            return self._added(node)
 
     async def mkdir(self, parent_ino: int, raw_name: bytes, mode: int, uid: int, gid: int) -> Node:
         async with self.tree_lock:
             parent, name = await self._new_entry(parent_ino, raw_name, Kind.DIR)
-            gid = self.view.group(parent, gid)
             full = self.inodes.full(parent) + (name,)
             trash_uid = layout.trash_owner(full, self.view.mount_root)
             if trash_uid is not None and trash_uid != uid:
                 raise NotPermitted(f"{name} is the trash of uid {trash_uid}")
             if layout.is_workspace(full):
                 await self.hooks.create_workspace(full[0], name, uid)
-            attrs = Attrs(stat.S_IFDIR | (mode & 0o7777), uid, gid, time.time_ns())
-            node = self.inodes.new_node(parent, name, Kind.DIR, attrs)
+            node = self.inodes.new_node(parent, name, Kind.DIR, self._attrs(parent, stat.S_IFDIR, mode, uid, gid))
             self.view.own_tenant(node)
             node.listed_at = self.clock()
             self.persistence.claim_key(node, self.inodes.key(node))
@@ -110,15 +91,12 @@ class Changes:
                 self.view.decorate(node)
             else:
                 self.persistence.persist(node)
-            node.lookups += 1
-            parent.entries_changed()
-            return node
+            return self._added(node)
 
     async def symlink(self, parent_ino: int, raw_name: bytes, target: bytes, uid: int, gid: int) -> Node:
         async with self.tree_lock:
             parent, name = await self._new_entry(parent_ino, raw_name, Kind.LINK)
-            attrs = Attrs(stat.S_IFLNK | 0o777, uid, self.view.group(parent, gid), time.time_ns())
-            node = self.inodes.new_node(parent, name, Kind.LINK, attrs)
+            node = self.inodes.new_node(parent, name, Kind.LINK, self._attrs(parent, stat.S_IFLNK, 0o777, uid, gid))
             node.target = target
             node.size = len(target)
             return self._store_new(node)
@@ -131,15 +109,20 @@ class Changes:
             raise InvalidArgument(f"cannot make a file of type {stat.S_IFMT(mode):o}")
         async with self.tree_lock:
             parent, name = await self._new_entry(parent_ino, raw_name, Kind.SPECIAL)
-            has_device = stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-            attrs = Attrs(stat.S_IFMT(mode) | (mode & 0o7777), uid, self.view.group(parent, gid), time.time_ns(),
-                          rdev=rdev if has_device else 0)
+            attrs = self._attrs(parent, stat.S_IFMT(mode), mode, uid, gid)
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+                attrs.rdev = rdev
             return self._store_new(self.inodes.new_node(parent, name, Kind.SPECIAL, attrs))
 
     def _store_new(self, node: Node) -> Node:
         """A new symlink or special file (no staging bytes): record and schedule its object."""
         self.persistence.claim_key(node, self.inodes.key(node))
         self.persistence.persist(node)
+        return self._added(node)
+
+    @staticmethod
+    def _added(node: Node) -> Node:
+        """A new entry is in its folder: the kernel's lookup of it is counted, the folder's times move."""
         node.lookups += 1
         assert node.parent is not None
         node.parent.entries_changed()

@@ -18,17 +18,13 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
-import trio
-
-from ..cache import CacheBusy, ContentCache
+from ..cache import CacheBusy
 from ..errors import CowfsError, NotFound, ObjectNotFound, StoreError
 from ..fds import copy_fd
 from ..fetch import Fetch
-from ..gateway import StoreCalls
-from ..journal import Journal
-from ..store import ObjectInfo, ObjectStore
-from ..writeback import WriteBack
+from ..store import ObjectInfo
 from .node import Node
+from .services import Part, Services
 from .table import Inodes
 from .view import WorkspaceView
 
@@ -39,33 +35,12 @@ log = logging.getLogger(__name__)
 LINK_INTO_CACHE = 1024 * 1024
 
 
-class Contents:
+class Contents(Part):
     """The bytes of files: cache, downloads, staging files."""
 
-    def __init__(
-        self,
-        inodes: Inodes,
-        view: WorkspaceView,
-        store: ObjectStore,
-        cache: ContentCache,
-        journal: Journal,
-        writeback: WriteBack,
-        calls: StoreCalls,
-        tmp_dir: Path,
-        clock: Callable[[], float],
-        nursery: Callable[[], trio.Nursery],
-    ) -> None:
-        """``nursery()`` hosts downloads and ranged GETs beside their readers."""
-        self.inodes = inodes
+    def __init__(self, services: Services, inodes: Inodes, view: WorkspaceView) -> None:
+        super().__init__(services, inodes)
         self.view = view
-        self.store = store
-        self.cache = cache
-        self.journal = journal
-        self.writeback = writeback
-        self.calls = calls
-        self.tmp_dir = tmp_dir
-        self.clock = clock
-        self.nursery = nursery
 
     def uploading(self, node: Node) -> bool:
         """Whether ``node`` has an upload waiting or under way."""
@@ -200,7 +175,7 @@ class Contents:
         ``fetch``, that descriptor is the fetch's from the start, and each piece
         is reported to it as it lands.
         """
-        fd, name = tempfile.mkstemp(dir=self.tmp_dir)
+        fd, name = tempfile.mkstemp(dir=self.services.tmp_dir)
         path = Path(name)
         try:
             with os.fdopen(fd, "r+b") as tmp:
@@ -420,7 +395,7 @@ class Contents:
         if os.fstat(fd).st_size < LINK_INTO_CACHE:
             self.cache.put_file(key, etag, fd, metadata)
             return False
-        path = self.tmp_dir / f"retired-{uuid.uuid4().hex}"
+        path = self.services.tmp_dir / f"retired-{uuid.uuid4().hex}"
         try:
             os.link(self.journal.staging_path(staging), path)
         except OSError as exc:

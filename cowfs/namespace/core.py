@@ -37,6 +37,7 @@ from .contents import Contents
 from .listings import Listings
 from .node import ROOT_INODE, Kind, Node
 from .persistence import Persistence
+from .services import Services
 from .table import DirHandle, Handle, Inodes, OpenResult
 from .view import WorkspaceView
 
@@ -89,13 +90,12 @@ class Namespace:
         self.root = root
         self.inodes = Inodes(root, keymap, self._drop)
         self.view = WorkspaceView(self.inodes, uid, gid, tenants)
-        self.contents = Contents(self.inodes, self.view, store, cache, journal, writeback, calls, tmp_dir, clock,
-                                 self._nursery)
-        self.persistence = Persistence(self.inodes, self.contents, journal, writeback, hooks.changed, clock)
-        self.listing = Listings(self.inodes, self.view, self.contents, self.persistence, store, cache, writeback,
-                                 calls, hooks.last_active, metadata_ttl, clock, self._nursery)
-        self.changes = Changes(self.inodes, self.view, self.listing, self.persistence, store, journal, writeback,
-                               calls, hooks)
+        services = Services(store, cache, journal, writeback, calls, tmp_dir, clock, self._nursery)
+        self.contents = Contents(services, self.inodes, self.view)
+        self.persistence = Persistence(services, self.inodes, self.contents, hooks.changed)
+        self.listing = Listings(services, self.inodes, self.view, self.contents, self.persistence,
+                                hooks.last_active, metadata_ttl)
+        self.changes = Changes(services, self.inodes, self.view, self.listing, self.persistence, hooks)
         self._background: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -23,16 +23,14 @@ import trio
 
 from .. import layout
 from ..attrs import DEFAULT_DIR_MODE, DEFAULT_FILE_MODE, Attrs
-from ..cache import ContentCache
 from ..errors import CowfsError, NotFound, ObjectNotFound, StoreError
-from ..gateway import StoreCalls
 from ..keys import KeyMap
 from ..names import is_listable
-from ..store import ListPage, ObjectInfo, ObjectStore
-from ..writeback import WriteBack
+from ..store import ListPage, ObjectInfo
 from .contents import Contents
 from .node import Kind, Node
 from .persistence import Persistence
+from .services import Part, Services
 from .table import Inodes
 from .view import WorkspaceView
 
@@ -75,39 +73,27 @@ def small_tree(node: Node, page_size: int) -> bool:
     return room >= 0
 
 
-class Listings:
+class Listings(Part):
     """Folders' entries and entries' metadata, from the store, per TTL."""
 
     def __init__(
         self,
+        services: Services,
         inodes: Inodes,
         view: WorkspaceView,
         contents: Contents,
         persistence: Persistence,
-        store: ObjectStore,
-        cache: ContentCache,
-        writeback: WriteBack,
-        calls: StoreCalls,
         last_active: Callable[[str, str], Awaitable[float | None]],
         ttl: float,
-        clock: Callable[[], float],
-        nursery: Callable[[], trio.Nursery],
     ) -> None:
-        """``last_active(tenant, name)`` dates a workspace folder (``Hooks.last_active``);
-        ``nursery()`` hosts listings behind their readers and read-ahead."""
-        self.inodes = inodes
+        """``last_active(tenant, name)`` dates a workspace folder (``Hooks.last_active``)."""
+        super().__init__(services, inodes)
         self.view = view
         self.contents = contents
         self.persistence = persistence
-        self.store = store
-        self.cache = cache
-        self.writeback = writeback
-        self.calls = calls
+        self.reachability = services.calls.reachability
         self.last_active = last_active
         self.ttl = ttl
-        self.clock = clock
-        self.nursery = nursery
-        self.reachability = calls.reachability
         #: LISTs made (``status.json``).
         self.count = 0
         self._fetching: dict[Node, trio.Event] = {}

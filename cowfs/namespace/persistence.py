@@ -15,11 +15,12 @@ from typing import Callable
 
 from ..attrs import to_metadata
 from ..hooks import LocalChanges
-from ..journal import BODY_EMPTY, BODY_INLINE, BODY_METADATA_ONLY, BODY_STAGING, Journal, PutRecord
+from ..journal import BODY_EMPTY, BODY_INLINE, BODY_METADATA_ONLY, BODY_STAGING, PutRecord
 from ..store import ObjectInfo
-from ..writeback import Upload, WriteBack
+from ..writeback import Upload
 from .contents import Contents
 from .node import Condition, Kind, Node
+from .services import Part, Services
 from .table import Inodes
 
 log = logging.getLogger(__name__)
@@ -49,25 +50,15 @@ class NodeSource:
         self.persistence.conflicted(self.node, upload, kept_as, etag)
 
 
-class Persistence:
+class Persistence(Part):
     """Journal records, write-back claims and what the store lacks, per node."""
 
-    def __init__(
-        self,
-        inodes: Inodes,
-        contents: Contents,
-        journal: Journal,
-        writeback: WriteBack,
-        changed: Callable[[tuple[str, ...]], None],
-        clock: Callable[[], float],
-    ) -> None:
+    def __init__(self, services: Services, inodes: Inodes, contents: Contents,
+                 changed: Callable[[tuple[str, ...]], None]) -> None:
         """``changed(path)`` is told of every version recorded (the workspace's activity)."""
-        self.inodes = inodes
+        super().__init__(services, inodes)
         self.contents = contents
-        self.journal = journal
-        self.writeback = writeback
         self.changed = changed
-        self.clock = clock
 
     # -- what the store lacks ----------------------------------------------------
 
