@@ -54,16 +54,11 @@ M_ARENA_MAX = -8
 #: Seconds a thread waiting for the GIL lets its holder run before asking for it
 #: (CPython's default is 5 ms). The thread serving the kernel gives the GIL up
 #: on every system call, and while worker threads run uploads, downloads or
-#: cache bookkeeping it waited up to that long to get it back, once per call.
-#: Three interleaved rounds of 3 runs on moto, 0.5 against 5 ms (medians): a
-#: cold read of 1000 small files 4.3 against 5.5 s, an untar 3.5 against 3.9 s;
-#: small creates, with no worker busy beside them, alike.
+#: cache bookkeeping it would wait up to that long to get it back, once per call.
 GIL_SWITCH_INTERVAL = 0.0005
 #: The kernel's read-ahead for the mount, KiB. Its default, 128, cuts every
 #: sequential read into 128 KiB FUSE requests; with this much it sends 1 MiB
-#: ones (the most a request carries) and keeps several in flight. A 128 MiB
-#: read from the disk cache after a remount, past its first read: 0.085-0.1 s
-#: at 128, 0.06-0.08 s at 4096 (cold reads from moto: no difference seen).
+#: ones (the most a request carries) and keeps several in flight.
 READ_AHEAD_KIB = 4096
 #: Unless the mount asks for ``dev`` / ``suid`` (trusted, single-user use), a device file or
 #: set-uid bit found in the bucket acts as neither: said explicitly, not left to libfuse's defaults.

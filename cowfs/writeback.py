@@ -8,13 +8,12 @@ up in batches of up to 1000 keys. While the mount is busy (a change less than
 ``QUIET`` seconds ago: an untar, a build, a clone), or a reader waits on the
 store, due work waits, at most ``MAX_DEFER`` seconds, and then trickles
 (``BUSY_UPLOAD_RATE`` a second), so uploads do not compete with the work in
-front of the user for what it needs, a CPU and the daemon's GIL: a small
-upload costs the daemon ~5 ms of CPU, and an untar took 7 s with uploads
-held back, 14-23 s with them running, whether one or eight at a time;
-fsync, ``cowfs sync`` and unmount never wait. Only as many uploads are started as
-there are slots (``concurrency``): a backlog left from a pause used to sit in
-tasks waiting for a slot and then ran at full speed through the next burst
-(a second untar right after a first: 34 s, 7 s now). Operations on one key never overlap, so a
+front of the user for what it needs, a CPU and the daemon's GIL (each upload
+costs the daemon CPU, however few run at a time; docs/PERFORMANCE.md has the
+figures); fsync, ``cowfs sync`` and unmount never wait. Only as many uploads
+are started as there are slots (``concurrency``), so a backlog left from a
+pause does not wait in tasks for a slot and then run at full speed through
+the next burst. Operations on one key never overlap, so a
 delete and a later put of the same key land in order. Failed operations are
 retried with capped exponential backoff and jitter; nothing is dropped.
 """
