@@ -1,6 +1,6 @@
 """The filesystem's semantics, with no FUSE in sight: a package of parts composed by ``Namespace``."""
 
-from .changes import RENAME_EXCHANGE, RENAME_NOREPLACE
+from .tree import RENAME_EXCHANGE, RENAME_NOREPLACE
 from .core import Namespace, StatFs
 from .listings import DEEP_PAGES, LISTING_LAG
 from .node import ROOT_INODE, Condition, Kind, Node

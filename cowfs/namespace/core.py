@@ -5,7 +5,7 @@ translates) by handing them to its parts, each with one job: the inode table
 and handles (``table``), the tenant and workspace layout (``view``), folders'
 listings and entries' metadata (``listing``), file contents (``contents``),
 journal records and write-back (``persistence``), and changes to the tree
-(``changes``). Tests drive these methods directly too.
+(``tree``). Tests drive these methods directly too.
 """
 
 from __future__ import annotations
@@ -32,13 +32,13 @@ from ..keys import KeyMap
 from ..names import component
 from ..store import ObjectStore
 from ..writeback import WriteBack
-from .changes import Changes
 from .contents import Contents
 from .listings import Listings
 from .node import ROOT_INODE, Kind, Node
 from .persistence import Persistence
 from .services import Services
 from .table import DirHandle, Handle, Inodes, OpenResult
+from .tree import TreeChanges
 from .view import WorkspaceView
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class Namespace:
         self.persistence = Persistence(services, self.inodes, self.contents, hooks.changed)
         self.listing = Listings(services, self.inodes, self.view, self.contents, self.persistence,
                                 hooks.last_active, metadata_ttl)
-        self.changes = Changes(services, self.inodes, self.view, self.listing, self.persistence, hooks)
+        self.tree = TreeChanges(services, self.inodes, self.view, self.listing, self.persistence, hooks)
         self._background: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -177,26 +177,26 @@ class Namespace:
     # -- changes to the tree ----------------------------------------------------
 
     async def create(self, parent_ino: int, raw_name: bytes, mode: int, uid: int, gid: int) -> tuple[Node, int]:
-        node = await self.changes.create(parent_ino, raw_name, mode, uid, gid)
+        node = await self.tree.create(parent_ino, raw_name, mode, uid, gid)
         return node, self.inodes.open_handle(node, writable=True)
 
     async def mkdir(self, parent_ino: int, raw_name: bytes, mode: int, uid: int, gid: int) -> Node:
-        return await self.changes.mkdir(parent_ino, raw_name, mode, uid, gid)
+        return await self.tree.mkdir(parent_ino, raw_name, mode, uid, gid)
 
     async def symlink(self, parent_ino: int, raw_name: bytes, target: bytes, uid: int, gid: int) -> Node:
-        return await self.changes.symlink(parent_ino, raw_name, target, uid, gid)
+        return await self.tree.symlink(parent_ino, raw_name, target, uid, gid)
 
     async def mknod(self, parent_ino: int, raw_name: bytes, mode: int, rdev: int, uid: int, gid: int) -> Node:
-        return await self.changes.mknod(parent_ino, raw_name, mode, rdev, uid, gid)
+        return await self.tree.mknod(parent_ino, raw_name, mode, rdev, uid, gid)
 
     async def unlink(self, parent_ino: int, raw_name: bytes) -> None:
-        await self.changes.unlink(parent_ino, raw_name)
+        await self.tree.unlink(parent_ino, raw_name)
 
     async def rmdir(self, parent_ino: int, raw_name: bytes) -> None:
-        await self.changes.rmdir(parent_ino, raw_name)
+        await self.tree.rmdir(parent_ino, raw_name)
 
     async def rename(self, old_ino: int, old_raw: bytes, new_ino: int, new_raw: bytes, flags: int) -> None:
-        await self.changes.rename(old_ino, old_raw, new_ino, new_raw, flags)
+        await self.tree.rename(old_ino, old_raw, new_ino, new_raw, flags)
 
     async def link(self, ino: int, new_parent_ino: int, raw_name: bytes) -> Node:
         """Hard links cannot be expressed as objects: always EPERM."""

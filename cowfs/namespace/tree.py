@@ -30,7 +30,7 @@ RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 
 
-class Changes(Part):
+class TreeChanges(Part):
     """The structural operations of the namespace."""
 
     def __init__(self, services: Services, inodes: Inodes, view: WorkspaceView, listings: Listings,
