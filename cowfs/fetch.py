@@ -25,7 +25,7 @@ import threading
 import trio
 
 from .errors import StoreError
-from .ranges import add_span, add_span_all, covered, far
+from .ranges import FAR, add_span, add_span_all, covered, far
 from .store import ObjectInfo
 from .threads import Stall
 
@@ -106,9 +106,10 @@ class Fetch:
     def to_ask(self, offset: int) -> tuple[int, int] | None:
         """The bytes a ranged GET should bring for a read at ``offset`` (``ranges.far``;
         then counted as asked for)."""
-        if self.info is None or self.done:
+        front = self.front()
+        if self.info is None or self.done or offset < front + FAR:
             return None
-        wanted = far(offset, self.info.size, self.front(), add_span_all(self.asked, self.spans))
+        wanted = far(offset, self.info.size, front, add_span_all(self.asked, self.spans))
         if wanted is not None:
             self.asked = add_span(self.asked, *wanted)
         return wanted
