@@ -15,6 +15,7 @@ from typing import Any, Callable, Protocol
 from . import layout
 from .activity import Activity
 from .gateway import StoreCalls
+from .keys import workspace_prefix
 from .sessionindex import FORMAT, index_format, reindex, session_of
 from .sessions import with_changes
 from .store import ObjectInfo, ObjectStore
@@ -122,7 +123,7 @@ class WorkspaceHooks:
             sessions = await self._io(with_changes, self.store, tenant, workspace, changed, local.over)
             return _json({"sessions": [s.to_json() for s in sessions]})
         record = await self._io(get_workspace, self.store, tenant, workspace)
-        prefix = f"{tenant}/{workspace}/"
+        prefix = workspace_prefix(tenant, workspace)
         listing = await self._io(self.store.list_all, prefix, None)
         control = f"{prefix}{layout.CONTROL_DIR}/"
         files = [o for o in local.over(prefix, listing.objects)

@@ -46,3 +46,8 @@ class KeyMap:
     def rebase(self, key: str, old_prefix: str, new_prefix: str) -> str:
         """Key after its folder moved from ``old_prefix`` to ``new_prefix``."""
         return new_prefix + key[len(old_prefix):]
+
+
+def workspace_prefix(tenant: str, workspace: str) -> str:
+    """The key prefix of everything in a workspace (its folder's, in a whole-store mount)."""
+    return KeyMap().dir_key((tenant, workspace))
