@@ -122,9 +122,6 @@ class Namespace:
     def node(self, ino: int) -> Node:
         return self.inodes.node(ino)
 
-    def key(self, node: Node) -> str:
-        return self.inodes.key(node)
-
     # -- lookups ------------------------------------------------------------
 
     async def lookup(self, parent_ino: int, raw_name: bytes) -> Node:
