@@ -1705,7 +1705,13 @@ class Namespace:
                 self.journal.discard_staging(staging)
             return False
         fd = node.fd
-        linked = await trio.to_thread.run_sync(self._keep_clean, key, etag, staging, fd, metadata)
+        # The worker reads its own descriptor: a write meanwhile may close node.fd (copy on
+        # write), and a number reused by another file must not fill the cache with its bytes.
+        copy = os.dup(fd)
+        try:
+            linked = await trio.to_thread.run_sync(self._keep_clean, key, etag, staging, copy, metadata)
+        finally:
+            os.close(copy)
         if (
             node.staging != staging
             or node.committed != staging
