@@ -92,6 +92,10 @@ class Activity:
         self._sessions = {s for s in self._sessions if s[:2] != (tenant, workspace)}
         self._first_writes = {s: w for s, w in self._first_writes.items() if s[:2] != (tenant, workspace)}
 
+    def forgotten(self, workspace: tuple[str, str]) -> bool:
+        """Whether this mount is deleting the workspace (and has not written to it since)."""
+        return workspace in self._removed
+
     def unindexed(self, tenant: str, workspace: str) -> dict[str, datetime | None]:
         """Sessions of the workspace this mount changed that the index may not show yet, with
         their first change where known."""

@@ -28,6 +28,7 @@ import trio
 
 from . import cachedir, control, mounts, options
 from .activity import Activity
+from .changes import ChangeMarks, writer_id
 from .cache import ContentCache
 from .config import TenantOwner
 from .errors import CowfsError
@@ -77,6 +78,7 @@ class MountOptions:
     cache_size: int = 10 * 1024**3
     write_back_delay: float = 1.0
     metadata_ttl: float = 1.0
+    foreign_ttl: float = 30.0
     store_timeout: float = 30.0
     endpoint_url: str | None = None
     region: str | None = None
@@ -192,12 +194,23 @@ async def _serve(
     found the store refusing are still in the journal)."""
     calls = StoreCalls(trio.CapacityLimiter(THREADS), Reachability(store.check), opts.store_timeout)
     activity = Activity(store, calls)
-    writeback = WriteBack(store, journal, calls, delay=opts.write_back_delay, on_stored=activity.mark,
-                          on_deleted=activity.deleted)
-    for key in recovered.uploaded:
+    marks = ChangeMarks(store, calls, writer_id(cache_dir), ttl=opts.metadata_ttl,
+                        foreign_ttl=opts.foreign_ttl, removed=activity.forgotten)
+
+    def stored(key: str) -> None:
         activity.mark(key)
-    for key in recovered.deleted:
+        marks.changed(key)
+
+    def deleted(key: str) -> None:
         activity.deleted(key)
+        marks.changed(key)
+
+    writeback = WriteBack(store, journal, calls, delay=opts.write_back_delay, on_stored=stored,
+                          on_deleted=deleted)
+    for key in recovered.uploaded:
+        stored(key)
+    for key in recovered.deleted:
+        deleted(key)
     keymap = KeyMap(root=(opts.tenant,) if opts.tenant else (), store_prefix=getattr(store, "prefix", ""))
     started = time.time()
 
@@ -224,6 +237,9 @@ async def _serve(
             "activityPending": activity.pending,
             "activityFailures": activity.failures,
             "activityLastError": activity.last_error,
+            "markChecks": marks.checks,
+            "markFailures": marks.failures,
+            "markLastError": marks.last_error,
             "cacheBytes": cache.volume(),
             "storeQuirks": store.quirks(),
             "refusedKeys": refused(),
@@ -234,11 +250,12 @@ async def _serve(
     hooks = WorkspaceHooks(store, calls, activity, _shown_to_all(status) if shared else status)
     ns = Namespace(
         store, keymap, cache, journal, writeback, calls, tmp_dir, hooks,
-        uid=os.getuid(), gid=os.getgid(), metadata_ttl=opts.metadata_ttl, tenants=opts.tenants,
+        uid=os.getuid(), gid=os.getgid(), metadata_ttl=opts.metadata_ttl, tenants=opts.tenants, marks=marks,
     )
 
     async def sync_all() -> None:
         await ns.sync()
+        await marks.flush()
         await activity.flush()
         await trio.to_thread.run_sync(journal.sync_to_disk)
 
@@ -266,6 +283,7 @@ async def _serve(
             await nursery.start(ns.run)
             nursery.start_soon(_group_commit, journal)
             nursery.start_soon(activity.run)
+            nursery.start_soon(marks.run)
             nursery.start_soon(control.serve, control_path, handle)
             nursery.start_soon(_stop_on_signal, sync_all)
             nursery.start_soon(_announce_ready, opts.mountpoint)
@@ -284,7 +302,8 @@ async def _serve(
 #: Status fields that name paths or keys: ``.cowfs/status.json`` of a mount other
 #: users can enter (a tenants table, ``allow_other``) leaves them out; ``cowfs
 #: status``, which only the mount's owner can ask, has them all.
-PRIVATE_STATUS = ("mountpoint", "store", "cacheDir", "lastError", "refusedKeys", "activityLastError")
+PRIVATE_STATUS = ("mountpoint", "store", "cacheDir", "lastError", "refusedKeys", "activityLastError",
+                  "markLastError")
 
 
 def _log_to(path: Path) -> None:

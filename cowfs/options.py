@@ -52,6 +52,9 @@ MOUNT = (
     Option("cache_size", values.byte_size, "cache size limit (default 10G)"),
     Option("write_back_delay", values.non_negative_finite, "seconds between close and upload (default 1)"),
     Option("metadata_ttl", values.non_negative_finite, "seconds metadata is trusted (default 1)"),
+    Option("foreign_ttl", values.non_negative_finite,
+           "seconds a folder's listing serves while only cowfs mounts change its workspace: objects "
+           "other tools write show within this (default 30)"),
     Option("store_timeout", values.positive_finite,
            "seconds before a request to the store that receives nothing fails (default 30)"),
     Option("create_bucket", values.boolean, "create the S3 bucket if it does not exist", flag=True),

@@ -5,7 +5,6 @@ holds, so every writer (a mount as it uploads, import, fsck, reindex) keeps
 under ``TENANT/WORKSPACE/.cowfs/sessions/``:
 
     index.json                  the format marker: the index is complete for this format
-    oldest.json                 a rank no entry is past (raised by whoever adds a session): where a walk may stop
     records/SID.json            one record per session: counts, times and a version,
                                 changed by conditional writes only (no lost update between mounts)
     active/R!SID!V!C!F!B        one empty entry per session, named after its record: R is the
@@ -15,17 +14,18 @@ under ``TENANT/WORKSPACE/.cowfs/sessions/``:
 A record is written first, then its entry, then the entries it superseded
 are deleted; a reader takes an entry only if the record still has its
 version (pages) or keeps the highest version of a session (whole lists).
+A page lists the entries after its anchor with one LIST that starts there
+(``start_after``), however many entries come before.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import json
-import os
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import Callable, Generator, Iterable, Iterator, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 from . import layout
 from .errors import ObjectNotFound, PreconditionFailed
@@ -85,10 +85,6 @@ def _marker_key(tenant: str, workspace: str) -> str:
 
 def _record_key(tenant: str, workspace: str, session: str) -> str:
     return f"{_index(tenant, workspace)}records/{session}.json"
-
-
-def _oldest_key(tenant: str, workspace: str) -> str:
-    return _index(tenant, workspace) + "oldest.json"
 
 
 def _entries(tenant: str, workspace: str) -> str:
@@ -217,42 +213,10 @@ def _conditions(etag: str | None) -> dict:
     return {"if_match": etag} if etag is not None else {"if_none_match": True}
 
 
-def oldest_rank(store: ObjectStore, tenant: str, workspace: str) -> str | None:
-    """A rank no entry of the workspace is past (None: not known)."""
-    return _read_oldest(store, tenant, workspace)[0]
-
-
-def _read_oldest(store: ObjectStore, tenant: str, workspace: str) -> tuple[str | None, str | None]:
-    try:
-        data, info = store.get(_oldest_key(tenant, workspace))
-    except ObjectNotFound:
-        return None, None
-    try:
-        return str(json.loads(data)["rank"]), info.etag
-    except (ValueError, KeyError, TypeError):
-        return None, info.etag
-
-
-def _cover(store: ObjectStore, tenant: str, workspace: str, rank: str) -> None:
-    """Raise the workspace's oldest rank to ``rank`` if it is below (never lowered)."""
-    for _ in range(ATTEMPTS):
-        held, etag = _read_oldest(store, tenant, workspace)
-        if held is not None and held >= rank:
-            return
-        try:
-            store.put(_oldest_key(tenant, workspace), json.dumps({"rank": rank}).encode(), {}, **_conditions(etag))
-            return
-        except PreconditionFailed:
-            continue
-    raise PreconditionFailed(f"the oldest rank of {tenant}/{workspace} kept changing under {ATTEMPTS} attempts")
-
-
 def _commit(store: ObjectStore, tenant: str, workspace: str, session: str, old: Record | None, etag: str | None,
-            fresh: SessionSummary | None, first_write: datetime | None = None, covered: bool = False
-            ) -> Record | None:
+            fresh: SessionSummary | None, first_write: datetime | None = None) -> Record | None:
     """Write what ``fresh`` says over ``old`` (read with ``etag``): record, entry, old entries.
-    The record written, None when ``old`` already said it. ``covered``: the
-    oldest rank is past ``fresh``'s already.
+    The record written, None when ``old`` already said it.
 
     ``PreconditionFailed`` when someone else wrote the record since it was read.
     A session with nothing left keeps a removed record: its times, and a
@@ -270,8 +234,6 @@ def _commit(store: ObjectStore, tenant: str, workspace: str, session: str, old: 
     store.put(_record_key(tenant, workspace, session), json.dumps(new.to_json()).encode(), {}, **_conditions(etag))
     entries = _entries(tenant, workspace)
     if not new.removed:
-        if not covered and (old is None or old.removed):  # a session's rank only falls, except when it (re)appears
-            _cover(store, tenant, workspace, _rank(new.summary.lastActiveAt))
         store.put(entries + new.entry, b"", {})
     if old is not None:
         store.delete_many([entries + name for name in {old.entry, old.previous} - {None, new.entry}])
@@ -330,8 +292,6 @@ def reindex(store: ObjectStore, tenant: str, workspace: str) -> Reindexed:
     records = {o.key[len(records_prefix):-len(".json")]: o for o in store.list_all(records_prefix, None).objects
                if o.key.endswith(".json")}
     summaries = {session: summarize(session, objects) for session, objects in listed.items()}
-    if summaries:  # once for every session the listing shows: each can only end up more recent
-        _cover(store, tenant, workspace, max(_rank(s.lastActiveAt) for s in summaries.values() if s is not None))
 
     def rebuild(session: str) -> tuple[Record | None, bool]:
         """The session's record afterwards, and whether it was written."""
@@ -339,7 +299,7 @@ def reindex(store: ObjectStore, tenant: str, workspace: str) -> Reindexed:
         if info is None or info.last_modified < since:
             old, etag = read_record(store, tenant, workspace, session) if info is not None else (None, None)
             try:
-                new = _commit(store, tenant, workspace, session, old, etag, summaries.get(session), covered=True)
+                new = _commit(store, tenant, workspace, session, old, etag, summaries.get(session))
             except PreconditionFailed:
                 pass
             else:
@@ -379,99 +339,32 @@ def all_sessions(store: ObjectStore, tenant: str, workspace: str) -> dict[str, S
     return {sid: e.summary for sid, e in best.items()}
 
 
-class _Walk:
-    """Entries after a position, in order, found with prefix listings alone.
-
-    A listing starts at its prefix, so the walk lists windows that follow
-    each other: the first holds the position (``hint`` characters of it, the
-    width the previous page ended with), each next one starts after the last,
-    one digit of the rank narrower when the last held many entries and one
-    wider (the window holding the next) when it held few. A wider window may
-    reach back before the position: when a whole listing page of it lies
-    there, the walk goes on at the narrower width instead. It stops past
-    ``oldest``, the rank no entry is past. A page costs the entries near it,
-    not the ones before it, however many sessions there are.
-    """
-
-    #: Entries per window the walk aims at (a listing page holds ``store.page_size``).
-    FEW, MANY = 25, 250
-
-    def __init__(self, store: ObjectStore, prefix: str, position: str | None, hint: int,
-                 oldest: str | None = None) -> None:
-        self.store = store
-        self.prefix = prefix
-        self.position = position
-        self.width = hint
-        self.oldest = oldest
-        self.last = position + "~" if position is not None else ""  # past the position's own entries
-
-    def __iter__(self) -> Iterator[Entry]:
-        if self.position is None:
-            self.width = 0
-            yield from self._window("", give_up=False)
-            return
-        rank = len(self.position.split(_SEP, 1)[0])
-        if self.width > rank:  # within one second: some characters of the session id, then the second
-            yield from self._window(self.position[:self.width], give_up=False)
-            self.width = rank
-        window, narrower, refused = self.position[:self.width], None, None
-        while True:
-            self.width = len(window)
-            seen = yield from self._window(window, give_up=narrower is not None)
-            if seen is None:  # reaches too far back: go on at the narrower width, and stay there in it
-                window, narrower, refused = narrower, None, window
-                continue
-            if not window or int(window) + 1 == 10 ** len(window):
-                return  # nothing sorts after it
-            following = f"{int(window) + 1:0{len(window)}d}"
-            if self.oldest is not None and following > self.oldest[:len(following)]:
-                return
-            narrower = None
-            if seen > self.MANY and len(window) < rank:
-                window = following + "0"
-            elif seen < self.FEW and len(window) > 1 and following[:-1] != refused:
-                window, narrower = following[:-1], None if following.endswith("0") else following
-            else:
-                window = following
-
-    def _window(self, window: str, give_up: bool) -> Generator[Entry, None, int | None]:
-        """Entries of one window after the last one given, and how many it holds; with
-        ``give_up``, None once a whole listing page of it lay before them."""
-        seen = 0
-        for page in self.store.list_pages(self.prefix + window, None):
-            seen += len(page.objects)
-            fresh = False
-            for obj in page.objects:
-                name = obj.key[len(self.prefix):]
-                if name > self.last:
-                    fresh, self.last = True, name
-                    entry = parse_entry(name)
-                    if entry is not None:
-                        yield entry
-            if give_up and page.more and not fresh:
-                return None
-        return seen
-
-
 @dataclass
 class Page:
     sessions: list[SessionSummary]
     more: bool
-    #: How many characters of the last session's position the next page's listing starts with.
-    hint: int
+
+
+def _entries_after(store: ObjectStore, prefix: str, start_after: str | None) -> Iterator[Entry]:
+    """The entries under ``prefix`` after the key ``start_after``, in order: one LIST
+    holds a page's and more, however many come before."""
+    for listed in store.list_pages(prefix, None, start_after):
+        for obj in listed.objects:
+            entry = parse_entry(obj.key[len(prefix):])
+            if entry is not None:
+                yield entry
 
 
 def read_page(store: ObjectStore, tenant: str, workspace: str, limit: int,
-              after: tuple[datetime, str] | None = None, hint: int = 0) -> Page:
+              after: tuple[datetime, str] | None = None) -> Page:
     """``limit`` sessions after ``after`` (lastActiveAt, sessionId), most recently active first.
 
     Each entry is checked against its record (read in parallel): an entry a
     newer version superseded is left out, so a session never shows twice.
     """
     prefix = _entries(tenant, workspace)
-    start = _position(*after) if after is not None else None
-    walk = _Walk(store, prefix, start, hint, oldest_rank(store, tenant, workspace) if start else None)
-    candidates = iter(walk)
+    start_after = prefix + _position(*after) + "~" if after is not None else None  # past the anchor's own entries
+    candidates = _entries_after(store, prefix, start_after)
     found: list[SessionSummary] = []
     while len(found) <= limit:
         batch = [e for _, e in zip(range(limit + 1 - len(found)), candidates)]
@@ -480,13 +373,7 @@ def read_page(store: ObjectStore, tenant: str, workspace: str, limit: int,
         records = in_parallel(lambda e: read_record(store, tenant, workspace, e.summary.sessionId)[0], batch)
         found += [r.summary for e, r in zip(batch, records)
                   if r is not None and not r.removed and r.version == e.version]
-    page = found[:limit]
-    if not page:
-        return Page(page, False, 0)
-    if start is None:  # the next page starts with a window as wide as this one's span
-        ends = [_position(s.lastActiveAt, s.sessionId) for s in (page[0], page[-1])]
-        return Page(page, len(found) > limit, len(os.path.commonprefix(ends)))
-    return Page(page, len(found) > limit, walk.width)
+    return Page(found[:limit], len(found) > limit)
 
 
 def in_parallel(fn: Callable[[T], R], items: list[T]) -> list[R]:

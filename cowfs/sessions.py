@@ -44,12 +44,11 @@ class Anchor:
 
     lastActiveAt: datetime
     sessionId: str
-    hint: int = 0
 
 
 def make_token(anchor: Anchor, secret: bytes, scope: str) -> str:
-    payload = json.dumps({"scope": scope, "sessionId": anchor.sessionId, "lastActiveAt": _iso(anchor.lastActiveAt),
-                          "hint": anchor.hint}, separators=(",", ":")).encode()
+    payload = json.dumps({"scope": scope, "sessionId": anchor.sessionId, "lastActiveAt": _iso(anchor.lastActiveAt)},
+                         separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(payload).decode().rstrip("=") + "." + _sign(payload, secret)
 
 
@@ -61,7 +60,7 @@ def read_token(token: str, secret: bytes, scope: str) -> Anchor:
         valid = hmac.compare_digest(_sign(payload, secret), tag)
         doc = json.loads(payload) if valid else None
         if isinstance(doc, dict) and doc.get("scope") == scope:
-            return Anchor(_parse(doc["lastActiveAt"]), str(doc["sessionId"]), int(doc.get("hint", 0)))
+            return Anchor(_parse(doc["lastActiveAt"]), str(doc["sessionId"]))
     except (ValueError, TypeError, KeyError):
         pass
     raise InvalidToken("invalid next-token")
@@ -84,11 +83,11 @@ def list_page(store: ObjectStore, tenant: str, workspace: str, limit: int, next_
         get_workspace(store, tenant, workspace)
         reindex(store, tenant, workspace)
     after = (anchor.lastActiveAt, anchor.sessionId) if anchor else None
-    page = read_page(store, tenant, workspace, limit, after, anchor.hint if anchor else 0)
+    page = read_page(store, tenant, workspace, limit, after)
     if not page.more:
         return page.sessions, None
     last = page.sessions[-1]
-    return page.sessions, make_token(Anchor(last.lastActiveAt, last.sessionId, page.hint), secret, scope)
+    return page.sessions, make_token(Anchor(last.lastActiveAt, last.sessionId), secret, scope)
 
 
 def with_changes(store: ObjectStore, tenant: str, workspace: str, changed: dict[str, datetime | None],

@@ -4,8 +4,9 @@ A *source* (a node of the namespace) is scheduled after close; it is
 uploaded once its write-back delay has passed, counted from the first
 schedule after the last upload, so a file appended to line by line goes up
 at most once per delay, not once per line. Deletes wait the same delay and go
-up in batches of up to 1000 keys. While the mount is busy (a change less than
-``QUIET`` seconds ago: an untar, a build, a clone), or a reader waits on the
+up in batches of up to 1000 keys. While the mount is busy (``BUSY_CHANGES``
+changes within ``BUSY_WINDOW`` seconds: an untar, a build, a clone; not a
+writer of a few files a second), or a reader waits on the
 store, due work waits, at most ``MAX_DEFER`` seconds, and then trickles
 (``BUSY_UPLOAD_RATE`` a second), so uploads do not compete with the work in
 front of the user for what it needs, a CPU and the daemon's GIL (each upload
@@ -50,11 +51,15 @@ DELETE_BATCH = 1000
 DELETE_INTERVAL = 1.0
 #: How long a finished delete is remembered: longer than any listing can take.
 DELETED_MEMORY = 600.0
-#: Due work starts once the mount has seen no change for this long ...
+#: The mount is busy once it has made ``BUSY_CHANGES`` changes within ``BUSY_WINDOW`` seconds
+#: (a writer of a few files a second is not), until a pause of ``QUIET`` seconds or the rate
+#: falls below that; due work starts then ...
 QUIET = 0.25
+BUSY_CHANGES = 12
+BUSY_WINDOW = 0.5
 #: ... or once it has been due for this long; then, while the mount stays busy,
 #: at most this many uploads start per second.
-MAX_DEFER = 4.0
+MAX_DEFER = 0.5
 BUSY_UPLOAD_RATE = 20.0
 #: Uploads and deletes in flight at once.
 UPLOAD_SLOTS = 8
@@ -169,7 +174,7 @@ class WriteBack:
         self._next_busy_start = 0.0
         self._idle = trio.Event()
         self._idle.set()
-        self._last_change = -MAX_DEFER
+        self._recent: deque[float] = deque(maxlen=BUSY_CHANGES)
         self._last_delete_batch = -DELETE_INTERVAL
         self._draining = 0
         self.uploads = self.deletes = self.retries = 0
@@ -179,7 +184,7 @@ class WriteBack:
 
     def changed(self) -> None:
         """The mount just changed something: due work waits for a pause (at most ``MAX_DEFER``)."""
-        self._last_change = self.clock()
+        self._recent.append(self.clock())
 
     def _start_at(self, due: float, urgent: bool) -> float:
         if urgent or self._draining:
@@ -190,7 +195,9 @@ class WriteBack:
 
     def _quiet_at(self) -> float:
         """When the mount counts as paused, if nothing changes before then."""
-        return self._last_change + QUIET
+        if len(self._recent) < BUSY_CHANGES:
+            return -math.inf
+        return min(self._recent[-1] + QUIET, self._recent[0] + BUSY_WINDOW)
 
     def _mount_busy(self, at: float) -> bool:
         """Whether work due at ``at`` meets a busy mount (a sync, fsync or unmount never does)."""

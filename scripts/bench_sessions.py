@@ -10,10 +10,11 @@ median of ``--reps`` runs; the same pages in-process with the requests they
 sent; and one full listing of ``sessions/``, what every page cost before the
 index. ``--workspaces N`` times ``workspace list`` and ``purge --dry-run`` over
 N workspace records of one tenant. moto's LIST walks every key of the
-bucket, whatever the prefix; ``--local`` runs the same on a local store
-(``file://``), whose LIST costs what it returns, as S3's does. Run it with
-the venv's Python, with the test extras (``COWFS_EXTRAS=test scripts/setup``
-makes it, moto included).
+bucket, whatever the prefix; ``--rgw`` runs the same on Ceph's RADOS Gateway
+(a real S3 server, started and stopped here as the test suite does, from
+``tests/rgw.py``), ``--local`` on a local store (``file://``): their LIST
+costs what it returns, as S3's does. Run it with the venv's Python, with the
+test extras (``COWFS_EXTRAS=test scripts/setup`` makes it, moto included).
 """
 
 from __future__ import annotations
@@ -33,11 +34,13 @@ from typing import Any, Callable
 import boto3
 import botocore.config
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "tests")]
 from bench import FAKE_AWS_ENV, Moto, log  # noqa: E402
+from rgw import CephRgw  # noqa: E402
 
 from cowfs.sessionindex import all_sessions, session_prefix  # noqa: E402
-from cowfs.sessions import Anchor, list_page, make_token, pagination_secret, read_token  # noqa: E402
+from cowfs.sessions import Anchor, list_page, make_token, pagination_secret  # noqa: E402
 from cowfs.store.local import LocalStore  # noqa: E402
 from cowfs.store.s3 import S3Store  # noqa: E402
 
@@ -50,8 +53,9 @@ class Counting:
 
     lists = gets = 0
 
-    def list_pages(self, prefix: str, delimiter: str | None = "/"):  # type: ignore[no-untyped-def]
-        for page in super().list_pages(prefix, delimiter):  # type: ignore[misc]
+    def list_pages(self, prefix: str, delimiter: str | None = "/", start_after: str | None = None
+                   ):  # type: ignore[no-untyped-def]
+        for page in super().list_pages(prefix, delimiter, start_after):  # type: ignore[misc]
             self.lists += 1
             yield page
 
@@ -68,15 +72,46 @@ class CountingLocalStore(Counting, LocalStore):
     pass
 
 
-class Place:
-    """Where one size lives: a bucket on moto, or a local store (``file://``)."""
+def s3_client(endpoint: str) -> Any:
+    """A boto3 client that sends checksums only where S3 requires them, as the tests' (RGW 16 takes no others)."""
+    config = botocore.config.Config(s3={"addressing_style": "path"}, max_pool_connections=2 * PUT_THREADS,
+                                    request_checksum_calculation="when_required",
+                                    response_checksum_validation="when_required")
+    return boto3.session.Session().client("s3", endpoint_url=endpoint, region_name="us-east-1", config=config)
 
-    def __init__(self, moto: Moto | None, name: str, root: Path) -> None:
-        self.moto = moto
-        if moto is not None:
-            bucket = moto.create_bucket(name)
-            self.args = ["--store", f"s3://{bucket}", "--endpoint-url", moto.endpoint, "--path-style"]
-            self.store: Counting = CountingS3Store(bucket, endpoint_url=moto.endpoint, region="us-east-1",
+
+class Rgw:
+    """Ceph's RADOS Gateway on 127.0.0.1, its daemons started and stopped by PID (``tests/rgw.py``)."""
+
+    def __init__(self) -> None:
+        self.ceph = CephRgw(FAKE_AWS_ENV["AWS_ACCESS_KEY_ID"], FAKE_AWS_ENV["AWS_SECRET_ACCESS_KEY"])
+        self.endpoint = self.ceph.endpoint
+
+    def start(self) -> None:
+        self.ceph.start()
+        log(f"Ceph RGW at {self.endpoint}")
+
+    def create_bucket(self, name: str) -> str:
+        s3_client(self.endpoint).create_bucket(Bucket=name)
+        return name
+
+    def stop(self) -> None:
+        try:
+            log(f"Ceph OSD memory store: {self.ceph.used_bytes() / 2**20:.1f} MiB used of "
+                f"{self.ceph.memstore_bytes / 2**20:.0f} MiB")
+        finally:
+            self.ceph.stop()
+
+
+class Place:
+    """Where one size lives: a bucket on an S3 server (moto or RGW), or a local store (``file://``)."""
+
+    def __init__(self, server: Moto | Rgw | None, name: str, root: Path) -> None:
+        self.server = server
+        if server is not None:
+            self.bucket = server.create_bucket(name)
+            self.args = ["--store", f"s3://{self.bucket}", "--endpoint-url", server.endpoint, "--path-style"]
+            self.store: Counting = CountingS3Store(self.bucket, endpoint_url=server.endpoint, region="us-east-1",
                                                    path_style=True)
         else:
             self.args = ["--store", f"file://{root / name}"]
@@ -91,13 +126,11 @@ class Place:
 
     def put_all(self, objects: list[tuple[str, bytes]]) -> None:
         """Put straight from boto3, as other tools do (or into the local store), from threads."""
-        if self.moto is None:
+        if self.server is None:
             put = lambda item: self.store.put(item[0], item[1], {})  # type: ignore[attr-defined]  # noqa: E731
         else:
-            s3 = boto3.session.Session().client("s3", endpoint_url=self.moto.endpoint, region_name="us-east-1",
-                                                config=botocore.config.Config(max_pool_connections=2 * PUT_THREADS))
-            bucket = self.args[1][len("s3://"):]
-            put = lambda item: s3.put_object(Bucket=bucket, Key=item[0], Body=item[1])  # noqa: E731
+            s3 = s3_client(self.server.endpoint)
+            put = lambda item: s3.put_object(Bucket=self.bucket, Key=item[0], Body=item[1])  # noqa: E731
         with ThreadPoolExecutor(PUT_THREADS) as pool:
             list(pool.map(put, objects))
 
@@ -106,6 +139,11 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     start = time.perf_counter()
     result = fn()
     return time.perf_counter() - start, result
+
+
+def load_average() -> str:
+    """The machine's 1, 5 and 15 minute load averages (a shared machine's load moves the figures)."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def sessions_size(place: Place, sessions: int, files: int, reps: int) -> dict[str, Any]:
@@ -121,9 +159,8 @@ def sessions_size(place: Place, sessions: int, files: int, reps: int) -> dict[st
     scope = f"{TENANT}/{workspace}"
     ordered = sorted(all_sessions(store, TENANT, workspace).values(),
                      key=lambda s: (-s.lastActiveAt.timestamp(), s.sessionId))
-    first, token = list_page(store, TENANT, workspace, 20, None)
+    _, token = list_page(store, TENANT, workspace, 20, None)
     secret = pagination_secret(store)
-    hint = read_token(token, secret, scope).hint if token else 0
     tokens: dict[str, str | None] = {"first": None}
     if token:
         tokens["second"] = token
@@ -131,7 +168,7 @@ def sessions_size(place: Place, sessions: int, files: int, reps: int) -> dict[st
         start = int((len(ordered) - 1) * fraction) // 20 * 20  # where the page starts
         if start >= 40:
             anchor = ordered[start - 1]
-            tokens[name] = make_token(Anchor(anchor.lastActiveAt, anchor.sessionId, hint), secret, scope)
+            tokens[name] = make_token(Anchor(anchor.lastActiveAt, anchor.sessionId), secret, scope)
     row: dict[str, Any] = {"sessions": sessions, "files": files, "objects": len(keys),
                            "put_s": round(put_time, 1), "reindex_s": round(index_time, 2), "pages": {}}
     empty = f"{TENANT}/{workspace}/nothing/"
@@ -144,13 +181,15 @@ def sessions_size(place: Place, sessions: int, files: int, reps: int) -> dict[st
         inner, (page, _) = timed(lambda: list_page(store, TENANT, workspace, 20, page_token))
         assert len(page) == 20 or name == "last", (name, len(page))
         row["pages"][name] = {"cli_s": round(statistics.median(runs), 3), "in_process_s": round(inner, 3),
-                              "lists": store.lists, "gets": store.gets, "moto_list_s": round(floor, 3)}
+                              "lists": store.lists, "gets": store.gets, "empty_list_s": round(floor, 3)}
         log(f"  {name} page: command {statistics.median(runs):.3f} s, in-process {inner:.3f} s "
             f"({store.lists} LIST, {store.gets} GET); the store's LIST of an empty prefix {floor:.3f} s")
     prefix = session_prefix(TENANT, workspace)
     full, _ = timed(lambda: store.list_all(prefix, None))
     row["full_listing_s"] = round(full, 3)
-    log(f"  one full listing of sessions/ (what each page cost before the index) {full:.2f} s")
+    row["loadavg"] = load_average()
+    log(f"  one full listing of sessions/ (what each page cost before the index) {full:.2f} s; "
+        f"load average {row['loadavg']}")
     return row
 
 
@@ -165,8 +204,9 @@ def workspaces_size(place: Place, count: int) -> dict[str, Any]:
     assert len(json.loads(out)["workspaces"]) == count
     purge, out = timed(lambda: place.cli("purge", "--inactive-days", "90", "--dry-run"))
     assert out.count("would delete") == count
-    log(f"  workspace list {listed:.2f} s, purge --dry-run {purge:.2f} s")
-    return {"workspaces": count, "list_s": round(listed, 2), "purge_dry_run_s": round(purge, 2)}
+    log(f"  workspace list {listed:.2f} s, purge --dry-run {purge:.2f} s; load average {load_average()}")
+    return {"workspaces": count, "list_s": round(listed, 2), "purge_dry_run_s": round(purge, 2),
+            "loadavg": load_average()}
 
 
 def markdown(rows: list[dict[str, Any]], spaces: list[dict[str, Any]]) -> str:
@@ -179,7 +219,7 @@ def markdown(rows: list[dict[str, Any]], spaces: list[dict[str, Any]]) -> str:
             page = row["pages"].get(name)
             cells.append(f"{page['cli_s']:.2f} s ({page['in_process_s']:.3f} s; {page['lists']} LIST, "
                          f"{page['gets']} GET)" if page else "-")
-        floors = [page["moto_list_s"] for page in row["pages"].values()]
+        floors = [page["empty_list_s"] for page in row["pages"].values()]
         lines.append(f"| {row['sessions']} x {row['files']} | {row['objects']} | {row['reindex_s']:.1f} s | "
                      + " | ".join(cells) + f" | {statistics.median(floors):.3f} s | {row['full_listing_s']:.3f} s |")
     for space in spaces:
@@ -194,23 +234,27 @@ def main() -> int:
     parser.add_argument("--files", type=int, default=20, help="files per session")
     parser.add_argument("--reps", type=int, default=3, help="command-line runs per page (the median counts)")
     parser.add_argument("--workspaces", type=int, default=10000, help="workspace records for workspace list (0: skip)")
-    parser.add_argument("--local", action="store_true",
-                        help="a local store (file://) instead of moto: its LIST costs what it returns, as S3's")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--rgw", action="store_true",
+                       help="Ceph's RADOS Gateway instead of moto: a real S3 server, whose LIST costs what it returns")
+    where.add_argument("--local", action="store_true",
+                       help="a local store (file://) instead of moto: its LIST costs what it returns, as S3's")
     parser.add_argument("--json", type=Path, help="write the figures here too")
     args = parser.parse_args()
     os.environ.update(FAKE_AWS_ENV)
     with tempfile.TemporaryDirectory(prefix="cowfs-bench-sessions-") as tmp:
-        moto = None if args.local else Moto(Path(tmp) / "moto.log", dict(os.environ))
-        if moto is not None:
-            moto.start()
+        server: Moto | Rgw | None = (None if args.local else Rgw() if args.rgw
+                                     else Moto(Path(tmp) / "moto.log", dict(os.environ)))
+        if server is not None:
+            server.start()
         try:
-            rows = [sessions_size(Place(moto, f"bench-sessions-{n}", Path(tmp)), int(n), args.files, args.reps)
+            rows = [sessions_size(Place(server, f"bench-sessions-{n}", Path(tmp)), int(n), args.files, args.reps)
                     for n in args.sizes.split(",") if n]
-            spaces = ([workspaces_size(Place(moto, f"bench-workspaces-{args.workspaces}", Path(tmp)),
+            spaces = ([workspaces_size(Place(server, f"bench-workspaces-{args.workspaces}", Path(tmp)),
                                        args.workspaces)] if args.workspaces else [])
         finally:
-            if moto is not None:
-                moto.stop()
+            if server is not None:
+                server.stop()
     table = markdown(rows, spaces)
     print(table)
     if args.json:

@@ -28,6 +28,7 @@ import trio.testing
 
 from cowfs.activity import Activity
 from cowfs.cache import ContentCache
+from cowfs.changes import ChangeMarks
 from cowfs.daemon import THREADS
 from cowfs.errors import NotFound, StoreError
 from cowfs.gateway import StoreCalls
@@ -154,8 +155,9 @@ class S3LikeStore(LocalStore):
             self._ask("delete", key)
         super().delete_many(keys)
 
-    def list_pages(self, prefix: str, delimiter: str | None = "/") -> Iterator[ListPage]:
-        for page in super().list_pages(prefix, delimiter):
+    def list_pages(self, prefix: str, delimiter: str | None = "/",
+                   start_after: str | None = None) -> Iterator[ListPage]:
+        for page in super().list_pages(prefix, delimiter, start_after):
             self._ask("list", prefix)
             objects = [dataclasses.replace(o, metadata=None) for o in page.objects if o.key not in self.unlisted]
             yield ListPage(objects, page.prefixes, page.more)
@@ -169,6 +171,13 @@ class Core:
     writeback: WriteBack
     journal: Journal
     store: S3LikeStore
+    marks: ChangeMarks | None = None
+
+    async def sync(self) -> None:
+        """``cowfs sync``: every pending change in the store, then this mount's change marks."""
+        await self.ns.sync()
+        if self.marks is not None:
+            await self.marks.flush()
 
     async def find(self, path: str) -> Node:
         """The node at ``path`` (a lookup per component, as the kernel makes them)."""
@@ -272,9 +281,12 @@ class Cores:
 
     @asynccontextmanager
     async def mount(self, *, metadata_ttl: float = 1.0, write_back_delay: float = 1.0,
-                    store_timeout: float = 30.0) -> AsyncIterator[Core]:
-        """A core serving until the block ends (then stopped, not flushed: a test syncs what it means to)."""
-        base = self.root / f"core{len(self._stores)}"
+                    store_timeout: float = 30.0, foreign_ttl: float | None = None) -> AsyncIterator[Core]:
+        """A core serving until the block ends (then stopped, not flushed: a test syncs what it means to).
+
+        With ``foreign_ttl`` it writes and reads change marks, as the daemon does."""
+        name = f"core{len(self._stores)}"
+        base = self.root / name
         tmp_dir = base / "tmp"
         tmp_dir.mkdir(parents=True)
         store = S3LikeStore(self.store.root)
@@ -283,17 +295,33 @@ class Cores:
         cache = ContentCache(base / "cache", CACHE_SIZE)
         calls = StoreCalls(trio.CapacityLimiter(THREADS), Reachability(store.check), store_timeout)
         activity = Activity(store, calls)
+        marks = None if foreign_ttl is None else ChangeMarks(store, calls, name, ttl=metadata_ttl,
+                                                             foreign_ttl=foreign_ttl, removed=activity.forgotten,
+                                                             clock=trio.current_time)
+
+        def stored(key: str) -> None:
+            activity.mark(key)
+            if marks is not None:
+                marks.changed(key)
+
+        def deleted(key: str) -> None:
+            activity.deleted(key)
+            if marks is not None:
+                marks.changed(key)
+
         writeback = WriteBack(store, journal, calls, delay=write_back_delay, clock=trio.current_time,
-                              on_stored=activity.mark)
+                              on_stored=stored, on_deleted=deleted)
         hooks = WorkspaceHooks(store, calls, activity, lambda: {"listings": ns.listings})
         ns = Namespace(store, KeyMap(), cache, journal, writeback, calls, tmp_dir, hooks, uid=os.getuid(),
-                       gid=os.getgid(), metadata_ttl=metadata_ttl, clock=trio.current_time)
+                       gid=os.getgid(), metadata_ttl=metadata_ttl, clock=trio.current_time, marks=marks)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(writeback.run)
                 await nursery.start(ns.run)
                 nursery.start_soon(activity.run)
-                yield Core(ns, writeback, journal, store)
+                if marks is not None:
+                    nursery.start_soon(marks.run)
+                yield Core(ns, writeback, journal, store, marks)
                 nursery.cancel_scope.cancel()
         finally:
             cache.close()

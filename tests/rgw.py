@@ -10,6 +10,7 @@ installs them).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -27,6 +28,9 @@ START_TIMEOUT = 120.0
 #: Ceph 16's OSD sometimes sends its first command to the monitor before it has
 #: the monitor map, and is refused ("wrong fsid") and exits: it is started again.
 OSD_STARTS = 4
+#: Bytes of object data the OSD's memory store takes: the suite's needs with room
+#: to spare, and 200,000 objects of a few hundred bytes (about 50 MB) too.
+MEMSTORE_BYTES = 4 * 2**30
 
 
 class RgwUnavailable(Exception):
@@ -42,6 +46,9 @@ def _free_port() -> int:
 class CephRgw:
     """A throw-away Ceph cluster serving S3 at ``endpoint`` for the key ``access_key``/``secret_key``."""
 
+    #: What the OSD's memory store may hold (``used_bytes`` says what it holds).
+    memstore_bytes = MEMSTORE_BYTES
+
     def __init__(self, access_key: str, secret_key: str) -> None:
         missing = [p for p in PROGRAMS if shutil.which(p) is None]
         if missing:
@@ -53,6 +60,7 @@ class CephRgw:
         self.mon_port = _free_port()
         self.port = _free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.osd = ""
         self._pids: list[tuple[int, str]] = []
 
     # -- life cycle ---------------------------------------------------------
@@ -76,6 +84,14 @@ class CephRgw:
             self._end(pid, program)
         self._pids.clear()
         shutil.rmtree(self.root, ignore_errors=True)
+
+    def used_bytes(self) -> int:
+        """What the OSD's memory store holds now (the bytes it counts against ``memstore_bytes``).
+
+        Asked of the OSD's admin socket: ``ceph df`` needs a manager, which this cluster has not.
+        """
+        asok = self.root / "run" / f"{self.osd}.asok"
+        return int(json.loads(self._ceph("ceph", "--admin-daemon", str(asok), "perf", "dump"))["osd"]["stat_bytes_used"])
 
     def log_tail(self, lines: int = 20) -> str:
         log = self.root / "log" / "rgw.log"
@@ -115,7 +131,7 @@ mon data = {r}/mon/$name
 [osd]
 osd data = {r}/osd/$name
 osd objectstore = memstore
-memstore device bytes = 4294967296
+memstore device bytes = {self.memstore_bytes}
 [client.rgw.a]
 rgw frontends = beast endpoint=127.0.0.1:{self.port}
 rgw data = {r}/rgw
@@ -135,11 +151,12 @@ rgw thread pool size = 64
     def _start_osd(self) -> None:
         osd_uuid = str(uuid.uuid4())
         osd_id = self._ceph("ceph", "osd", "new", osd_uuid).strip()
+        self.osd = f"osd.{osd_id}"
         (self.root / "osd" / f"osd.{osd_id}").mkdir()
         self._ceph("ceph-osd", "-i", osd_id, "--mkfs", "--osd-uuid", osd_uuid)
         for attempt in range(1, OSD_STARTS + 1):
             try:
-                self._daemon(f"osd.{osd_id}", "ceph-osd", "-i", osd_id)
+                self._daemon(self.osd, "ceph-osd", "-i", osd_id)
                 break
             except RgwUnavailable:
                 if attempt == OSD_STARTS:

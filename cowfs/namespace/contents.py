@@ -371,7 +371,13 @@ class Contents(Part):
             return False
         fd = content.fd
         assert fd is not None
-        linked = await self.calls.local(self._keep_clean, key, etag, staging, fd, metadata)
+        # The worker reads its own descriptor: a write meanwhile may close content.fd (copy on
+        # write), and a number reused by another file must not fill the cache with its bytes.
+        copy = os.dup(fd)
+        try:
+            linked = await self.calls.local(self._keep_clean, key, etag, staging, copy, metadata)
+        finally:
+            os.close(copy)
         if (
             node.staging != staging
             or node.committed != staging

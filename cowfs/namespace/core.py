@@ -23,6 +23,7 @@ import trio
 from .. import layout
 from ..attrs import DEFAULT_DIR_MODE, Attrs, check_xattrs_fit
 from ..cache import ContentCache
+from ..changes import ChangeMarks
 from ..config import TenantOwner
 from ..errors import InvalidArgument, IsADirectory, NoAttribute, NotPermitted, Unsupported
 from ..gateway import StoreCalls
@@ -76,9 +77,11 @@ class Namespace:
         metadata_ttl: float = 1.0,
         tenants: dict[str, TenantOwner] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        marks: ChangeMarks | None = None,
     ) -> None:
         """``tenants`` (from the config file) makes a multi-user mount (``WorkspaceView``).
-        ``calls`` must report to a ``Reachability``: what a degraded mount serves follows it."""
+        ``calls`` must report to a ``Reachability``: what a degraded mount serves follows it.
+        ``marks``: the change marks of the workspaces (``Listings``)."""
         assert calls.reachability is not None
         self.store = store
         self.writeback = writeback
@@ -94,7 +97,7 @@ class Namespace:
         self.contents = Contents(services, self.inodes, self.view)
         self.persistence = Persistence(services, self.inodes, self.contents, hooks.changed)
         self.listing = Listings(services, self.inodes, self.view, self.contents, self.persistence,
-                                hooks.last_active, metadata_ttl)
+                                hooks.last_active, metadata_ttl, marks)
         self.tree = TreeChanges(services, self.inodes, self.view, self.listing, self.persistence, hooks)
         self._background: trio.Nursery | None = None
 

@@ -14,15 +14,17 @@ delete (``_merge``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 from collections import deque
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 import trio
 
 from .. import layout
 from ..attrs import DEFAULT_DIR_MODE, DEFAULT_FILE_MODE, Attrs
+from ..changes import ChangeMarks
 from ..errors import CowfsError, NotFound, ObjectNotFound, StoreError
 from ..keys import KeyMap
 from ..names import is_listable
@@ -85,8 +87,10 @@ class Listings(Part):
         persistence: Persistence,
         last_active: Callable[[str, str], Awaitable[float | None]],
         ttl: float,
+        marks: ChangeMarks | None = None,
     ) -> None:
-        """``last_active(tenant, name)`` dates a workspace folder (``Hooks.last_active``)."""
+        """``last_active(tenant, name)`` dates a workspace folder (``Hooks.last_active``);
+        ``marks`` (the change marks of the workspaces) vouch for folders' listings between LISTs."""
         super().__init__(services, inodes)
         self.view = view
         self.contents = contents
@@ -94,6 +98,7 @@ class Listings(Part):
         self.reachability = services.calls.reachability
         self.last_active = last_active
         self.ttl = ttl
+        self.marks = marks
         #: LISTs made (``status.json``).
         self.count = 0
         self._fetching: dict[Node, trio.Event] = {}
@@ -137,7 +142,35 @@ class Listings(Part):
             log.debug("listing %s ahead: %s", self.inodes.key(dir_node) or "/", exc)
 
     def _fresh(self, dir_node: Node, now: float) -> bool:
-        return dir_node.listed_at is not None and now - dir_node.listed_at < self.ttl
+        """Whether ``dir_node``'s listing holds: less than a TTL old, or vouched for by the change marks."""
+        if dir_node.listed_at is None:
+            return False
+        if now - dir_node.listed_at < self.ttl:
+            return True
+        return self.marks is not None and self.marks.vouches(self.inodes.key(dir_node), dir_node.listed_at, now)
+
+    def met(self, node: Node) -> None:
+        """The mount just met a workspace folder: read its change marks now, so the folders
+        it lists or makes there from then on are vouched for."""
+        if self.marks is not None and layout.is_workspace(self.inodes.full(node)):
+            self.nursery().start_soon(self._check_marks_behind, node)
+
+    async def _check_marks_behind(self, workspace: Node) -> None:
+        with contextlib.suppress(CowfsError, OSError):
+            await self._check_marks(workspace, background=True)
+
+    async def _check_marks(self, dir_node: Node, background: bool) -> None:
+        """Read the change marks of ``dir_node``'s workspace before its listing is made or
+        renewed (one LIST per workspace per TTL, whatever the number of folders it holds): a
+        listing made after a check is vouched for by the next ones."""
+        if self.marks is None or not self.reachable:
+            return
+        workspace = self.marks.workspace_of(self.inodes.key(dir_node))
+        if workspace is not None:
+            await self.marks.check(workspace, functools.partial(self._call, background=background))
+
+    async def _call(self, fn: Callable[..., Any], *args: Any, background: bool) -> Any:
+        return await self.calls.call(fn, *args, background=background)
 
     def _due_for_listing(self, dir_node: Node, now: float) -> bool:
         """Whether a LIST could change ``dir_node``: not fresh, not generated, and the
@@ -147,6 +180,7 @@ class Listings(Part):
         return dir_node.listed_at is None or self.reachable
 
     async def _list(self, dir_node: Node, background: bool = False) -> None:
+        await self._check_marks(dir_node, background)
         async with dir_node.lock:
             if self._fresh(dir_node, self.clock()):
                 return
@@ -177,6 +211,7 @@ class Listings(Part):
         dir_node.walked_at = now
         pages = DEEP_PAGES if walking else 1 if small_tree(dir_node, self.store.page_size) else 0
         if pages and self._due_for_listing(dir_node, now):
+            await self._check_marks(dir_node, background=False)
             async with dir_node.lock:
                 if not self._fresh(dir_node, self.clock()):
                     await self._list_subtree(dir_node, pages)
@@ -317,6 +352,7 @@ class Listings(Part):
         if info is _PREFIX_ONLY:
             node = self.inodes.new_node(parent, name, Kind.DIR, Attrs(DEFAULT_DIR_MODE, self.view.uid, self.view.gid, 0))
             self.view.decorate(node)
+            self.met(node)
             self.view.own_tenant(node)
         else:
             attrs = Attrs(DEFAULT_FILE_MODE, self.view.uid, self.view.gid, int(info.last_modified * 1e9))

@@ -89,6 +89,7 @@ class TreeChanges(Part):
             if layout.is_workspace(full):
                 node.remote, node.touched = True, self.clock()
                 self.view.decorate(node)
+                self.listings.met(node)
             else:
                 self.persistence.persist(node)
             return self._added(node)

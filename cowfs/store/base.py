@@ -125,11 +125,14 @@ class ObjectStore(abc.ABC):
         """Remove every key (batched); absent keys are not an error."""
 
     @abc.abstractmethod
-    def list_pages(self, prefix: str, delimiter: str | None = "/") -> Iterator[ListPage]:
+    def list_pages(self, prefix: str, delimiter: str | None = "/",
+                   start_after: str | None = None) -> Iterator[ListPage]:
         """Keys starting with ``prefix`` in lexicographic order, page by page.
 
         With a delimiter, keys that have it after the prefix are rolled up into
-        ``prefixes`` (each ending in the delimiter), as S3 does.
+        ``prefixes`` (each ending in the delimiter), as S3 does. With
+        ``start_after`` (a key, S3's ``StartAfter``) only keys after it: the
+        first page begins there, however many keys come before.
         """
 
     def create_bucket(self) -> bool:

@@ -98,10 +98,10 @@ class LeanRequests:
                           missing_is_final=method in ("GET", "HEAD"), refusal_is_final=conditional)
 
     def list_page(self, prefix: str, delimiter: str | None, token: str | None,
-                  max_keys: int, cut: int = 0) -> tuple[ListPage, str | None] | None:
+                  max_keys: int, cut: int = 0, start_after: str | None = None) -> tuple[ListPage, str | None] | None:
         """One page of a ListObjectsV2 of ``prefix`` (keys without their first ``cut``
-        characters), and the token of the next page (None: the last), or None (boto3
-        should make the call).
+        characters; after ``start_after`` on the first page), and the token of the next
+        page (None: the last), or None (boto3 should make the call).
 
         botocore's parsing of the XML costs more CPU per listed key than a server
         spends producing it; ElementTree reads a page many times faster.
@@ -111,6 +111,8 @@ class LeanRequests:
             query["delimiter"] = delimiter
         if token:
             query["continuation-token"] = token
+        elif start_after is not None:
+            query["start-after"] = start_after
         url = self.base_url.rstrip("/") + "?" + "&".join(
             f"{name}={urllib.parse.quote(value, safe='-_.~')}" for name, value in sorted(query.items()))
         response = self._send("GET", url, b"", None, False)

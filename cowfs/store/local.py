@@ -180,9 +180,10 @@ class LocalStore(ObjectStore):
             for blob in blobs:
                 self._remove_blob(blob)
 
-    def list_pages(self, prefix: str, delimiter: str | None = "/") -> Iterator[ListPage]:
+    def list_pages(self, prefix: str, delimiter: str | None = "/",
+                   start_after: str | None = None) -> Iterator[ListPage]:
         page = ListPage()
-        for entry in self._entries(prefix, delimiter):
+        for entry in self._entries(prefix, delimiter, start_after):
             if len(page.objects) + len(page.prefixes) == self.page_size:
                 page.more = True
                 yield page
@@ -195,14 +196,14 @@ class LocalStore(ObjectStore):
 
     # -- helpers ---------------------------------------------------------------
 
-    def _entries(self, prefix: str, delimiter: str | None) -> Iterator[ObjectInfo | str]:
+    def _entries(self, prefix: str, delimiter: str | None, start_after: str | None) -> Iterator[ObjectInfo | str]:
         """Objects (with their metadata: the index has it) and rolled-up prefixes in key order.
 
         A rolled-up prefix costs one index seek past it, however many keys it
         holds. Rows are fetched in batches, so no read transaction stays open
         while the caller holds a page.
         """
-        cursor: str | None = prefix
+        cursor: str | None = prefix if start_after is None else max(prefix, start_after + "\0")
         upper = _successor(prefix)
         sql = "SELECT key, size, etag, mtime, meta FROM objects WHERE key >= ?"
         sql += " AND key < ? ORDER BY key LIMIT ?" if upper is not None else " ORDER BY key LIMIT ?"

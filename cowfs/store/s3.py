@@ -375,11 +375,15 @@ class S3Store(ObjectStore):
         with self._translated(f"delete {self.url}"):
             _parallel(delete_batch, batches, self.max_workers)
 
-    def list_pages(self, prefix: str, delimiter: str | None = "/") -> Iterator[ListPage]:
+    def list_pages(self, prefix: str, delimiter: str | None = "/",
+                   start_after: str | None = None) -> Iterator[ListPage]:
         token: str | None = None
+        after = self.prefix + start_after if start_after is not None else None
         with self._translated(f"list {self._where(prefix)}"):
             while True:
-                page, token = self._list_page(self.prefix + prefix, delimiter, token)
+                page, token = self._list_page(self.prefix + prefix, delimiter, token, after)
+                if start_after is not None:  # a server that ignores StartAfter costs pages, not results
+                    page.objects = [o for o in page.objects if o.key > start_after]
                 page.more = token is not None
                 yield page
                 if token is None:
@@ -387,12 +391,13 @@ class S3Store(ObjectStore):
 
     # -- helpers ---------------------------------------------------------------
 
-    def _list_page(self, prefix: str, delimiter: str | None, token: str | None) -> tuple[ListPage, str | None]:
-        """One page under the full key ``prefix``, keys relative to the store's prefix,
-        and the next page's token (lean path, else boto3)."""
+    def _list_page(self, prefix: str, delimiter: str | None, token: str | None,
+                   start_after: str | None) -> tuple[ListPage, str | None]:
+        """One page under the full key ``prefix`` (after the full key ``start_after``, if
+        any), keys relative to the store's prefix, and the next page's token (lean path, else boto3)."""
         cut = len(self.prefix)
         if self.lean is not None:
-            lean = self.lean.list_page(prefix, delimiter, token, self.page_size, cut)
+            lean = self.lean.list_page(prefix, delimiter, token, self.page_size, cut, start_after)
             if lean is not None:
                 return lean
         params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": self.page_size}
@@ -400,6 +405,8 @@ class S3Store(ObjectStore):
             params["Delimiter"] = delimiter
         if token:
             params["ContinuationToken"] = token
+        elif start_after is not None:
+            params["StartAfter"] = start_after
         response = self._client.list_objects_v2(**params)
         page = ListPage(
             objects=[

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from cowfs import sessionindex
 from cowfs.activity import Activity
 from cowfs.errors import StoreError
-from cowfs.sessionindex import SessionSummary, _Walk, read_page, read_record, refresh_session, reindex
+from cowfs.sessionindex import SessionSummary, read_page, read_record, refresh_session, reindex
 from cowfs.sessions import list_page
 from cowfs.store.local import LocalStore
 from cowfs.store.s3 import S3Store
@@ -34,8 +34,8 @@ class CountingStore(LocalStore):
         super().__init__(root)
         self.lists = self.listed = self.gets = 0
 
-    def list_pages(self, prefix, delimiter="/"):
-        for page in super().list_pages(prefix, delimiter):
+    def list_pages(self, prefix, delimiter="/", start_after=None):
+        for page in super().list_pages(prefix, delimiter, start_after):
             self.lists += 1
             self.listed += len(page.objects)
             yield page
@@ -66,17 +66,17 @@ def ordered(sessions: list[SessionSummary]) -> list[str]:
 
 
 def walk(store, limit: int, tenant: str = "acme", workspace: str = "ws") -> list[list[str]]:
-    pages, after, hint = [], None, 0
+    pages, after = [], None
     while True:
-        page = read_page(store, tenant, workspace, limit, after, hint)
+        page = read_page(store, tenant, workspace, limit, after)
         pages.append([s.sessionId for s in page.sessions])
         if not page.more:
             return pages
         last = page.sessions[-1]
-        after, hint = (last.lastActiveAt, last.sessionId), page.hint
+        after = (last.lastActiveAt, last.sessionId)
 
 
-def test_pages_follow_activity_order_through_every_window(tmp_path):
+def test_pages_follow_activity_order_through_gaps_and_ties(tmp_path):
     store = LocalStore(tmp_path / "store")
     sessions = spread(300, step=7) + [SessionSummary(f"t{i}", T0, T0 + timedelta(days=400 * i), 2, 2)
                                       for i in range(5)]
@@ -87,29 +87,23 @@ def test_pages_follow_activity_order_through_every_window(tmp_path):
         assert sum(pages, []) == ordered(sessions)
 
 
-def test_a_later_page_costs_what_the_first_does_whatever_the_number_of_sessions(tmp_path):
-    costs, tails = {}, {}
+def test_every_page_costs_one_list_whatever_the_number_of_sessions(tmp_path):
+    """A later page lists from its anchor on, not the entries before it: one LIST
+    and a record read per session shown, and one to know there is more."""
     for n in (200, 3000):
         store = CountingStore(tmp_path / f"store{n}")
         sessions = spread(n)
         index(store, sessions)
-        pages, after, hint = [], None, 0
-        for _ in range(8):
+        by_id = {s.sessionId: s for s in sessions}
+        anchors = [None] + [(by_id[sid].lastActiveAt, sid) for sid in ordered(sessions)[19:n - 20:n // 7]]
+        for after in anchors:
             store.reset()
-            page = read_page(store, "acme", "ws", 20, after, hint)
-            pages.append((store.lists, store.listed, store.gets))
-            after, hint = (page.sessions[-1].lastActiveAt, page.sessions[-1].sessionId), page.hint
-        last = next(s for s in sessions if s.sessionId == ordered(sessions)[-11])
+            assert len(read_page(store, "acme", "ws", 20, after).sessions) == 20
+            assert (store.lists, store.gets) == (1, 21), (n, after)
+        last = by_id[ordered(sessions)[-11]]
         store.reset()
-        assert len(read_page(store, "acme", "ws", 20, (last.lastActiveAt, last.sessionId), hint).sessions) == 10
-        costs[n] = pages
-        tails[n] = (store.lists, store.listed, 0)
-    assert costs[3000][0][:2] == (1, 1000)  # the first page: one request of the listing
-    for lists, listed, _ in costs[200][1:] + costs[3000][1:] + list(tails.values()):  # the entries near them
-        assert lists <= 2 and listed <= 2 * _Walk.MANY, (costs, tails)
-    for number, (small, big) in enumerate(zip(costs[200], costs[3000])):
-        # a record read per session shown, one to know there is more, and where the entries end
-        assert small[2] == big[2] == (21 if number == 0 else 22)
+        tail = read_page(store, "acme", "ws", 20, (last.lastActiveAt, last.sessionId))
+        assert (len(tail.sessions), tail.more, store.lists, store.gets) == (10, False, 1, 10)
 
 
 def test_tokens_survive_activity_no_repeat_no_inactive_skipped(tmp_path):
@@ -125,7 +119,7 @@ def test_tokens_survive_activity_no_repeat_no_inactive_skipped(tmp_path):
           + [SessionSummary(f"new{i}", later, later, 1, 1) for i in range(30)])
     while page.more:
         last = page.sessions[-1]
-        page = read_page(store, "acme", "ws", 20, (last.lastActiveAt, last.sessionId), page.hint)
+        page = read_page(store, "acme", "ws", 20, (last.lastActiveAt, last.sessionId))
         shown += [s.sessionId for s in page.sessions]
     assert len(shown) == len(set(shown))
     assert {s.sessionId for s in sessions} - touched <= set(shown)
@@ -302,21 +296,19 @@ def test_cli_builds_a_missing_or_older_index_once_and_reindexes_foreign_writes(s
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 6), st.integers(0, 999)), min_size=1, max_size=80),
-       st.integers(0, 79), st.integers(0, 25), st.booleans(), st.integers(1, 300))
-def test_the_walk_gives_every_entry_after_any_position_once_in_order(times, at, hint, bounded, page_size):
-    """Bursts within a second, gaps of days: whatever the window it starts with."""
+       st.integers(0, 79), st.integers(1, 300))
+def test_a_page_holds_every_session_after_any_anchor_once_in_order(times, at, page_size):
+    """Bursts within a second, ids that prefix others (s1, s10), gaps of days, listings of any page size."""
     sessions = [SessionSummary(f"s{i}", T0, T0 + timedelta(seconds=t * 10**scale), 1, 1)
                 for i, (scale, t) in enumerate(times)]
     with tempfile.TemporaryDirectory() as root:
         store = LocalStore(Path(root))
         index(store, sessions)
         store.page_size = page_size
-        names = sorted(sessionindex.entry_name(s, 1) for s in sessions)
-        start = names[at % len(names)]
-        position = start[:start.index("!", 11) + 1]
-        oldest = sessionindex.oldest_rank(store, "acme", "ws") if bounded else None
-        walked = [e.name for e in _Walk(store, "acme/ws/.cowfs/sessions/active/", position, hint, oldest)]
-    assert walked == [n for n in names if n > position + "~"]
+        order = ordered(sessions)
+        anchor = next(s for s in sessions if s.sessionId == order[at % len(order)])
+        page = read_page(store, "acme", "ws", 100, (anchor.lastActiveAt, anchor.sessionId))
+    assert [s.sessionId for s in page.sessions] == order[order.index(anchor.sessionId) + 1:]
 
 
 def test_a_workspace_being_deleted_is_neither_touched_nor_indexed_until_written_again(tmp_path):

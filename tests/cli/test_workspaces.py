@@ -109,7 +109,7 @@ def test_sessions_pagination_tokens(s3_bucket):
 
 
 def test_tokens_are_signed_for_one_workspace():
-    anchor = Anchor(T0, "s1", 12)
+    anchor = Anchor(T0, "s1")
     token = make_token(anchor, b"k" * 32, "a/w")
     assert read_token(token, b"k" * 32, "a/w") == anchor
     for secret, scope, text in ((b"other-secret", "a/w", token), (b"k" * 32, "a/other", token),

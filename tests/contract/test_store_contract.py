@@ -446,6 +446,23 @@ def test_list_more_than_one_page(store: ObjectStore) -> None:
     assert [p for page in rolled_up for p in page.prefixes] == [key[: -len("f")] for key in keys]
 
 
+def test_list_starts_after_a_key(store: ObjectStore) -> None:
+    """With ``start_after`` the first page begins after that key, however many come before (S3's StartAfter)."""
+    store.page_size = 2
+    put_all(store, ["a/1", "a/2", "a/3", "a/4", "a/5", "b/1", "c/1"])
+
+    def pages(prefix: str, delimiter: str | None, start_after: str) -> list[tuple[list[str], list[str]]]:
+        return [([o.key for o in page.objects], page.prefixes)
+                for page in store.list_pages(prefix, delimiter, start_after=start_after)]
+
+    assert pages("a/", None, "a/3") == [(["a/4", "a/5"], [])], "one request: the keys before it are not listed"
+    assert pages("a/", None, "a/2x") == [(["a/3", "a/4"], []), (["a/5"], [])], "a key that is not there"
+    assert pages("a/", None, "a/5") == [([], [])]
+    assert pages("a/", None, "0") == pages("a/", None, "a/") == [(["a/1", "a/2"], []), (["a/3", "a/4"], []),
+                                                              (["a/5"], [])]
+    assert pages("", "/", "a/5") == [([], ["b/", "c/"])]
+
+
 # -- S3 specifics ------------------------------------------------------------------
 
 
@@ -775,9 +792,11 @@ def test_listings_take_the_lean_path_and_agree_with_boto3(s3_bucket: S3Bucket) -
     lean.page_size = plain.page_size = 2
     plain.lean = None
     calls = boto3_calls(lean)
-    for prefix, delimiter in [("", None), ("t/w/", "/"), ("t/", "/"), ("t/w/ünïcödé/", "/"), ("none/", "/")]:
-        pages = list(lean.list_pages(prefix, delimiter))
-        assert pages == list(plain.list_pages(prefix, delimiter)), (prefix, delimiter)
+    for prefix, delimiter, after in [("", None, None), ("t/w/", "/", None), ("t/", "/", None),
+                                     ("t/w/ünïcödé/", "/", None), ("none/", "/", None), ("", None, "t/w/pct%41~"),
+                                     ("t/w/", None, "t/w/plus+equals=amp&q?hash#.txt"), ("t/w/", "/", "t/w/ü")]:
+        pages = list(lean.list_pages(prefix, delimiter, after))
+        assert pages == list(plain.list_pages(prefix, delimiter, after)), (prefix, delimiter, after)
     assert len(list(lean.list_pages("", None))) == 4, "8 keys in pages of 2"
     assert sorted(o.key for o in lean.list_all("", None).objects) == sorted(ODD_KEYS + ["t/w/deep/er/x", "t/z", "outside"])
     assert calls == [], "no listing went through boto3's client"

@@ -13,8 +13,8 @@ from collections import Counter
 import pytest
 
 from core import Cores
+from cowfs.errors import NoAttribute
 from cowfs.namespace import LISTING_LAG
-from cowfs.errors import NoAttribute, NotFound
 
 #: Bigger than what the core fetches whole when it needs an object's metadata: a HEAD asks for that.
 BIG = 300 * 1024

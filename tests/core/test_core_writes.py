@@ -87,9 +87,9 @@ async def test_a_transcript_appended_line_by_line_goes_up_at_most_once_per_write
 async def test_uploads_wait_for_a_pause_in_a_burst_but_fsync_does_not(cores: Cores) -> None:
     async with cores.mount(write_back_delay=0.25) as a:
         await workspace(a)
-        for i in range(48):  # 1.5 s of closes, each due 0.25 s later
+        for i in range(32):  # half a second of closes, each due 0.25 s later, held back 0.5 s at most
             await a.write(f"t1/ws1/f{i}", b"burst %d" % i)
-            await cores.advance(1 / 32)
+            await cores.advance(1 / 64)
         assert a.store.count("put", "t1/ws1/f") == 0, "files closed while the burst went on went up"
         fh = await a.open("t1/ws1/synced", os.O_CREAT | os.O_WRONLY)
         await a.ns.write(fh, 0, b"now")
@@ -97,7 +97,7 @@ async def test_uploads_wait_for_a_pause_in_a_burst_but_fsync_does_not(cores: Cor
         assert cores.store.stored("t1/ws1/synced") == {"t1/ws1/synced": b"now"}
         await a.close(fh)
         await cores.advance(0.25)
-        assert {f"t1/ws1/f{i}" for i in range(48)} <= cores.store.stored("t1/ws1/").keys()
+        assert {f"t1/ws1/f{i}" for i in range(32)} <= cores.store.stored("t1/ws1/").keys()
 
 
 @pytest.mark.parametrize("offset", [0, 48 * KiB], ids=["overwrite", "append"])
@@ -410,3 +410,14 @@ async def test_the_kernel_keeps_its_page_cache_of_a_file_only_while_its_content_
         assert opened.keep_cache is False
         assert await a.read_handle(opened.fh) == b"two, longer"
         await a.ns.release(opened.fh)
+
+
+async def test_a_writer_of_a_few_files_a_second_is_not_held_back(cores: Cores) -> None:
+    """Only a burst counts as busy: a file closed every 1/16 s goes up its write-back delay after its close."""
+    async with cores.mount(write_back_delay=0.25) as a:
+        await workspace(a)
+        for i in range(24):
+            await a.write(f"t1/ws1/f{i}", b"line %d" % i)
+            await cores.advance(1 / 16)
+            if i >= 4:
+                assert f"t1/ws1/f{i - 4}" in cores.store.stored("t1/ws1/"), f"f{i - 4} waited past its delay"

@@ -92,7 +92,7 @@ def test_a_put_whose_answer_comes_after_the_client_gave_up_leaves_no_conflict_co
     (ws / "existing.txt").write_text("before")
     m.sync()
     proxy.hold(after_bytes=0)
-    threading.Timer(5.0, proxy.release).start()
+    threading.Timer(8.0, proxy.release).start()
     (ws / "existing.txt").write_text("overwritten while the answers are late")
     for i in range(5):
         (ws / f"new-{i}.txt").write_text(f"new {i}")

@@ -109,9 +109,10 @@ def test_opening_one_file_of_a_folder_fetches_its_small_files_ahead(mount_factor
 
 
 def test_creates_in_a_busy_folder_do_not_wait_for_its_listing(mount_factory, s3_bucket, proxy):
+    """Without change marks (``--foreign-ttl 0``) a busy folder is listed once per TTL, behind its creates."""
     ttl = 0.5
     m = mount_factory("busy", extra=["--endpoint-url", proxy.endpoint, "--metadata-ttl", str(ttl),
-                                     "--write-back-delay", "30", "--store-timeout", "3"])
+                                     "--write-back-delay", "30", "--store-timeout", "3", "--foreign-ttl", "0"])
     ws = m.path / "t1" / "ws1"
     ws.mkdir(parents=True)
     made = []

@@ -1,0 +1,352 @@
+"""Change marks: mounts of one workspace tell each other which folders they changed.
+
+A mount that changes objects of a workspace writes, a moment after they reach
+the store, one small object of its own, ``T/WS/.cowfs/changes/WRITER``: a
+sequence number that grows with each write and, for each folder it changed
+lately, the number of the write that named it last. Another mount then
+revalidates everything it holds of that workspace with one LIST of the marks
+per metadata TTL, instead of a LIST per folder: a folder listed after the
+last change any mark names for it stays valid, and only the marks whose ETag
+moved are read. Close-to-open holds between mounts: a change shows on another
+mount within the write-back delay, one flush interval and one TTL.
+
+Objects written by other tools (boto3, ``aws s3 cp``) leave no mark: a folder
+is listed again once its listing is ``foreign_ttl`` old, so they show within
+that. A mark names at most ``MAX_FOLDERS`` folders; a reader that missed the
+ones a writer dropped takes the whole workspace as changed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import secrets
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import trio
+
+from . import layout
+from .errors import CowfsError, ObjectNotFound
+from .store import ObjectStore
+from .gateway import StoreCalls
+from .workspaces import record_key
+
+log = logging.getLogger(__name__)
+
+#: Where a workspace's marks live, under ``T/WS/``.
+MARKS_DIR = f"{layout.CONTROL_DIR}/changes/"
+#: A writer flushes its marks at most this often.
+FLUSH_INTERVAL = 0.25
+#: Folders one mark names at most (the ones changed longest ago are dropped first).
+MAX_FOLDERS = 256
+#: Marks read at once in one check.
+PARALLEL = 8
+WRITER_FILE = "writer"
+FORMAT = 1
+
+Workspace = tuple[str, str]
+#: Runs a store call on a worker thread: ``await io(fn, *args)``.
+Io = Callable[..., Awaitable[Any]]
+
+
+@dataclass
+class Mark:
+    """One writer's mark: ``seq`` grows with every write; ``folders`` holds, for each
+    folder named (relative to the workspace, ``""`` for its top, else ending in
+    ``/``), the ``seq`` of the write that named it last; ``floor`` is the highest
+    ``seq`` of a folder dropped to keep it small."""
+
+    seq: int = 0
+    floor: int = 0
+    folders: dict[str, int] = field(default_factory=dict)
+
+    def advanced(self, changed: set[str]) -> Mark:
+        """The mark that adds ``changed`` as the next write."""
+        seq = self.seq + 1
+        folders = {**self.folders, **dict.fromkeys(changed, seq)}
+        floor = self.floor
+        if len(folders) > MAX_FOLDERS:
+            kept = sorted(folders.items(), key=lambda item: item[1])[-MAX_FOLDERS:]
+            floor = max(floor, max(s for name, s in folders.items() if (name, s) not in kept))
+            folders = dict(kept)
+        return Mark(seq, floor, folders)
+
+    def encode(self) -> bytes:
+        return json.dumps({"format": FORMAT, "seq": self.seq, "floor": self.floor, "folders": self.folders},
+                          separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Mark:
+        """A mark from its bytes; ``ValueError`` for anything else."""
+        try:
+            doc = json.loads(data)
+            seq, floor, folders = doc["seq"], doc["floor"], doc["folders"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"not a change mark: {exc}") from None
+        if not (isinstance(seq, int) and isinstance(floor, int) and isinstance(folders, dict)
+                and all(isinstance(k, str) and isinstance(v, int) for k, v in folders.items())):
+            raise ValueError("not a change mark: wrong types")
+        return cls(seq, floor, folders)
+
+
+def _inside(key: str) -> tuple[Workspace, tuple[str, ...]] | None:
+    """The workspace holding ``key`` and the names below it, for a key of its content."""
+    parts = tuple(key.split("/"))
+    workspace = layout.workspace_of(parts)
+    if workspace is None or parts[layout.WORKSPACE_DEPTH] == layout.CONTROL_DIR:
+        return None
+    return workspace, parts[layout.WORKSPACE_DEPTH:]
+
+
+def folder_of(key: str) -> tuple[Workspace, str] | None:
+    """The workspace and the folder (relative to it) whose listing a change of the object
+    ``key`` changes (a folder's marker ``a/b/`` changes ``a/``'s), or None for a key outside
+    a workspace's content (its record, its marks, a trash)."""
+    inside = _inside(key)
+    if inside is None or not inside[1][0]:
+        return None
+    workspace, names = inside
+    names = names[:-2] if not names[-1] else names[:-1]
+    return workspace, "".join(f"{name}/" for name in names)
+
+
+def listed_folder(key: str) -> tuple[Workspace, str] | None:
+    """The workspace and the folder (relative to it) of the folder key ``key`` (``T/WS/a/``)."""
+    inside = _inside(key)
+    if inside is None:
+        return None
+    return inside[0], "".join(f"{name}/" for name in inside[1] if name)
+
+
+def marks_prefix(workspace: Workspace) -> str:
+    return f"{workspace[0]}/{workspace[1]}/{MARKS_DIR}"
+
+
+def writer_id(cache_dir: Path) -> str:
+    """This cache folder's name as a writer of marks, kept in it so a remount goes on with its marks."""
+    path = cache_dir / WRITER_FILE
+    try:
+        name = path.read_text().strip()
+        if re.fullmatch(r"[A-Za-z0-9._-]{1,100}", name):
+            return name
+    except FileNotFoundError:
+        pass
+    host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())[:60] or "host"
+    name = f"{host}-{secrets.token_hex(4)}"
+    path.write_text(name + "\n")
+    return name
+
+
+@dataclass
+class _View:
+    """What a reader knows of one workspace's marks."""
+
+    #: Listings older than this are not vouched for (the first check, or a change it could not place).
+    baseline: float
+    #: When the last check that succeeded ended (-inf: none yet): it vouches for a TTL from then.
+    checked_at: float = -math.inf
+    etags: dict[str, str] = field(default_factory=dict)
+    seqs: dict[str, int] = field(default_factory=dict)
+    #: Folder (relative) -> when a mark was seen naming it: listings before that are stale.
+    stale: dict[str, float] = field(default_factory=dict)
+    checking: trio.Event | None = None
+
+
+class ChangeMarks:
+    """Writes this mount's marks and reads the others' for the listings (see the module)."""
+
+    def __init__(self, store: ObjectStore, calls: StoreCalls, writer: str, *, ttl: float,
+                 foreign_ttl: float, clock: Callable[[], float] = time.monotonic,
+                 interval: float = FLUSH_INTERVAL, removed: Callable[[Workspace], bool] = lambda w: False) -> None:
+        """``removed(workspace)``: whether this mount is deleting it (a mark would bring it back);
+        ``clock`` is the namespace's (listing times are compared with it)."""
+        self.store = store
+        self.calls = calls
+        self.writer = writer
+        self.ttl = ttl
+        self.foreign_ttl = foreign_ttl
+        self.clock = clock
+        self.interval = interval
+        self.removed = removed
+        self._pending: dict[Workspace, set[str]] = {}
+        self._written: dict[Workspace, Mark] = {}
+        self._flushing = trio.Lock()
+        self._wake = trio.Event()
+        self._views: dict[Workspace, _View] = {}
+        #: Mark writes and checks that failed, and the last error (``cowfs status``).
+        self.failures = 0
+        self.last_error: str | None = None
+        self.checks = 0
+
+    # -- this mount's marks -------------------------------------------------
+
+    def changed(self, key: str) -> None:
+        """An object under ``key`` reached the store or left it."""
+        where = folder_of(key)
+        if where is not None and not self.removed(where[0]):
+            self._pending.setdefault(where[0], set()).add(where[1])
+            self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        """Workspaces whose mark waits for the next flush."""
+        return len(self._pending)
+
+    async def run(self) -> None:
+        """Flush marks at most every ``interval`` while changes come in; run it in the daemon's nursery."""
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            await self.flush()
+            await trio.sleep(self.interval)
+
+    async def flush(self) -> None:
+        """Write the mark of every workspace changed since the last flush (a failed one is tried again)."""
+        async with self._flushing:
+            pending, self._pending = self._pending, {}
+            async with trio.open_nursery() as nursery:
+                for workspace, folders in pending.items():
+                    if not self.removed(workspace):
+                        nursery.start_soon(self._write, workspace, folders)
+
+    async def _write(self, workspace: Workspace, folders: set[str]) -> None:
+        key = marks_prefix(workspace) + self.writer
+        try:
+            mark = self._written.get(workspace)
+            if mark is None:
+                if not await self._has_record(workspace):
+                    log.debug("no mark for %s/%s: it has no record (removed, or made by another tool)", *workspace)
+                    return
+                mark = await self._read(key, self._background) or Mark()
+            mark = mark.advanced(folders)
+            await self._background(self.store.put, key, mark.encode(), {"content-type": "application/json"})
+        except (CowfsError, OSError) as exc:
+            self._failed(f"writing the change mark of {workspace[0]}/{workspace[1]}", exc)
+            self._pending.setdefault(workspace, set()).update(folders)
+            self._wake.set()
+            return
+        self._written[workspace] = mark
+
+    async def _has_record(self, workspace: Workspace) -> bool:
+        """Whether the workspace has its record: a mark written into a removed one would bring it back."""
+        try:
+            await self._background(self.store.head, record_key(*workspace))
+        except ObjectNotFound:
+            return False
+        return True
+
+    async def _background(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await self.calls.call(fn, *args, background=True)
+
+    async def _read(self, key: str, io: Io) -> Mark | None:
+        """The mark at ``key``; None when there is none or it is not one (then it is written anew)."""
+        try:
+            data, _ = await io(self.store.get, key)
+        except ObjectNotFound:
+            return None
+        try:
+            return Mark.decode(data)
+        except ValueError as exc:
+            log.warning("%s: %s", key, exc)
+            return None
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        self.failures += 1
+        self.last_error = f"{what}: {exc}"
+        log.warning("%s failed: %s", what, exc)
+
+    # -- the other mounts' marks --------------------------------------------
+
+    @property
+    def reading(self) -> bool:
+        """Whether marks vouch for anything: not with a foreign TTL no longer than the metadata TTL."""
+        return self.foreign_ttl > self.ttl
+
+    def vouches(self, key: str, listed_at: float, now: float) -> bool:
+        """Whether the listing of the folder ``key`` made at ``listed_at`` still holds at ``now``
+        by the marks (a check of them less than a TTL old, no mark naming it since)."""
+        where = listed_folder(key) if self.reading else None
+        if where is None:
+            return False
+        view = self._views.get(where[0])
+        return (
+            view is not None
+            and now - view.checked_at < self.ttl
+            and now - listed_at < self.foreign_ttl
+            and listed_at >= view.baseline
+            and listed_at >= view.stale.get(where[1], -math.inf)
+        )
+
+    def workspace_of(self, key: str) -> Workspace | None:
+        """The workspace whose marks speak for the folder ``key``, if any (and marks are read)."""
+        where = listed_folder(key) if self.reading else None
+        return where[0] if where else None
+
+    async def check(self, workspace: Workspace, io: Io) -> bool:
+        """Read the workspace's marks unless a check of them is less than a TTL old, through
+        ``io``; whether they can vouch for its folders now (False when the store did not answer)."""
+        view = self._views.get(workspace)
+        while view is not None and view.checking is not None:
+            await view.checking.wait()
+            view = self._views.get(workspace)
+        now = self.clock()
+        if view is not None and now - view.checked_at < self.ttl:
+            return True
+        if view is None:
+            view = self._views[workspace] = _View(baseline=math.inf)
+        view.checking = trio.Event()
+        try:
+            await self._check(workspace, view, io)
+        except (CowfsError, OSError) as exc:
+            self._failed(f"reading the change marks of {workspace[0]}/{workspace[1]}", exc)
+            return False
+        finally:
+            view.checking.set()
+            view.checking = None
+        return True
+
+    async def _check(self, workspace: Workspace, view: _View, io: Io) -> None:
+        self.checks += 1
+        prefix = marks_prefix(workspace)
+        listing = await io(self.store.list_all, prefix, None)
+        moved = {info.key: info.etag for info in listing.objects
+                 if info.key != prefix + self.writer and view.etags.get(info.key) != info.etag}
+        first = view.checked_at == -math.inf
+        read: dict[str, Mark | None] = {}
+
+        async def reader(keys: list[str]) -> None:
+            for key in keys:
+                read[key] = await self._read(key, io)
+
+        keys = sorted(moved)
+        async with trio.open_nursery() as nursery:
+            for i in range(min(PARALLEL, len(keys))):
+                nursery.start_soon(reader, keys[i::PARALLEL])
+        seen = self.clock()
+        for key, mark in read.items():
+            last = view.seqs.get(key)
+            if mark is None:
+                view.baseline = seen if not first else view.baseline
+                continue
+            if not first:
+                if last is None and mark.floor == 0:
+                    last = 0
+                if last is None or mark.floor > last or mark.seq < last:
+                    view.baseline = seen
+                else:
+                    for folder, seq in mark.folders.items():
+                        if seq > last:
+                            view.stale[folder] = seen
+            view.seqs[key] = mark.seq
+        view.etags = {info.key: info.etag for info in listing.objects}
+        view.seqs = {key: seq for key, seq in view.seqs.items() if key in view.etags}
+        view.stale = {folder: at for folder, at in view.stale.items() if at > seen - self.foreign_ttl}
+        if first:
+            view.baseline = seen
+        view.checked_at = seen

@@ -1,0 +1,180 @@
+"""Change marks in the core, in-process: mounts of one workspace revalidate what they hold
+of it with one LIST of its marks per TTL, and still see each other's changes within it."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from core import Cores
+from cowfs import changes
+from cowfs.changes import Mark, folder_of, listed_folder, writer_id
+from cowfs.workspaces import create_workspace
+
+MARKS = "t1/ws1/.cowfs/changes/"
+FOLDERS = 8
+
+
+def tree(cores: Cores) -> set[str]:
+    """A workspace (its record) and a tree of ``FOLDERS`` folders of one file in it, put by another
+    tool; the tree's paths under src."""
+    create_workspace(cores.store, "t1", "u1", "general", workspace_id="ws1")
+    for i in range(FOLDERS):
+        cores.store.put(f"t1/ws1/src/d{i}/", b"", {})
+        cores.store.put(f"t1/ws1/src/d{i}/f.txt", f"file {i}".encode(), {})
+    return {f"d{i}" for i in range(FOLDERS)} | {f"d{i}/f.txt" for i in range(FOLDERS)}
+
+
+async def test_walking_a_workspace_again_costs_one_listing_of_its_marks_per_ttl(cores: Cores) -> None:
+    paths = tree(cores)
+    async with cores.mount(foreign_ttl=30) as b:
+        assert await b.walk("t1/ws1/src") == paths
+        for _ in range(3):
+            await cores.advance(2.0)
+            start = b.store.mark()
+            assert await b.walk("t1/ws1/src") == paths
+            assert b.store.since(start) == Counter({("list", MARKS): 1})
+
+
+async def test_another_mounts_changes_show_within_a_ttl_of_its_mark(cores: Cores) -> None:
+    tree(cores)
+    async with cores.mount(foreign_ttl=30) as a, cores.mount(foreign_ttl=30) as b:
+        await a.walk("t1/ws1/src")
+        await b.walk("t1/ws1/src")
+        await a.write("t1/ws1/src/d3/new.txt", b"new from a")
+        await a.write("t1/ws1/src/d5/f.txt", b"file 5, rewritten by a")
+        await a.unlink("t1/ws1/src/d6/f.txt")
+        await a.sync()
+        await cores.advance(1.0)
+        start = b.store.mark()
+        assert await b.read("t1/ws1/src/d3/new.txt") == b"new from a"
+        assert await b.read("t1/ws1/src/d5/f.txt") == b"file 5, rewritten by a"
+        assert not await b.exists("t1/ws1/src/d6/f.txt")
+        asked = b.store.since(start)
+        assert asked[("list", MARKS)] == 1 and asked[("get", MARKS + "core1")] == 1
+        assert {key for kind, key in asked if kind == "list"} == {
+            MARKS, "t1/ws1/src/d3/", "t1/ws1/src/d5/", "t1/ws1/src/d6/"}
+        assert b.store.stored(MARKS).keys() == {MARKS + "core1"}
+
+
+async def test_no_mark_brings_back_a_workspace_without_its_record(cores: Cores) -> None:
+    """Deletes replayed after a crash during a workspace's removal, or a folder other tools made."""
+    tree(cores)
+    cores.store.delete("t1/ws1/.cowfs/workspace.json")
+    async with cores.mount(foreign_ttl=30) as a:
+        await a.unlink("t1/ws1/src/d0/f.txt")
+        await a.sync()
+        assert cores.store.stored(MARKS) == {}
+
+
+async def test_a_mount_ignores_its_own_marks(cores: Cores) -> None:
+    tree(cores)
+    async with cores.mount(foreign_ttl=30) as a:
+        await a.walk("t1/ws1/src")
+        await a.write("t1/ws1/src/d3/new.txt", b"mine")
+        await a.sync()
+        await cores.advance(2.0)
+        start = a.store.mark()
+        assert "d3/new.txt" in await a.walk("t1/ws1/src")
+        assert a.store.since(start) == Counter({("list", MARKS): 1})
+
+
+async def test_objects_other_tools_write_show_once_a_listing_is_foreign_ttl_old(cores: Cores) -> None:
+    tree(cores)
+    async with cores.mount(foreign_ttl=10) as b:
+        await b.walk("t1/ws1/src")
+        cores.store.put("t1/ws1/src/d1/foreign.txt", b"from boto3", {})
+        await cores.advance(10.0)
+        assert "foreign.txt" in await b.listdir("t1/ws1/src/d1")
+        assert await b.read("t1/ws1/src/d1/foreign.txt") == b"from boto3"
+
+
+async def test_a_reader_that_missed_folders_a_mark_dropped_lists_everything_again(
+        cores: Cores, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(changes, "MAX_FOLDERS", 2)
+    paths = tree(cores)
+    async with cores.mount(foreign_ttl=30) as a, cores.mount(foreign_ttl=30) as b:
+        await a.walk("t1/ws1/src")
+        await b.walk("t1/ws1/src")
+        await cores.advance(2.0)
+        assert await b.walk("t1/ws1/src") == paths  # b has read a's mark (none yet) and holds its baseline
+        for i in range(4):
+            await a.write(f"t1/ws1/src/d{i}/more.txt", b"more")
+            await a.sync()
+        assert len(Mark.decode(cores.store.stored(MARKS)[MARKS + "core1"]).folders) == 2
+        await cores.advance(2.0)
+        assert await b.walk("t1/ws1/src") == paths | {f"d{i}/more.txt" for i in range(4)}
+
+
+async def test_a_writer_that_lost_its_mark_makes_readers_list_everything_again(cores: Cores) -> None:
+    paths = tree(cores)
+    async with cores.mount(foreign_ttl=30) as a, cores.mount(foreign_ttl=30) as b:
+        await a.walk("t1/ws1/src")
+        await a.write("t1/ws1/src/d0/one.txt", b"1")
+        await a.sync()
+        await b.walk("t1/ws1/src")
+        await cores.advance(2.0)
+        await b.walk("t1/ws1/src")
+        cores.store.put(MARKS + "core1", Mark(1, 0, {"src/d0/": 1}).encode(), {})
+        cores.store.put("t1/ws1/src/d7/two.txt", b"2", {})
+        await cores.advance(2.0)
+        assert await b.walk("t1/ws1/src") == paths | {"d0/one.txt", "d7/two.txt"}
+
+
+def test_the_folder_a_key_changes() -> None:
+    assert folder_of("t/ws/a/b/c.txt") == (("t", "ws"), "a/b/")
+    assert folder_of("t/ws/a/b/") == (("t", "ws"), "a/")
+    assert folder_of("t/ws/top.txt") == (("t", "ws"), "")
+    assert folder_of("t/ws/.cowfs/workspace.json") is None
+    assert folder_of("t/ws/") is None and folder_of("t/ws") is None
+    assert listed_folder("t/ws/") == (("t", "ws"), "")
+    assert listed_folder("t/ws/a/b/") == (("t", "ws"), "a/b/")
+    assert listed_folder("t/") is None and listed_folder("") is None
+
+
+def test_a_mark_keeps_the_folders_changed_last_and_the_highest_it_dropped() -> None:
+    mark = Mark()
+    for i in range(changes.MAX_FOLDERS + 5):
+        mark = mark.advanced({f"f{i}/"})
+    assert mark.seq == changes.MAX_FOLDERS + 5 and mark.floor == 5
+    assert len(mark.folders) == changes.MAX_FOLDERS and min(mark.folders.values()) == 6
+    assert Mark.decode(mark.encode()) == mark
+    with pytest.raises(ValueError):
+        Mark.decode(b'{"seq": "1", "floor": 0, "folders": {}}')
+
+
+def test_a_cache_folder_keeps_its_writer_name(tmp_path) -> None:
+    name = writer_id(tmp_path)
+    assert name == writer_id(tmp_path) and "/" not in name
+
+
+async def test_removing_a_workspace_leaves_no_mark_behind(cores: Cores) -> None:
+    async with cores.mount(foreign_ttl=30) as a:
+        await a.makedirs("t1/ws1/src")
+        await a.write("t1/ws1/src/f.txt", b"x")
+        await a.sync()
+        assert MARKS + "core1" in cores.store.stored("t1/ws1/")
+        await a.unlink("t1/ws1/src/f.txt")
+        await a.rmdir("t1/ws1/src")
+        await a.rmdir("t1/ws1")
+        await a.sync()
+        await cores.advance(1.0)
+        assert cores.store.stored("t1/ws1/") == {}
+
+
+async def test_a_tree_this_mount_just_wrote_is_walked_without_listing_it_again(cores: Cores) -> None:
+    """An untar, then ``find``: the folders this mount made stay vouched for while their uploads go up."""
+    async with cores.mount(foreign_ttl=30) as a:
+        made: set[str] = set()
+        for i in range(30):
+            await a.makedirs(f"t1/ws1/walk/src/d{i}/sub")
+            made |= {f"d{i}", f"d{i}/sub"}
+            for j in range(5):
+                await a.write(f"t1/ws1/walk/src/d{i}/sub/f{j}.txt", b"x")
+                made.add(f"d{i}/sub/f{j}.txt")
+            await cores.advance(0.1)
+        await cores.advance(0.5)
+        start = a.store.mark()
+        assert await a.walk("t1/ws1/walk/src") == made
+        assert Counter(kind for kind, _ in a.store.since(start).elements() if kind != "put") == Counter({"list": 1})

@@ -1,0 +1,62 @@
+"""Change marks through real mounts: a second look at a workspace costs one LIST of its marks,
+another mount's change still shows within a TTL of its mark, another tool's within --foreign-ttl."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.mount
+
+FOLDERS = 12
+
+
+def status(mount) -> dict:
+    return json.loads((mount.path / ".cowfs" / "status.json").read_text())
+
+
+def walk(root: Path) -> set[str]:
+    return {os.path.relpath(os.path.join(top, name), root)
+            for top, dirs, files in os.walk(root) for name in dirs + files}
+
+
+def wait_for(check, seconds: float) -> float:
+    """Seconds until ``check()`` holds; fails after ``seconds``."""
+    start = time.monotonic()
+    while not check():
+        assert time.monotonic() - start < seconds, f"not within {seconds} s"
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def test_a_second_walk_lists_no_folder_and_another_mounts_change_shows(mount_factory, s3_bucket):
+    a = mount_factory("a")
+    b = mount_factory("b", extra=["--foreign-ttl", "4"])
+    src = a.path / "t1" / "ws1" / "src"
+    for i in range(FOLDERS):
+        (src / f"d{i}").mkdir(parents=True)
+        (src / f"d{i}" / "f.txt").write_text(f"file {i}")
+    a.sync()
+    seen = b.path / "t1" / "ws1" / "src"
+    tree = walk(seen)
+    assert len(tree) == 2 * FOLDERS
+    time.sleep(1.5)
+    before = status(b)
+    assert walk(seen) == tree
+    after = status(b)
+    assert after["listings"] == before["listings"], "a folder was listed again although no mark names it"
+    assert after["markChecks"] > before["markChecks"]
+
+    (src / "d3" / "new.txt").write_text("from a")
+    (src / "d5" / "f.txt").write_text("file 5, rewritten by a")
+    a.sync()
+    wait_for(lambda: (seen / "d3" / "new.txt").exists(), 3)
+    assert (seen / "d3" / "new.txt").read_text() == "from a"
+    wait_for(lambda: (seen / "d5" / "f.txt").read_text() == "file 5, rewritten by a", 3)
+
+    s3_bucket.client.put_object(Bucket=s3_bucket.name, Key="t1/ws1/src/d7/foreign.txt", Body=b"from boto3")
+    wait_for(lambda: (seen / "d7" / "foreign.txt").exists(), 4 + 2)
