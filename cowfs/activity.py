@@ -14,10 +14,10 @@ from typing import Callable, TypeVar
 import trio
 
 from . import layout
+from .gateway import StoreCalls
 from .names import SCOPED_NAME
 from .sessionindex import refresh_session, session_of
 from .store import ObjectStore
-from .threads import blocking
 from .workspaces import touch_workspace
 
 log = logging.getLogger(__name__)
@@ -43,12 +43,12 @@ class Activity:
     def __init__(
         self,
         store: ObjectStore,
-        limiter: trio.CapacityLimiter,
+        calls: StoreCalls,
         interval: float = INTERVAL,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.store = store
-        self.limiter = limiter
+        self.calls = calls
         self.interval = interval
         self.clock = clock
         self._active: dict[tuple[str, str], datetime] = {}
@@ -150,7 +150,7 @@ class Activity:
         counted) and what it returned."""
         async with self._slots:
             try:
-                return True, await blocking(fn, *args, limiter=self.limiter)
+                return True, await self.calls.call(fn, *args, background=True, bounded=False)
             except Exception as exc:  # whatever went wrong, the caller queues the write again
                 self.failures += 1
                 self.last_error = f"{what}: {exc}"

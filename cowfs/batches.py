@@ -14,8 +14,8 @@ from typing import Any, Callable, Generic, TypeVar
 
 import trio
 
+from .gateway import StoreCalls
 from .store import ObjectStore
-from .threads import blocking
 
 #: Objects written at once in one flush.
 PARALLEL = 8
@@ -26,9 +26,9 @@ V = TypeVar("V")
 class BatchWriter(abc.ABC, Generic[K, V]):
     """Keeps what changed per object to write (``_pending``: K -> V) and writes it in batches."""
 
-    def __init__(self, store: ObjectStore, limiter: trio.CapacityLimiter, interval: float) -> None:
+    def __init__(self, store: ObjectStore, calls: StoreCalls, interval: float) -> None:
         self.store = store
-        self.limiter = limiter
+        self.calls = calls
         self.interval = interval
         self._pending: dict[K, V] = {}
         self._flushing = trio.Lock()
@@ -69,7 +69,7 @@ class BatchWriter(abc.ABC, Generic[K, V]):
         """Write one object's changes; on failure, count it and put them back into ``_pending``."""
 
     async def _background(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await blocking(fn, *args, limiter=self.limiter)
+        return await self.calls.call(fn, *args, background=True)
 
     def _failed(self, what: str, exc: Exception) -> None:
         self.failures += 1

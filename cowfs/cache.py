@@ -31,7 +31,7 @@ Every lookup, hit or miss, takes SQLite's write lock (diskcache's LRU
 bookkeeping). The event loop's lookups go through a second handle that does
 not wait for it: when a worker thread is writing, they raise ``CacheBusy``
 and the caller repeats them on a thread, instead of the loop sleeping in
-SQLite's busy handler (1 ms and up) while every other request waits.
+SQLite's busy handler while every other request waits.
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ from . import layout
 from .batches import BatchWriter
 from .errors import CowfsError, ObjectNotFound
 from .store import ObjectStore
+from .gateway import StoreCalls
 from .workspaces import has_record
 
 log = logging.getLogger(__name__)
@@ -162,12 +163,12 @@ class ChangeMarks(BatchWriter[Workspace, set[str]]):
     """Writes this mount's marks and reads the others' for the listings (see the module).
     ``pending`` counts the workspaces whose mark waits for the next flush."""
 
-    def __init__(self, store: ObjectStore, limiter: trio.CapacityLimiter, writer: str, *, ttl: float,
+    def __init__(self, store: ObjectStore, calls: StoreCalls, writer: str, *, ttl: float,
                  foreign_ttl: float, clock: Callable[[], float] = time.monotonic,
                  interval: float = FLUSH_INTERVAL, removed: Callable[[Workspace], bool] = lambda w: False) -> None:
         """``removed(workspace)``: whether this mount is deleting it (a mark would bring it back);
         ``clock`` is the namespace's (listing times are compared with it)."""
-        super().__init__(store, limiter, interval)
+        super().__init__(store, calls, interval)
         self.writer = writer
         self.ttl = ttl
         self.foreign_ttl = foreign_ttl

@@ -29,16 +29,19 @@ import trio
 from . import cachedir, control, mounts, options
 from .activity import Activity
 from .changes import ChangeMarks, writer_id
+from .summaries import Summaries
 from .cache import ContentCache
 from .config import TenantOwner
 from .errors import CowfsError
 from .fs import Operations
+from .gateway import StoreCalls
 from .hooks import WorkspaceHooks
 from .journal import GROUP_COMMIT, Journal
 from .keys import KeyMap
 from .namespace import Namespace
 from .notify import notify
 from .private import PRIVATE_DIR_MODE, PRIVATE_UMASK, open_private, private_dir
+from .reachability import Reachability
 from .recovery import Report, replay
 from .store import ObjectStore, open_store
 from .workspaces import _iso
@@ -53,16 +56,11 @@ M_ARENA_MAX = -8
 #: Seconds a thread waiting for the GIL lets its holder run before asking for it
 #: (CPython's default is 5 ms). The thread serving the kernel gives the GIL up
 #: on every system call, and while worker threads run uploads, downloads or
-#: cache bookkeeping it waited up to that long to get it back, once per call.
-#: Three interleaved rounds of 3 runs on moto, 0.5 against 5 ms (medians): a
-#: cold read of 1000 small files 4.3 against 5.5 s, an untar 3.5 against 3.9 s;
-#: small creates, with no worker busy beside them, alike.
+#: cache bookkeeping it would wait up to that long to get it back, once per call.
 GIL_SWITCH_INTERVAL = 0.0005
 #: The kernel's read-ahead for the mount, KiB. Its default, 128, cuts every
 #: sequential read into 128 KiB FUSE requests; with this much it sends 1 MiB
-#: ones (the most a request carries) and keeps several in flight. A 128 MiB
-#: read from the disk cache after a remount, past its first read: 0.085-0.1 s
-#: at 128, 0.06-0.08 s at 4096 (cold reads from moto: no difference seen).
+#: ones (the most a request carries) and keeps several in flight.
 READ_AHEAD_KIB = 4096
 #: Unless the mount asks for ``dev`` / ``suid`` (trusted, single-user use), a device file or
 #: set-uid bit found in the bucket acts as neither: said explicitly, not left to libfuse's defaults.
@@ -189,29 +187,49 @@ def serve(opts: MountOptions, store: ObjectStore) -> None:
         lock.close()
 
 
+def store_events(activity: Activity, marks: ChangeMarks | None,
+                 summaries: Summaries | None) -> tuple[Callable[[str, str, dict[str, str] | None], None],
+                                                      Callable[[str], None]]:
+    """What write-back tells the parts that follow this mount's changes in the store: (each
+    object stored, with its ETag and metadata; each key deleted)."""
+
+    def stored(key: str, etag: str, metadata: dict[str, str] | None) -> None:
+        activity.mark(key)
+        if marks is not None:
+            marks.changed(key)
+        if summaries is not None:
+            if metadata is None:
+                summaries.removed(key)
+            else:
+                summaries.noted(key, etag, metadata)
+
+    def deleted(key: str) -> None:
+        activity.deleted(key)
+        if marks is not None:
+            marks.changed(key)
+        if summaries is not None:
+            summaries.removed(key)
+
+    return stored, deleted
+
+
 async def _serve(
     opts: MountOptions, store: ObjectStore, cache: ContentCache, journal: Journal, tmp_dir: Path, cache_dir: Path,
     recovered: Report,
 ) -> None:
     """Serve the mount; ``recovered``: what replay did (the sessions it wrote are indexed; the keys it
     found the store refusing are still in the journal)."""
-    limiter = trio.CapacityLimiter(THREADS)
-    activity = Activity(store, limiter)
-    marks = ChangeMarks(store, limiter, writer_id(cache_dir), ttl=opts.metadata_ttl,
+    calls = StoreCalls(trio.CapacityLimiter(THREADS), Reachability(store.check), opts.store_timeout)
+    activity = Activity(store, calls)
+    marks = ChangeMarks(store, calls, writer_id(cache_dir), ttl=opts.metadata_ttl,
                         foreign_ttl=opts.foreign_ttl, removed=activity.forgotten)
-
-    def stored(key: str) -> None:
-        activity.mark(key)
-        marks.changed(key)
-
-    def deleted(key: str) -> None:
-        activity.deleted(key)
-        marks.changed(key)
-
-    writeback = WriteBack(store, journal, limiter, delay=opts.write_back_delay, on_stored=stored,
+    summaries = Summaries(store, calls, forgotten=activity.forgotten)
+    stored, deleted = store_events(activity, marks, summaries)
+    writeback = WriteBack(store, journal, calls, delay=opts.write_back_delay, on_stored=stored,
                           on_deleted=deleted)
     for key in recovered.uploaded:
-        stored(key)
+        activity.mark(key)
+        marks.changed(key)
     for key in recovered.deleted:
         deleted(key)
     keymap = KeyMap(root=(opts.tenant,) if opts.tenant else (), store_prefix=getattr(store, "prefix", ""))
@@ -243,6 +261,8 @@ async def _serve(
             "markChecks": marks.checks,
             "markFailures": marks.failures,
             "markLastError": marks.last_error,
+            "summaryFailures": summaries.failures,
+            "summaryLastError": summaries.last_error,
             "cacheBytes": cache.volume(),
             "storeQuirks": store.quirks(),
             "refusedKeys": refused(),
@@ -250,16 +270,17 @@ async def _serve(
         }
 
     shared = bool(opts.tenants) or "allow_other" in opts.fuse_options
-    hooks = WorkspaceHooks(store, limiter, activity, _shown_to_all(status) if shared else status, opts.store_timeout)
+    hooks = WorkspaceHooks(store, calls, activity, _shown_to_all(status) if shared else status)
     ns = Namespace(
-        store, keymap, cache, journal, writeback, limiter, tmp_dir, hooks,
-        uid=os.getuid(), gid=os.getgid(), metadata_ttl=opts.metadata_ttl, store_timeout=opts.store_timeout,
-        tenants=opts.tenants, marks=marks,
+        store, keymap, cache, journal, writeback, calls, tmp_dir, hooks,
+        uid=os.getuid(), gid=os.getgid(), metadata_ttl=opts.metadata_ttl, tenants=opts.tenants, marks=marks,
+        summaries=summaries,
     )
 
     async def sync_all() -> None:
         await ns.sync()
         await marks.flush()
+        await summaries.flush()
         await activity.flush()
         await trio.to_thread.run_sync(journal.sync_to_disk)
 
@@ -288,10 +309,11 @@ async def _serve(
             nursery.start_soon(_group_commit, journal)
             nursery.start_soon(activity.run)
             nursery.start_soon(marks.run)
+            nursery.start_soon(summaries.run)
             nursery.start_soon(control.serve, control_path, handle)
             nursery.start_soon(_stop_on_signal, sync_all)
             nursery.start_soon(_announce_ready, opts.mountpoint)
-            nursery.start_soon(_learn_the_server, store, limiter)
+            nursery.start_soon(_learn_the_server, store, calls)
             await pyfuse3.main()
             await sync_all()
             nursery.cancel_scope.cancel()
@@ -307,7 +329,7 @@ async def _serve(
 #: users can enter (a tenants table, ``allow_other``) leaves them out; ``cowfs
 #: status``, which only the mount's owner can ask, has them all.
 PRIVATE_STATUS = ("mountpoint", "store", "cacheDir", "lastError", "refusedKeys", "activityLastError",
-                  "markLastError")
+                  "markLastError", "summaryLastError")
 
 
 def _log_to(path: Path) -> None:
@@ -375,10 +397,10 @@ async def _group_commit(journal: Journal) -> None:
             log.error("cannot flush the journal to disk: %s", exc)
 
 
-async def _learn_the_server(store: ObjectStore, limiter: trio.CapacityLimiter) -> None:
+async def _learn_the_server(store: ObjectStore, calls: StoreCalls) -> None:
     """Learn once, in the background, what the server does where S3 servers differ."""
     try:
-        await trio.to_thread.run_sync(store.probe, limiter=limiter)
+        await calls.call(store.probe, background=True, bounded=False)
     except CowfsError as exc:
         log.info("could not learn how the store behaves: %s", exc)
 

@@ -8,7 +8,7 @@ download instead of after it.
 A read far ahead of the stream (``tail`` of a big log, the index at the end
 of an archive, a database's pages) does not wait for the stream to get
 there: ``to_ask`` names the bytes a ranged GET should bring into the same
-file, a window ahead of the reader, and the stream goes on beside it.
+file (``ranges.far``), and the stream goes on beside it.
 
 The downloading threads tell of each piece they wrote (``report``, any
 thread); the trio thread records it and wakes the readers. The descriptor
@@ -25,41 +25,9 @@ import threading
 import trio
 
 from .errors import StoreError
+from .ranges import FAR, add_span, add_span_all, covered, far
 from .store import ObjectInfo
 from .threads import Stall
-
-MiB = 1024 * 1024
-#: A read this far past the stream's front gets a ranged GET of its own: at
-#: ~100 MB/s, more than a request's round trip away.
-FAR = 8 * MiB
-#: The bytes such a GET brings, from the read on.
-RANGE = 4 * MiB
-
-
-def add_span(spans: list[tuple[int, int]], start: int, end: int) -> list[tuple[int, int]]:
-    """``spans`` (sorted, disjoint, none touching) with ``[start, end)`` merged in."""
-    out: list[tuple[int, int]] = []
-    for s, e in spans:
-        if e < start or end < s:
-            out.append((s, e))
-        else:
-            start, end = min(s, start), max(e, end)
-    out.append((start, end))
-    out.sort()
-    return out
-
-
-def add_span_all(spans: list[tuple[int, int]], more: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Both lists of spans merged."""
-    for start, end in more:
-        spans = add_span(spans, start, end)
-    return spans
-
-
-def covered(spans: list[tuple[int, int]], start: int, end: int) -> bool:
-    """Whether ``[start, end)`` lies in one of ``spans`` (always, when empty)."""
-    return end <= start or any(s <= start and end <= e for s, e in spans)
-
 
 class Fetch:
     """One object's download into a file of the cache: which bytes are there yet."""
@@ -136,23 +104,15 @@ class Fetch:
         return self.spans[0][1] if self.spans and self.spans[0][0] == 0 else 0
 
     def to_ask(self, offset: int) -> tuple[int, int] | None:
-        """The bytes a ranged GET should bring for a read at ``offset`` (then counted as
-        asked for): None while the stream is near, or when enough ahead of the read is
-        in or asked for already."""
-        if self.info is None or self.done or offset < self.front() + FAR:
+        """The bytes a ranged GET should bring for a read at ``offset`` (``ranges.far``;
+        then counted as asked for)."""
+        front = self.front()
+        if self.info is None or self.done or offset < front + FAR:
             return None
-        start, end = offset, self.info.size
-        for s, e in add_span_all(self.asked, self.spans):
-            if s <= start < e:
-                start = e
-            elif start < s:
-                end = s
-                break
-        end = min(end, start + RANGE)
-        if start >= end or start - offset >= RANGE // 2:
-            return None
-        self.asked = add_span(self.asked, start, end)
-        return start, end
+        wanted = far(offset, self.info.size, front, add_span_all(self.asked, self.spans))
+        if wanted is not None:
+            self.asked = add_span(self.asked, *wanted)
+        return wanted
 
     async def started(self) -> None:
         """Until the object's info is known (its first piece is in) or the download ended."""

@@ -1,6 +1,6 @@
 """The workspace layer as the namespace sees it: records on mkdir, generated files.
 
-Keeps ``namespace.py`` free of workspace records and session listings; every
+Keeps the namespace free of workspace records and session listings; every
 store call here runs on a worker thread.
 """
 
@@ -9,16 +9,16 @@ from __future__ import annotations
 import json
 import pwd
 from dataclasses import dataclass, field
-from typing import Any, Callable
-
-import trio
+from functools import partial
+from typing import Any, Callable, Protocol
 
 from . import layout
 from .activity import Activity
+from .gateway import StoreCalls
+from .keys import workspace_prefix
 from .sessionindex import FORMAT, index_format, reindex, session_of
 from .sessions import with_changes
 from .store import ObjectInfo, ObjectStore
-from .threads import blocking
 from .workspaces import create_workspace, get_workspace, read_record
 
 
@@ -54,28 +54,47 @@ class LocalChanges:
         return [out[key] for key in sorted(out)]
 
 
+class Hooks(Protocol):
+    """What the namespace asks of the workspace layer."""
+
+    async def create_workspace(self, tenant: str, name: str, uid: int) -> None:
+        """``mkdir TENANT/NAME``: write the workspace record."""
+
+    def workspace_deleted(self, tenant: str, name: str) -> None:
+        """The workspace is gone: stop tracking its activity."""
+
+    def changed(self, parts: tuple[str, ...]) -> None:
+        """An entry at ``parts`` was created, or a change to it closed (before any upload)."""
+
+    async def last_active(self, tenant: str, name: str) -> float | None:
+        """The record's ``lastActiveAt`` (epoch seconds): a workspace folder's mtime; None without a record."""
+
+    async def render(self, kind: str, parts: tuple[str, ...], local: LocalChanges) -> bytes:
+        """Content of a generated file (``workspace.json`` …) for the folder at ``parts``,
+        with ``local``, this mount's changes under it that the store has not got yet."""
+
+
 class WorkspaceHooks:
-    """Implements ``namespace.Hooks`` over the store."""
+    """Implements ``Hooks`` over the store."""
 
     def __init__(
         self,
         store: ObjectStore,
-        limiter: trio.CapacityLimiter,
+        calls: StoreCalls,
         activity: Activity,
         status: Callable[[], dict[str, Any]],
-        store_timeout: float = 30.0,
     ) -> None:
         self.store = store
-        self.store_timeout = store_timeout
-        self.limiter = limiter
+        self.calls = calls
         self.activity = activity
         self.status = status
 
-    async def _io(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return await blocking(fn, *args, limiter=self.limiter, timeout=self.store_timeout, **kwargs)
+    async def _io(self, fn: Callable[..., Any], *args: Any, bounded: bool = True) -> Any:
+        """A store call a program waits on (mkdir of a workspace, a generated file)."""
+        return await self.calls.call(fn, *args, background=False, bounded=bounded)
 
     async def create_workspace(self, tenant: str, name: str, uid: int) -> None:
-        await self._io(create_workspace, self.store, tenant, user_name(uid), "general", workspace_id=name)
+        await self._io(partial(create_workspace, workspace_id=name), self.store, tenant, user_name(uid), "general")
         self.activity.wrote((tenant, name))
 
     def workspace_deleted(self, tenant: str, name: str) -> None:
@@ -95,7 +114,7 @@ class WorkspaceHooks:
         if kind == "sessions.json":
             if await self._io(index_format, self.store, tenant, workspace) != FORMAT:
                 # once per workspace written before the index, or only by other tools: as long as it takes
-                await blocking(reindex, self.store, tenant, workspace, limiter=self.limiter)
+                await self._io(reindex, self.store, tenant, workspace, bounded=False)
             changed = self.activity.unindexed(tenant, workspace)
             for key in local.files:
                 session = session_of(key)
@@ -104,7 +123,7 @@ class WorkspaceHooks:
             sessions = await self._io(with_changes, self.store, tenant, workspace, changed, local.over)
             return _json({"sessions": [s.to_json() for s in sessions]})
         record = await self._io(get_workspace, self.store, tenant, workspace)
-        prefix = f"{tenant}/{workspace}/"
+        prefix = workspace_prefix(tenant, workspace)
         listing = await self._io(self.store.list_all, prefix, None)
         control = f"{prefix}{layout.CONTROL_DIR}/"
         files = [o for o in local.over(prefix, listing.objects)

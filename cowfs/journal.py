@@ -77,9 +77,9 @@ COMPACT_RATIO = 4
 LOG = "log.jsonl"
 #: Empty staging files ready for the next creates (settled ones emptied for
 #: reuse, or made ahead), so that a create on the thread that serves the
-#: kernel only opens an existing file (~3.5 us): creating one where many were
-#: just deleted makes ext4 scan for an inode it may reuse
-#: (``recently_deleted``), 90-165 us here against a small file's ~1.5 ms.
+#: kernel only opens an existing file: creating one where many were just
+#: deleted makes ext4 scan for an inode it may reuse (``recently_deleted``),
+#: many times the cost of the open.
 #: Settled staging files are kept, emptied, up to this many (an inode each,
 #: no bytes), so that bursts of files reuse the last burst's instead of
 #: creating and deleting thousands ...
@@ -400,7 +400,7 @@ class Journal:
         (a key the store refused); only safe after replay and ``compact``.
 
         A clean unmount leaves up to ``SPARE_STAGING`` spares: removing them all
-        and making new ones cost ~18 ms at every mount, and on a journal-less
+        would mean making new ones at every mount, and on a journal-less
         ext4 every create after a mass removal scans past the freed inodes. The
         old names cannot meet new ones: ids start with a per-process prefix.
         """
@@ -421,8 +421,8 @@ class Journal:
 
     def write_put(self, record: PutRecord) -> None:
         """Log a put. The inline body goes in as base64 spliced after the rest:
-        base64 needs no JSON escaping, and scanning ~5 KiB for it was half of a
-        small file's record."""
+        base64 needs no JSON escaping, whose scan of the bytes would be a large
+        part of what a small file's record costs."""
         if record.staging is not None:
             with self._lock:
                 self._unsynced.add(self.staging_path(record.staging))

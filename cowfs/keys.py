@@ -34,6 +34,10 @@ class KeyMap:
         check_key_length(key, self.store_prefix)
         return key
 
+    def path_of(self, key: str) -> Path:
+        """The path a file's key or a folder's prefix names (``file_key``/``dir_key`` undone)."""
+        return tuple(key[len(self.dir_key(())):].rstrip("/").split("/"))
+
     @staticmethod
     def child_name(dir_prefix: str, key: str) -> str:
         """Name of a listing entry (object key or common prefix) inside ``dir_prefix``."""
@@ -42,3 +46,8 @@ class KeyMap:
     def rebase(self, key: str, old_prefix: str, new_prefix: str) -> str:
         """Key after its folder moved from ``old_prefix`` to ``new_prefix``."""
         return new_prefix + key[len(old_prefix):]
+
+
+def workspace_prefix(tenant: str, workspace: str) -> str:
+    """The key prefix of everything in a workspace (its folder's, in a whole-store mount)."""
+    return KeyMap().dir_key((tenant, workspace))

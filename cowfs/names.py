@@ -9,7 +9,7 @@ from .errors import InvalidName, NameTooLong
 MAX_COMPONENT_BYTES = 255
 MAX_KEY_BYTES = 1024
 
-#: Tenant, workspace and session names (DESIGN.md §4).
+#: Tenant, workspace and session names.
 SCOPED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 
 

@@ -19,7 +19,7 @@ from typing import Callable
 
 import trio
 
-from .errors import AccessDenied, ObjectNotFound, PreconditionFailed, StoreError
+from .errors import AccessDenied, ObjectNotFound, PreconditionFailed, Refused, StoreError
 from .threads import blocking
 
 log = logging.getLogger(__name__)
@@ -31,8 +31,10 @@ PROBE_TIMEOUT = 5.0
 
 
 def says_unreachable(exc: BaseException) -> bool:
-    """Whether ``exc`` means the store did not answer (rather than answered no)."""
-    return isinstance(exc, StoreError) and not isinstance(exc, (AccessDenied, ObjectNotFound, PreconditionFailed))
+    """Whether ``exc`` means the store did not answer (rather than answered no: a refusal
+    of the request itself, such as a key it will never take, is an answer too)."""
+    return isinstance(exc, StoreError) and not isinstance(
+        exc, (AccessDenied, ObjectNotFound, PreconditionFailed, Refused))
 
 
 class Reachability:

@@ -31,12 +31,12 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable
 
-import trio
 
 from . import layout
 from .batches import BatchWriter
 from .changes import Io, Workspace, folder_of, listed_folder
 from .errors import CowfsError, ObjectNotFound, PreconditionFailed
+from .gateway import StoreCalls
 from .store import ObjectStore
 from .workspaces import has_record
 
@@ -139,10 +139,10 @@ class Summaries(BatchWriter[Folder, dict[str, Entry | None]]):
     """Writes the summaries of the folders this mount puts files into, and reads any (see the module).
     ``pending`` counts the folders whose summary waits for the next flush."""
 
-    def __init__(self, store: ObjectStore, limiter: trio.CapacityLimiter, *, interval: float = FLUSH_INTERVAL,
+    def __init__(self, store: ObjectStore, calls: StoreCalls, *, interval: float = FLUSH_INTERVAL,
                  forgotten: Callable[[Workspace], bool] = lambda w: False) -> None:
         """``forgotten(workspace)``: whether this mount is deleting it (a summary would bring it back)."""
-        super().__init__(store, limiter, interval)
+        super().__init__(store, calls, interval)
         self.forgotten = forgotten
         self._recorded: set[Workspace] = set()
 

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Callable, TypeVar
 
 from .errors import InvalidName, NotFound, ObjectNotFound, PreconditionFailed, UsageError
+from .keys import workspace_prefix
 from .names import SCOPED_NAME
 from .store import ObjectInfo, ObjectStore
 
@@ -113,7 +114,7 @@ def get_workspace(store: ObjectStore, tenant: str, workspace: str) -> WorkspaceR
         return _read(store, tenant, workspace)[0]
     except ObjectNotFound:
         pass
-    listing = store.list_all(f"{tenant}/{workspace}/", None)
+    listing = store.list_all(workspace_prefix(tenant, workspace), None)
     if not listing.objects:
         raise NotFound(f"no workspace {tenant}/{workspace}")
     newest = datetime.fromtimestamp(max(o.last_modified for o in listing.objects), timezone.utc)
@@ -176,7 +177,7 @@ def workspace_objects(store: ObjectStore, tenant: str, workspace: str) -> list[O
     """Every object under the workspace, its record included; NotFound when there is none."""
     check_scoped_name("tenant", tenant)
     check_scoped_name("workspace", workspace)
-    objects = store.list_all(f"{tenant}/{workspace}/", None).objects
+    objects = store.list_all(workspace_prefix(tenant, workspace), None).objects
     if not objects:
         raise NotFound(f"no workspace {tenant}/{workspace}")
     return objects

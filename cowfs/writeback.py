@@ -9,13 +9,12 @@ changes within ``BUSY_WINDOW`` seconds: an untar, a build, a clone; not a
 writer of a few files a second), or a reader waits on the
 store, due work waits, at most ``MAX_DEFER`` seconds, and then trickles
 (``BUSY_UPLOAD_RATE`` a second), so uploads do not compete with the work in
-front of the user for what it needs, a CPU and the daemon's GIL: a small
-upload costs the daemon ~5 ms of CPU, and an untar took 7 s with uploads
-held back, 14-23 s with them running, whether one or eight at a time;
-fsync, ``cowfs sync`` and unmount never wait. Only as many uploads are started as
-there are slots (``concurrency``): a backlog left from a pause used to sit in
-tasks waiting for a slot and then ran at full speed through the next burst
-(a second untar right after a first: 34 s, 7 s now). Operations on one key never overlap, so a
+front of the user for what it needs, a CPU and the daemon's GIL (each upload
+costs the daemon CPU, however few run at a time; docs/PERFORMANCE.md has the
+figures); fsync, ``cowfs sync`` and unmount never wait. Only as many uploads
+are started as there are slots (``concurrency``), so a backlog left from a
+pause does not wait in tasks for a slot and then run at full speed through
+the next burst. Operations on one key never overlap, so a
 delete and a later put of the same key land in order. Failed operations are
 retried with capped exponential backoff and jitter; nothing is dropped.
 """
@@ -33,16 +32,18 @@ import socket
 import time
 from datetime import datetime, timezone
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable, Protocol, TypeVar
 
 import trio
 
 from .errors import ObjectNotFound, PreconditionFailed, Refused, StoreError
+from .gateway import StoreCalls
 from .journal import BODY_METADATA_ONLY, Journal, PutRecord
 from .store import ObjectStore
 from .upload import put_record
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_BACKOFF = 30.0
 DELETE_BATCH = 1000
@@ -137,18 +138,21 @@ class WriteBack:
         self,
         store: ObjectStore,
         journal: Journal,
-        limiter: trio.CapacityLimiter,
+        calls: StoreCalls,
         delay: float = 1.0,
         concurrency: int = UPLOAD_SLOTS,
         clock: Callable[[], float] = time.monotonic,
-        on_stored: Callable[[str], None] = lambda key: None,
+        on_stored: Callable[[str, str, dict[str, str] | None], None] = lambda key, etag, metadata: None,
         on_deleted: Callable[[str], None] = lambda key: None,
     ) -> None:
-        """``on_stored(key)`` is told of every object that reached the store (copies too),
-        ``on_deleted(key)`` of every key deleted from it."""
+        """``on_stored(key, etag, metadata)`` is told of every object that reached the store
+        (copies too; ``metadata`` None for a copy that kept its source's),
+        ``on_deleted(key)`` of every key deleted from it. While a program waits on a
+        store call (``calls.waiting``), no new work starts."""
         self.store = store
         self.journal = journal
-        self.limiter = limiter
+        self.calls = calls
+        calls.when_served(self._kick)
         self.delay = delay
         self.clock = clock
         self.on_stored = on_stored
@@ -174,7 +178,6 @@ class WriteBack:
         self._recent: deque[float] = deque(maxlen=BUSY_CHANGES)
         self._last_delete_batch = -DELETE_INTERVAL
         self._draining = 0
-        self._foreground = 0
         self.uploads = self.deletes = self.retries = 0
         self.last_error: str | None = None
 
@@ -184,19 +187,10 @@ class WriteBack:
         """The mount just changed something: due work waits for a pause (at most ``MAX_DEFER``)."""
         self._recent.append(self.clock())
 
-    def foreground_started(self) -> None:
-        """A caller now waits on the store: start no new background work until it is served."""
-        self._foreground += 1
-
-    def foreground_done(self) -> None:
-        self._foreground -= 1
-        if self._foreground == 0:
-            self._kick()
-
     def _start_at(self, due: float, urgent: bool) -> float:
         if urgent or self._draining:
             return due
-        if self._foreground:
+        if self.calls.waiting:
             return due + MAX_DEFER
         return max(due, min(self._quiet_at(), due + MAX_DEFER))
 
@@ -302,10 +296,10 @@ class WriteBack:
         """Server-side copy that waits for, and blocks, other operations on ``dst``."""
         await self._claim(dst)
         try:
-            etag = await trio.to_thread.run_sync(self.store.copy, src, dst, metadata, limiter=self.limiter)
+            etag = await self._store(self.store.copy, src, dst, metadata)
         finally:
             self._release(dst)
-        self.on_stored(dst)
+        self.on_stored(dst, etag, metadata)
         return etag
 
     async def flush(self, source: Source, timeout: float = math.inf) -> None:
@@ -499,7 +493,7 @@ class WriteBack:
         await self._claim(upload.key)
         try:
             try:
-                etag = await trio.to_thread.run_sync(self._put_blocking, upload, limiter=self.limiter)
+                etag = await self._store(self._put_blocking, upload)
             except ObjectNotFound:
                 if upload.record.body != BODY_METADATA_ONLY:
                     raise
@@ -532,7 +526,7 @@ class WriteBack:
             self._kick()
             return
         self.uploads += 1
-        self.on_stored(upload.key)
+        self.on_stored(upload.key, etag, upload.record.metadata)
         try:
             settled = await entry.source.uploaded(upload, etag)
         except Exception:
@@ -577,12 +571,16 @@ class WriteBack:
             conflict = upload.conflict_key()
             copy = Upload(dataclasses.replace(upload.record, key=conflict), upload.version, if_none_match=True)
             try:
-                etag = await trio.to_thread.run_sync(self._put_blocking, copy, limiter=self.limiter)
+                etag = await self._store(self._put_blocking, copy)
             except PreconditionFailed:
                 continue
-            self.on_stored(conflict)
+            self.on_stored(conflict, etag, upload.record.metadata)
             log.warning("%s was changed by another writer; this mount's version is kept as %s", upload.key, conflict)
             return conflict, etag
+
+    async def _store(self, fn: Callable[..., T], *args: object) -> T:
+        """A store call of write-back: in the background, as long as it takes (retries follow failures)."""
+        return await self.calls.call(fn, *args, background=True, bounded=False)
 
     def _put_blocking(self, upload: Upload) -> str:
         return put_record(self.store, self.journal, upload.record, upload.if_match, upload.if_none_match)
@@ -590,7 +588,7 @@ class WriteBack:
     async def _delete_batch(self, keys: list[str]) -> None:
         async with self._slots:
             try:
-                await trio.to_thread.run_sync(self.store.delete_many, keys, limiter=self.limiter)
+                await self._store(self.store.delete_many, keys)
             except Exception as exc:
                 self.retries += 1
                 self.last_error = f"delete of {len(keys)} keys: {exc}"

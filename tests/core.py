@@ -29,12 +29,15 @@ import trio.testing
 from cowfs.activity import Activity
 from cowfs.cache import ContentCache
 from cowfs.changes import ChangeMarks
-from cowfs.daemon import THREADS
+from cowfs.summaries import Summaries
+from cowfs.daemon import THREADS, store_events
 from cowfs.errors import NotFound, StoreError
+from cowfs.gateway import StoreCalls
 from cowfs.hooks import WorkspaceHooks
 from cowfs.journal import Journal
 from cowfs.keys import KeyMap
 from cowfs.namespace import Namespace
+from cowfs.reachability import Reachability
 from cowfs.store.base import ListPage, ObjectInfo, Progress
 from cowfs.store.local import LocalStore
 from cowfs.writeback import WriteBack
@@ -170,12 +173,15 @@ class Core:
     journal: Journal
     store: S3LikeStore
     marks: ChangeMarks | None = None
+    summaries: Summaries | None = None
 
     async def sync(self) -> None:
-        """``cowfs sync``: every pending change in the store, then this mount's change marks."""
+        """``cowfs sync``: every pending change in the store, then this mount's change marks and summaries."""
         await self.ns.sync()
         if self.marks is not None:
             await self.marks.flush()
+        if self.summaries is not None:
+            await self.summaries.flush()
 
     async def find(self, path: str) -> Node:
         """The node at ``path`` (a lookup per component, as the kernel makes them)."""
@@ -282,7 +288,7 @@ class Cores:
                     store_timeout: float = 30.0, foreign_ttl: float | None = None) -> AsyncIterator[Core]:
         """A core serving until the block ends (then stopped, not flushed: a test syncs what it means to).
 
-        With ``foreign_ttl`` it writes and reads change marks, as the daemon does."""
+        With ``foreign_ttl`` it writes and reads change marks and attribute summaries, as the daemon does."""
         name = f"core{len(self._stores)}"
         base = self.root / name
         tmp_dir = base / "tmp"
@@ -291,28 +297,20 @@ class Cores:
         self._stores.append(store)
         journal = Journal(base / "journal")
         cache = ContentCache(base / "cache", CACHE_SIZE)
-        limiter = trio.CapacityLimiter(THREADS)
-        activity = Activity(store, limiter)
-        marks = None if foreign_ttl is None else ChangeMarks(store, limiter, name, ttl=metadata_ttl,
+        calls = StoreCalls(trio.CapacityLimiter(THREADS), Reachability(store.check), store_timeout)
+        activity = Activity(store, calls)
+        marks = None if foreign_ttl is None else ChangeMarks(store, calls, name, ttl=metadata_ttl,
                                                              foreign_ttl=foreign_ttl, removed=activity.forgotten,
                                                              clock=trio.current_time)
 
-        def stored(key: str) -> None:
-            activity.mark(key)
-            if marks is not None:
-                marks.changed(key)
-
-        def deleted(key: str) -> None:
-            activity.deleted(key)
-            if marks is not None:
-                marks.changed(key)
-
-        writeback = WriteBack(store, journal, limiter, delay=write_back_delay, clock=trio.current_time,
+        summaries = None if foreign_ttl is None else Summaries(store, calls, forgotten=activity.forgotten)
+        stored, deleted = store_events(activity, marks, summaries)
+        writeback = WriteBack(store, journal, calls, delay=write_back_delay, clock=trio.current_time,
                               on_stored=stored, on_deleted=deleted)
-        hooks = WorkspaceHooks(store, limiter, activity, lambda: {"listings": ns.listings}, store_timeout)
-        ns = Namespace(store, KeyMap(), cache, journal, writeback, limiter, tmp_dir, hooks, uid=os.getuid(),
-                       gid=os.getgid(), metadata_ttl=metadata_ttl, store_timeout=store_timeout,
-                       clock=trio.current_time, marks=marks)
+        hooks = WorkspaceHooks(store, calls, activity, lambda: {"listings": ns.listings})
+        ns = Namespace(store, KeyMap(), cache, journal, writeback, calls, tmp_dir, hooks, uid=os.getuid(),
+                       gid=os.getgid(), metadata_ttl=metadata_ttl, clock=trio.current_time, marks=marks,
+                       summaries=summaries)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(writeback.run)
@@ -320,7 +318,9 @@ class Cores:
                 nursery.start_soon(activity.run)
                 if marks is not None:
                     nursery.start_soon(marks.run)
-                yield Core(ns, writeback, journal, store, marks)
+                if summaries is not None:
+                    nursery.start_soon(summaries.run)
+                yield Core(ns, writeback, journal, store, marks, summaries)
                 nursery.cancel_scope.cancel()
         finally:
             cache.close()

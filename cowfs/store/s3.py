@@ -33,6 +33,7 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
+from .. import ranges
 from ..errors import AccessDenied, NoSuchBucket, ObjectNotFound, PreconditionFailed, Refused, StoreError
 from ..fds import pwrite_all
 from .base import ListPage, ObjectInfo, ObjectStore, Progress, same_metadata
@@ -47,10 +48,6 @@ GiB = 1024 * MiB
 MAX_PARTS = 10_000  # S3's limit on the parts of one multipart upload
 DELETE_BATCH = 1_000  # S3's limit on the keys of one DeleteObjects call
 CHUNK = MiB
-#: Parallel ranges of one download, beside its stream, when it is split.
-DOWNLOAD_STREAMS = 4
-#: Split a download when one stream would need longer than this for the rest (seconds).
-SPLIT_AFTER = 0.5
 
 # Error codes by meaning; responses without a body (HEAD) carry only the status.
 _NOT_FOUND = {"NoSuchKey", "NotFound"}
@@ -67,8 +64,8 @@ class S3Store(ObjectStore):
 
     #: S3 refuses CopyObject above this size; larger objects are copied part by part.
     max_copy_size: int = 5 * GiB
-    #: See ``get_to_file``; tests set 0 to split every download that has room for two parts.
-    split_after: float = SPLIT_AFTER
+    #: See ``ranges.split``; tests set 0 to split every download that has room for two parts.
+    split_after: float = ranges.SPLIT_AFTER
 
     def __init__(
         self,
@@ -189,20 +186,15 @@ class S3Store(ObjectStore):
     def get_to_file(self, key: str, out: BinaryIO, progress: Progress | None = None) -> ObjectInfo:
         """Stream the object into ``out`` from its current position.
 
-        One GET streams the whole object. When, past its first
-        ``multipart_threshold`` bytes, it comes at a pace that leaves more than
-        ``split_after`` seconds for the rest, the stream keeps a share of the
-        rest and up to ``DOWNLOAD_STREAMS`` parallel ranges (none smaller than
-        ``part_size``, each conditional on the stream's ETag so that all parts
-        belong to one version) fetch the remainder. One connection to S3 carries ~100 MB/s,
-        so a large object from S3 is split; a server on the same machine
-        streams it faster than ranges would, and moto copies the whole object
-        for every ranged GET (128 MiB: one GET 0.28 s, four ranges 0.75 s).
-        A stream that breaks is not started again: a ranged GET asks for the rest.
+        One GET streams the whole object; past its first ``multipart_threshold``
+        bytes, the ranges ``ranges.split`` names for its pace (parts of
+        ``part_size`` at least) are fetched in parallel, each conditional on the
+        stream's ETag, and the stream stops where they begin. A stream that
+        breaks is not started again: a ranged GET asks for the rest.
         """
         out.flush()
         base, fd = out.tell(), out.fileno()
-        with self._translated(f"get {self._where(key)}"), ThreadPoolExecutor(DOWNLOAD_STREAMS) as pool:
+        with self._translated(f"get {self._where(key)}"), ThreadPoolExecutor(ranges.DOWNLOAD_STREAMS) as pool:
             info, body = self._stream(key)
             told = progress or _unheard
             parts: list[Future[None]] = []
@@ -219,10 +211,11 @@ class S3Store(ObjectStore):
                     told(info, pos, pos + len(chunk))
                     pos += len(chunk)
                     if not parts and pos >= self.multipart_threshold:
-                        end = self._split_point(pos, info.size, time.monotonic() - started)
-                        part_size = max(self.part_size, -(-(info.size - end) // DOWNLOAD_STREAMS))
-                        parts = [pool.submit(self._fetch_range, key, info, fd, base, offset, part_size, told)
-                                 for offset in range(end, info.size, part_size)]
+                        split = ranges.split(pos, info.size, time.monotonic() - started, self.part_size,
+                                             self.split_after)
+                        end = split[0][0] if split else info.size
+                        parts = [pool.submit(self._fetch_range, key, info, fd, base, start, stop - start, told)
+                                 for start, stop in split]
             finally:
                 _let_go(body, read_all=pos == info.size)
             for part in parts:
@@ -237,14 +230,6 @@ class S3Store(ObjectStore):
             return headers_info(key, lean.headers), lean
         response = self._client.get_object(Bucket=self.bucket, Key=self.prefix + key)
         return _info(key, response), response["Body"]
-
-    def _split_point(self, pos: int, size: int, elapsed: float) -> int:
-        """Where the stream should stop, ``pos`` bytes in after ``elapsed`` seconds: ``size`` unless
-        the rest would take longer than ``split_after`` seconds at its pace and is ≥ two parts."""
-        rest = size - pos
-        if rest < 2 * self.part_size or rest * elapsed <= self.split_after * pos:
-            return size
-        return pos + max(self.part_size, -(-rest // (DOWNLOAD_STREAMS + 1)))
 
     def get_range_into(
         self, key: str, info: ObjectInfo, fd: int, start: int, end: int, progress: Progress | None = None

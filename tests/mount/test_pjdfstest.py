@@ -24,7 +24,7 @@ from mounting import require_programs, require_root
 #: Every test here mounts FUSE (``-m "not mount"`` leaves them out).
 pytestmark = pytest.mark.mount
 
-TARBALL = Path(__file__).parent / "pjdfstest" / "pjdfstest-85a8aea.tar.gz"
+TARBALL = Path(__file__).resolve().parent.parent / "pjdfstest" / "pjdfstest-85a8aea.tar.gz"
 TEST_FILES = 238
 PARALLEL = 4
 

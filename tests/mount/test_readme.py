@@ -12,7 +12,7 @@ import pytest
 
 from mounting import is_mounted, require_fuse
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def quick_start_blocks() -> list[str]:

@@ -10,10 +10,11 @@ import threading
 import pytest
 
 from cowfs.attrs import Attrs, check_xattrs_fit, from_metadata, to_metadata
-from cowfs.errors import InvalidName, NameTooLong, NoSpace
+from cowfs.errors import InvalidName, NameTooLong, NoSpace, ObjectNotFound, Refused, StoreError
 from cowfs.journal import BODY_STAGING, SPARE_AHEAD, DeleteRecord, Journal, MoveRecord, PutRecord, plan_replay
 from cowfs.keys import KeyMap
 from cowfs.names import check_key_length, component, is_listable
+from cowfs.reachability import says_unreachable
 
 
 def test_component_rules():
@@ -379,3 +380,9 @@ def test_artifact_type_follows_the_path():
     assert artifact_type(ws + ("sessions", "s1", "artifacts")) == ("file", "s1")
     assert artifact_type(ws + ("README.md",)) == ("file", None)
     assert artifact_type(ws + ("history.jsonl",)) == ("file", None)
+
+
+def test_a_refusal_is_an_answer_and_a_timeout_is_not() -> None:
+    assert not says_unreachable(Refused("put k: 400"))
+    assert not says_unreachable(ObjectNotFound("k"))
+    assert says_unreachable(StoreError("the store did not answer within 30 s"))

@@ -10,7 +10,8 @@ import pytest
 import trio
 
 from cowfs.errors import NotFound, StoreError
-from cowfs.fetch import FAR, RANGE, Fetch, add_span, covered
+from cowfs.fetch import Fetch
+from cowfs.ranges import DOWNLOAD_STREAMS, FAR, RANGE, add_span, covered, split
 from cowfs.store import ObjectInfo
 from cowfs.threads import Stall, blocking
 
@@ -180,3 +181,17 @@ def test_a_read_far_ahead_asks_a_window_from_itself_on_then_slides_it() -> None:
 
 def test_a_read_far_ahead_asks_nothing_past_the_end_nor_what_is_in() -> None:
     assert _asks([(0, MiB), (60 * MiB, 64 * MiB)], [62 * MiB, 59 * MiB]) == [None, (59 * MiB, 60 * MiB)]
+
+
+def test_a_stream_that_keeps_pace_is_not_split() -> None:
+    assert split(8 * MiB, 128 * MiB, elapsed=0.01, part_size=8 * MiB) == []
+    assert split(8 * MiB, 20 * MiB, elapsed=10.0, part_size=8 * MiB) == [], "less than two parts left"
+
+
+def test_a_slow_stream_keeps_a_share_and_ranges_bring_the_rest_in_parts() -> None:
+    parts = split(8 * MiB, 128 * MiB + 5, elapsed=1.0, part_size=8 * MiB)
+    stop = parts[0][0]
+    assert 8 * MiB < stop < 128 * MiB, "the stream keeps a share of the rest"
+    assert len(parts) <= DOWNLOAD_STREAMS and parts[-1][1] == 128 * MiB + 5
+    assert all(a[1] == b[0] for a, b in zip(parts, parts[1:])), "the ranges follow each other without a gap"
+    assert all(end - start >= 8 * MiB for start, end in parts[:-1])

@@ -14,6 +14,7 @@ from cowfs.journal import Journal
 from cowfs.store.local import LocalStore
 from cowfs.journal import BODY_INLINE, PutRecord
 from cowfs.writeback import Upload, WriteBack
+from cowfs.gateway import StoreCalls
 
 
 class GatedStore(LocalStore):
@@ -37,7 +38,7 @@ def test_a_deleted_folder_stays_hidden_from_listings_that_started_before_its_del
     journal = Journal(tmp_path / "journal")
 
     async def main() -> None:
-        wb = WriteBack(store, journal, trio.CapacityLimiter(4), delay=0.0)
+        wb = WriteBack(store, journal, StoreCalls(trio.CapacityLimiter(4)), delay=0.0)
         before = wb.clock()
         for key in ("t/ws/src/", "t/ws/src/a", "t/ws/src/sub/b"):
             journal.write_delete(key)
@@ -68,7 +69,7 @@ def test_a_cancelled_delete_hides_nothing(tmp_path):
     journal = Journal(tmp_path / "journal")
 
     async def main() -> None:
-        wb = WriteBack(LocalStore(tmp_path / "store"), journal, trio.CapacityLimiter(4), delay=60)
+        wb = WriteBack(LocalStore(tmp_path / "store"), journal, StoreCalls(trio.CapacityLimiter(4)), delay=60)
         start = wb.clock()
         wb.schedule_delete("t/ws/f")
         assert wb.may_still_list("t/ws/f", start)
@@ -109,7 +110,7 @@ def test_deletes_during_a_long_burst_go_in_few_batches(tmp_path, monkeypatch):
     journal = Journal(tmp_path / "journal")
 
     async def main() -> None:
-        wb = WriteBack(store, journal, trio.CapacityLimiter(4), delay=0.0)
+        wb = WriteBack(store, journal, StoreCalls(trio.CapacityLimiter(4)), delay=0.0)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(wb.run)
             start = wb.clock()
@@ -162,7 +163,7 @@ def test_a_wake_up_of_the_scheduler_does_not_rescan_every_pending_upload(tmp_pat
     monkeypatch.setattr(WriteBack, "_start_at", counting)
 
     async def main() -> None:
-        wb = WriteBack(LocalStore(tmp_path / "store"), journal, trio.CapacityLimiter(4), delay=60)
+        wb = WriteBack(LocalStore(tmp_path / "store"), journal, StoreCalls(trio.CapacityLimiter(4)), delay=60)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(wb.run)
             for i in range(pending):
@@ -170,9 +171,7 @@ def test_a_wake_up_of_the_scheduler_does_not_rescan_every_pending_upload(tmp_pat
                 wb.schedule(IdleSource(f"r{i}"))
                 await trio.sleep(0)
             for _ in range(wakes):
-                wb.foreground_started()
-                wb.foreground_done()
-                await trio.sleep(0)
+                await wb.calls.call(int, background=False)
             assert wb.stats().pending_uploads == pending
             nursery.cancel_scope.cancel()
         assert looked_at < 10 * (pending + wakes), f"{looked_at} due-time checks for {pending} uploads"
@@ -207,7 +206,7 @@ def test_uploads_trickle_while_the_mount_stays_busy_and_all_go_once_it_pauses(tm
     files = 150
 
     async def main() -> None:
-        wb = WriteBack(store, journal, trio.CapacityLimiter(8), delay=0.0)
+        wb = WriteBack(store, journal, StoreCalls(trio.CapacityLimiter(8)), delay=0.0)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(wb.run)
             start = time.monotonic()
@@ -251,7 +250,7 @@ def test_uploads_started_in_a_pause_do_not_run_on_at_full_speed_once_the_mount_i
     files, slots = 100, 4
 
     async def main() -> tuple[float, float]:
-        wb = WriteBack(store, journal, trio.CapacityLimiter(8), delay=0.0, concurrency=slots)
+        wb = WriteBack(store, journal, StoreCalls(trio.CapacityLimiter(8)), delay=0.0, concurrency=slots)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(wb.run)
             for i in range(files):
@@ -314,7 +313,7 @@ def test_two_conflicts_of_one_key_in_one_second_keep_three_versions(tmp_path, mo
     sources = [StaleWrite("r1", b"mine one"), StaleWrite("r2", b"mine two")]
 
     async def main() -> None:
-        wb = WriteBack(store, journal, trio.CapacityLimiter(4), delay=0.0, concurrency=1)
+        wb = WriteBack(store, journal, StoreCalls(trio.CapacityLimiter(4)), delay=0.0, concurrency=1)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(wb.run)
             for source in sources:

@@ -64,7 +64,7 @@ def test_systemd_units_verify(tmp_path):
         pytest.fail("systemd-analyze is not installed (apt-get install systemd)")
     cowfs_bin = Path(sys.prefix) / "bin" / "cowfs"
     units = []
-    for unit in sorted((Path(__file__).parent.parent / "systemd").iterdir()):
+    for unit in sorted((Path(__file__).resolve().parents[2] / "systemd").iterdir()):
         if unit.suffix not in (".service", ".timer", ".mount"):
             continue
         name = unit.name.replace("@.", "@test.")

@@ -21,6 +21,7 @@ from cowfs.sessions import list_page
 from cowfs.store.local import LocalStore
 from cowfs.store.s3 import S3Store
 from cowfs.workspaces import create_workspace, record_key
+from cowfs.gateway import StoreCalls
 from mounting import cowfs
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -210,7 +211,7 @@ def test_activity_writes_that_fail_are_counted_and_tried_again(tmp_path, caplog)
     store.refusals = 2
 
     async def scenario() -> Activity:
-        activity = Activity(store, trio.CapacityLimiter(4), clock=lambda: T0 + timedelta(hours=1))
+        activity = Activity(store, StoreCalls(trio.CapacityLimiter(4)), clock=lambda: T0 + timedelta(hours=1))
         activity.mark("acme/ws/sessions/s1/f")
         await activity.flush()
         assert activity.failures == 2 and "503 Slow Down" in activity.last_error and activity.pending == 2
@@ -312,7 +313,7 @@ def test_a_page_holds_every_session_after_any_anchor_once_in_order(times, at, pa
 
 def test_a_workspace_being_deleted_is_neither_touched_nor_indexed_until_written_again(tmp_path):
     store = LocalStore(tmp_path / "store")
-    activity = Activity(store, trio.CapacityLimiter(2))
+    activity = Activity(store, StoreCalls(trio.CapacityLimiter(2)))
     activity.forget("acme", "ws")  # rm -r: its deletes arrive afterwards
     activity.deleted("acme/ws/sessions/s1/f")
     activity.mark("acme/ws/sessions/s2/f")

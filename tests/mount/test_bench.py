@@ -17,7 +17,7 @@ from mounting import require_fuse
 #: Every test here mounts FUSE (``-m "not mount"`` leaves them out).
 pytestmark = pytest.mark.mount
 
-BENCH = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
+BENCH = Path(__file__).resolve().parents[2] / "scripts" / "bench.py"
 
 
 def test_quick_bench_runs_the_floors_beside_cowfs_and_leaves_nothing_mounted(tmp_path: Path) -> None:

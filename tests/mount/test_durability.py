@@ -20,7 +20,7 @@ from mounting import cowfs, tmpfs
 #: Every test here mounts FUSE (``-m "not mount"`` leaves them out).
 pytestmark = pytest.mark.mount
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024
 
 

@@ -18,7 +18,7 @@ import pytest
 from botocore.exceptions import ClientError, NoCredentialsError, ReadTimeoutError
 
 from cowfs.errors import AccessDenied, ObjectNotFound, PreconditionFailed, Refused, StoreError, UsageError
-from cowfs.fetch import add_span
+from cowfs.ranges import add_span
 from cowfs.store import ObjectStore, default_store_path, open_store
 from cowfs.store.local import LocalStore
 from cowfs.store.s3 import S3Store, _store_error
@@ -690,7 +690,7 @@ def _ranged_gets(store: S3Store) -> list[str]:
 
 
 def test_s3_download_splits_a_slow_stream_into_a_few_large_ranges(s3_bucket: S3Bucket, tmp_path: Path) -> None:
-    from cowfs.store.s3 import DOWNLOAD_STREAMS
+    from cowfs.ranges import DOWNLOAD_STREAMS
 
     store = s3_store(s3_bucket, multipart_threshold=MiB, part_size=MiB)
     store.split_after = 0  # any pace is too slow

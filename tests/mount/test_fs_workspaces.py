@@ -15,6 +15,7 @@ import trio
 import cowfs.activity
 from cowfs.activity import Activity
 from cowfs.store.local import LocalStore
+from cowfs.gateway import StoreCalls
 from mounting import cowfs as run_cli
 
 #: What these tests check can differ between S3 servers: each runs on moto and on Ceph RGW.
@@ -190,7 +191,7 @@ def test_activity_writes_one_record_per_workspace_per_flush(tmp_path, monkeypatc
     monkeypatch.setattr(cowfs.activity, "touch_workspace", lambda store, t, w, when: calls.append((t, w)))
 
     async def scenario() -> None:
-        activity = Activity(LocalStore(tmp_path / "store"), trio.CapacityLimiter(2))
+        activity = Activity(LocalStore(tmp_path / "store"), StoreCalls(trio.CapacityLimiter(2)))
         for i in range(200):
             activity.mark(f"acme/proj/sessions/s1/line{i}")
         activity.mark("acme/other/f")
