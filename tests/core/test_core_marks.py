@@ -3,6 +3,7 @@ of it with one LIST of its marks per TTL, and still see each other's changes wit
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 
 import pytest
@@ -178,3 +179,39 @@ async def test_a_tree_this_mount_just_wrote_is_walked_without_listing_it_again(c
         start = a.store.mark()
         assert await a.walk("t1/ws1/walk/src") == made
         assert Counter(kind for kind, _ in a.store.since(start).elements() if kind != "put") == Counter({"list": 1})
+
+
+async def test_a_walk_after_a_remount_takes_attributes_from_the_folders_summaries(cores: Cores) -> None:
+    """One GET of a folder's summary instead of a HEAD per file; a file another tool rewrote
+    (its ETag no longer the summary's) still gets its HEAD."""
+    create_workspace(cores.store, "t1", "u1", "general", workspace_id="ws1")
+    big = os.urandom(300 * 1024)
+    async with cores.mount(foreign_ttl=30) as a:
+        for i in range(3):
+            for j in range(4):
+                await a.makedirs(f"t1/ws1/src/d{i}")
+                await a.write(f"t1/ws1/src/d{i}/f{j}.bin", big)
+        await a.sync()
+        modes = {path: (await a.find(f"t1/ws1/src/{path}")).mode for path in await a.walk("t1/ws1/src")}
+    cores.store.put("t1/ws1/src/d0/f0.bin", os.urandom(300 * 1024), {})
+    async with cores.mount(foreign_ttl=30) as b:
+        start = b.store.mark()
+        seen = {path: (await b.find(f"t1/ws1/src/{path}")).mode for path in await b.walk("t1/ws1/src")}
+        heads = {key for kind, key in b.store.since(start) if kind == "head" and not key.endswith("/")}
+        assert heads == {"t1/ws1/src/d0/f0.bin"}
+        assert {p: m for p, m in seen.items() if p != "d0/f0.bin"} == {p: m for p, m in modes.items() if p != "d0/f0.bin"}
+
+
+async def test_small_files_whose_attributes_came_from_a_summary_are_still_fetched_ahead(cores: Cores) -> None:
+    create_workspace(cores.store, "t1", "u1", "general", workspace_id="ws1")
+    async with cores.mount(foreign_ttl=30) as a:
+        await a.makedirs("t1/ws1/docs")
+        for i in range(6):
+            await a.write(f"t1/ws1/docs/f{i}.txt", b"doc %d" % i)
+        await a.sync()
+    async with cores.mount(foreign_ttl=30) as b:
+        assert await b.listdir("t1/ws1/docs") == [f"f{i}.txt" for i in range(6)]
+        await cores.settle()
+        start = b.store.mark()
+        assert [await b.read(f"t1/ws1/docs/f{i}.txt") for i in range(6)] == [b"doc %d" % i for i in range(6)]
+        assert not [key for kind, key in b.store.since(start) if kind in ("get", "head")]

@@ -12,6 +12,7 @@ import trio
 from core import Cores
 from cowfs import summaries
 from cowfs.changes import folder_of
+from cowfs.gateway import StoreCalls
 from cowfs.store import ObjectStore
 from cowfs.summaries import Summaries, Summary, summary_key, usable
 from cowfs.threads import blocking
@@ -22,7 +23,7 @@ META = {"mode": "33188", "uid": "1000", "gid": "1000", "mtime": "1700000000.2500
 
 
 def writer(store: ObjectStore, **options: Any) -> Summaries:
-    return Summaries(store, trio.CapacityLimiter(4), **options)
+    return Summaries(store, StoreCalls(trio.CapacityLimiter(4)), **options)
 
 
 def io_of(store: ObjectStore) -> Any:
