@@ -215,7 +215,7 @@ def test_status_and_mounts_speak_json(mount_factory):
     assert {"pid", "mountpoint", "store", "tenant", "cacheDir", "pendingUploads", "pendingDeletes", "dirtyBytes",
             "uploads", "deletes", "retries", "listings", "storeUnreachableSince", "lastError", "refusedKeys",
             "activityPending", "activityFailures", "activityLastError", "markChecks", "markFailures",
-            "markLastError", "cacheBytes", "storeQuirks", "uptime"
+            "markLastError", "summaryFailures", "summaryLastError", "cacheBytes", "storeQuirks", "uptime"
             } == set(status)
     found = [m for m in run_json("mounts")["mounts"] if m["mountpoint"] == str(mount.path)]
     assert found == [{"mountpoint": str(mount.path), "store": status["store"], "tenant": "t1",
