@@ -17,6 +17,7 @@ import urllib.parse
 import pytest
 
 from cowfs.changes import MARKS_DIR
+from cowfs.summaries import SUMMARIES_DIR
 
 from mounting import cowfs, is_mounted
 
@@ -39,10 +40,11 @@ EVERY_TTL = ["--foreign-ttl", "0"]
 
 
 def keys(bucket, prefix: str = "") -> set[str]:
-    """The keys under ``prefix``, but the mounts' change marks (``.cowfs/changes/``)."""
+    """The keys under ``prefix``, but the mounts' change marks and attribute summaries."""
     out: set[str] = set()
     for page in bucket.client.get_paginator("list_objects_v2").paginate(Bucket=bucket.name, Prefix=prefix):
-        out.update(o["Key"] for o in page.get("Contents", []) if f"/{MARKS_DIR}" not in o["Key"])
+        out.update(o["Key"] for o in page.get("Contents", [])
+                   if f"/{MARKS_DIR}" not in o["Key"] and f"/{SUMMARIES_DIR}" not in o["Key"])
     return out
 
 
