@@ -1,4 +1,4 @@
-"""Issue 6's resource limits, on real mounts of the embedded (``file://``) store.
+"""Resource limits, on real mounts of the embedded (``file://``) store.
 
 - The daemon's RSS stays under 200 MiB while 100,000 files are listed and
   1,000 files are open (VmHWM from /proc, checked after every folder, so a
