@@ -289,8 +289,9 @@ class ChangeMarks(BatchWriter[Workspace, set[str]]):
         seen = self.clock()
         for key, mark in read.items():
             last = view.seqs.get(key)
-            if mark is None:
-                view.baseline = seen if not first else view.baseline
+            if mark is None:  # gone or unreadable: what it named cannot be placed
+                if not first:
+                    view.baseline = seen
                 continue
             if not first:
                 if last is None and mark.floor == 0:

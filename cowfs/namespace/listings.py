@@ -18,7 +18,7 @@ import functools
 import logging
 import os
 from collections import deque
-from typing import Any, Awaitable, Callable
+from typing import Awaitable, Callable
 
 import trio
 
@@ -171,10 +171,7 @@ class Listings(Part):
             return
         workspace = self.marks.workspace_of(self.inodes.key(dir_node))
         if workspace is not None:
-            await self.marks.check(workspace, functools.partial(self._call, background=background))
-
-    async def _call(self, fn: Callable[..., Any], *args: Any, background: bool) -> Any:
-        return await self.calls.call(fn, *args, background=background)
+            await self.marks.check(workspace, functools.partial(self.calls.call, background=background))
 
     def _due_for_listing(self, dir_node: Node, now: float) -> bool:
         """Whether a LIST could change ``dir_node``: not fresh, not generated, and the
@@ -345,8 +342,7 @@ class Listings(Part):
         files = [n for n in nodes if n.kind is not Kind.DIR and not n.meta_known and n.etag]
         if self.summaries is None or not files:
             return
-        entries = await self.summaries.read(self.inodes.key(dir_node), functools.partial(self._call,
-                                                                                          background=background))
+        entries = await self.summaries.read(self.inodes.key(dir_node), functools.partial(self.calls.call, background=background))
         found = usable({n.name: n.etag for n in files}, entries)
         for node in files:
             meta = found.get(node.name)
