@@ -28,11 +28,12 @@ import math
 import random
 import secrets
 from collections import Counter, deque
+from contextlib import asynccontextmanager
 import socket
 import time
 from datetime import datetime, timezone
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, TypeVar
+from typing import AsyncIterator, Callable, Protocol, TypeVar
 
 import trio
 
@@ -163,6 +164,8 @@ class WriteBack:
         self._deletes: dict[str, float] = {}
         self._delete_attempts: dict[str, int] = {}
         self._busy: dict[str, trio.Event] = {}
+        self._moving: set[str] = set()
+        self._moved = trio.Event()
         self._deleting: set[str] = set()
         self._deleting_under: Counter[str] = Counter()
         self._deleted_at: dict[str, float] = {}
@@ -301,6 +304,40 @@ class WriteBack:
             self._release(dst)
         self.on_stored(dst, etag, metadata)
         return etag
+
+    @asynccontextmanager
+    async def moving(self, prefix: str) -> AsyncIterator[None]:
+        """A folder's objects are being moved: no upload under ``prefix`` lands meanwhile.
+
+        Waits for those already under way first, so the move's listing shows
+        every object they store; one landing between that listing and the end
+        of the move would stay at its old key, and its new key never be written.
+        Uploads that come due meanwhile wait, and then go up under the new name.
+        """
+        self._moving.add(prefix)
+        try:
+            while busy := [event for key, event in self._busy.items() if key.startswith(prefix)]:
+                await busy[0].wait()
+            yield
+        finally:
+            self._moving.discard(prefix)
+            self._moved.set()
+            self._moved = trio.Event()
+
+    def _under_move(self, key: str) -> bool:
+        return any(key.startswith(prefix) for prefix in self._moving)
+
+    async def _claim_upload(self, source: Source) -> Upload | None:
+        """``source``'s upload, its key claimed, once no folder move holds that key."""
+        while True:
+            upload = source.snapshot()
+            if upload is None:
+                return None
+            await self._claim(upload.key)
+            if not self._under_move(upload.key):
+                return upload
+            self._release(upload.key)
+            await self._moved.wait()
 
     async def flush(self, source: Source, timeout: float = math.inf) -> None:
         """Upload ``source`` now and wait until the store has it (fsync).
@@ -486,11 +523,10 @@ class WriteBack:
             self._kick()
 
     async def _upload_held(self, rid: str, entry: _Pending) -> None:
-        upload = entry.source.snapshot()
+        upload = await self._claim_upload(entry.source)
         if upload is None:
             self._finish(rid, entry, settled=True)
             return
-        await self._claim(upload.key)
         try:
             try:
                 etag = await self._store(self._put_blocking, upload)

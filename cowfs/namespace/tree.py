@@ -9,6 +9,8 @@ and the old one gone after replay.
 
 from __future__ import annotations
 
+import contextlib
+
 import stat
 import time
 
@@ -199,20 +201,22 @@ class TreeChanges(Part):
             shadows = persistence.cancel_delete(new_key) or (target is not None and persistence.may_hold_object(target))
             carries_data = node.kind is not Kind.DIR and persistence.carries_data(node)
             node.ctime_ns = time.time_ns()
-            if node.kind is Kind.DIR:
-                await self._move_dir_objects(old_key, new_key)
-                node.times_unsaved = True  # the copied marker has the old ctime
-            elif not carries_data:
-                await self.writeback.copy(old_key, new_key, to_metadata(node.attrs()))
-            if persistence.may_hold_object(node):
-                persistence.release_key(old_key)
-            pending = node.need_pending()
-            pending.shadows, pending.condition = shadows, Condition.NONE
-            del old_parent.children[node.name]
-            node.name, node.parent = new_name, new_parent
-            new_parent.children[new_name] = node
-            for folder in {old_parent, new_parent}:
-                folder.entries_changed()
+            # No upload under a folder lands while it moves, until the tree has it at its new place.
+            async with self.writeback.moving(old_key) if node.kind is Kind.DIR else contextlib.nullcontext():
+                if node.kind is Kind.DIR:
+                    await self._move_dir_objects(old_key, new_key)
+                    node.times_unsaved = True  # the copied marker has the old ctime
+                elif not carries_data:
+                    await self.writeback.copy(old_key, new_key, to_metadata(node.attrs()))
+                if persistence.may_hold_object(node):
+                    persistence.release_key(old_key)
+                pending = node.need_pending()
+                pending.shadows, pending.condition = shadows, Condition.NONE
+                del old_parent.children[node.name]
+                node.name, node.parent = new_name, new_parent
+                new_parent.children[new_name] = node
+                for folder in {old_parent, new_parent}:
+                    folder.entries_changed()
             if carries_data:
                 persistence.persist(node)
             now = self.clock()

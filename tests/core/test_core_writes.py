@@ -421,3 +421,26 @@ async def test_a_writer_of_a_few_files_a_second_is_not_held_back(cores: Cores) -
             await cores.advance(1 / 16)
             if i >= 4:
                 assert f"t1/ws1/f{i - 4}" in cores.store.stored("t1/ws1/"), f"f{i - 4} waited past its delay"
+
+
+async def test_an_upload_under_way_when_its_folder_is_renamed_lands_under_the_new_name(cores: Cores) -> None:
+    """The move waits for the upload under way before it lists the folder: an object
+    landing between the move's listing and its end would stay at the old key, and the
+    new one never be written."""
+    async with cores.mount(write_back_delay=1) as a:
+        await a.makedirs("t1/ws1/src")
+        await a.write("t1/ws1/src/old", b"stored")
+        await a.ns.sync()
+        await a.write("t1/ws1/src/new", b"fresh")
+        async with trio.open_nursery() as nursery:
+            with a.store.holding("copy"):
+                with a.store.holding("put"):
+                    await cores.advance(1.5)
+                    assert a.store.held == 1
+                    nursery.start_soon(a.rename, "t1/ws1/src", "t1/ws1/dst")
+                    await cores.settle()
+                    assert a.store.count("list", "t1/ws1/src/") == 0
+                await cores.settle()
+                assert a.store.count("list", "t1/ws1/src/") == 1
+        await a.ns.sync()
+        assert files(cores) == {"t1/ws1/dst/": b"", "t1/ws1/dst/old": b"stored", "t1/ws1/dst/new": b"fresh"}
