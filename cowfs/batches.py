@@ -1,4 +1,5 @@
-"""What the parts that write small objects after this mount's changes share: batching and failures.
+"""What the parts that write small objects after this mount's changes share: batching,
+failures, and whether a workspace has its record.
 
 A change mark or an attribute summary is written a moment after the changes it
 tells of, once for all that came in meanwhile, on worker threads; a write that
@@ -16,20 +17,51 @@ import trio
 
 from .gateway import StoreCalls
 from .store import ObjectStore
+from .workspaces import has_record
 
 #: Objects written at once in one flush.
 PARALLEL = 8
 K = TypeVar("K")
 V = TypeVar("V")
+Workspace = tuple[str, str]
+
+
+class RecordCheck:
+    """Which workspaces have their record, asked once per mount (one HEAD) for every writer
+    beside it: a mark or a summary written into a removed workspace, or into a folder other
+    tools made, would make it one."""
+
+    def __init__(self, store: ObjectStore, calls: StoreCalls) -> None:
+        self.store = store
+        self.calls = calls
+        self._known: set[Workspace] = set()
+        self._asking: dict[Workspace, trio.Event] = {}
+
+    async def exists(self, workspace: Workspace) -> bool:
+        """Whether ``workspace`` has its record; a writer asking while another does waits for its answer."""
+        while workspace in self._asking:
+            await self._asking[workspace].wait()
+        if workspace in self._known:
+            return True
+        asked = self._asking[workspace] = trio.Event()
+        try:
+            found = await self.calls.call(has_record, self.store, *workspace, background=True)
+        finally:
+            del self._asking[workspace]
+            asked.set()
+        if found:
+            self._known.add(workspace)
+        return found
 
 
 class BatchWriter(abc.ABC, Generic[K, V]):
     """Keeps what changed per object to write (``_pending``: K -> V) and writes it in batches."""
 
-    def __init__(self, store: ObjectStore, calls: StoreCalls, interval: float) -> None:
+    def __init__(self, store: ObjectStore, calls: StoreCalls, interval: float, records: RecordCheck) -> None:
         self.store = store
         self.calls = calls
         self.interval = interval
+        self.records = records
         self._pending: dict[K, V] = {}
         self._flushing = trio.Lock()
         self._wake = trio.Event()

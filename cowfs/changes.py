@@ -32,11 +32,10 @@ from typing import Any, Awaitable, Callable
 import trio
 
 from . import layout
-from .batches import BatchWriter
+from .batches import BatchWriter, RecordCheck, Workspace
 from .errors import CowfsError, ObjectNotFound
 from .store import ObjectStore
 from .gateway import StoreCalls
-from .workspaces import has_record
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +50,6 @@ PARALLEL = 8
 WRITER_FILE = "writer"
 FORMAT = 1
 
-Workspace = tuple[str, str]
 #: Runs a store call on a worker thread: ``await io(fn, *args)``.
 Io = Callable[..., Awaitable[Any]]
 
@@ -164,11 +162,11 @@ class ChangeMarks(BatchWriter[Workspace, set[str]]):
     ``pending`` counts the workspaces whose mark waits for the next flush."""
 
     def __init__(self, store: ObjectStore, calls: StoreCalls, writer: str, *, ttl: float,
-                 foreign_ttl: float, clock: Callable[[], float] = time.monotonic,
+                 foreign_ttl: float, records: RecordCheck, clock: Callable[[], float] = time.monotonic,
                  interval: float = FLUSH_INTERVAL, removed: Callable[[Workspace], bool] = lambda w: False) -> None:
         """``removed(workspace)``: whether this mount is deleting it (a mark would bring it back);
         ``clock`` is the namespace's (listing times are compared with it)."""
-        super().__init__(store, calls, interval)
+        super().__init__(store, calls, interval, records)
         self.writer = writer
         self.ttl = ttl
         self.foreign_ttl = foreign_ttl
@@ -194,7 +192,7 @@ class ChangeMarks(BatchWriter[Workspace, set[str]]):
         try:
             mark = self._written.get(workspace)
             if mark is None:
-                if not await self._background(has_record, self.store, *workspace):
+                if not await self.records.exists(workspace):
                     log.debug("no mark for %s/%s: it has no record (removed, or made by another tool)", *workspace)
                     return
                 mark = await self._read(key, self._background) or Mark()

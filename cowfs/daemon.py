@@ -28,6 +28,7 @@ import trio
 
 from . import cachedir, control, mounts, options
 from .activity import Activity
+from .batches import RecordCheck
 from .changes import ChangeMarks, writer_id
 from .summaries import Summaries
 from .cache import ContentCache
@@ -221,9 +222,10 @@ async def _serve(
     found the store refusing are still in the journal)."""
     calls = StoreCalls(trio.CapacityLimiter(THREADS), Reachability(store.check), opts.store_timeout)
     activity = Activity(store, calls)
+    records = RecordCheck(store, calls)
     marks = ChangeMarks(store, calls, writer_id(cache_dir), ttl=opts.metadata_ttl,
-                        foreign_ttl=opts.foreign_ttl, removed=activity.forgotten)
-    summaries = Summaries(store, calls, forgotten=activity.forgotten)
+                        foreign_ttl=opts.foreign_ttl, records=records, removed=activity.forgotten)
+    summaries = Summaries(store, calls, records=records, forgotten=activity.forgotten)
     stored, deleted = store_events(activity, marks, summaries)
     writeback = WriteBack(store, journal, calls, delay=opts.write_back_delay, on_stored=stored,
                           on_deleted=deleted)

@@ -33,12 +33,11 @@ from typing import Any, Callable
 
 
 from . import layout
-from .batches import BatchWriter
+from .batches import BatchWriter, RecordCheck
 from .changes import Io, Workspace, folder_of, listed_folder
 from .errors import CowfsError, ObjectNotFound, PreconditionFailed
 from .gateway import StoreCalls
 from .store import ObjectStore
-from .workspaces import has_record
 
 log = logging.getLogger(__name__)
 
@@ -139,12 +138,11 @@ class Summaries(BatchWriter[Folder, dict[str, Entry | None]]):
     """Writes the summaries of the folders this mount puts files into, and reads any (see the module).
     ``pending`` counts the folders whose summary waits for the next flush."""
 
-    def __init__(self, store: ObjectStore, calls: StoreCalls, *, interval: float = FLUSH_INTERVAL,
-                 forgotten: Callable[[Workspace], bool] = lambda w: False) -> None:
+    def __init__(self, store: ObjectStore, calls: StoreCalls, *, records: RecordCheck,
+                 interval: float = FLUSH_INTERVAL, forgotten: Callable[[Workspace], bool] = lambda w: False) -> None:
         """``forgotten(workspace)``: whether this mount is deleting it (a summary would bring it back)."""
-        super().__init__(store, calls, interval)
+        super().__init__(store, calls, interval, records)
         self.forgotten = forgotten
-        self._recorded: set[Workspace] = set()
 
     def noted(self, key: str, etag: str, metadata: dict[str, str]) -> None:
         """The object ``key`` reached the store as ``etag`` with ``metadata``."""
@@ -165,11 +163,9 @@ class Summaries(BatchWriter[Folder, dict[str, Entry | None]]):
         if self.forgotten(workspace):
             return
         try:
-            if workspace not in self._recorded:
-                if not await self._background(has_record, self.store, *workspace):
-                    log.debug("no summary for %s/%s: it has no record (removed, or made by another tool)", *workspace)
-                    return
-                self._recorded.add(workspace)
+            if not await self.records.exists(workspace):
+                log.debug("no summary for %s/%s: it has no record (removed, or made by another tool)", *workspace)
+                return
             await self._merge(summary_key(workspace, folder), folder, changes)
         except (CowfsError, OSError) as exc:
             self._failed(f"writing the attribute summary of {workspace[0]}/{workspace[1]}/{folder}", exc)

@@ -27,6 +27,7 @@ import trio
 import trio.testing
 
 from cowfs.activity import Activity
+from cowfs.batches import RecordCheck
 from cowfs.cache import ContentCache
 from cowfs.changes import ChangeMarks
 from cowfs.summaries import Summaries
@@ -299,11 +300,12 @@ class Cores:
         cache = ContentCache(base / "cache", CACHE_SIZE)
         calls = StoreCalls(trio.CapacityLimiter(THREADS), Reachability(store.check), store_timeout)
         activity = Activity(store, calls)
+        records = RecordCheck(store, calls)
         marks = None if foreign_ttl is None else ChangeMarks(store, calls, name, ttl=metadata_ttl,
-                                                             foreign_ttl=foreign_ttl, removed=activity.forgotten,
-                                                             clock=trio.current_time)
-
-        summaries = None if foreign_ttl is None else Summaries(store, calls, forgotten=activity.forgotten)
+                                                             foreign_ttl=foreign_ttl, records=records,
+                                                             removed=activity.forgotten, clock=trio.current_time)
+        summaries = None if foreign_ttl is None else Summaries(store, calls, records=records,
+                                                               forgotten=activity.forgotten)
         stored, deleted = store_events(activity, marks, summaries)
         writeback = WriteBack(store, journal, calls, delay=write_back_delay, clock=trio.current_time,
                               on_stored=stored, on_deleted=deleted)

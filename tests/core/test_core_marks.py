@@ -69,6 +69,18 @@ async def test_no_mark_brings_back_a_workspace_without_its_record(cores: Cores) 
         assert cores.store.stored(MARKS) == {}
 
 
+async def test_the_marks_and_summaries_of_a_workspace_ask_for_its_record_once(cores: Cores) -> None:
+    tree(cores)
+    async with cores.mount(foreign_ttl=30) as a:
+        for i in range(3):
+            await a.write(f"t1/ws1/src/d{i}/new.txt", b"mine")
+            await a.sync()
+            await cores.advance(2.0)
+        assert a.store.count("head", "t1/ws1/.cowfs/workspace.json") == 1
+        assert a.store.stored(MARKS).keys() == {MARKS + "core1"}
+        assert len(a.store.stored("t1/ws1/.cowfs/attrs/")) == 3
+
+
 async def test_a_mount_ignores_its_own_marks(cores: Cores) -> None:
     tree(cores)
     async with cores.mount(foreign_ttl=30) as a:

@@ -12,6 +12,7 @@ import trio
 from core import Cores
 from cowfs import summaries
 from cowfs.changes import folder_of
+from cowfs.batches import RecordCheck
 from cowfs.gateway import StoreCalls
 from cowfs.store import ObjectStore
 from cowfs.summaries import Summaries, Summary, summary_key, usable
@@ -23,7 +24,8 @@ META = {"mode": "33188", "uid": "1000", "gid": "1000", "mtime": "1700000000.2500
 
 
 def writer(store: ObjectStore, **options: Any) -> Summaries:
-    return Summaries(store, StoreCalls(trio.CapacityLimiter(4)), **options)
+    calls = StoreCalls(trio.CapacityLimiter(4))
+    return Summaries(store, calls, records=RecordCheck(store, calls), **options)
 
 
 def io_of(store: ObjectStore) -> Any:
