@@ -192,7 +192,8 @@ def store_events(activity: Activity, marks: ChangeMarks | None,
                  summaries: Summaries | None) -> tuple[Callable[[str, str, dict[str, str] | None], None],
                                                       Callable[[str], None]]:
     """What write-back tells the parts that follow this mount's changes in the store: (each
-    object stored, with its ETag and metadata; each key deleted)."""
+    object stored, with its ETag and metadata, None where not known: a copy that kept its
+    source's, an upload replayed from the journal; each key deleted)."""
 
     def stored(key: str, etag: str, metadata: dict[str, str] | None) -> None:
         activity.mark(key)
@@ -230,8 +231,7 @@ async def _serve(
     writeback = WriteBack(store, journal, calls, delay=opts.write_back_delay, on_stored=stored,
                           on_deleted=deleted)
     for key in recovered.uploaded:
-        activity.mark(key)
-        marks.changed(key)
+        stored(key, "", None)
     for key in recovered.deleted:
         deleted(key)
     keymap = KeyMap(root=(opts.tenant,) if opts.tenant else (), store_prefix=getattr(store, "prefix", ""))

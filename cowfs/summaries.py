@@ -149,7 +149,7 @@ class Summaries(BatchWriter[Folder, dict[str, Entry | None]]):
         self._change(key, (etag, {name.lower(): value for name, value in metadata.items()}))
 
     def removed(self, key: str) -> None:
-        """The object ``key`` left the store."""
+        """The object ``key`` left the store, or changed in a way not known here: its entry goes."""
         self._change(key, None)
 
     def _change(self, key: str, entry: Entry | None) -> None:
