@@ -562,7 +562,8 @@ class MemfsTarget(Target):
 
     def workload(self, name: str) -> Workload | None:
         """A restart would lose every file: cold reads mean nothing here, nor a second mount."""
-        if name in ("small_read_cold", "seq_read_cold", "big_folder_cold", "large_file_small_cache", "freshness"):
+        if name in ("small_read_cold", "stat_walk_cold", "seq_read_cold", "big_folder_cold", "large_file_small_cache",
+                    "freshness"):
             return None
         return super().workload(name)
 
@@ -603,7 +604,7 @@ class S3Target(Target):
 
     def describe(self) -> str:
         return ("moto itself through boto3, no file system: small_read_cold GETs the small files one at a time "
-                "(the issue's reference for a cold read), stat_walk_warm lists them in one flat listing "
+                "(the issue's reference for a cold read), stat_walk_warm and stat_walk_cold list them in one flat listing "
                 f"(what a walk past the metadata TTL costs the store), bucket_1000 PUTs the files from {UPLOAD_SLOTS} threads "
                 "(cowfs's upload slots) and polls the bucket like the mounts, big_folder_cold's `ls -f` is one flat "
                 "listing of the folder, large_file_small_cache reads the object with one GET")
@@ -1092,9 +1093,9 @@ def walk(base: Path) -> dict[str, int]:
     return found
 
 
-def wl_stat_walk_warm(run: Run, rep: int) -> float:
+def timed_walk(run: Run, rep: int) -> float:
+    """Walk the small tree (every entry lstat'ed), timed; checked after the clock stops."""
     base = small_base(run, rep)
-    walk(base)
     start = time.perf_counter()
     found = walk(base)
     elapsed = time.perf_counter() - start
@@ -1104,6 +1105,18 @@ def wl_stat_walk_warm(run: Run, rep: int) -> float:
         diff = sorted(set(found.items()) ^ set(expected.items()))
         raise Fail(f"walk differs in {len(diff)} entries (e.g. {diff[0][0]})")
     return elapsed
+
+
+def wl_stat_walk_warm(run: Run, rep: int) -> float:
+    walk(small_base(run, rep))
+    return timed_walk(run, rep)
+
+
+def wl_stat_walk_cold(run: Run, rep: int) -> float:
+    """The first walk after a remount with an empty cache: the modes and times of files a listing does not carry."""
+    small_base(run, rep)
+    run.target.restart_cold()
+    return timed_walk(run, rep)
 
 
 def wl_append_jsonl(run: Run, rep: int) -> float:
@@ -1908,6 +1921,7 @@ WORKLOADS: dict[str, Workload] = {
     "small_read_warm": wl_small_read_warm,
     "small_read_cold": wl_small_read_cold,
     "stat_walk_warm": wl_stat_walk_warm,
+    "stat_walk_cold": wl_stat_walk_cold,
     "append_jsonl": wl_append_jsonl,
     "atomic_replace": wl_atomic_replace,
     "seq_write": wl_seq_write,
@@ -1925,6 +1939,7 @@ WORKLOADS: dict[str, Workload] = {
 S3_WORKLOADS: dict[str, Workload] = {
     "small_read_cold": s3_small_read_cold,
     "stat_walk_warm": s3_stat_walk_warm,
+    "stat_walk_cold": s3_stat_walk_warm,
     "bucket_1000": s3_bucket_1000,
     "big_folder_cold": s3_big_folder_cold,
     "large_file_small_cache": s3_large_file_small_cache,
@@ -2136,7 +2151,7 @@ def summary_notes(runs: dict[str, Run], params: Params, workloads: list[str], ex
         notes.append(f"bucket_1000 ({params.bucket_files} files × {params.small_size // KiB} KiB): from the first "
                      f"create until list_objects_v2 (polled every {POLL} s) shows them all — the same polling for "
                      "every target, no `cowfs sync`.")
-    if {"small_read_cold", "seq_read_cold"} & set(workloads):
+    if {"small_read_cold", "seq_read_cold", "stat_walk_cold"} & set(workloads):
         notes.append("Cold reads: unmount (after every upload is done) and mount again with an empty cache; "
                      "local drops the page cache (best effort).")
     notes += [note for name, note in workload_notes(params).items() if name in workloads]

@@ -18,14 +18,14 @@ import functools
 import logging
 import os
 from collections import deque
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, TypeVar
 
 import trio
 
 from .. import layout
 from ..attrs import DEFAULT_DIR_MODE, DEFAULT_FILE_MODE, Attrs
 from ..changes import ChangeMarks
-from ..summaries import Summaries, usable
+from ..summaries import Entry, Summaries, usable
 from ..errors import CowfsError, NotFound, ObjectNotFound, StoreError
 from ..keys import KeyMap
 from ..names import is_listable
@@ -38,6 +38,7 @@ from .table import Inodes
 from .view import WorkspaceView
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Objects up to this size are fetched whole when their metadata is first needed.
 PREFETCH_BYTES = 256 * 1024
@@ -189,7 +190,9 @@ class Listings(Part):
             started = self.clock()
             self.count += 1
             try:
-                page = await self.calls.call(self.store.list_all, prefix, "/", background=background)
+                page, summary = await self._beside_summary(
+                    dir_node, functools.partial(self.calls.call, self.store.list_all, prefix, "/",
+                                                background=background), background)
             except StoreError as exc:
                 if dir_node.listed_at is None:
                     raise
@@ -197,7 +200,7 @@ class Listings(Part):
                 return
             if dir_node.attached:
                 fresh, doubtful = self._merge(dir_node, prefix, page, started)
-                await self._summarized(dir_node, fresh, background)
+                await self._summarized(dir_node, fresh, background, summary)
                 await self._confirm_gone(doubtful, background)
                 self._read_ahead(fresh)
             dir_node.listed_at = started
@@ -225,7 +228,9 @@ class Listings(Part):
         started = self.clock()
         self.count += 1
         try:
-            page, complete = await self.calls.call(self.store.list_some, prefix, None, pages, background=False)
+            (page, complete), summary = await self._beside_summary(
+                dir_node, functools.partial(self.calls.call, self.store.list_some, prefix, None, pages,
+                                            background=False), False)
         except StoreError as exc:
             log.warning("listing under %s failed: %s", prefix or "/", exc)
             return
@@ -253,7 +258,7 @@ class Listings(Part):
             pending.extend(c for c in node.subfolders() if key(c) in folders)
         async with trio.open_nursery() as nursery:
             for node, fresh in listed:
-                nursery.start_soon(self._summarized, node, fresh, False)
+                nursery.start_soon(self._summarized, node, fresh, False, summary if node is dir_node else None)
         await self._confirm_gone(doubtful, background=False)
 
     def _merge(self, dir_node: Node, prefix: str, page: ListPage, started: float) -> tuple[list[Node], list[Node]]:
@@ -335,14 +340,36 @@ class Listings(Part):
             for _ in range(min(META_PARALLEL, len(nodes))):
                 nursery.start_soon(worker)
 
-    async def _summarized(self, dir_node: Node, nodes: list[Node], background: bool) -> None:
-        """Attributes of a folder's newly listed files from its summary (one GET), each
-        taken only while the listing shows the very object it describes: a walk after a
-        remount needs no HEAD per file."""
+    async def _beside_summary(self, dir_node: Node, listing: Callable[[], Awaitable[T]],
+                              background: bool) -> tuple[T, dict[str, Entry] | None]:
+        """``listing()``'s result and, the first time the folder is listed (its files' attributes
+        all unknown), its summary read beside it: one round trip per folder of a cold walk, not two."""
+        if self.summaries is None or dir_node.listed_at is not None:
+            return await listing(), None
+        summary: dict[str, Entry] = {}
+
+        async def read() -> None:
+            summary.update(await self._read_summary(dir_node, background))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read)
+            result = await listing()
+        return result, summary
+
+    async def _read_summary(self, dir_node: Node, background: bool) -> dict[str, Entry]:
+        assert self.summaries is not None
+        return await self.summaries.read(self.inodes.key(dir_node),
+                                         functools.partial(self.calls.call, background=background))
+
+    async def _summarized(self, dir_node: Node, nodes: list[Node], background: bool,
+                          summary: dict[str, Entry] | None = None) -> None:
+        """Attributes of a folder's newly listed files from its summary (one GET, or ``summary``
+        when read already), each taken only while the listing shows the very object it
+        describes: a walk after a remount needs no HEAD per file."""
         files = [n for n in nodes if n.kind is not Kind.DIR and not n.meta_known and n.etag]
         if self.summaries is None or not files:
             return
-        entries = await self.summaries.read(self.inodes.key(dir_node), functools.partial(self.calls.call, background=background))
+        entries = summary if summary is not None else await self._read_summary(dir_node, background)
         found = usable({n.name: n.etag for n in files}, entries)
         for node in files:
             meta = found.get(node.name)

@@ -7,10 +7,12 @@ import os
 from collections import Counter
 
 import pytest
+import trio
 
 from core import Cores
 from cowfs import changes
 from cowfs.changes import Mark, folder_of, listed_folder, writer_id
+from cowfs.summaries import summary_key
 from cowfs.workspaces import create_workspace
 
 MARKS = "t1/ws1/.cowfs/changes/"
@@ -227,3 +229,26 @@ async def test_small_files_whose_attributes_came_from_a_summary_are_still_fetche
         start = b.store.mark()
         assert [await b.read(f"t1/ws1/docs/f{i}.txt") for i in range(6)] == [b"doc %d" % i for i in range(6)]
         assert not [key for kind, key in b.store.since(start) if kind in ("get", "head")]
+
+
+async def test_a_folders_first_listing_reads_its_summary_beside_it(cores: Cores) -> None:
+    """A cold walk waits for one round trip per folder, not a LIST and then a GET."""
+    create_workspace(cores.store, "t1", "u1", "general", workspace_id="ws1")
+    async with cores.mount(foreign_ttl=30) as a:
+        await a.makedirs("t1/ws1/docs")
+        for i in range(3):
+            await a.write(f"t1/ws1/docs/f{i}.txt", b"doc %d" % i)
+        await a.sync()
+    async with cores.mount(foreign_ttl=30) as b:
+        await b.find("t1/ws1/docs")
+        start = b.store.mark()
+        async with trio.open_nursery() as nursery:
+            with b.store.holding("list"):
+                nursery.start_soon(b.listdir, "t1/ws1/docs")
+                await cores.settle()
+                assert b.store.held == 1
+                assert b.store.since(start) == Counter({("list", "t1/ws1/docs/"): 1,
+                                                        ("get", summary_key(("t1", "ws1"), "docs/")): 1})
+        start = b.store.mark()
+        assert {(await b.find(f"t1/ws1/docs/f{i}.txt")).size for i in range(3)} == {5}
+        assert not [key for kind, key in b.store.since(start) if kind == "head"]

@@ -25,7 +25,8 @@ def test_quick_bench_runs_the_floors_beside_cowfs_and_leaves_nothing_mounted(tmp
     own = tmp_path / "tmp"  # the bench makes every mount point under its temporary folder
     own.mkdir()
     out = tmp_path / "bench.json"
-    workloads = "small_create,small_read_cold,stat_walk_warm,append_jsonl,atomic_replace,seq_read_warm,untar,rm_r,bucket_1000"
+    workloads = ("small_create,small_read_cold,stat_walk_warm,stat_walk_cold,append_jsonl,atomic_replace,seq_read_warm,"
+                 "untar,rm_r,bucket_1000")
     done = subprocess.run(
         [sys.executable, str(BENCH), "--quick", "--targets", "local,memfs,s3,cowfs", "--workloads", workloads,
          "--big-mib", "4", "--json", str(out)],
@@ -35,9 +36,11 @@ def test_quick_bench_runs_the_floors_beside_cowfs_and_leaves_nothing_mounted(tmp
     data = json.loads(out.read_text())
     memfs, s3, cowfs = data["results"]["memfs"], data["results"]["s3"], data["results"]["cowfs"]
     assert memfs.pop("small_read_cold")["status"] == "n/a"  # memory only: a restart would lose the files
+    assert memfs.pop("stat_walk_cold")["status"] == "n/a"
     assert memfs.pop("bucket_1000")["status"] == "n/a"  # no bucket behind it
     assert {name: cell["status"] for name, cell in s3.items()} == {
-        name: "ok" if name in ("small_read_cold", "stat_walk_warm", "bucket_1000") else "n/a" for name in s3}
+        name: "ok" if name in ("small_read_cold", "stat_walk_warm", "stat_walk_cold", "bucket_1000") else "n/a"
+        for name in s3}
     assert {name: cell["status"] for name, cell in memfs.items()} == {name: "ok" for name in memfs}
     assert {name: cell["status"] for name, cell in cowfs.items()} == {name: "ok" for name in cowfs}
     assert "| cowfs/s3 | cowfs/memfs |" in data["markdown"]
