@@ -13,6 +13,7 @@ reader, read-ahead) hold nothing back.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable
 
 import trio
@@ -74,6 +75,15 @@ class StoreCalls:
                 if self.waiting == 0:
                     for callback in self._served:
                         callback()
+
+    async def paged(self, fn: Callable[..., Any], *args: Any, background: bool) -> Any:
+        """``call`` of a store call that goes page by page (``progress=`` is called after each):
+        the store timeout counts from the last page, so listing a folder of 100,000 keys on a
+        slow server is not cut off while pages keep coming."""
+        stall = Stall(self.timeout)
+        token = trio.lowlevel.current_trio_token()
+        return await self.call(partial(fn, *args, progress=lambda: token.run_sync_soon(stall.moved)),
+                               background=background, stall=stall)
 
     async def local(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)`` (blocking work on local files: the cache, staging files) on a worker thread."""

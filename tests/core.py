@@ -72,6 +72,8 @@ class S3LikeStore(LocalStore):
         self.unlisted: set[str] = set()
         #: The kinds held back (``holding``), and how many requests of each wait.
         self.holds: dict[str, threading.Event] = {}
+        #: The kinds let through one request at a time (``stepping``).
+        self.steps: dict[str, threading.Semaphore] = {}
         self._waiting: Counter[str] = Counter()
         self._lock = threading.Lock()
 
@@ -110,16 +112,42 @@ class S3LikeStore(LocalStore):
                 del self._waiting[kind]
             gate.set()
 
+    @contextlib.contextmanager
+    def stepping(self, kind: str) -> Iterator[Callable[[], None]]:
+        """Requests of ``kind`` wait in their worker thread until the test lets one through
+        (the function this yields); all go once the block ends."""
+        gate = threading.Semaphore(0)
+        with self._lock:
+            self.steps[kind] = gate
+
+        def step() -> None:
+            """Let one request waiting now go on (none if none waits)."""
+            with self._lock:
+                if self._waiting[kind] > 0:
+                    self._waiting[kind] -= 1
+                    gate.release()
+
+        try:
+            yield step
+        finally:
+            with self._lock:
+                del self.steps[kind]
+                self._waiting.pop(kind, None)
+            gate.release(1000)
+
     def _ask(self, kind: str, key: str) -> None:
         with self._lock:
             self.requests.append((kind, key))
             if kind in self.refusing:
                 raise StoreError(f"{kind} {key}: the test store refuses it")
             gate = self.holds.get(kind)
-            if gate is not None:
+            step = self.steps.get(kind)
+            if gate is not None or step is not None:
                 self._waiting[kind] += 1
         if gate is not None:
             gate.wait()
+        if step is not None:
+            step.acquire()
 
     def stored(self, prefix: str = "") -> dict[str, bytes]:
         """Every object under ``prefix`` and its bytes (not counted: the test looking)."""
@@ -333,8 +361,12 @@ class Cores:
         while True:
             await trio.testing.wait_all_tasks_blocked()
             if trio.testing.active_thread_count() <= sum(store.held for store in self._stores):
-                return
-            if any(store.holds for store in self._stores):
+                # What a thread handed to the trio thread (``run_sync_soon``) before it blocked runs first.
+                await trio.testing.wait_all_tasks_blocked()
+                if trio.testing.active_thread_count() <= sum(store.held for store in self._stores):
+                    return
+                continue
+            if any(store.holds or store.steps for store in self._stores):
                 # A thread may be on its way to a held request: wait for threads a moment at a time.
                 await trio.to_thread.run_sync(threading.Event().wait, 0.001)
             else:

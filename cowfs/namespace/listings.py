@@ -191,7 +191,7 @@ class Listings(Part):
             self.count += 1
             try:
                 page, summary = await self._beside_summary(
-                    dir_node, functools.partial(self.calls.call, self.store.list_all, prefix, "/",
+                    dir_node, functools.partial(self.calls.paged, self.store.list_all, prefix, "/",
                                                 background=background), background)
             except StoreError as exc:
                 if dir_node.listed_at is None:
@@ -229,7 +229,7 @@ class Listings(Part):
         self.count += 1
         try:
             (page, complete), summary = await self._beside_summary(
-                dir_node, functools.partial(self.calls.call, self.store.list_some, prefix, None, pages,
+                dir_node, functools.partial(self.calls.paged, self.store.list_some, prefix, None, pages,
                                             background=False), False)
         except StoreError as exc:
             log.warning("listing under %s failed: %s", prefix or "/", exc)

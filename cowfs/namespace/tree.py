@@ -160,7 +160,7 @@ class TreeChanges(Part):
 
     async def _delete_prefix(self, prefix: str) -> None:
         """Delete every object under ``prefix``, shown or not (a workspace's record too)."""
-        listing = await self.calls.call(self.store.list_all, prefix, None, background=False)
+        listing = await self.calls.paged(self.store.list_all, prefix, None, background=False)
         for info in listing.objects:
             self.persistence.release_key(info.key)
 
@@ -245,7 +245,7 @@ class TreeChanges(Part):
         anywhere in between finishes it (the new tree whole, the old one gone).
         A copy that fails fails the rename, and the copies made are deleted.
         """
-        listing = await self.calls.call(self.store.list_all, old_prefix, None, background=False)
+        listing = await self.calls.paged(self.store.list_all, old_prefix, None, background=False)
         objects = [(o.key, o.etag) for o in listing.objects if not self.writeback.deleting(o.key)]
         move = self.journal.write_move(old_prefix, new_prefix, objects)
         copied: list[str] = []

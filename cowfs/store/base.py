@@ -146,16 +146,21 @@ class ObjectStore(abc.ABC):
         """What this server was seen to do differently from S3, for ``cowfs status``."""
         return []
 
-    def list_some(self, prefix: str, delimiter: str | None, max_pages: int) -> tuple[ListPage, bool]:
-        """At most ``max_pages`` pages (0: all) merged into one, and whether that was every page."""
+    def list_some(self, prefix: str, delimiter: str | None, max_pages: int,
+                  progress: Callable[[], None] | None = None) -> tuple[ListPage, bool]:
+        """At most ``max_pages`` pages (0: all) merged into one, and whether that was every page;
+        ``progress()`` is called after each page."""
         out = ListPage()
         for number, page in enumerate(self.list_pages(prefix, delimiter), 1):
             out.objects.extend(page.objects)
             out.prefixes.extend(page.prefixes)
+            if progress is not None:
+                progress()
             if number == max_pages:
                 return out, not page.more
         return out, True
 
-    def list_all(self, prefix: str, delimiter: str | None = "/") -> ListPage:
-        """Every page of a listing merged into one."""
-        return self.list_some(prefix, delimiter, 0)[0]
+    def list_all(self, prefix: str, delimiter: str | None = "/",
+                 progress: Callable[[], None] | None = None) -> ListPage:
+        """Every page of a listing merged into one (``progress()`` after each page)."""
+        return self.list_some(prefix, delimiter, 0, progress)[0]

@@ -11,6 +11,7 @@ import stat
 from collections import Counter
 
 import pytest
+import trio
 
 from core import Cores
 from cowfs.errors import NoAttribute
@@ -272,3 +273,30 @@ async def test_a_listing_that_lags_a_write_does_not_make_the_file_vanish(cores: 
         assert a.store.since(start) == Counter({("list", "t1/ws1/"): 1, ("head", "t1/ws1/kept.txt"): 1,
                                                 ("head", "t1/ws1/gone.txt"): 1})
         assert await a.read("t1/ws1/kept.txt") == b"written a moment ago"
+
+
+async def test_a_listing_whose_pages_keep_coming_may_outlast_the_store_timeout(cores: Cores) -> None:
+    """The store timeout counts from the last page: a folder of 100,000 keys on a slow server
+    takes longer than it to list, and is still listed."""
+    names = [f"f{i:02d}" for i in range(10)]
+    for name in names:
+        cores.store.put(f"t1/ws1/big/{name}", b"x", {})
+    async with cores.mount(store_timeout=10) as a:
+        await a.find("t1/ws1/big")
+        a.store.page_size = 3
+        listed: list[list[str]] = []
+
+        async def listdir() -> None:
+            listed.append(await a.listdir("t1/ws1/big"))
+
+        async with trio.open_nursery() as nursery:
+            with a.store.stepping("list") as step:
+                nursery.start_soon(listdir)
+                for _ in range(20):
+                    await cores.settle()
+                    if listed:
+                        break
+                    await cores.advance(6)
+                    step()
+        assert listed == [names]
+        assert a.store.count("list", "t1/ws1/big/") >= 4
