@@ -77,11 +77,15 @@ class ObjectStore(abc.ABC):
         """Bytes ``[start, end)`` of the object (whole object when both None)."""
 
     @abc.abstractmethod
-    def get_to_file(self, key: str, out: BinaryIO, progress: Progress | None = None) -> ObjectInfo:
+    def get_to_file(self, key: str, out: BinaryIO, progress: Progress | None = None,
+                    split: bool = True) -> ObjectInfo:
         """Write the whole object into ``out`` from its current position; return its info.
 
         ``progress`` hears of every piece once it is in ``out``'s file (offsets
-        within the object), so that readers need not wait for the whole object.
+        within the object), so that readers need not wait for the whole object;
+        it may hold the download back by not returning, or stop it by raising.
+        Without ``split``, the bytes come in order from one stream (``ranges.split``
+        would have parts of them fetched beside it).
         """
 
     @abc.abstractmethod

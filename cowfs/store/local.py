@@ -86,7 +86,8 @@ class LocalStore(ObjectStore):
                 last = info.size if end is None else min(end, info.size)
                 return os.pread(blob.fileno(), max(0, last - first), first), info
 
-    def get_to_file(self, key: str, out: BinaryIO, progress: Progress | None = None) -> ObjectInfo:
+    def get_to_file(self, key: str, out: BinaryIO, progress: Progress | None = None,
+                    split: bool = True) -> ObjectInfo:
         with self._guard("get", key):
             blob, info = self._open(key)
             pos = 0

@@ -183,14 +183,16 @@ class S3Store(ObjectStore):
                 return b"", self.head(key)
             return response["Body"].read(), _info(key, response)
 
-    def get_to_file(self, key: str, out: BinaryIO, progress: Progress | None = None) -> ObjectInfo:
+    def get_to_file(self, key: str, out: BinaryIO, progress: Progress | None = None,
+                    split: bool = True) -> ObjectInfo:
         """Stream the object into ``out`` from its current position.
 
         One GET streams the whole object; past its first ``multipart_threshold``
         bytes, the ranges ``ranges.split`` names for its pace (parts of
         ``part_size`` at least) are fetched in parallel, each conditional on the
-        stream's ETag, and the stream stops where they begin. A stream that
-        breaks is not started again: a ranged GET asks for the rest.
+        stream's ETag, and the stream stops where they begin (unless not
+        ``split``). A stream that breaks is not started again: a ranged GET
+        asks for the rest.
         """
         out.flush()
         base, fd = out.tell(), out.fileno()
@@ -210,12 +212,12 @@ class S3Store(ObjectStore):
                     pwrite_all(fd, chunk, base + pos)
                     told(info, pos, pos + len(chunk))
                     pos += len(chunk)
-                    if not parts and pos >= self.multipart_threshold:
-                        split = ranges.split(pos, info.size, time.monotonic() - started, self.part_size,
-                                             self.split_after)
-                        end = split[0][0] if split else info.size
+                    if split and not parts and pos >= self.multipart_threshold:
+                        beside = ranges.split(pos, info.size, time.monotonic() - started, self.part_size,
+                                              self.split_after)
+                        end = beside[0][0] if beside else info.size
                         parts = [pool.submit(self._fetch_range, key, info, fd, base, start, stop - start, told)
-                                 for start, stop in split]
+                                 for start, stop in beside]
             finally:
                 _let_go(body, read_all=pos == info.size)
             for part in parts:
