@@ -102,12 +102,14 @@ class Window(Fetch):
         self._trim()
 
     def _trim(self) -> None:
-        """Punch out the held bytes outside ``[reading - behind, reading + ahead)`` that no
-        writer will touch again."""
+        """Punch out the held bytes outside ``[reading - behind, reading + ahead + range)``
+        that no writer will touch again."""
         fd = self.fd
         if fd is None or self.info is None:
             return
-        low, high = self.reading - self.behind, self.reading + max(self.ahead, self.range)
+        # Ahead, room for a ranged GET past the window: the stream's last piece may cross
+        # its edge, and a read a little behind the last (the kernel's are concurrent) moves it.
+        low, high = self.reading - self.behind, self.reading + self.ahead + self.range
         outside = [(s, min(e, low)) for s, e in self.spans if s < low]
         outside += [(max(s, high), e) for s, e in self.spans if e > high]
         if sum(e - s for s, e in outside) < PUNCH_AT:
