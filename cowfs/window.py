@@ -48,6 +48,8 @@ class Window(Fetch):
         self.streaming = True
         #: What ranged GETs are bringing now.
         self.bringing: list[tuple[int, int]] = []
+        #: Where the reads waiting for their bytes begin (the kernel's reads are concurrent).
+        self.waiting: list[int] = []
         #: A ranged GET's failure, for the readers that waited on it.
         self.failed: BaseException | None = None
         self._moving = threading.Condition(self._lock)
@@ -109,7 +111,8 @@ class Window(Fetch):
             return
         # Ahead, room for a ranged GET past the window: the stream's last piece may cross
         # its edge, and a read a little behind the last (the kernel's are concurrent) moves it.
-        low, high = self.reading - self.behind, self.reading + self.ahead + self.range
+        low = min(self.reading, *self.waiting) - self.behind if self.waiting else self.reading - self.behind
+        high = self.reading + self.ahead + self.range
         outside = [(s, min(e, low)) for s, e in self.spans if s < low]
         outside += [(max(s, high), e) for s, e in self.spans if e > high]
         if sum(e - s for s, e in outside) < PUNCH_AT:
@@ -130,9 +133,10 @@ class Window(Fetch):
         stream is about to bring them); then counted as being brought."""
         if self.info is None or self._closed:
             return None
-        if self.streaming and self.streamed <= offset < self.streamed + FAR:
+        first = next((e for s, e in self.spans if s <= offset < e), offset)
+        if self.streaming and self.streamed <= first < self.streamed + FAR:
             return None
-        wanted = gap(offset, self.info.size, add_span_all(self.bringing, self.spans), self.range)
+        wanted = gap(first, self.info.size, add_span_all(self.bringing, self.spans), self.range)
         if wanted is not None:
             self.bringing = add_span(self.bringing, *wanted)
         return wanted
@@ -153,7 +157,11 @@ class Window(Fetch):
             return
         if self._closed or (self.done and self.info is None):
             raise self.error or StoreError("the file's download was given up")
-        await self._changed.wait()
+        self.waiting.append(offset)
+        try:
+            await self._changed.wait()
+        finally:
+            self.waiting.remove(offset)
         failed, self.failed = self.failed, None
         if failed is not None:
             raise failed
