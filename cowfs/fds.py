@@ -35,10 +35,11 @@ def copy_fd(src: int, dst: int, size: int) -> None:
         offset += len(chunk)
 
 
-def punch_hole(fd: int, offset: int, length: int) -> None:
-    """Give back the disk blocks of ``[offset, offset + length)``; they read as zeros after.
+def punch_holes(fd: int, spans: list[tuple[int, int]]) -> None:
+    """Give back the disk blocks of each ``(start, end)`` span of the file; they read as zeros after.
 
     The standard library has no fallocate(2) with modes (Linux's, through libc)."""
-    if _libc.fallocate(fd, _PUNCH_HOLE | _KEEP_SIZE, ctypes.c_int64(offset), ctypes.c_int64(length)) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+    for start, end in spans:
+        if _libc.fallocate(fd, _PUNCH_HOLE | _KEEP_SIZE, ctypes.c_int64(start), ctypes.c_int64(end - start)) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))

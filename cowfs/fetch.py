@@ -124,7 +124,7 @@ class Fetch:
         """A ranged GET ended (trio thread): what it could not bring, the stream does."""
 
     def read_to(self, end: int) -> None:
-        """A read ended at ``end`` (a whole download keeps every byte)."""
+        """A read ended at ``end`` (a whole download keeps every byte; a window moves)."""
 
     async def started(self) -> None:
         """Until the object's info is known (its first piece is in) or the download ended."""

@@ -5,15 +5,17 @@ bytes go into a sparse file beside the cache, of which only a window around
 the reader takes room on the disk (``ranges.window``). One GET streams the
 object, unsplit, and waits in its thread while it is ``ahead`` bytes past the
 last read; bytes more than ``behind`` before the last read, or past the
-window, have their blocks given back (``fds.punch_hole``) and are no longer
+window, have their blocks given back (``fds.punch_holes``) and are no longer
 held. A read of bytes not held that the stream will not bring soon (a
 re-read, a jump back, a jump far ahead, any read once the stream ended) gets
 them by a ranged GET (``ranges.gap``) conditional on the stream's ETag.
 
 Only bytes no writer will touch again are given back: those the stream has
 passed (it only moves forward), or all once it ended, never those a ranged
-GET is bringing. The reads and the giving back both happen on the trio
-thread, so a read that found its bytes held reads them before any hole.
+GET is bringing. The trio thread takes them out of what is held before a
+worker punches them (``punch``, then ``punched``): a read that found its bytes
+held has read them already, and no ranged GET asks for bytes until their hole
+is made.
 """
 
 from __future__ import annotations
@@ -21,24 +23,28 @@ from __future__ import annotations
 import math
 import os
 import threading
+from typing import Callable
 
 import trio
 
 from .errors import StoreError
-from .fds import punch_hole
 from .fetch import Fetch
 from .ranges import FAR, RANGE, add_span, add_span_all, gap
 from .store import ObjectInfo
 
-#: Holes are punched once at least this much lies outside the window (not per read).
-PUNCH_AT = 1024 * 1024
+#: Holes are punched once at least this much lies outside the window (not per read; less
+#: in a small window).
+PUNCH_AT = 4 * 1024 * 1024
 
 
 class Window(Fetch):
     """One object's bytes around its reader, in a sparse file (``Fetch``'s, never whole)."""
 
-    def __init__(self, timeout: float, ahead: int, behind: int) -> None:
+    def __init__(self, timeout: float, ahead: int, behind: int,
+                 punch: Callable[[Window, list[tuple[int, int]]], None]) -> None:
+        """``punch`` has a worker give back the blocks of spans of the file, then call ``punched``."""
         super().__init__(timeout)
+        self._punch = punch
         self.ahead, self.behind = ahead, behind
         #: The end of the last read (trio thread), and what the stream's thread last heard of it.
         self.reading = 0
@@ -46,8 +52,9 @@ class Window(Fetch):
         #: How far the stream has brought the object, and whether it still runs.
         self.streamed = 0
         self.streaming = True
-        #: What ranged GETs are bringing now.
+        #: What ranged GETs are bringing now, and what is being punched out.
         self.bringing: list[tuple[int, int]] = []
+        self.punching: list[tuple[int, int]] = []
         #: Where the reads waiting for their bytes begin (the kernel's reads are concurrent).
         self.waiting: list[int] = []
         #: A ranged GET's failure, for the readers that waited on it.
@@ -59,7 +66,8 @@ class Window(Fetch):
         self.range = min(RANGE, ahead)
         #: The most the file holds at once: the window, a ranged GET, what waits to be punched
         #: and a piece the stream writes before it hears it is ahead (what the cache reserves).
-        self.room = ahead + behind + self.range + 2 * PUNCH_AT
+        self.punch_at = min(PUNCH_AT, ahead // 2)
+        self.room = ahead + behind + self.range + 2 * self.punch_at
 
     def held(self) -> int:
         """Bytes of the object in the file now."""
@@ -90,24 +98,28 @@ class Window(Fetch):
     # -- the trio thread --------------------------------------------------------
 
     def read_to(self, end: int) -> None:
-        """A read ended at ``end``: the window moves there (the stream may go on) and what
-        falls out of it is given back."""
+        """A read ended at ``end``: the window moves there, and the stream with it unless
+        the read was far ahead of it (ranged GETs serve a reader there)."""
         self.reading = end
-        if end >= self._told + self.ahead // 4 or end < self._told:
-            with self._lock:
-                self._told = end
-                self._moving.notify_all()
+        near = end <= self.streamed + FAR
+        if (near and end >= self._told + self.ahead // 4) or end < self._told:
+            self._tell(end)
         self._trim()
+
+    def _tell(self, end: int) -> None:
+        """Let the stream go on to ``ahead`` bytes past ``end``."""
+        with self._lock:
+            self._told = end
+            self._moving.notify_all()
 
     def _arrived(self, info: ObjectInfo, start: int, end: int) -> None:
         super()._arrived(info, start, end)
         self._trim()
 
     def _trim(self) -> None:
-        """Punch out the held bytes outside ``[reading - behind, reading + ahead + range)``
-        that no writer will touch again."""
-        fd = self.fd
-        if fd is None or self.info is None:
+        """The held bytes outside ``[reading - behind, reading + ahead + range)`` that no
+        writer will touch again are no longer held, and go to be punched."""
+        if self.fd is None or self.info is None:
             return
         # Ahead, room for a ranged GET past the window: the stream's last piece may cross
         # its edge, and a read a little behind the last (the kernel's are concurrent) moves it.
@@ -115,13 +127,21 @@ class Window(Fetch):
         high = self.reading + self.ahead + self.range
         outside = [(s, min(e, low)) for s, e in self.spans if s < low]
         outside += [(max(s, high), e) for s, e in self.spans if e > high]
-        if sum(e - s for s, e in outside) < PUNCH_AT:
+        if sum(e - s for s, e in outside) < self.punch_at:
             return
-        busy = add_span(self.bringing, self.streamed, self.info.size) if self.streaming else self.bringing
-        for start, end in outside:
-            for s, e in _minus([(start, end)], busy):
-                punch_hole(fd, s, e - s)
-                self.spans = _minus(self.spans, [(s, e)])
+        busy = add_span_all(self.bringing, self.punching)
+        if self.streaming:
+            busy = add_span(busy, self.streamed, self.info.size)
+        holes = _minus(outside, busy)
+        if holes:
+            self.spans = _minus(self.spans, holes)
+            self.punching = add_span_all(self.punching, holes)
+            self._punch(self, holes)
+
+    def punched(self, holes: list[tuple[int, int]]) -> None:
+        """The holes ``holes`` named are made (or failed to be: the bytes are gone either way)."""
+        self.punching = _minus(self.punching, holes)
+        self._wake()
 
     def stream_ended(self) -> None:
         """The stream is over (whole, broken or stopped): ranged GETs bring what is missing."""
@@ -135,8 +155,11 @@ class Window(Fetch):
             return None
         first = next((e for s, e in self.spans if s <= offset < e), offset)
         if self.streaming and self.streamed <= first < self.streamed + FAR:
+            if first >= self._told:
+                self._tell(first)
             return None
-        wanted = gap(first, self.info.size, add_span_all(self.bringing, self.spans), self.range)
+        known = add_span_all(add_span_all(self.bringing, self.punching), self.spans)
+        wanted = gap(first, self.info.size, known, self.range)
         if wanted is not None:
             self.bringing = add_span(self.bringing, *wanted)
         return wanted

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from ..cache import CacheBusy
 from ..errors import CowfsError, NotFound, ObjectNotFound, StoreError
-from ..fds import copy_fd
+from ..fds import copy_fd, punch_holes
 from ..fetch import Fetch
 from ..ranges import window
 from ..store import ObjectInfo
@@ -86,7 +86,7 @@ class Contents(Part):
             content.fd = fd
             return None
         if not self.cache.fits(node.size):
-            bounded = content.fetch = Window(self.calls.timeout, *window(self.cache.limit))
+            bounded = content.fetch = Window(self.calls.timeout, *window(self.cache.limit), self._punch)
             self.nursery().start_soon(self._window, node, bounded, key)
             return bounded
         fetch = content.fetch = Fetch(self.calls.timeout)
@@ -198,6 +198,23 @@ class Contents(Part):
             log.debug("ranged GET of %s failed: %s", key, exc)
             error = exc
         fetch.brought(start, end, error)
+
+    def _punch(self, bounded: Window, holes: list[tuple[int, int]]) -> None:
+        """Give the blocks of ``holes`` in ``bounded``'s file back to the disk, on a worker."""
+        self.nursery().start_soon(self._punch_holes, bounded, holes)
+
+    async def _punch_holes(self, bounded: Window, holes: list[tuple[int, int]]) -> None:
+        try:
+            fd = bounded.writer()
+        except (CowfsError, OSError):
+            return
+        try:
+            await self.calls.local(punch_holes, fd, holes)
+        except OSError as exc:
+            log.warning("could not give back the disk blocks of a file larger than the cache: %s", exc)
+        finally:
+            os.close(fd)
+            bounded.punched(holes)
 
     def _download_range(self, fetch: Fetch, key: str, start: int, end: int) -> None:
         """Bytes ``[start, end)`` of the stream's version into the file it is filling; blocking."""
