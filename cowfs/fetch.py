@@ -99,6 +99,11 @@ class Fetch:
         if fd is not None:
             os.close(fd)
 
+    def read_at(self, offset: int, size: int) -> bytes:
+        """Bytes of the file (``has`` them first)."""
+        assert self._fd is not None
+        return os.pread(self._fd, size, offset)
+
     def has(self, offset: int, size: int) -> bool:
         """Whether a read of ``size`` bytes at ``offset`` can be answered from the file now."""
         if self.info is None:

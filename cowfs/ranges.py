@@ -34,7 +34,7 @@ FAR = 8 * MiB
 #: The bytes such a GET brings, from the read on.
 RANGE = 4 * MiB
 #: How far a windowed stream may go past its reader, and what it keeps behind the reader.
-AHEAD = 32 * MiB
+AHEAD = 16 * MiB
 BEHIND = 8 * MiB
 #: A window takes at most this share of the cache (``AHEAD`` and ``BEHIND`` shrink to fit).
 WINDOW_SHARE = 4

@@ -1,25 +1,30 @@
 """A file too big for the cache, read through a bounded window of it.
 
-A clean file the cache could not keep whole is not downloaded whole: its
-bytes go into a sparse file beside the cache, of which only a window around
-the reader takes room on the disk (``ranges.window``). One GET streams the
-object, unsplit, and waits in its thread while it is ``ahead`` bytes past the
-last read; bytes more than ``behind`` before the last read, or past the
-window, have their blocks given back (``fds.punch_holes``) and are no longer
-held. A read of bytes not held that the stream will not bring soon (a
-re-read, a jump back, a jump far ahead, any read once the stream ended) gets
-them by a ranged GET (``ranges.gap``) conditional on the stream's ETag.
+A clean file the cache could not keep whole is not downloaded whole. One GET
+streams it (``ObjectStore.stream``) and its pieces stay in memory, from
+``behind`` bytes before the last read to ``ahead`` bytes past it
+(``ranges.window``): the stream waits, in its thread, while it is that far
+ahead, and pieces behind the window are let go. Writing the stream to a file
+and reading it back cost 40% of its pace on this machine's disk, for bytes
+read once.
 
-Only bytes no writer will touch again are given back: those the stream has
-passed (it only moves forward), or all once it ended, never those a ranged
-GET is bringing. The trio thread takes them out of what is held before a
-worker punches them (``punch``, then ``punched``): a read that found its bytes
-held has read them already, and no ranged GET asks for bytes until their hole
-is made.
+A read of bytes the window does not hold and the stream will not bring soon
+(a re-read, a jump back, a jump far ahead, any read once the stream ended)
+gets them by a ranged GET (``ranges.gap``) conditional on the stream's ETag,
+into a sparse file beside the cache whose bytes outside the window have their
+blocks given back (``fds.punch_holes``). That file's room is reserved in the
+cache (``room``, ``ContentCache.reserve``), so that the folder stays within
+``--cache-size``.
+
+Only file bytes no ranged GET is bringing are given back. The trio thread
+takes them out of what is held before a worker punches them (``punch``, then
+``punched``): a read that found its bytes held has read them already, and no
+ranged GET asks for bytes until their hole is made.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
 import threading
@@ -32,16 +37,19 @@ from .fetch import Fetch
 from .ranges import FAR, RANGE, add_span, add_span_all, gap
 from .store import ObjectInfo
 
-#: Holes are punched once at least this much lies outside the window (not per read; less
-#: in a small window).
+#: Holes are punched once at least this much of the file lies outside the window (not per
+#: read; less in a small window).
 PUNCH_AT = 4 * 1024 * 1024
+
+Span = tuple[int, int]
 
 
 class Window(Fetch):
-    """One object's bytes around its reader, in a sparse file (``Fetch``'s, never whole)."""
+    """One object's bytes around its reader: the stream's in memory, ranged GETs' in a
+    sparse file (``Fetch``'s, never whole)."""
 
     def __init__(self, timeout: float, ahead: int, behind: int,
-                 punch: Callable[[Window, list[tuple[int, int]]], None]) -> None:
+                 punch: Callable[[Window, list[Span]], None]) -> None:
         """``punch`` has a worker give back the blocks of spans of the file, then call ``punched``."""
         super().__init__(timeout)
         self._punch = punch
@@ -52,9 +60,13 @@ class Window(Fetch):
         #: How far the stream has brought the object, and whether it still runs.
         self.streamed = 0
         self.streaming = True
-        #: What ranged GETs are bringing now, and what is being punched out.
-        self.bringing: list[tuple[int, int]] = []
-        self.punching: list[tuple[int, int]] = []
+        #: The stream's pieces still held (from ``starts[0]`` to ``streamed``), by offset.
+        self.starts: list[int] = []
+        self.pieces: list[bytes] = []
+        #: What the file holds, what ranged GETs are bringing into it, what is being punched out.
+        self.in_file: list[Span] = []
+        self.bringing: list[Span] = []
+        self.punching: list[Span] = []
         #: Where the reads waiting for their bytes begin (the kernel's reads are concurrent).
         self.waiting: list[int] = []
         #: A ranged GET's failure, for the readers that waited on it.
@@ -64,21 +76,18 @@ class Window(Fetch):
         self.gone = trio.Event()
         #: What one ranged GET brings (no more than the window ahead).
         self.range = min(RANGE, ahead)
-        #: The most the file holds at once: the window, a ranged GET, what waits to be punched
-        #: and a piece the stream writes before it hears it is ahead (what the cache reserves).
         self.punch_at = min(PUNCH_AT, ahead // 2)
+        #: The most the file holds at once (what the cache reserves): the window, a ranged
+        #: GET past it, and what waits to be punched.
         self.room = ahead + behind + self.range + 2 * self.punch_at
-
-    def held(self) -> int:
-        """Bytes of the object in the file now."""
-        return sum(end - start for start, end in self.spans)
 
     # -- the stream's thread ----------------------------------------------------
 
-    def streamed_piece(self, info: ObjectInfo, start: int, end: int) -> None:
-        """The stream's progress (its thread): reported, then it waits while ``ahead``
-        bytes past the reader; StoreError once the window is closed."""
-        self._token.run_sync_soon(self._streamed, info, start, end)
+    def streamed_piece(self, info: ObjectInfo, start: int, data: bytes) -> None:
+        """The stream's next piece (its thread); then it waits while ``ahead`` bytes past
+        the reader. StoreError once the window is closed."""
+        end = start + len(data)
+        self._token.run_sync_soon(self._streamed, info, start, data)
         with self._lock:
             if not self._closed and end >= self._told + self.ahead:
                 self._token.run_sync_soon(self._paused)
@@ -87,15 +96,50 @@ class Window(Fetch):
             if self._closed:
                 raise StoreError("the reader let go of the file")
 
-    def _streamed(self, info: ObjectInfo, start: int, end: int) -> None:
-        self.streamed = max(self.streamed, end)
-        self._arrived(info, start, end)
+    def _streamed(self, info: ObjectInfo, start: int, data: bytes) -> None:
+        if self._closed:
+            return
+        self.info = info
+        self.starts.append(start)
+        self.pieces.append(data)
+        self.streamed = start + len(data)
+        self._held()
+        self.stall.moved()
+        self._wake()
+        self._trim()
 
     def _paused(self) -> None:
         """The stream waits for its reader: no deadline meanwhile (a reader may pause for long)."""
         self.stall.scope.deadline = math.inf
 
     # -- the trio thread --------------------------------------------------------
+
+    def _arrived(self, info: ObjectInfo, start: int, end: int) -> None:
+        """A ranged GET's piece is in the file."""
+        self.in_file = add_span(self.in_file, start, end)
+        self._held()
+        super()._arrived(info, start, end)
+
+    def _held(self) -> None:
+        """``spans``: the bytes held, in memory or in the file."""
+        self.spans = add_span(self.in_file, self.starts[0], self.streamed) if self.starts else list(self.in_file)
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        """Held bytes of the object: the stream's piece itself when the read is one."""
+        assert self.info is not None
+        end, parts = min(offset + size, self.info.size), []
+        while offset < end:
+            i = bisect.bisect_right(self.starts, offset) - 1
+            if i >= 0 and offset < self.starts[i] + len(self.pieces[i]):
+                start, piece = self.starts[i], self.pieces[i]
+                part = piece[offset - start:end - start]
+            else:
+                assert self.fd is not None
+                stop = next(e for s, e in self.in_file if s <= offset < e)
+                part = os.pread(self.fd, min(end, stop) - offset, offset)
+            parts.append(part)
+            offset += len(part)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def read_to(self, end: int) -> None:
         """A read ended at ``end``: the window moves there, and the stream with it unless
@@ -112,33 +156,31 @@ class Window(Fetch):
             self._told = end
             self._moving.notify_all()
 
-    def _arrived(self, info: ObjectInfo, start: int, end: int) -> None:
-        super()._arrived(info, start, end)
-        self._trim()
-
     def _trim(self) -> None:
-        """The held bytes outside ``[reading - behind, reading + ahead + range)`` that no
-        writer will touch again are no longer held, and go to be punched."""
-        if self.fd is None or self.info is None:
-            return
-        # Ahead, room for a ranged GET past the window: the stream's last piece may cross
-        # its edge, and a read a little behind the last (the kernel's are concurrent) moves it.
-        low = min(self.reading, *self.waiting) - self.behind if self.waiting else self.reading - self.behind
+        """Let go of what lies outside ``[reading - behind, reading + ahead + range)``: the
+        stream's pieces behind it at once, the file's bytes (that no ranged GET is
+        bringing) once there are ``punch_at`` of them, to be punched."""
+        waiting = min(self.waiting, default=self.reading)
+        low = min(self.reading, waiting) - self.behind
         high = self.reading + self.ahead + self.range
-        outside = [(s, min(e, low)) for s, e in self.spans if s < low]
-        outside += [(max(s, high), e) for s, e in self.spans if e > high]
-        if sum(e - s for s, e in outside) < self.punch_at:
+        drop = 0
+        while drop < len(self.starts) - 1 and self.starts[drop + 1] <= low:
+            drop += 1
+        if drop:
+            del self.starts[:drop], self.pieces[:drop]
+            self._held()
+        outside = [(s, min(e, low)) for s, e in self.in_file if s < low]
+        outside += [(max(s, high), e) for s, e in self.in_file if e > high]
+        if self.fd is None or sum(e - s for s, e in outside) < self.punch_at:
             return
-        busy = add_span_all(self.bringing, self.punching)
-        if self.streaming:
-            busy = add_span(busy, self.streamed, self.info.size)
-        holes = _minus(outside, busy)
+        holes = _minus(outside, add_span_all(self.bringing, self.punching))
         if holes:
-            self.spans = _minus(self.spans, holes)
+            self.in_file = _minus(self.in_file, holes)
             self.punching = add_span_all(self.punching, holes)
+            self._held()
             self._punch(self, holes)
 
-    def punched(self, holes: list[tuple[int, int]]) -> None:
+    def punched(self, holes: list[Span]) -> None:
         """The holes ``holes`` named are made (or failed to be: the bytes are gone either way)."""
         self.punching = _minus(self.punching, holes)
         self._wake()
@@ -148,7 +190,7 @@ class Window(Fetch):
         self.streaming = False
         self._wake()
 
-    def to_ask(self, offset: int) -> tuple[int, int] | None:
+    def to_ask(self, offset: int) -> Span | None:
         """The bytes a ranged GET should bring for a read at ``offset`` (none while the
         stream is about to bring them); then counted as being brought."""
         if self.info is None or self._closed:
@@ -197,15 +239,16 @@ class Window(Fetch):
             return os.dup(self._fd)
 
     def close(self) -> None:
-        """No reader is left: the stream stops, the file goes."""
+        """No reader is left: the stream stops, its pieces and the file go."""
         with self._lock:
             self._closed = True
             self._moving.notify_all()
         super().close()
+        self.starts, self.pieces = [], []
         self.gone.set()
 
 
-def _minus(spans: list[tuple[int, int]], cut: list[tuple[int, int]]) -> list[tuple[int, int]]:
+def _minus(spans: list[Span], cut: list[Span]) -> list[Span]:
     """``spans`` without the bytes of ``cut``."""
     out = []
     for start, end in spans:

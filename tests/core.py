@@ -38,7 +38,7 @@ from cowfs.journal import Journal
 from cowfs.keys import KeyMap
 from cowfs.namespace import Namespace
 from cowfs.reachability import Reachability
-from cowfs.store.base import ListPage, ObjectInfo, Progress
+from cowfs.store.base import ListPage, ObjectInfo, Piece, Progress
 from cowfs.store.local import LocalStore
 from cowfs.writeback import WriteBack
 
@@ -133,10 +133,13 @@ class S3LikeStore(LocalStore):
         self._ask("get", key)
         return super().get(key, start, end)
 
-    def get_to_file(self, key: str, out: BinaryIO, progress: Progress | None = None,
-                    split: bool = True) -> ObjectInfo:
+    def get_to_file(self, key: str, out: BinaryIO, progress: Progress | None = None) -> ObjectInfo:
         self._ask("get", key)
-        return super().get_to_file(key, out, progress, split)
+        return super().get_to_file(key, out, progress)
+
+    def stream(self, key: str, piece: Piece) -> ObjectInfo:
+        self._ask("get", key)
+        return super().stream(key, piece)
 
     def get_range_into(self, key: str, info: ObjectInfo, fd: int, start: int, end: int,
                        progress: Progress | None = None) -> None:

@@ -116,19 +116,18 @@ class Contents(Part):
             await self.calls.local(os.unlink, bounded.path)
 
     def _stream(self, key: str, bounded: Window) -> None:
-        """The object through ``bounded``'s sparse file (beside the cache, where its blocks
-        are seen); blocking."""
+        """The object streamed through ``bounded``, with its sparse file for ranged GETs
+        (beside the cache, where its blocks are seen); blocking."""
         fd, name = tempfile.mkstemp(dir=self.services.tmp_dir)
-        with os.fdopen(fd, "r+b") as tmp:
-            try:
-                bounded.adopt(os.open(name, os.O_RDWR), name)
-            except BaseException:
-                os.unlink(name)
-                raise
-            try:
-                self.store.get_to_file(key, tmp, bounded.streamed_piece, split=False)
-            except ObjectNotFound:
-                raise NotFound(key) from None
+        try:
+            bounded.adopt(fd, name)
+        except BaseException:
+            os.unlink(name)
+            raise
+        try:
+            self.store.stream(key, bounded.streamed_piece)
+        except ObjectNotFound:
+            raise NotFound(key) from None
 
     async def _fetch(self, node: Node, fetch: Fetch, key: str) -> None:
         """Download ``node``'s object beside its readers; once whole, the node keeps
@@ -170,7 +169,7 @@ class Contents(Part):
                     break
             await self._arrival(node, fetch, offset, size)
             if fetch.fd is not None and content.fd is None:
-                data = os.pread(fetch.fd, size, offset)
+                data = fetch.read_at(offset, size)
                 fetch.read_to(offset + len(data))
                 return data
         fd = node.fd

@@ -36,7 +36,7 @@ from botocore.exceptions import (
 from .. import ranges
 from ..errors import AccessDenied, NoSuchBucket, ObjectNotFound, PreconditionFailed, Refused, StoreError
 from ..fds import pwrite_all
-from .base import ListPage, ObjectInfo, ObjectStore, Progress, same_metadata
+from .base import ListPage, ObjectInfo, ObjectStore, Piece, Progress, same_metadata
 from .lean import META, LeanRequests, headers_info, quoted_etag
 
 T = TypeVar("T")
@@ -183,16 +183,14 @@ class S3Store(ObjectStore):
                 return b"", self.head(key)
             return response["Body"].read(), _info(key, response)
 
-    def get_to_file(self, key: str, out: BinaryIO, progress: Progress | None = None,
-                    split: bool = True) -> ObjectInfo:
+    def get_to_file(self, key: str, out: BinaryIO, progress: Progress | None = None) -> ObjectInfo:
         """Stream the object into ``out`` from its current position.
 
         One GET streams the whole object; past its first ``multipart_threshold``
         bytes, the ranges ``ranges.split`` names for its pace (parts of
         ``part_size`` at least) are fetched in parallel, each conditional on the
-        stream's ETag, and the stream stops where they begin (unless not
-        ``split``). A stream that breaks is not started again: a ranged GET
-        asks for the rest.
+        stream's ETag, and the stream stops where they begin. A stream that
+        breaks is not started again: a ranged GET asks for the rest.
         """
         out.flush()
         base, fd = out.tell(), out.fileno()
@@ -212,17 +210,32 @@ class S3Store(ObjectStore):
                     pwrite_all(fd, chunk, base + pos)
                     told(info, pos, pos + len(chunk))
                     pos += len(chunk)
-                    if split and not parts and pos >= self.multipart_threshold:
-                        beside = ranges.split(pos, info.size, time.monotonic() - started, self.part_size,
-                                              self.split_after)
-                        end = beside[0][0] if beside else info.size
+                    if not parts and pos >= self.multipart_threshold:
+                        split = ranges.split(pos, info.size, time.monotonic() - started, self.part_size,
+                                             self.split_after)
+                        end = split[0][0] if split else info.size
                         parts = [pool.submit(self._fetch_range, key, info, fd, base, start, stop - start, told)
-                                 for start, stop in beside]
+                                 for start, stop in split]
             finally:
                 _let_go(body, read_all=pos == info.size)
             for part in parts:
                 part.result()
         out.seek(base + info.size)
+        return info
+
+    def stream(self, key: str, piece: Piece) -> ObjectInfo:
+        with self._translated(f"get {self._where(key)}"):
+            info, body = self._stream(key)
+            pos = 0
+            try:
+                while pos < info.size:
+                    chunk = _read_some(body, min(CHUNK, info.size - pos))
+                    if not chunk:
+                        raise StoreError(f"get {self._where(key)}: the stream broke at byte {pos} of {info.size}")
+                    piece(info, pos, chunk)
+                    pos += len(chunk)
+            finally:
+                _let_go(body, read_all=pos == info.size)
         return info
 
     def _stream(self, key: str) -> tuple[ObjectInfo, Any]:
