@@ -151,7 +151,9 @@ class Window(Fetch):
         self._trim()
 
     def _tell(self, end: int) -> None:
-        """Let the stream go on to ``ahead`` bytes past ``end``."""
+        """Let the stream go on to ``ahead`` bytes past ``end`` (and have a deadline again)."""
+        if self.streaming:
+            self.stall.moved()
         with self._lock:
             self._told = end
             self._moving.notify_all()
@@ -246,6 +248,7 @@ class Window(Fetch):
         super().close()
         self.starts, self.pieces = [], []
         self.gone.set()
+        self._wake()
 
 
 def _minus(spans: list[Span], cut: list[Span]) -> list[Span]:

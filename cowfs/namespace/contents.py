@@ -96,14 +96,17 @@ class Contents(Part):
     async def _window(self, node: Node, bounded: Window, key: str) -> None:
         """Stream ``node``'s object through ``bounded`` until its last reader lets go; the
         cache keeps room for the window meanwhile."""
-        await self.calls.local(self.cache.reserve, bounded.room)
         try:
+            await self.calls.local(self.cache.reserve, bounded.room)
             try:
                 await self.calls.call(self._stream, key, bounded, background=True, stall=bounded.stall)
             except BaseException as exc:
                 log.debug("the stream of %s ended: %s", key, exc)
                 if bounded.info is None:
-                    self.let_go(node)
+                    content = node.need_content()
+                    if content.fetch is bounded:
+                        content.fetch = None
+                    bounded.close()
                     bounded.finish(exc if isinstance(exc, Exception) else StoreError(f"the download of {key} was stopped"))
                 if not isinstance(exc, Exception):
                     raise
