@@ -60,6 +60,23 @@ def add_span_all(spans: list[tuple[int, int]], more: list[tuple[int, int]]) -> l
     return spans
 
 
+def minus(spans: list[tuple[int, int]], cut: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``spans`` without the bytes of ``cut``."""
+    out: list[tuple[int, int]] = []
+    for start, end in spans:
+        for s, e in cut:
+            if e <= start or end <= s:
+                continue
+            if start < s:
+                out.append((start, s))
+            start = max(start, e)
+            if start >= end:
+                break
+        if start < end:
+            out.append((start, end))
+    return out
+
+
 def covered(spans: list[tuple[int, int]], start: int, end: int) -> bool:
     """Whether ``[start, end)`` lies in one of ``spans`` (always, when empty)."""
     return end <= start or any(s <= start and end <= e for s, e in spans)

@@ -34,7 +34,7 @@ import trio
 
 from .errors import StoreError
 from .fetch import Fetch
-from .ranges import FAR, RANGE, add_span, add_span_all, gap
+from .ranges import FAR, RANGE, add_span, add_span_all, gap, minus
 from .store import ObjectInfo
 
 #: Holes are punched once at least this much of the file lies outside the window (not per
@@ -175,16 +175,16 @@ class Window(Fetch):
         outside += [(max(s, high), e) for s, e in self.in_file if e > high]
         if self.fd is None or sum(e - s for s, e in outside) < self.punch_at:
             return
-        holes = _minus(outside, add_span_all(self.bringing, self.punching))
+        holes = minus(outside, add_span_all(self.bringing, self.punching))
         if holes:
-            self.in_file = _minus(self.in_file, holes)
+            self.in_file = minus(self.in_file, holes)
             self.punching = add_span_all(self.punching, holes)
             self._held()
             self._punch(self, holes)
 
     def punched(self, holes: list[Span]) -> None:
         """The holes ``holes`` named are made (or failed to be: the bytes are gone either way)."""
-        self.punching = _minus(self.punching, holes)
+        self.punching = minus(self.punching, holes)
         self._wake()
 
     def stream_ended(self) -> None:
@@ -211,7 +211,7 @@ class Window(Fetch):
     def brought(self, start: int, end: int, error: BaseException | None = None) -> None:
         """A ranged GET of ``[start, end)`` ended (trio thread); its error goes to the
         readers waiting for those bytes."""
-        self.bringing = _minus(self.bringing, [(start, end)])
+        self.bringing = minus(self.bringing, [(start, end)])
         if error is not None:
             self.failed = error
         self._wake()
@@ -250,19 +250,3 @@ class Window(Fetch):
         self.gone.set()
         self._wake()
 
-
-def _minus(spans: list[Span], cut: list[Span]) -> list[Span]:
-    """``spans`` without the bytes of ``cut``."""
-    out = []
-    for start, end in spans:
-        for s, e in cut:
-            if e <= start or end <= s:
-                continue
-            if start < s:
-                out.append((start, s))
-            start = max(start, e)
-            if start >= end:
-                break
-        if start < end:
-            out.append((start, end))
-    return out
