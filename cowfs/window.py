@@ -137,6 +137,8 @@ class Window(Fetch):
                 assert self.fd is not None
                 stop = next(e for s, e in self.in_file if s <= offset < e)
                 part = os.pread(self.fd, min(end, stop) - offset, offset)
+                if not part:
+                    break
             parts.append(part)
             offset += len(part)
         return parts[0] if len(parts) == 1 else b"".join(parts)
