@@ -5,8 +5,7 @@ streams it (``ObjectStore.stream``) and its pieces stay in memory, from
 ``behind`` bytes before the last read to ``ahead`` bytes past it
 (``ranges.window``): the stream waits, in its thread, while it is that far
 ahead, and pieces behind the window are let go. Writing the stream to a file
-and reading it back cost 40% of its pace on this machine's disk, for bytes
-read once.
+and reading it back cost 40% of its pace, for bytes read once.
 
 A read of bytes the window does not hold and the stream will not bring soon
 (a re-read, a jump back, a jump far ahead, any read once the stream ended)
