@@ -14,9 +14,10 @@ cases, both decided here and carried out by the store and ``fetch.py``:
   the stream goes on.
 
 An object too big for the cache is read through a window (``window.py``):
-its stream is never split, goes at most ``ahead`` bytes past the reader and
-keeps ``behind`` bytes before it (``window``); a read of bytes it no longer
-holds gets them by a ranged GET (``gap``).
+its stream goes at most ``ahead`` bytes past the reader and keeps ``behind``
+bytes before it (``window``), and is never split, as parts far ahead would
+not be kept (so from S3 it comes at one connection's pace); a read of bytes
+it no longer holds gets them by a ranged GET (``gap``).
 
 Spans are sorted, disjoint, non-touching ``(start, end)`` pairs of byte offsets.
 """
