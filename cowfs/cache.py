@@ -16,6 +16,10 @@ never the clean cache's doing. Only clean entries are evicted for it: the
 journal's staging files, the only copy of unsynced bytes, are not the
 cache's to touch, and it is for their sake that the floor is kept.
 
+A file too big for the cache is read through a window of it kept outside
+the cache (``window.py``): its bytes are reserved here (``reserve``), so
+that the folder as a whole stays within the limit while it is read.
+
 A file already on the cache's file system (a download, an uploaded staging
 file) is moved in by rename rather than copied: copying 128 MiB cost a
 third of a cold sequential read.
@@ -175,6 +179,9 @@ class ContentCache:
         )
         self._now = diskcache.Cache(str(directory), disk=_BlockDisk, timeout=0)
         self._room = threading.Lock()
+        #: Bytes held outside the cache on its account (windows of big files), and their lock.
+        self._reserved = 0
+        self._reserving = threading.Lock()
 
     def close(self) -> None:
         self._now.close()
@@ -196,6 +203,24 @@ class ContentCache:
                     cache.delete(_data(key))
                     return None
                 return os.dup(reader.fileno())
+
+    def fits(self, size: int) -> bool:
+        """Whether a file of ``size`` bytes may be kept whole (else it is read through a window)."""
+        return _on_disk(size) <= self.limit
+
+    @_best_effort
+    def reserve(self, size: int) -> None:
+        """Hold ``size`` bytes of the limit for a window (until ``release``), evicting to make room;
+        blocking."""
+        with self._room:
+            with self._reserving:
+                self._reserved += size
+            self._make_room(self._cache.volume(), 0, self.limit - self._reserved)
+
+    def release(self, size: int) -> None:
+        """Give back bytes ``reserve`` held (never waits on the cache's work)."""
+        with self._reserving:
+            self._reserved -= size
 
     @_best_effort
     def put_file(self, key: str, etag: str, fd: int, metadata: dict[str, str] | None = None) -> None:
@@ -221,7 +246,7 @@ class ContentCache:
                     self._cache.set(_meta(key), (etag, metadata))
                 self._cache.delete(_data(key))
             volume = self._cache.volume()
-            limit = min(self.limit, volume + self._room_on_disk(value.freed_if_dropped(on_disk)))
+            limit = min(self.limit - self._reserved, volume + self._room_on_disk(value.freed_if_dropped(on_disk)))
             if on_disk > limit:
                 self._make_room(volume, 0, limit)
                 return

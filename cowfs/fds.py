@@ -1,10 +1,15 @@
-"""Copying between open descriptors, for staging files and cache entries."""
+"""Copying between open descriptors, for staging files and cache entries; giving a file's blocks back."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 
 CHUNK = 1 << 20
+#: fallocate(2)'s modes: free the blocks of a range, the file's size unchanged.
+_PUNCH_HOLE = 0x02
+_KEEP_SIZE = 0x01
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def pwrite_all(fd: int, data: bytes, offset: int) -> None:
@@ -28,3 +33,13 @@ def copy_fd(src: int, dst: int, size: int) -> None:
             break
         os.pwrite(dst, chunk, offset)
         offset += len(chunk)
+
+
+def punch_holes(fd: int, spans: list[tuple[int, int]]) -> None:
+    """Give back the disk blocks of each ``(start, end)`` span of the file; they read as zeros after.
+
+    The standard library has no fallocate(2) with modes (Linux's, through libc)."""
+    for start, end in spans:
+        if _libc.fallocate(fd, _PUNCH_HOLE | _KEEP_SIZE, ctypes.c_int64(start), ctypes.c_int64(end - start)) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))

@@ -63,6 +63,12 @@ class Fetch:
         os.close(fd)
         raise StoreError("the download was given up")
 
+    def writer(self) -> int:
+        """A descriptor for a ranged GET to write into the file with (any thread). Opened
+        by name: once whole the file is the cache's and renamed, and a range finishing
+        after that has nothing to add."""
+        return os.open(self.path, os.O_WRONLY)
+
     def report(self, info: ObjectInfo, start: int, end: int) -> None:
         """Bytes ``[start, end)`` of the object are in the file (any thread)."""
         self._token.run_sync_soon(self._arrived, info, start, end)
@@ -93,6 +99,11 @@ class Fetch:
         if fd is not None:
             os.close(fd)
 
+    def read_at(self, offset: int, size: int) -> bytes:
+        """Bytes of the file (``has`` them first)."""
+        assert self._fd is not None
+        return os.pread(self._fd, size, offset)
+
     def has(self, offset: int, size: int) -> bool:
         """Whether a read of ``size`` bytes at ``offset`` can be answered from the file now."""
         if self.info is None:
@@ -113,6 +124,12 @@ class Fetch:
         if wanted is not None:
             self.asked = add_span(self.asked, *wanted)
         return wanted
+
+    def brought(self, start: int, end: int, error: BaseException | None = None) -> None:
+        """A ranged GET ended (trio thread): what it could not bring, the stream does."""
+
+    def read_to(self, end: int) -> None:
+        """A read ended at ``end`` (a whole download keeps every byte; a window moves)."""
 
     async def started(self) -> None:
         """Until the object's info is known (its first piece is in) or the download ended."""

@@ -13,6 +13,12 @@ cases, both decided here and carried out by the store and ``fetch.py``:
   on come by a ranged GET of their own, a window ahead of the reader, while
   the stream goes on.
 
+An object too big for the cache is read through a window (``window.py``):
+its stream goes at most ``ahead`` bytes past the reader and keeps ``behind``
+bytes before it (``window``), and is never split, as parts far ahead would
+not be kept (so from S3 it comes at one connection's pace); a read of bytes
+it no longer holds gets them by a ranged GET (``gap``).
+
 Spans are sorted, disjoint, non-touching ``(start, end)`` pairs of byte offsets.
 """
 
@@ -28,6 +34,11 @@ SPLIT_AFTER = 0.5
 FAR = 8 * MiB
 #: The bytes such a GET brings, from the read on.
 RANGE = 4 * MiB
+#: How far a windowed stream may go past its reader, and what it keeps behind the reader.
+AHEAD = 16 * MiB
+BEHIND = 8 * MiB
+#: A window takes at most this share of the cache (``AHEAD`` and ``BEHIND`` shrink to fit).
+WINDOW_SHARE = 4
 
 
 def add_span(spans: list[tuple[int, int]], start: int, end: int) -> list[tuple[int, int]]:
@@ -48,6 +59,23 @@ def add_span_all(spans: list[tuple[int, int]], more: list[tuple[int, int]]) -> l
     for start, end in more:
         spans = add_span(spans, start, end)
     return spans
+
+
+def minus(spans: list[tuple[int, int]], cut: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``spans`` without the bytes of ``cut``."""
+    out: list[tuple[int, int]] = []
+    for start, end in spans:
+        for s, e in cut:
+            if e <= start or end <= s:
+                continue
+            if start < s:
+                out.append((start, s))
+            start = max(start, e)
+            if start >= end:
+                break
+        if start < end:
+            out.append((start, end))
+    return out
 
 
 def covered(spans: list[tuple[int, int]], start: int, end: int) -> bool:
@@ -75,6 +103,13 @@ def far(offset: int, size: int, front: int, known: list[tuple[int, int]]) -> tup
     is known already."""
     if offset < front + FAR:
         return None
+    return gap(offset, size, known)
+
+
+def gap(offset: int, size: int, known: list[tuple[int, int]], length: int = RANGE) -> tuple[int, int] | None:
+    """The range a ranged GET should bring for a read at ``offset`` of an object of ``size``
+    bytes of which ``known`` is in or asked for: up to ``length`` bytes from the first not
+    known on; None when ``length // 2`` bytes from the read on are known already."""
     start, end = offset, size
     for s, e in known:
         if s <= start < e:
@@ -82,7 +117,16 @@ def far(offset: int, size: int, front: int, known: list[tuple[int, int]]) -> tup
         elif start < s:
             end = s
             break
-    end = min(end, start + RANGE)
-    if start >= end or start - offset >= RANGE // 2:
+    end = min(end, start + length)
+    if start >= end or start - offset >= length // 2:
         return None
     return start, end
+
+
+def window(limit: int) -> tuple[int, int]:
+    """How far a windowed stream goes past its reader and what it keeps behind it, through
+    a cache of ``limit`` bytes: ``AHEAD`` and ``BEHIND``, shrunk to ``limit // WINDOW_SHARE``
+    together (and never below a chunk ahead)."""
+    room = limit // WINDOW_SHARE
+    ahead = max(min(AHEAD, room * AHEAD // (AHEAD + BEHIND)), MiB)
+    return ahead, max(0, min(BEHIND, room - ahead))

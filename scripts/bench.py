@@ -2202,6 +2202,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset, run in the usual order")
     parser.add_argument("--reps", type=int, help="repetitions per workload (default 3, --quick 1)")
     parser.add_argument("--big-mib", type=int, help="size of the sequential file in MiB (default 128, --quick 16)")
+    parser.add_argument("--large-mib", type=int,
+                        help="size of large_file_small_cache's object in MiB (default 2048, --quick 64)")
+    parser.add_argument("--small-cache-mib", type=int,
+                        help="the cache large_file_small_cache reads it through, MiB (default 512, --quick 16)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 1 rep, 200 small files, 16 MiB, small tarball")
     parser.add_argument("--bucket-timeout", type=float, help="cap on the bucket_1000 wait, seconds (default 300)")
     parser.add_argument("--cowfs-options", default="",
@@ -2220,7 +2224,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def make_params(args: argparse.Namespace) -> Params:
     params = replace(Params(), **QUICK) if args.quick else Params()
-    overrides = {k: v for k, v in (("reps", args.reps), ("big_mib", args.big_mib),
+    overrides = {k: v for k, v in (("reps", args.reps), ("big_mib", args.big_mib), ("large_mib", args.large_mib),
+                                   ("small_cache_mib", args.small_cache_mib),
                                    ("bucket_timeout", args.bucket_timeout)) if v is not None}
     return replace(params, **overrides)
 

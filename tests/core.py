@@ -39,7 +39,7 @@ from cowfs.journal import Journal
 from cowfs.keys import KeyMap
 from cowfs.namespace import Namespace
 from cowfs.reachability import Reachability
-from cowfs.store.base import ListPage, ObjectInfo, Progress
+from cowfs.store.base import ListPage, ObjectInfo, Piece, Progress
 from cowfs.store.local import LocalStore
 from cowfs.writeback import WriteBack
 
@@ -165,6 +165,10 @@ class S3LikeStore(LocalStore):
     def get_to_file(self, key: str, out: BinaryIO, progress: Progress | None = None) -> ObjectInfo:
         self._ask("get", key)
         return super().get_to_file(key, out, progress)
+
+    def stream(self, key: str, piece: Piece) -> ObjectInfo:
+        self._ask("get", key)
+        return super().stream(key, piece)
 
     def get_range_into(self, key: str, info: ObjectInfo, fd: int, start: int, end: int,
                        progress: Progress | None = None) -> None:
@@ -314,7 +318,8 @@ class Cores:
 
     @asynccontextmanager
     async def mount(self, *, metadata_ttl: float = 1.0, write_back_delay: float = 1.0,
-                    store_timeout: float = 30.0, foreign_ttl: float | None = None) -> AsyncIterator[Core]:
+                    store_timeout: float = 30.0, foreign_ttl: float | None = None,
+                    cache_size: int = CACHE_SIZE) -> AsyncIterator[Core]:
         """A core serving until the block ends (then stopped, not flushed: a test syncs what it means to).
 
         With ``foreign_ttl`` it writes and reads change marks and attribute summaries, as the daemon does."""
@@ -325,7 +330,7 @@ class Cores:
         store = S3LikeStore(self.store.root)
         self._stores.append(store)
         journal = Journal(base / "journal")
-        cache = ContentCache(base / "cache", CACHE_SIZE)
+        cache = ContentCache(base / "cache", cache_size)
         calls = StoreCalls(trio.CapacityLimiter(THREADS), Reachability(store.check), store_timeout)
         activity = Activity(store, calls)
         records = RecordCheck(store, calls)

@@ -2,10 +2,13 @@
 
 A file's clean bytes are the cache's: a read opens them there, else starts one
 download into a file the cache takes once it is whole, and reads are answered
-from it as their bytes land (``Fetch``). A write goes to a staging file of the
-journal: made from the clean bytes on the first write, and copied again before
-a change to bytes a pending record still names (copy on write, ``writable``).
-An uploaded, closed staging file is handed to the cache (``retire``).
+from it as their bytes land (``Fetch``). A file the cache could not keep whole
+is read through a window of it instead (``Window``), until its last reader
+lets go. A write goes to a staging file of the journal: made from the clean
+bytes on the first write (for a file too big for the cache, downloaded into
+it), and copied again before a change to bytes a pending record still names
+(copy on write, ``writable``). An uploaded, closed staging file is handed to
+the cache (``retire``).
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ from typing import Any, Callable
 
 from ..cache import CacheBusy
 from ..errors import CowfsError, NotFound, ObjectNotFound, StoreError
-from ..fds import copy_fd
+from ..fds import copy_fd, punch_holes
 from ..fetch import Fetch
+from ..ranges import window
 from ..store import ObjectInfo
+from ..window import Window
 from .node import Node
 from .services import Part, Services
 from .table import Inodes
@@ -80,9 +85,52 @@ class Contents(Part):
         if fd is not None:
             content.fd = fd
             return None
+        if not self.cache.fits(node.size):
+            bounded = content.fetch = Window(self.calls.timeout, *window(self.cache.limit), self._punch)
+            self.nursery().start_soon(self._window, node, bounded, key)
+            return bounded
         fetch = content.fetch = Fetch(self.calls.timeout)
         self.nursery().start_soon(self._fetch, node, fetch, key)
         return fetch
+
+    async def _window(self, node: Node, bounded: Window, key: str) -> None:
+        """Stream ``node``'s object through ``bounded`` until its last reader lets go; the
+        cache keeps room for the window meanwhile."""
+        try:
+            await self.calls.local(self.cache.reserve, bounded.room)
+            try:
+                await self.calls.call(self._stream, key, bounded, background=True, stall=bounded.stall)
+            except BaseException as exc:
+                log.debug("the stream of %s ended: %s", key, exc)
+                if bounded.info is None:
+                    content = node.need_content()
+                    if content.fetch is bounded:
+                        content.fetch = None
+                    bounded.close()
+                    bounded.finish(exc if isinstance(exc, Exception) else StoreError(f"the download of {key} was stopped"))
+                if not isinstance(exc, Exception):
+                    raise
+            finally:
+                bounded.stream_ended()
+            await bounded.gone.wait()
+        finally:
+            self.cache.release(bounded.room)
+        if bounded.path:
+            await self.calls.local(os.unlink, bounded.path)
+
+    def _stream(self, key: str, bounded: Window) -> None:
+        """The object streamed through ``bounded``, with its sparse file for ranged GETs
+        (beside the cache, where its blocks are seen); blocking."""
+        fd, name = tempfile.mkstemp(dir=self.services.tmp_dir)
+        try:
+            bounded.adopt(fd, name)
+        except BaseException:
+            os.unlink(name)
+            raise
+        try:
+            self.store.stream(key, bounded.streamed_piece)
+        except ObjectNotFound:
+            raise NotFound(key) from None
 
     async def _fetch(self, node: Node, fetch: Fetch, key: str) -> None:
         """Download ``node``'s object beside its readers; once whole, the node keeps
@@ -124,33 +172,56 @@ class Contents(Part):
                     break
             await self._arrival(node, fetch, offset, size)
             if fetch.fd is not None and content.fd is None:
-                return os.pread(fetch.fd, size, offset)
+                data = fetch.read_at(offset, size)
+                fetch.read_to(offset + len(data))
+                return data
         fd = node.fd
         assert fd is not None
         return os.pread(fd, size, offset)
 
     async def _arrival(self, node: Node, fetch: Fetch, offset: int, size: int) -> None:
         """Until the download has the bytes of a read; far ahead of its stream, a
-        ranged GET brings them (and a window after them) sooner."""
-        if not fetch.has(offset, size):
+        ranged GET brings them (and a window after them) sooner; through a window,
+        any bytes it no longer holds."""
+        while not fetch.has(offset, size):
             await fetch.started()
             wanted = fetch.to_ask(offset)
             if wanted is not None:
                 self.nursery().start_soon(self._fetch_range, fetch, self.inodes.key(node), *wanted)
-        await fetch.wait_for(offset, size)
+            await fetch.wait_for(offset, size)
+            if fetch.done:
+                return
 
     async def _fetch_range(self, fetch: Fetch, key: str, start: int, end: int) -> None:
+        error: Exception | None = None
         try:
             await self.calls.call(self._download_range, fetch, key, start, end, background=False)
         except (CowfsError, OSError) as exc:
-            log.debug("ranged GET of %s failed, the stream brings those bytes: %s", key, exc)
+            log.debug("ranged GET of %s failed: %s", key, exc)
+            error = exc
+        fetch.brought(start, end, error)
+
+    def _punch(self, bounded: Window, holes: list[tuple[int, int]]) -> None:
+        """Give the blocks of ``holes`` in ``bounded``'s file back to the disk, on a worker."""
+        self.nursery().start_soon(self._punch_holes, bounded, holes)
+
+    async def _punch_holes(self, bounded: Window, holes: list[tuple[int, int]]) -> None:
+        try:
+            fd = bounded.writer()
+        except (CowfsError, OSError):
+            return
+        try:
+            await self.calls.local(punch_holes, fd, holes)
+        except OSError as exc:
+            log.warning("could not give back the disk blocks of a file larger than the cache: %s", exc)
+        finally:
+            os.close(fd)
+            bounded.punched(holes)
 
     def _download_range(self, fetch: Fetch, key: str, start: int, end: int) -> None:
-        """Bytes ``[start, end)`` of the stream's version into the file it is filling;
-        blocking. The file is opened by name: once whole it is the cache's and
-        renamed, and a range finishing after that has nothing to add."""
+        """Bytes ``[start, end)`` of the stream's version into the file it is filling; blocking."""
         assert fetch.info is not None
-        fd = os.open(fetch.path, os.O_WRONLY)
+        fd = fetch.writer()
         try:
             self.store.get_range_into(key, fetch.info, fd, start, end, fetch.report)
         finally:
@@ -212,12 +283,42 @@ class Contents(Part):
         async with node.lock:
             content = node.need_content()
             if content.staging is None:
-                src = await self.clean_fd(node) if not truncate and node.size > 0 else None
-                await self._copy_on_write(node, src)
+                if truncate or node.size == 0:
+                    await self._copy_on_write(node, None)
+                elif node.fd is None and not self.cache.fits(node.size):
+                    await self._download_staging(node)
+                else:
+                    await self._copy_on_write(node, await self.clean_fd(node))
                 content.clean_size = node.size
         if truncate and node.size:
             await self.writable(node, 0)
             self.truncate(node, 0)
+
+    async def _download_staging(self, node: Node) -> None:
+        """A new staging file holding the object of a file too big for the cache, downloaded
+        straight into it (``node.lock`` held): its bytes are unsynced until uploaded."""
+        content, key = node.need_content(), self.inodes.key(node)
+        staging, fd = self.journal.create_staging()
+        progress = Fetch(self.calls.timeout)
+        try:
+            info = await self.calls.call(self._download_into, key, fd, progress, background=False,
+                                         stall=progress.stall)
+        except BaseException:
+            os.close(fd)
+            self.journal.discard_staging(staging)
+            raise
+        if info.etag != node.etag:
+            node.etag, node.size = info.etag, info.size
+            self.view.apply_meta(node, info.metadata or {}, info.last_modified)
+        content.staging, content.fd = staging, fd
+
+    def _download_into(self, key: str, fd: int, progress: Fetch) -> ObjectInfo:
+        """The whole object into the file ``fd`` names, from its start; blocking."""
+        with os.fdopen(os.dup(fd), "r+b") as out:
+            try:
+                return self.store.get_to_file(key, out, progress.report)
+            except ObjectNotFound:
+                raise NotFound(key) from None
 
     async def writable(self, node: Node, offset: int) -> None:
         """Before a change at ``offset``: bytes a pending record refers to are never
@@ -322,6 +423,7 @@ class Contents(Part):
     def closed(self, node: Node) -> bool:
         """The last handle of ``node`` was released: lets go of what it no longer needs.
         True when its staging file may go to the cache now (``retire``)."""
+        self.let_go(node)
         if not node.attached:
             self.inodes.maybe_drop(node)
             return False
@@ -332,8 +434,16 @@ class Contents(Part):
             return False
         return content.staging is not None and not self.uploading(node)
 
+    def let_go(self, node: Node) -> None:
+        """Nobody reads ``node`` now: a window of it stops (a whole download goes on, for the cache)."""
+        content = node.content
+        if content is not None and isinstance(content.fetch, Window):
+            content.fetch.close()
+            content.fetch = None
+
     def drop(self, node: Node) -> None:
         """Close the descriptor and discard the staging files of a node no longer held."""
+        self.let_go(node)
         content, pending = node.content, node.pending
         if content is not None and content.fd is not None:
             os.close(content.fd)

@@ -47,6 +47,8 @@ def same_metadata(stored: dict[str, str] | None, ours: dict[str, str]) -> bool:
 #: Told, from whichever thread wrote them, that bytes ``[start, end)`` of the
 #: object ``info`` describes are in the file being downloaded into.
 Progress = Callable[[ObjectInfo, int, int], None]
+#: Given, in order, the bytes of an object that start at an offset.
+Piece = Callable[[ObjectInfo, int, bytes], None]
 
 
 class ObjectStore(abc.ABC):
@@ -83,6 +85,12 @@ class ObjectStore(abc.ABC):
         ``progress`` hears of every piece once it is in ``out``'s file (offsets
         within the object), so that readers need not wait for the whole object.
         """
+
+    @abc.abstractmethod
+    def stream(self, key: str, piece: Piece) -> ObjectInfo:
+        """The whole object, in order, to ``piece`` as it comes (one GET, nothing written
+        anywhere); its info. ``piece`` may hold the stream back by not returning, or stop
+        it by raising; a stream that breaks is a ``StoreError``."""
 
     @abc.abstractmethod
     def get_range_into(

@@ -28,7 +28,7 @@ from typing import BinaryIO, Iterator
 
 from ..errors import AccessDenied, ObjectNotFound, PreconditionFailed, StoreError
 from ..fds import pwrite_all
-from .base import ListPage, ObjectInfo, ObjectStore, Progress, same_metadata
+from .base import ListPage, ObjectInfo, ObjectStore, Piece, Progress, same_metadata
 
 BUSY_TIMEOUT = 60.0  # seconds a writer waits for another process's transaction
 CHUNK = 1024 * 1024
@@ -96,6 +96,16 @@ class LocalStore(ObjectStore):
                     if progress is not None:
                         out.flush()
                         progress(info, pos, pos + len(chunk))
+                    pos += len(chunk)
+            return info
+
+    def stream(self, key: str, piece: Piece) -> ObjectInfo:
+        with self._guard("get", key):
+            blob, info = self._open(key)
+            pos = 0
+            with blob:
+                while chunk := blob.read(CHUNK):
+                    piece(info, pos, chunk)
                     pos += len(chunk)
             return info
 

@@ -36,7 +36,7 @@ from botocore.exceptions import (
 from .. import ranges
 from ..errors import AccessDenied, NoSuchBucket, ObjectNotFound, PreconditionFailed, Refused, StoreError
 from ..fds import pwrite_all
-from .base import ListPage, ObjectInfo, ObjectStore, Progress, same_metadata
+from .base import ListPage, ObjectInfo, ObjectStore, Piece, Progress, same_metadata
 from .lean import META, LeanRequests, headers_info, quoted_etag
 
 T = TypeVar("T")
@@ -221,6 +221,21 @@ class S3Store(ObjectStore):
             for part in parts:
                 part.result()
         out.seek(base + info.size)
+        return info
+
+    def stream(self, key: str, piece: Piece) -> ObjectInfo:
+        with self._translated(f"get {self._where(key)}"):
+            info, body = self._stream(key)
+            pos = 0
+            try:
+                while pos < info.size:
+                    chunk = _read_some(body, min(CHUNK, info.size - pos))
+                    if not chunk:
+                        raise StoreError(f"get {self._where(key)}: the stream broke at byte {pos} of {info.size}")
+                    piece(info, pos, chunk)
+                    pos += len(chunk)
+            finally:
+                _let_go(body, read_all=pos == info.size)
         return info
 
     def _stream(self, key: str) -> tuple[ObjectInfo, Any]:

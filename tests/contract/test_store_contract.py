@@ -132,6 +132,28 @@ def test_get_to_file_reports_each_piece_once_it_is_in_the_file(store: ObjectStor
     assert spans == ([(0, size)] if size else [])
 
 
+@pytest.mark.parametrize("size", [0, 1000, LARGE], ids=["empty", "small", "large"])
+def test_stream_gives_the_object_piece_by_piece_in_order(store: ObjectStore, size: int) -> None:
+    content = os.urandom(size)
+    etag = store.put("blob", content, META)
+    pieces: list[tuple[int, bytes]] = []
+    info = store.stream("blob", lambda info, start, data: pieces.append((start, data)))
+    assert b"".join(data for _, data in pieces) == content
+    assert [start for start, _ in pieces] == [sum(len(data) for _, data in pieces[:i]) for i in range(len(pieces))]
+    assert (info.size, info.etag) == (size, etag)
+
+
+def test_a_stream_stops_when_its_reader_raises(store: ObjectStore) -> None:
+    store.put("blob", os.urandom(LARGE), {})
+
+    def enough(info: Any, start: int, data: bytes) -> None:
+        raise StoreError("enough")
+
+    with pytest.raises(StoreError, match="enough"):
+        store.stream("blob", enough)
+    assert store.get("blob", 0, 4)[1].size == LARGE, "the store answers the next request"
+
+
 def test_get_range_into_writes_those_bytes_at_their_offsets_and_reports_them(
     store: ObjectStore, tmp_path: Path
 ) -> None:

@@ -11,7 +11,7 @@ import trio
 
 from cowfs.errors import NotFound, StoreError
 from cowfs.fetch import Fetch
-from cowfs.ranges import DOWNLOAD_STREAMS, FAR, RANGE, add_span, covered, split
+from cowfs.ranges import AHEAD, BEHIND, DOWNLOAD_STREAMS, FAR, RANGE, add_span, covered, minus, split, window
 from cowfs.store import ObjectInfo
 from cowfs.threads import Stall, blocking
 
@@ -195,3 +195,28 @@ def test_a_slow_stream_keeps_a_share_and_ranges_bring_the_rest_in_parts() -> Non
     assert len(parts) <= DOWNLOAD_STREAMS and parts[-1][1] == 128 * MiB + 5
     assert all(a[1] == b[0] for a, b in zip(parts, parts[1:])), "the ranges follow each other without a gap"
     assert all(end - start >= 8 * MiB for start, end in parts[:-1])
+
+
+@pytest.mark.parametrize(
+    ("spans", "cut", "left"),
+    [
+        ([(0, 10)], [], [(0, 10)]),
+        ([(0, 10)], [(3, 5)], [(0, 3), (5, 10)]),
+        ([(0, 10), (20, 30)], [(5, 25)], [(0, 5), (25, 30)]),
+        ([(0, 10)], [(0, 10)], []),
+        ([(0, 10)], [(10, 20)], [(0, 10)]),
+        ([(0, 10), (20, 30)], [(2, 3), (4, 6), (28, 40)], [(0, 2), (3, 4), (6, 10), (20, 28)]),
+    ],
+)
+def test_minus_takes_the_bytes_of_the_cut_out_of_the_spans(spans, cut, left):
+    assert minus(spans, cut) == left
+
+
+@pytest.mark.parametrize("limit", [4 * MiB, 12 * MiB, 128 * MiB, 512 * MiB, 10 * 1024 * MiB])
+def test_a_window_takes_at_most_a_quarter_of_the_cache_and_never_less_than_a_mebibyte_ahead(limit):
+    ahead, behind = window(limit)
+    assert ahead <= AHEAD and behind <= BEHIND
+    assert ahead >= MiB and behind >= 0
+    assert ahead + behind <= max(limit // 4, MiB)
+    if limit >= 4 * (AHEAD + BEHIND):
+        assert (ahead, behind) == (AHEAD, BEHIND)
