@@ -216,13 +216,18 @@ async def test_a_walk_after_a_remount_takes_attributes_from_the_folders_summarie
         assert {p: m for p, m in seen.items() if p != "d0/f0.bin"} == {p: m for p, m in modes.items() if p != "d0/f0.bin"}
 
 
-async def test_small_files_whose_attributes_came_from_a_summary_are_still_fetched_ahead(cores: Cores) -> None:
+async def written_docs(cores: Cores, count: int) -> None:
+    """A workspace whose folder docs holds ``count`` small files a mount wrote (and summarized)."""
     create_workspace(cores.store, "t1", "u1", "general", workspace_id="ws1")
     async with cores.mount(foreign_ttl=30) as a:
         await a.makedirs("t1/ws1/docs")
-        for i in range(6):
+        for i in range(count):
             await a.write(f"t1/ws1/docs/f{i}.txt", b"doc %d" % i)
         await a.sync()
+
+
+async def test_small_files_whose_attributes_came_from_a_summary_are_still_fetched_ahead(cores: Cores) -> None:
+    await written_docs(cores, 6)
     async with cores.mount(foreign_ttl=30) as b:
         assert await b.listdir("t1/ws1/docs") == [f"f{i}.txt" for i in range(6)]
         await cores.settle()
@@ -233,12 +238,7 @@ async def test_small_files_whose_attributes_came_from_a_summary_are_still_fetche
 
 async def test_a_folders_first_listing_reads_its_summary_beside_it(cores: Cores) -> None:
     """A cold walk waits for one round trip per folder, not a LIST and then a GET."""
-    create_workspace(cores.store, "t1", "u1", "general", workspace_id="ws1")
-    async with cores.mount(foreign_ttl=30) as a:
-        await a.makedirs("t1/ws1/docs")
-        for i in range(3):
-            await a.write(f"t1/ws1/docs/f{i}.txt", b"doc %d" % i)
-        await a.sync()
+    await written_docs(cores, 3)
     async with cores.mount(foreign_ttl=30) as b:
         await b.find("t1/ws1/docs")
         start = b.store.mark()
