@@ -224,9 +224,11 @@ class ChangeMarks(BatchWriter[Workspace, set[str]]):
         """Whether marks vouch for anything: not with a foreign TTL no longer than the metadata TTL."""
         return self.foreign_ttl > self.ttl
 
-    def vouches(self, key: str, listed_at: float, now: float) -> bool:
-        """Whether the listing of the folder ``key`` made at ``listed_at`` still holds at ``now``
-        by the marks (a check of them less than a TTL old, no mark naming it since)."""
+    def vouches(self, key: str, listed_at: float, ended: float, now: float) -> bool:
+        """Whether the listing of the folder ``key`` made from ``listed_at`` to ``ended`` still
+        holds at ``now`` by the marks (a check of them less than a TTL old, no mark naming it
+        since it started, less than the foreign TTL since it ended: a listing of 100,000 keys
+        that takes longer than that is not made again at once)."""
         where = listed_folder(key) if self.reading else None
         if where is None:
             return False
@@ -234,7 +236,7 @@ class ChangeMarks(BatchWriter[Workspace, set[str]]):
         return (
             view is not None
             and now - view.checked_at < self.ttl
-            and now - listed_at < self.foreign_ttl
+            and now - ended < self.foreign_ttl
             and listed_at >= view.baseline
             and listed_at >= view.stale.get(where[1], -math.inf)
         )

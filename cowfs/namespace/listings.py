@@ -152,7 +152,8 @@ class Listings(Part):
             return False
         if now - dir_node.listed_at < self.ttl:
             return True
-        return self.marks is not None and self.marks.vouches(self.inodes.key(dir_node), dir_node.listed_at, now)
+        return self.marks is not None and self.marks.vouches(self.inodes.key(dir_node), dir_node.listed_at,
+                                                             dir_node.listed_at + dir_node.listing_took, now)
 
     def met(self, node: Node) -> None:
         """The mount just met a workspace folder: read its change marks now, so the folders
@@ -203,7 +204,7 @@ class Listings(Part):
                 await self._summarized(dir_node, fresh, background, summary)
                 await self._confirm_gone(doubtful, background)
                 self._read_ahead(fresh)
-            dir_node.listed_at = started
+            dir_node.listed_at, dir_node.listing_took = started, self.clock() - started
 
     async def refresh_walked(self, dir_node: Node) -> None:
         """``refresh`` for a folder read by readdir: when a walker reached it, or its
@@ -254,7 +255,7 @@ class Listings(Part):
                 doubtful += gone
                 if fresh:
                     listed.append((node, fresh))
-                node.listed_at = started
+                node.listed_at, node.listing_took = started, self.clock() - started
             pending.extend(c for c in node.subfolders() if key(c) in folders)
         async with trio.open_nursery() as nursery:
             for node, fresh in listed:

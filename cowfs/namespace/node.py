@@ -97,7 +97,7 @@ class Node:
     __slots__ = (
         "ino", "kind", "name", "parent", "mode", "uid", "gid", "mtime_ns", "ctime_ns", "atime_ns", "rdev",
         "times_unsaved", "xattrs", "size", "etag", "remote", "meta_known", "attached", "target", "children",
-        "listed_at", "used_at", "walked_at", "checked_at", "dirty", "touched", "virtual", "pinned", "lookups",
+        "listed_at", "listing_took", "used_at", "walked_at", "checked_at", "dirty", "touched", "virtual", "pinned", "lookups",
         "_lock", "content", "pending",
     )
 
@@ -117,7 +117,9 @@ class Node:
         self.attached = True
         self.target: bytes | None = None
         self.children: dict[str, Node] = {} if kind is Kind.DIR else _NO_CHILDREN
+        #: When the folder's last listing started, and how long it took.
         self.listed_at: float | None = None
+        self.listing_took = 0.0
         self.used_at = 0.0
         self.walked_at = -math.inf
         self.checked_at = -math.inf

@@ -252,3 +252,34 @@ async def test_a_folders_first_listing_reads_its_summary_beside_it(cores: Cores)
         start = b.store.mark()
         assert {(await b.find(f"t1/ws1/docs/f{i}.txt")).size for i in range(3)} == {5}
         assert not [key for kind, key in b.store.since(start) if kind == "head"]
+
+
+async def test_a_listing_longer_than_the_foreign_ttl_is_not_made_again_at_once(cores: Cores) -> None:
+    """Other tools' objects show within the foreign TTL of the end of the listing that missed
+    them: a folder that takes longer than that to list is not listed over and over."""
+    create_workspace(cores.store, "t1", "u1", "general", workspace_id="ws1")
+    names = [f"f{i:02d}" for i in range(10)]
+    for name in names:
+        cores.store.put(f"t1/ws1/big/{name}", b"x", {})
+    async with cores.mount(foreign_ttl=30, store_timeout=60) as b:
+        await b.find("t1/ws1/big")
+        b.store.page_size = 3
+        listed: list[list[str]] = []
+
+        async def listdir() -> None:
+            listed.append(await b.listdir("t1/ws1/big"))
+
+        async with trio.open_nursery() as nursery:
+            with b.store.stepping("list") as step:
+                nursery.start_soon(listdir)
+                for _ in range(20):
+                    await cores.settle()
+                    if listed:
+                        break
+                    await cores.advance(10)
+                    step()
+        assert listed == [names]
+        await cores.advance(0.5)
+        start = b.store.mark()
+        assert await b.listdir("t1/ws1/big") == names
+        assert ("list", "t1/ws1/big/") not in b.store.since(start)
