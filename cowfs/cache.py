@@ -217,6 +217,34 @@ class ContentCache:
                 self._reserved += size
             self._make_room(self._cache.volume(), 0, self.limit - self._reserved)
 
+    @_best_effort
+    def give_back(self, size: int) -> None:
+        """Evict clean entries for ``size`` bytes a write needs on a full disk (blocking): a
+        clean copy costs a re-download, a failed write the user's bytes."""
+        with self._room:
+            try:
+                self._make_room(self._cache.volume(), size, self._cache.volume())
+            except sqlite3.OperationalError:
+                # The disk is too full for SQLite to record an eviction: the least recently
+                # used entries' files go first (a read needs no room), then their rows.
+                self._drop_files(size)
+                self._make_room(self._cache.volume(), size, self._cache.volume())
+
+    def _drop_files(self, size: int) -> None:
+        """Delete the files of the least recently used entries, ``size`` bytes of them; their
+        rows stay until the next eviction (a read of such an entry is a miss)."""
+        uri = (self.directory / "cache.db").resolve().as_uri() + "?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+            rows = db.execute("SELECT filename, size FROM Cache WHERE filename IS NOT NULL"
+                              " ORDER BY access_time").fetchall()
+        dropped = 0
+        for filename, entry_size in rows:
+            if dropped >= size:
+                break
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.directory / filename)
+                dropped += entry_size
+
     def release(self, size: int) -> None:
         """Give back bytes ``reserve`` held (never waits on the cache's work)."""
         with self._reserving:

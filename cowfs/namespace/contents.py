@@ -13,6 +13,7 @@ the cache (``retire``).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import tempfile
@@ -38,6 +39,9 @@ log = logging.getLogger(__name__)
 #: An uploaded staging file at least this big is hard-linked into the clean cache, not
 #: copied; smaller ones are copied, so that their inode can be a spare staging file.
 LINK_INTO_CACHE = 1024 * 1024
+#: What a write that met a full disk has the cache give back beyond its own bytes: room for
+#: the writes that follow it (the kernel sends a large write in 1 MiB pieces).
+SPARE_ON_FULL_DISK = 16 * 1024 * 1024
 
 
 class Contents(Part):
@@ -358,7 +362,15 @@ class Contents(Part):
         try:
             await self.writable(node, offset)
             assert content.fd is not None
-            written = os.pwrite(content.fd, data, offset)
+            try:
+                written = os.pwrite(content.fd, data, offset)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                # The disk filled under the cache's floor (other programs, downloads under way):
+                # clean copies make way for bytes that exist nowhere else.
+                await self.calls.local(self.cache.give_back, len(data) + SPARE_ON_FULL_DISK)
+                written = os.pwrite(content.fd, data, offset)
         except OSError:
             content.write_failed = True
             raise

@@ -318,6 +318,29 @@ def test_reads_never_leave_a_small_cache_disk_full_for_writes(mount_factory, s3_
         m.umount()
 
 
+def test_a_write_on_a_disk_others_filled_gets_room_from_the_clean_cache(mount_factory, s3_bucket, tmp_path):
+    """Another program fills the disk below the cache's free-space floor: a write evicts
+    clean copies (a re-download later) rather than fail with ENOSPC."""
+    with tmpfs(tmp_path / "full-disk", "64m") as cache:
+        m = mount_factory("full", cache=cache)
+        ws = m.path / "t1" / "ws1"
+        ws.mkdir(parents=True)
+        blobs = {f"t1/ws1/read{i}.bin": os.urandom(4 * MiB) for i in range(6)}
+        for key, data in blobs.items():
+            s3_bucket.client.put_object(Bucket=s3_bucket.name, Key=key, Body=data)
+        time.sleep(1.5)
+        for key, data in blobs.items():
+            assert (m.path / key).read_bytes() == data
+        disk = os.statvfs(cache)
+        (cache / "filler").write_bytes(b"f" * (disk.f_bavail * disk.f_frsize - 2 * MiB))
+        (ws / "after.bin").write_bytes(b"3" * 8 * MiB)
+        m.sync()
+        assert keys(s3_bucket, "t1/ws1/after.bin")["t1/ws1/after.bin"] == b"3" * 8 * MiB
+        assert (m.path / "t1/ws1/read0.bin").read_bytes() == blobs["t1/ws1/read0.bin"]
+        (cache / "filler").unlink()
+        m.umount()
+
+
 def test_fsck_replays_a_journal_without_mounting(mount_factory, s3_bucket):
     m = mount_factory("fsck", extra=["--write-back-delay", "60"])
     ws = m.path / "t1" / "ws1"
