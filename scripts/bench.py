@@ -604,7 +604,7 @@ class S3Target(Target):
 
     def describe(self) -> str:
         return ("moto itself through boto3, no file system: small_read_cold GETs the small files one at a time "
-                "(the issue's reference for a cold read), stat_walk_warm and stat_walk_cold list them in one flat listing "
+                "(the reference for a cold read), stat_walk_warm and stat_walk_cold list them in one flat listing "
                 f"(what a walk past the metadata TTL costs the store), bucket_1000 PUTs the files from {UPLOAD_SLOTS} threads "
                 "(cowfs's upload slots) and polls the bucket like the mounts, big_folder_cold's `ls -f` is one flat "
                 "listing of the folder, large_file_small_cache reads the object with one GET")
@@ -1366,7 +1366,7 @@ def s3_small(run: Run, rep: int) -> dict[str, bytes]:
 
 
 def s3_small_read_cold(run: Run, rep: int) -> float:
-    """moto's own time for the small files read one at a time, as the issue measured it."""
+    """moto's own time for the small files read one at a time: the reference for a cold read."""
     plan = s3_small(run, rep)
     got: dict[str, bytes] = {}
     start = time.perf_counter()
