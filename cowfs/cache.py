@@ -222,13 +222,14 @@ class ContentCache:
         """Evict clean entries for ``size`` bytes a write needs on a full disk (blocking): a
         clean copy costs a re-download, a failed write the user's bytes."""
         with self._room:
+            volume = self._cache.volume()
             try:
-                self._make_room(self._cache.volume(), size, self._cache.volume())
+                self._make_room(volume, size, volume)
             except sqlite3.OperationalError:
                 # The disk is too full for SQLite to record an eviction: the least recently
                 # used entries' files go first (a read needs no room), then their rows.
                 self._drop_files(size)
-                self._make_room(self._cache.volume(), size, self._cache.volume())
+                self._make_room(volume, size, volume)
 
     def _drop_files(self, size: int) -> None:
         """Delete the files of the least recently used entries, ``size`` bytes of them; their

@@ -391,6 +391,27 @@ class Cores:
         assert done, "it waited (for a held request or for the clock)"
         return done[0]
 
+    async def list_slowly(self, core: Core, path: str, page_size: int, seconds_per_page: float) -> list[str]:
+        """``listdir`` of ``path`` whose listings come ``page_size`` keys a page, one page every
+        ``seconds_per_page`` of the mock clock."""
+        core.store.page_size = page_size
+        listed: list[list[str]] = []
+
+        async def listdir() -> None:
+            listed.append(await core.listdir(path))
+
+        async with trio.open_nursery() as nursery:
+            with core.store.stepping("list") as step:
+                nursery.start_soon(listdir)
+                for _ in range(100):
+                    await self.settle()
+                    if listed:
+                        break
+                    await self.advance(seconds_per_page)
+                    step()
+        assert listed, f"the listing of {path} did not end"
+        return listed[0]
+
     async def advance(self, seconds: float) -> None:
         """Let ``seconds`` pass on the mock clock, and what falls due in them happen."""
         await self.settle()

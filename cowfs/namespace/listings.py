@@ -194,6 +194,7 @@ class Listings(Part):
                 page, summary = await self._beside_summary(
                     dir_node, functools.partial(self.calls.paged, self.store.list_all, prefix, "/",
                                                 background=background), background)
+                took = self.clock() - started
             except StoreError as exc:
                 if dir_node.listed_at is None:
                     raise
@@ -204,7 +205,7 @@ class Listings(Part):
                 await self._summarized(dir_node, fresh, background, summary)
                 await self._confirm_gone(doubtful, background)
                 self._read_ahead(fresh)
-            dir_node.listed_at, dir_node.listing_took = started, self.clock() - started
+            dir_node.listed_at, dir_node.listing_took = started, took
 
     async def refresh_walked(self, dir_node: Node) -> None:
         """``refresh`` for a folder read by readdir: when a walker reached it, or its
@@ -232,6 +233,7 @@ class Listings(Part):
             (page, complete), summary = await self._beside_summary(
                 dir_node, functools.partial(self.calls.paged, self.store.list_some, prefix, None, pages,
                                             background=False), False)
+            took = self.clock() - started
         except StoreError as exc:
             log.warning("listing under %s failed: %s", prefix or "/", exc)
             return
@@ -255,7 +257,7 @@ class Listings(Part):
                 doubtful += gone
                 if fresh:
                     listed.append((node, fresh))
-                node.listed_at, node.listing_took = started, self.clock() - started
+                node.listed_at, node.listing_took = started, took
             pending.extend(c for c in node.subfolders() if key(c) in folders)
         async with trio.open_nursery() as nursery:
             for node, fresh in listed:

@@ -263,22 +263,7 @@ async def test_a_listing_longer_than_the_foreign_ttl_is_not_made_again_at_once(c
         cores.store.put(f"t1/ws1/big/{name}", b"x", {})
     async with cores.mount(foreign_ttl=30, store_timeout=60) as b:
         await b.find("t1/ws1/big")
-        b.store.page_size = 3
-        listed: list[list[str]] = []
-
-        async def listdir() -> None:
-            listed.append(await b.listdir("t1/ws1/big"))
-
-        async with trio.open_nursery() as nursery:
-            with b.store.stepping("list") as step:
-                nursery.start_soon(listdir)
-                for _ in range(20):
-                    await cores.settle()
-                    if listed:
-                        break
-                    await cores.advance(10)
-                    step()
-        assert listed == [names]
+        assert await cores.list_slowly(b, "t1/ws1/big", 3, 10) == names
         await cores.advance(0.5)
         start = b.store.mark()
         assert await b.listdir("t1/ws1/big") == names

@@ -298,6 +298,17 @@ def test_full_cache_disk_gives_enospc_and_keeps_the_daemon(mount_factory, s3_buc
         m.umount()
 
 
+def read_through(m, s3_bucket, count: int) -> dict[str, bytes]:
+    """``count`` objects of 4 MiB put by another tool, then read through the mount (into its cache)."""
+    blobs = {f"t1/ws1/read{i}.bin": os.urandom(4 * MiB) for i in range(count)}
+    for key, data in blobs.items():
+        s3_bucket.client.put_object(Bucket=s3_bucket.name, Key=key, Body=data)
+    time.sleep(1.5)
+    for key, data in blobs.items():
+        assert (m.path / key).read_bytes() == data
+    return blobs
+
+
 def test_reads_never_leave_a_small_cache_disk_full_for_writes(mount_factory, s3_bucket, tmp_path):
     """With the default --cache-size (10G) on a 64 MiB disk, the clean cache leaves room for new writes."""
     with tmpfs(tmp_path / "small-disk", "64m") as cache:
@@ -306,12 +317,7 @@ def test_reads_never_leave_a_small_cache_disk_full_for_writes(mount_factory, s3_
         ws.mkdir(parents=True)
         (ws / "first.bin").write_bytes(b"1" * 8 * MiB)
         m.sync()
-        blobs = {f"t1/ws1/read{i}.bin": os.urandom(4 * MiB) for i in range(24)}
-        for key, data in blobs.items():
-            s3_bucket.client.put_object(Bucket=s3_bucket.name, Key=key, Body=data)
-        time.sleep(1.5)
-        for key, data in blobs.items():
-            assert (m.path / key).read_bytes() == data
+        read_through(m, s3_bucket, 24)
         (ws / "second.bin").write_bytes(b"2" * 8 * MiB)
         m.sync()
         assert keys(s3_bucket, "t1/ws1/second.bin")["t1/ws1/second.bin"] == b"2" * 8 * MiB
@@ -325,12 +331,7 @@ def test_a_write_on_a_disk_others_filled_gets_room_from_the_clean_cache(mount_fa
         m = mount_factory("full", cache=cache)
         ws = m.path / "t1" / "ws1"
         ws.mkdir(parents=True)
-        blobs = {f"t1/ws1/read{i}.bin": os.urandom(4 * MiB) for i in range(6)}
-        for key, data in blobs.items():
-            s3_bucket.client.put_object(Bucket=s3_bucket.name, Key=key, Body=data)
-        time.sleep(1.5)
-        for key, data in blobs.items():
-            assert (m.path / key).read_bytes() == data
+        blobs = read_through(m, s3_bucket, 6)
         disk = os.statvfs(cache)
         (cache / "filler").write_bytes(b"f" * (disk.f_bavail * disk.f_frsize - 2 * MiB))
         (ws / "after.bin").write_bytes(b"3" * 8 * MiB)
