@@ -138,7 +138,8 @@ class Contents(Part):
 
     async def _fetch(self, node: Node, fetch: Fetch, key: str) -> None:
         """Download ``node``'s object beside its readers; once whole, the node keeps
-        the descriptor (unless it left the table or took a staging file meanwhile)."""
+        the descriptor while it is open or its lock holder waits for the bytes (not
+        once it left the table or took a staging file meanwhile)."""
         content = node.need_content()
         asked = self.clock()
         try:
@@ -162,6 +163,11 @@ class Contents(Part):
         if info.etag != node.etag:
             node.etag, node.size = info.etag, info.size
             self.view.apply_meta(node, info.metadata or {}, info.last_modified)
+        if content.open_count == 0 and not node.lock.locked():
+            # Its readers are gone (they read the bytes as they landed): the cache has them,
+            # and a descriptor kept here would hold the blocks of a copy the cache evicts.
+            os.close(fd)
+            return
         content.fd = fd
 
     async def read(self, node: Node, offset: int, size: int) -> bytes:
