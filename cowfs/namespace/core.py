@@ -155,9 +155,9 @@ class Namespace:
         if start == 0:
             node = handle.node
             await self.listing.refresh_walked(node)
-            children = list(node.children.values())
-            await self.listing.ensure_meta_all(children)
-            handle.entries = sorted((c.name, c) for c in children if c.attached and c.virtual != "dir")
+            children = sorted(node.children.items())
+            await self.listing.meta_for_readdir(node, [child for _, child in children])
+            handle.entries = [(name, c) for name, c in children if c.attached and c.virtual != "dir"]
         return handle.entries[start:]
 
     def release_handle(self, fh: int) -> None:

@@ -17,7 +17,7 @@ import contextlib
 import functools
 import logging
 import os
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Awaitable, Callable, TypeVar
 
 import trio
@@ -30,6 +30,7 @@ from ..errors import CowfsError, NotFound, ObjectNotFound, StoreError
 from ..keys import KeyMap
 from ..names import is_listable
 from ..store import ListPage, ObjectInfo
+from .ahead import StatAhead
 from .contents import Contents
 from .node import Kind, Node
 from .persistence import Persistence
@@ -45,8 +46,12 @@ PREFETCH_BYTES = 256 * 1024
 #: Read-ahead of freshly listed folders: at most this many small files queued, this many fetched at a time.
 READ_AHEAD_QUEUE = 4096
 READ_AHEAD_PARALLEL = 8
-#: Metadata of a folder's entries (readdir) is fetched this many at a time.
+#: Metadata of a folder's entries (readdir) is fetched this many at a time ...
 META_PARALLEL = 32
+#: ... unless more than this many are unknown: readdir then gives the names first, and
+#: lookups fetch the entries ahead of them (``StatAhead``), in this many folders at a time.
+NAMES_FIRST_AFTER = 1000
+NAMES_FIRST_FOLDERS = 8
 #: A folder read while its parent was read this recently is being walked
 #: (rm -r, find, du, rsync): its whole subtree is listed at once ...
 WALK_WINDOW = 5.0
@@ -108,7 +113,9 @@ class Listings(Part):
         self.count = 0
         self._fetching: dict[Node, trio.Event] = {}
         self._read_ahead_queue: deque[Node] = deque(maxlen=READ_AHEAD_QUEUE)
+        self._stat_ahead_queue: deque[Node] = deque(maxlen=READ_AHEAD_QUEUE)
         self._read_ahead_workers = 0
+        self._names_first: OrderedDict[Node, StatAhead] = OrderedDict()
 
     @property
     def reachable(self) -> bool:
@@ -388,13 +395,23 @@ class Listings(Part):
         if not self.store.remote:
             return
         self._read_ahead_queue.extend(n for n in nodes if n.kind is not Kind.DIR and n.size <= PREFETCH_BYTES)
-        while self._read_ahead_workers < min(READ_AHEAD_PARALLEL, len(self._read_ahead_queue)):
+        self._start_read_ahead()
+
+    def _start_read_ahead(self) -> None:
+        queued = len(self._read_ahead_queue) + len(self._stat_ahead_queue)
+        while self._read_ahead_workers < min(READ_AHEAD_PARALLEL, queued):
             self._read_ahead_workers += 1
             self.nursery().start_soon(self._read_ahead_worker)
 
     async def _read_ahead_worker(self) -> None:
+        """Fetches ahead of lookups first (someone waits for them next), then small files."""
         try:
-            while self._read_ahead_queue:
+            while self._stat_ahead_queue or self._read_ahead_queue:
+                if self._stat_ahead_queue:
+                    node = self._stat_ahead_queue.popleft()
+                    if node.attached and not node.meta_known:
+                        await self._fetch_quietly(node)
+                    continue
                 node = self._read_ahead_queue.popleft()
                 if node.attached and node.meta_known:
                     await self._fetch_content_quietly(node)
@@ -496,6 +513,29 @@ class Listings(Part):
                 node.target = os.pread(fd, info.size, 0)
             os.close(fd)
 
+    async def meta_for_readdir(self, folder: Node, children: list[Node]) -> None:
+        """The attributes readdir gives with ``children`` (sorted by name): every unknown one
+        fetched first, unless there are more than ``NAMES_FIRST_AFTER``: then the names go
+        at once with their listing's attributes (``Node.meta_known`` stays False; the kernel
+        is told to ask again), and lookups fetch the entries ahead of them."""
+        unknown = [c for c in children if not (c.meta_known or c.virtual)]
+        if len(unknown) <= NAMES_FIRST_AFTER:
+            self._names_first.pop(folder, None)
+            await self.ensure_meta_all(unknown)
+            return
+        self._names_first[folder] = StatAhead(unknown)
+        self._names_first.move_to_end(folder)
+        while len(self._names_first) > NAMES_FIRST_FOLDERS:
+            self._names_first.popitem(last=False)
+
+    def _fetch_ahead_of(self, folder: Node, name: str) -> None:
+        """``name`` of a folder listed by name first is looked up: the entries after it are next."""
+        ahead = self._names_first.get(folder)
+        if ahead is None:
+            return
+        self._stat_ahead_queue.extend(ahead.after(name))
+        self._start_read_ahead()
+
     async def ensure_meta_all(self, nodes: list[Node]) -> None:
         """Metadata of many nodes, a bounded number of fetches at a time."""
         unknown = iter([n for n in nodes if not n.meta_known])
@@ -541,6 +581,7 @@ class Listings(Part):
 
         A known file's unknown metadata is fetched first: that request validates it.
         """
+        self._fetch_ahead_of(parent, name)
         child = parent.children.get(name)
         if child is not None and child.attached and not child.meta_known:
             with contextlib.suppress(NotFound):

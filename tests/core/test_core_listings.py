@@ -14,7 +14,7 @@ import pytest
 
 from core import Cores
 from cowfs.errors import NoAttribute
-from cowfs.namespace import LISTING_LAG
+from cowfs.namespace import LISTING_LAG, ahead, listings
 
 #: Bigger than what the core fetches whole when it needs an object's metadata: a HEAD asks for that.
 BIG = 300 * 1024
@@ -284,3 +284,42 @@ async def test_a_listing_whose_pages_keep_coming_may_outlast_the_store_timeout(c
         await a.find("t1/ws1/big")
         assert await cores.list_slowly(a, "t1/ws1/big", 3, 6) == names
         assert a.store.count("list", "t1/ws1/big/") >= 4
+
+
+async def test_a_folder_of_many_unknown_entries_is_listed_by_name_first_and_lookups_fetch_ahead(
+        cores: Cores, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ls -f`` of a folder of thousands of objects other tools wrote waits for its LIST
+    only, not a request per entry; a walker looking the entries up in order (``ls -l``)
+    finds the next ones fetched ahead of it, several at a time."""
+    monkeypatch.setattr(listings, "NAMES_FIRST_AFTER", 20)
+    monkeypatch.setattr(ahead, "STAT_AHEAD", 8)
+    names = [f"f{i:02d}" for i in range(30)]
+    for name in names:
+        cores.store.put(f"t1/ws1/big/{name}", b"x" * BIG, {})
+    async with cores.mount() as a:
+        folder = await a.find("t1/ws1/big")
+        with a.store.holding("head"), a.store.holding("get"):
+            assert await cores.at_once(lambda: a.listdir("t1/ws1/big")) == names
+        assert not any(folder.children[name].meta_known for name in names)
+
+        start = a.store.mark()
+        await a.find("t1/ws1/big/f00")
+        await cores.settle()
+        assert a.store.since(start) == Counter(("head", f"t1/ws1/big/f{i:02d}") for i in range(9))
+        start = a.store.mark()
+        for name in names[1:5]:
+            await cores.at_once(lambda: a.find(f"t1/ws1/big/{name}"))
+        await cores.settle()
+        assert a.store.since(start) == Counter(), "a lookup well inside the span fetched ahead sent for more"
+        await a.find("t1/ws1/big/f05")
+        await cores.settle()
+        assert a.store.since(start) == Counter(("head", f"t1/ws1/big/f{i:02d}") for i in range(9, 14))
+
+
+async def test_a_folder_of_few_unknown_entries_gives_every_attribute_with_its_names(cores: Cores) -> None:
+    for i in range(5):
+        cores.store.put(f"t1/ws1/few/f{i}", b"x" * BIG, {"mode": str(0o100600)})
+    async with cores.mount() as a:
+        folder = await a.find("t1/ws1/few")
+        assert await a.listdir("t1/ws1/few") == [f"f{i}" for i in range(5)]
+        assert all(child.meta_known and child.mode & 0o777 == 0o600 for child in folder.children.values())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import base64
 import ctypes
 import errno
@@ -204,6 +206,28 @@ def test_object_put_by_boto3_appears(mnt, ws, s3_bucket):
     assert stat.S_IMODE((ws / "from-boto").stat().st_mode) == 0o755
     assert (ws / "from-boto" / "x.bin").read_bytes() == data
     assert sorted(os.listdir(ws)) == ["from-boto", "plain.txt"]
+
+
+def test_a_folder_of_thousands_of_foreign_objects_lists_by_name_and_stats_exactly(mnt, ws, s3_bucket):
+    """Past 1,000 entries of unknown attributes readdir gives names first, with the
+    listing's guess (a file, 0644): a stat still shows what the object's metadata says,
+    a symlink another tool wrote included (its kind fixed on lookup)."""
+    def put(i: int) -> None:
+        s3_bucket.client.put_object(Bucket=s3_bucket.name, Key=f"t1/ws1/many/f{i:04d}", Body=b"x")
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(put, range(1050)))
+    s3_bucket.client.put_object(Bucket=s3_bucket.name, Key="t1/ws1/many/secret", Body=b"s",
+                                Metadata={"mode": str(0o100600)})
+    s3_bucket.client.put_object(Bucket=s3_bucket.name, Key="t1/ws1/many/link", Body=b"f0007",
+                                Metadata={"mode": str(0o120777)})
+    time.sleep(1.2)
+    names = os.listdir(ws / "many")
+    assert len(names) == 1052 and {"secret", "link", "f1049"} <= set(names)
+    assert stat.S_IMODE((ws / "many" / "secret").stat().st_mode) == 0o600
+    assert os.readlink(ws / "many" / "link") == "f0007"
+    assert (ws / "many" / "link").read_bytes() == b"x"
+    assert all(stat.S_ISREG(os.lstat(ws / "many" / name).st_mode) for name in names if name != "link")
 
 
 def test_fsync_returns_only_when_object_is_in_bucket(mnt, ws, s3_bucket):

@@ -386,3 +386,38 @@ def test_a_refusal_is_an_answer_and_a_timeout_is_not() -> None:
     assert not says_unreachable(Refused("put k: 400"))
     assert not says_unreachable(ObjectNotFound("k"))
     assert says_unreachable(StoreError("the store did not answer within 30 s"))
+
+
+def _files(names: list[str]) -> list:
+    from cowfs.namespace.node import Kind, Node
+
+    folder = Node(2, Kind.DIR, "big", None, Attrs(0o40755, 0, 0, 0))
+    nodes = [Node(3 + i, Kind.FILE, name, folder, Attrs(0o100644, 0, 0, 0)) for i, name in enumerate(names)]
+    for node in nodes:
+        node.meta_known = False
+    return nodes
+
+
+def test_lookups_in_order_fetch_the_entries_after_them_a_span_at_a_time() -> None:
+    from cowfs.namespace.ahead import STAT_AHEAD, StatAhead
+
+    nodes = _files([f"f{i:04d}" for i in range(1000)])
+    walk = StatAhead(nodes)
+    sent: list[str] = []
+    for node in nodes[:400]:
+        sent += [n.name for n in walk.after(node.name)]
+        node.meta_known = True
+    assert sent == [n.name for n in nodes[1:1 + len(sent)]], "each entry once, in order"
+    assert 400 + STAT_AHEAD // 2 <= 1 + len(sent) <= 400 + STAT_AHEAD, "not far ahead, never behind"
+    assert [n.name for n in walk.after("f0100")] == [], "what a jump back reaches is known"
+    assert [n.name for n in walk.after("f0899")] == [f"f{i:04d}" for i in range(900, 900 + STAT_AHEAD)]
+
+
+def test_attributes_still_to_be_fetched_are_not_kept_by_the_kernel() -> None:
+    from cowfs.fs import Operations
+
+    ops = Operations(None, 1.0)  # type: ignore[arg-type]
+    node, = _files(["listed.txt"])
+    assert (ops._entry(node).entry_timeout, ops._entry(node).attr_timeout) == (0, 0)
+    node.meta_known = True
+    assert (ops._entry(node).entry_timeout, ops._entry(node).attr_timeout) == (1.0, 1.0)
