@@ -398,8 +398,11 @@ class Listings(Part):
         self._start_read_ahead()
 
     def _start_read_ahead(self) -> None:
+        """Workers for the queues: ``READ_AHEAD_PARALLEL``, or ``META_PARALLEL`` while lookups
+        wait for fetches ahead of them (as many as a readdir's fetch of every entry has)."""
         queued = len(self._read_ahead_queue) + len(self._stat_ahead_queue)
-        while self._read_ahead_workers < min(READ_AHEAD_PARALLEL, queued):
+        parallel = META_PARALLEL if self._stat_ahead_queue else READ_AHEAD_PARALLEL
+        while self._read_ahead_workers < min(parallel, queued):
             self._read_ahead_workers += 1
             self.nursery().start_soon(self._read_ahead_worker)
 
@@ -412,6 +415,8 @@ class Listings(Part):
                     if node.attached and not node.meta_known:
                         await self._fetch_quietly(node)
                     continue
+                if self._read_ahead_workers > READ_AHEAD_PARALLEL:
+                    break
                 node = self._read_ahead_queue.popleft()
                 if node.attached and node.meta_known:
                     await self._fetch_content_quietly(node)
