@@ -18,7 +18,7 @@ from operator import attrgetter
 from .node import Node
 
 #: Entries fetched ahead of the last one looked up.
-STAT_AHEAD = 64
+STAT_AHEAD = 256
 
 _name = attrgetter("name")
 

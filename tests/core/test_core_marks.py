@@ -268,3 +268,10 @@ async def test_a_listing_longer_than_the_foreign_ttl_is_not_made_again_at_once(c
         start = b.store.mark()
         assert await b.listdir("t1/ws1/big") == names
         assert ("list", "t1/ws1/big/") not in b.store.since(start)
+        await cores.advance(40)
+        assert await b.listdir("t1/ws1/big") == names
+        assert ("list", "t1/ws1/big/") not in b.store.since(start), \
+            "a folder listed in 40 s was listed again 40 s later: most of the store's time on one folder"
+        await cores.advance(4 * 40)
+        assert await b.listdir("t1/ws1/big") == names
+        assert ("list", "t1/ws1/big/") in b.store.since(start)

@@ -401,7 +401,7 @@ def _files(names: list[str]) -> list:
 def test_lookups_in_order_fetch_the_entries_after_them_a_span_at_a_time() -> None:
     from cowfs.namespace.ahead import STAT_AHEAD, StatAhead
 
-    nodes = _files([f"f{i:04d}" for i in range(1000)])
+    nodes = _files([f"f{i:04d}" for i in range(2000)])
     walk = StatAhead(nodes)
     sent: list[str] = []
     for node in nodes[:400]:
@@ -410,7 +410,7 @@ def test_lookups_in_order_fetch_the_entries_after_them_a_span_at_a_time() -> Non
     assert sent == [n.name for n in nodes[1:1 + len(sent)]], "each entry once, in order"
     assert 400 + STAT_AHEAD // 2 <= 1 + len(sent) <= 400 + STAT_AHEAD, "not far ahead, never behind"
     assert [n.name for n in walk.after("f0100")] == [], "what a jump back reaches is known"
-    assert [n.name for n in walk.after("f0899")] == [f"f{i:04d}" for i in range(900, 900 + STAT_AHEAD)]
+    assert [n.name for n in walk.after("f1499")] == [f"f{i:04d}" for i in range(1500, 1500 + STAT_AHEAD)]
 
 
 def test_attributes_still_to_be_fetched_are_not_kept_by_the_kernel() -> None:
