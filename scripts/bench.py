@@ -2206,6 +2206,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="size of large_file_small_cache's object in MiB (default 2048, --quick 64)")
     parser.add_argument("--small-cache-mib", type=int,
                         help="the cache large_file_small_cache reads it through, MiB (default 512, --quick 16)")
+    parser.add_argument("--folder-objects", type=int,
+                        help="objects in big_folder_cold's folder (default 100000, --quick 2000)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 1 rep, 200 small files, 16 MiB, small tarball")
     parser.add_argument("--bucket-timeout", type=float, help="cap on the bucket_1000 wait, seconds (default 300)")
     parser.add_argument("--cowfs-options", default="",
@@ -2225,7 +2227,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def make_params(args: argparse.Namespace) -> Params:
     params = replace(Params(), **QUICK) if args.quick else Params()
     overrides = {k: v for k, v in (("reps", args.reps), ("big_mib", args.big_mib), ("large_mib", args.large_mib),
-                                   ("small_cache_mib", args.small_cache_mib),
+                                   ("small_cache_mib", args.small_cache_mib), ("folder_objects", args.folder_objects),
                                    ("bucket_timeout", args.bucket_timeout)) if v is not None}
     return replace(params, **overrides)
 
