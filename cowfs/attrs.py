@@ -17,6 +17,8 @@ import json
 import stat
 import urllib.parse
 from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping
 
 from .errors import NoSpace
 
@@ -26,6 +28,9 @@ DEFAULT_DIR_MODE = stat.S_IFDIR | 0o755
 MAX_XATTR_BYTES = 1800
 #: File types stored as zero-byte objects whose mode carries the type (FIFOs, sockets, devices).
 SPECIAL_TYPES = frozenset({stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK})
+#: The xattrs of a node that has none, shared (a folder of 100,000 files keeps no empty
+#: dict per file). A node's xattrs are replaced, never changed in place.
+NO_XATTRS: Mapping[str, bytes] = MappingProxyType({})
 
 
 @dataclass
@@ -36,7 +41,7 @@ class Attrs:
     uid: int
     gid: int
     mtime_ns: int
-    xattrs: dict[str, bytes] = field(default_factory=dict)
+    xattrs: Mapping[str, bytes] = field(default_factory=lambda: NO_XATTRS)
     rdev: int = 0
     #: None: as ``mtime_ns`` (never set explicitly / not stored).
     atime_ns: int | None = None
@@ -52,7 +57,7 @@ def _seconds(ns: int) -> str:
     return f"{ns // 1_000_000_000}.{ns % 1_000_000_000:09d}"
 
 
-def encode_xattrs(xattrs: dict[str, bytes]) -> str:
+def encode_xattrs(xattrs: Mapping[str, bytes]) -> str:
     doc = {name: base64.b64encode(value).decode() for name, value in sorted(xattrs.items())}
     return urllib.parse.quote(json.dumps(doc, separators=(",", ":")), safe="")
 
@@ -65,7 +70,7 @@ def decode_xattrs(text: str) -> dict[str, bytes]:
         return {}
 
 
-def check_xattrs_fit(xattrs: dict[str, bytes]) -> None:
+def check_xattrs_fit(xattrs: Mapping[str, bytes]) -> None:
     """ENOSPC when the xattrs would not fit into the object's metadata."""
     if len(encode_xattrs(xattrs)) > MAX_XATTR_BYTES:
         raise NoSpace("extended attributes exceed the object metadata limit")
@@ -124,7 +129,7 @@ def from_metadata(
         uid=_int(meta, "uid", uid),
         gid=_int(meta, "gid", gid),
         mtime_ns=int(last_modified * 1_000_000_000) if mtime_ns is None else mtime_ns,
-        xattrs=decode_xattrs(meta["xattr"]) if "xattr" in meta else {},
+        xattrs=decode_xattrs(meta["xattr"]) if "xattr" in meta else NO_XATTRS,
         rdev=_int(meta, "rdev", 0) if is_special(mode) else 0,
         atime_ns=_time_ns(meta.get("atime")),
         ctime_ns=_time_ns(meta.get("ctime")),

@@ -157,7 +157,7 @@ class Namespace:
             await self.listing.refresh_walked(node)
             children = sorted(node.children.items())
             await self.listing.meta_for_readdir(node, [child for _, child in children])
-            handle.entries = [(name, c) for name, c in children if c.attached and c.virtual != "dir"]
+            handle.entries = [entry for entry in children if entry[1].attached and entry[1].virtual != "dir"]
         return handle.entries[start:]
 
     def release_handle(self, fh: int) -> None:

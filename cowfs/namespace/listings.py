@@ -6,7 +6,9 @@ from its listing while a fresh one is made behind it; a walk (``rm -r``,
 revalidated by its parent's listing, or by its own GET or HEAD within the TTL
 (per-entry validation). What a listing lacks that this mount changed moments
 before it started goes only once the store says it is gone. Small files of a
-freshly listed folder are read ahead. A listing never overrides what this
+freshly listed folder are read ahead. A folder of thousands of entries whose
+attributes no summary gave is read by name first, and lookups fetch ahead of
+a walk through it (``ahead.py``). A listing never overrides what this
 mount holds unsynced or open, and never shows again a key with a pending
 delete (``_merge``).
 """
