@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from .persistence import NodeSource
 
 ROOT_INODE = 1
+#: "Never", one float shared by every node (``-math.inf`` makes a new one each time).
+NEVER = -math.inf
 
 
 class Kind(enum.Enum):
@@ -121,8 +123,8 @@ class Node:
         self.listed_at: float | None = None
         self.listing_took = 0.0
         self.used_at = 0.0
-        self.walked_at = -math.inf
-        self.checked_at = -math.inf
+        self.walked_at = NEVER
+        self.checked_at = NEVER
         #: Changed since its last version was recorded.
         self.dirty = False
         #: When this mount last changed it (the namespace's clock).
