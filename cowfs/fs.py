@@ -64,8 +64,7 @@ class Operations(pyfuse3.Operations):
         attr.generation = 0
         # Attributes still to be fetched (a folder listed by name first) are the listing's
         # guess: the kernel asks again before it uses them.
-        known = node.meta_known or node.virtual is not None
-        attr.entry_timeout = attr.attr_timeout = self.ttl if known else 0
+        attr.entry_timeout = attr.attr_timeout = self.ttl if node.attrs_known else 0
         attr.st_mode = node.mode
         attr.st_nlink = node.nlink
         attr.st_uid = node.uid

@@ -474,7 +474,7 @@ class Listings(Part):
         so a cold ``ls -l`` followed by reads costs one request per file, not two.
         One fetch per node at a time: a reader joins a read-ahead already under way.
         """
-        while not (node.meta_known or node.virtual):
+        while not node.attrs_known:
             under_way = self._fetching.get(node)
             if under_way is not None:
                 await under_way.wait()
@@ -525,7 +525,7 @@ class Listings(Part):
         fetched first, unless there are more than ``NAMES_FIRST_AFTER``: then the names go
         at once with their listing's attributes (``Node.meta_known`` stays False; the kernel
         is told to ask again), and lookups fetch the entries ahead of them."""
-        unknown = [c for c in children if not (c.meta_known or c.virtual)]
+        unknown = [c for c in children if not c.attrs_known]
         if len(unknown) <= NAMES_FIRST_AFTER:
             self._names_first.pop(folder, None)
             await self.ensure_meta_all(unknown)

@@ -157,6 +157,11 @@ class Node:
         return self.pending
 
     @property
+    def attrs_known(self) -> bool:
+        """Whether its attributes are the object's, not a listing's guess (generated files' always are)."""
+        return self.meta_known or self.virtual is not None
+
+    @property
     def fd(self) -> int | None:
         return self.content.fd if self.content is not None else None
 
