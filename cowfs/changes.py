@@ -179,6 +179,9 @@ class ChangeMarks(BatchWriter[Workspace, set[str]]):
         self._written: dict[Workspace, Mark] = {}
         self._views: dict[Workspace, _View] = {}
         self.checks = 0
+        #: Told of the folders a check found named by another mount's newer mark (None: it could
+        #: not place what changed, so every folder of the workspace), to take them back from the kernel.
+        self.on_change: Callable[[Workspace, set[str] | None], None] = lambda workspace, folders: None
 
     # -- this mount's marks -------------------------------------------------
 
@@ -228,22 +231,31 @@ class ChangeMarks(BatchWriter[Workspace, set[str]]):
         """Whether marks vouch for anything: not with a foreign TTL no longer than the metadata TTL."""
         return self.foreign_ttl > self.ttl
 
-    def vouches(self, key: str, listed_at: float, ended: float, now: float) -> bool:
-        """Whether the listing of the folder ``key`` made from ``listed_at`` to ``ended`` still
-        holds at ``now`` by the marks (a check of them less than a TTL old, no mark naming it
-        since it started, less than the foreign TTL or ``LISTING_PAUSE`` times its own
-        duration since it ended: a listing of 100,000 keys is not made over and over)."""
+    def holding(self, key: str, listed_at: float, ended: float, now: float) -> tuple[Workspace, float] | None:
+        """The workspace of the folder ``key`` and until when the listing of it made from
+        ``listed_at`` to ``ended`` holds by time alone, if the marks vouch for it at ``now``: a
+        check of them less than a TTL old, no mark naming it since it started, less than the
+        foreign TTL or ``LISTING_PAUSE`` times its own duration since it ended (a listing of
+        100,000 keys is not made over and over)."""
         where = listed_folder(key) if self.reading else None
         if where is None:
-            return False
+            return None
         view = self._views.get(where[0])
-        return (
-            view is not None
-            and now - view.checked_at < self.ttl
-            and now - ended < max(self.foreign_ttl, LISTING_PAUSE * (ended - listed_at))
-            and listed_at >= view.baseline
-            and listed_at >= view.stale.get(where[1], -math.inf)
-        )
+        until = ended + max(self.foreign_ttl, LISTING_PAUSE * (ended - listed_at))
+        if (
+            view is None
+            or now - view.checked_at >= self.ttl
+            or now >= until
+            or listed_at < view.baseline
+            or listed_at < view.stale.get(where[1], -math.inf)
+        ):
+            return None
+        return where[0], until
+
+    def vouches(self, key: str, listed_at: float, ended: float, now: float) -> bool:
+        """Whether the listing of the folder ``key`` made from ``listed_at`` to ``ended`` still
+        holds at ``now`` by the marks (``holding``)."""
+        return self.holding(key, listed_at, ended, now) is not None
 
     def workspace_of(self, key: str) -> Workspace | None:
         """The workspace whose marks speak for the folder ``key``, if any (and marks are read)."""
@@ -280,6 +292,8 @@ class ChangeMarks(BatchWriter[Workspace, set[str]]):
         moved = {info.key: info.etag for info in listing.objects
                  if info.key != prefix + self.writer and view.etags.get(info.key) != info.etag}
         first = view.checked_at == -math.inf
+        baseline = view.baseline
+        named: set[str] = set()
         read: dict[str, Mark | None] = {}
 
         async def reader(keys: list[str]) -> None:
@@ -306,6 +320,7 @@ class ChangeMarks(BatchWriter[Workspace, set[str]]):
                     for folder, seq in mark.folders.items():
                         if seq > last:
                             view.stale[folder] = seen
+                            named.add(folder)
             view.seqs[key] = mark.seq
         view.etags = {info.key: info.etag for info in listing.objects}
         view.seqs = {key: seq for key, seq in view.seqs.items() if key in view.etags}
@@ -313,3 +328,7 @@ class ChangeMarks(BatchWriter[Workspace, set[str]]):
         if first:
             view.baseline = seen
         view.checked_at = seen
+        if not first and view.baseline != baseline:
+            self.on_change(workspace, None)
+        elif named:
+            self.on_change(workspace, named)

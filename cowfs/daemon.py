@@ -34,7 +34,7 @@ from .summaries import Summaries
 from .cache import ContentCache
 from .config import TenantOwner
 from .errors import CowfsError
-from .fs import Operations
+from .fs import Operations, take_back
 from .gateway import StoreCalls
 from .hooks import WorkspaceHooks
 from .journal import GROUP_COMMIT, Journal
@@ -261,6 +261,7 @@ async def _serve(
             "activityFailures": activity.failures,
             "activityLastError": activity.last_error,
             "markChecks": marks.checks,
+            "entriesTakenBack": ns.leases.taken_back,
             "markFailures": marks.failures,
             "markLastError": marks.last_error,
             "summaryFailures": summaries.failures,
@@ -276,7 +277,7 @@ async def _serve(
     ns = Namespace(
         store, keymap, cache, journal, writeback, calls, tmp_dir, hooks,
         uid=os.getuid(), gid=os.getgid(), metadata_ttl=opts.metadata_ttl, tenants=opts.tenants, marks=marks,
-        summaries=summaries,
+        summaries=summaries, kernel=take_back,
     )
 
     async def sync_all() -> None:
@@ -293,7 +294,7 @@ async def _serve(
         fuse_options.add("debug")
     control_path = control.socket_path(opts.mountpoint)
     control.write_record(opts.mountpoint, cache_dir)
-    pyfuse3.init(Operations(ns, opts.metadata_ttl), str(opts.mountpoint), fuse_options)
+    pyfuse3.init(Operations(ns), str(opts.mountpoint), fuse_options)
 
     async def handle(request: dict[str, Any]) -> dict[str, Any]:
         if request.get("cmd") == "sync":

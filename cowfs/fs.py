@@ -7,6 +7,7 @@ Every error is turned into its errno in ``_errors`` (via ``errno_of``).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
@@ -47,24 +48,32 @@ def _errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def take_back(entries: list[tuple[int, bytes]], inodes: list[int]) -> None:
+    """The kernel forgets these entries and these inodes' attributes (``Leases``), in a worker
+    thread: it waits for the kernel's locks, which a request the event loop serves may hold."""
+    for parent, name in entries:
+        with contextlib.suppress(OSError):  # ENOENT: the kernel holds it no more
+            pyfuse3.invalidate_entry(parent, name)
+    for inode in inodes:
+        with contextlib.suppress(OSError):
+            pyfuse3.invalidate_inode(inode, attr_only=True)
+
+
 class Operations(pyfuse3.Operations):
     """The kernel-facing side of a cowfs mount."""
 
     supports_dot_lookup = True
     enable_writeback_cache = False
 
-    def __init__(self, namespace: Namespace, ttl: float) -> None:
+    def __init__(self, namespace: Namespace) -> None:
         super().__init__()
         self.ns = namespace
-        self.ttl = ttl
 
     def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = node.ino
         attr.generation = 0
-        # Attributes still to be fetched (a folder listed by name first) are the listing's
-        # guess: the kernel asks again before it uses them.
-        attr.entry_timeout = attr.attr_timeout = self.ttl if node.attrs_known else 0
+        attr.entry_timeout = attr.attr_timeout = self.ns.kernel_timeout(node)
         attr.st_mode = node.mode
         attr.st_nlink = node.nlink
         attr.st_uid = node.uid

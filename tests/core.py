@@ -207,6 +207,8 @@ class Core:
     store: S3LikeStore
     marks: ChangeMarks | None = None
     summaries: Summaries | None = None
+    #: The entries taken back from the kernel, as ``(folder inode, name)``, in order.
+    taken_back: list[tuple[int, bytes]] = dataclasses.field(default_factory=list)
 
     async def sync(self) -> None:
         """``cowfs sync``: every pending change in the store, then this mount's change marks and summaries."""
@@ -343,9 +345,10 @@ class Cores:
         writeback = WriteBack(store, journal, calls, delay=write_back_delay, clock=trio.current_time,
                               on_stored=stored, on_deleted=deleted)
         hooks = WorkspaceHooks(store, calls, activity, lambda: {"listings": ns.listings})
+        taken_back: list[tuple[int, bytes]] = []
         ns = Namespace(store, KeyMap(), cache, journal, writeback, calls, tmp_dir, hooks, uid=os.getuid(),
                        gid=os.getgid(), metadata_ttl=metadata_ttl, clock=trio.current_time, marks=marks,
-                       summaries=summaries)
+                       summaries=summaries, kernel=lambda entries, inodes: taken_back.extend(entries))
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(writeback.run)
@@ -355,7 +358,7 @@ class Cores:
                     nursery.start_soon(marks.run)
                 if summaries is not None:
                     nursery.start_soon(summaries.run)
-                yield Core(ns, writeback, journal, store, marks, summaries)
+                yield Core(ns, writeback, journal, store, marks, summaries, taken_back)
                 nursery.cancel_scope.cancel()
         finally:
             cache.close()

@@ -35,6 +35,7 @@ from ..names import component
 from ..store import ObjectStore
 from ..writeback import WriteBack
 from .contents import Contents
+from .leases import Kernel, Leases
 from .listings import Listings
 from .node import ROOT_INODE, Kind, Node
 from .persistence import Persistence
@@ -80,10 +81,12 @@ class Namespace:
         clock: Callable[[], float] = time.monotonic,
         marks: ChangeMarks | None = None,
         summaries: Summaries | None = None,
+        kernel: Kernel | None = None,
     ) -> None:
         """``tenants`` (from the config file) makes a multi-user mount (``WorkspaceView``).
         ``calls`` must report to a ``Reachability``: what a degraded mount serves follows it.
-        ``marks``, ``summaries``: the change marks and attribute summaries of the workspaces (``Listings``)."""
+        ``marks``, ``summaries``: the change marks and attribute summaries of the workspaces (``Listings``).
+        ``kernel`` takes entries back from the kernel (``Leases``): without it entries are kept a TTL."""
         assert calls.reachability is not None
         self.store = store
         self.writeback = writeback
@@ -97,8 +100,9 @@ class Namespace:
         self.view = WorkspaceView(self.inodes, uid, gid, tenants)
         services = Services(store, cache, journal, writeback, calls, tmp_dir, clock, self._nursery)
         self.contents = Contents(services, self.inodes, self.view)
-        self.persistence = Persistence(services, self.inodes, self.contents, hooks.changed)
-        self.listing = Listings(services, self.inodes, self.view, self.contents, self.persistence,
+        self.leases = Leases(services, self.inodes, marks, metadata_ttl, kernel)
+        self.persistence = Persistence(services, self.inodes, self.contents, self.leases, hooks.changed)
+        self.listing = Listings(services, self.inodes, self.view, self.contents, self.persistence, self.leases,
                                 hooks.last_active, metadata_ttl, marks, summaries)
         self.tree = TreeChanges(services, self.inodes, self.view, self.listing, self.persistence, hooks)
         self._background: trio.Nursery | None = None
@@ -109,6 +113,7 @@ class Namespace:
         async with trio.open_nursery() as nursery:
             self._background = nursery
             nursery.start_soon(self.reachability.run)
+            nursery.start_soon(self.leases.run)
             task_status.started()
             await trio.sleep_forever()
 
@@ -134,6 +139,10 @@ class Namespace:
         child = await self.listing.child(parent, component(raw_name))
         child.lookups += 1
         return child
+
+    def kernel_timeout(self, node: Node) -> float:
+        """How long the kernel may keep ``node``'s entry and attributes (``Leases``)."""
+        return self.leases.timeout(node)
 
     def remember(self, node: Node) -> None:
         """The kernel got an entry for ``node`` (readdirplus): count it."""

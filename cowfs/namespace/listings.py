@@ -34,6 +34,7 @@ from ..names import is_listable
 from ..store import ListPage, ObjectInfo
 from .ahead import StatAhead
 from .contents import Contents
+from .leases import Leases
 from .node import Kind, Node
 from .persistence import Persistence
 from .services import Part, Services
@@ -94,6 +95,7 @@ class Listings(Part):
         view: WorkspaceView,
         contents: Contents,
         persistence: Persistence,
+        leases: Leases,
         last_active: Callable[[str, str], Awaitable[float | None]],
         ttl: float,
         marks: ChangeMarks | None = None,
@@ -106,6 +108,7 @@ class Listings(Part):
         self.view = view
         self.contents = contents
         self.persistence = persistence
+        self.leases = leases
         self.reachability = services.calls.reachability
         self.last_active = last_active
         self.ttl = ttl
@@ -282,6 +285,7 @@ class Listings(Part):
         """
         fresh: list[Node] = []
         doubtful: list[Node] = []
+        changed: list[str] = []
         remote: dict[str, ObjectInfo | None] = {}
         base = self.inodes.full(dir_node)
         mount_root = self.view.mount_root
@@ -308,9 +312,11 @@ class Listings(Part):
                 if info is not None and child.etag != info.etag:
                     self._changed_remotely(child, info)
                     fresh.append(child)
+                    changed.append(name)
                 continue
             if child is not None:
                 self.inodes.detach(child)
+                changed.append(name)
             fresh.append(self._node_from_listing(dir_node, name, info))
         for name, child in list(dir_node.children.items()):
             if name not in remote and not locally_owned(child) and child.touched < started:
@@ -318,6 +324,9 @@ class Listings(Part):
                     doubtful.append(child)
                 else:
                     self.inodes.detach(child)
+                    changed.append(name)
+        if changed:
+            self.leases.take_back(dir_node, changed)
         return fresh, doubtful
 
     async def _confirm_gone(self, nodes: list[Node], background: bool) -> None:

@@ -19,6 +19,7 @@ from ..journal import BODY_EMPTY, BODY_INLINE, BODY_METADATA_ONLY, BODY_STAGING,
 from ..store import ObjectInfo
 from ..writeback import Upload
 from .contents import Contents
+from .leases import Leases
 from .node import Condition, Kind, Node
 from .services import Part, Services
 from .table import Inodes
@@ -53,11 +54,12 @@ class NodeSource:
 class Persistence(Part):
     """Journal records, write-back claims and what the store lacks, per node."""
 
-    def __init__(self, services: Services, inodes: Inodes, contents: Contents,
+    def __init__(self, services: Services, inodes: Inodes, contents: Contents, leases: Leases,
                  changed: Callable[[tuple[str, ...]], None]) -> None:
         """``changed(path)`` is told of every version recorded (the workspace's activity)."""
         super().__init__(services, inodes)
         self.contents = contents
+        self.leases = leases
         self.changed = changed
 
     # -- what the store lacks ----------------------------------------------------
@@ -248,6 +250,7 @@ class Persistence(Part):
         if parent is None or not node.attached or self.inodes.key(node) != upload.key:
             return
         parent.listed_at = None
+        self.leases.take_back(parent, [node.name])
         if node.open_count or node.dirty or upload.version != node.version:
             del parent.children[node.name]
             node.name = kept_as.rsplit("/", 1)[-1]

@@ -44,8 +44,8 @@ def test_a_second_walk_lists_no_folder_and_another_mounts_change_shows(mount_fac
     seen = b.path / "t1" / "ws1" / "src"
     tree = walk(seen)
     assert len(tree) == 2 * FOLDERS
-    time.sleep(1.5)
     before = status(b)
+    time.sleep(1.5)
     assert walk(seen) == tree
     after = status(b)
     assert after["listings"] == before["listings"], "a folder was listed again although no mark names it"
@@ -60,3 +60,28 @@ def test_a_second_walk_lists_no_folder_and_another_mounts_change_shows(mount_fac
 
     s3_bucket.client.put_object(Bucket=s3_bucket.name, Key="t1/ws1/src/d7/foreign.txt", Body=b"from boto3")
     wait_for(lambda: (seen / "d7" / "foreign.txt").exists(), 4 + 2)
+
+
+def test_what_the_kernel_holds_shows_another_mounts_change_within_a_ttl_of_its_mark(mount_factory, s3_bucket):
+    """The kernel keeps entries of a folder the marks vouch for up to half a minute: a mark
+    naming the folder takes them back, or b would show the old file for that long."""
+    a = mount_factory("a")
+    b = mount_factory("b", extra=["--foreign-ttl", "120"])
+    folder = a.path / "t1" / "ws1" / "src" / "d"
+    folder.mkdir(parents=True)
+    for name in ("same.txt", "gone.txt", "moved.txt"):
+        (folder / name).write_text(f"{name} v1")
+    a.sync()
+    seen = b.path / "t1" / "ws1" / "src" / "d"
+    assert sorted(os.listdir(seen)) == ["gone.txt", "moved.txt", "same.txt"]
+    assert (seen / "same.txt").read_text() == "same.txt v1"
+    time.sleep(1.5)
+    assert (seen / "gone.txt").stat().st_size == len("gone.txt v1")
+    (folder / "same.txt").write_text("same.txt v2")
+    (folder / "gone.txt").unlink()
+    (folder / "moved.txt").rename(folder / "renamed.txt")
+    a.sync()
+    wait_for(lambda: (seen / "same.txt").read_text() == "same.txt v2", 3)
+    wait_for(lambda: not (seen / "gone.txt").exists() and not (seen / "moved.txt").exists(), 3)
+    assert (seen / "renamed.txt").read_text() == "moved.txt v1"
+    assert status(b)["entriesTakenBack"] >= 3

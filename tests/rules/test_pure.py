@@ -411,13 +411,3 @@ def test_lookups_in_order_fetch_the_entries_after_them_a_span_at_a_time() -> Non
     assert 400 + STAT_AHEAD // 2 <= 1 + len(sent) <= 400 + STAT_AHEAD, "not far ahead, never behind"
     assert [n.name for n in walk.after("f0100")] == [], "what a jump back reaches is known"
     assert [n.name for n in walk.after("f1499")] == [f"f{i:04d}" for i in range(1500, 1500 + STAT_AHEAD)]
-
-
-def test_attributes_still_to_be_fetched_are_not_kept_by_the_kernel() -> None:
-    from cowfs.fs import Operations
-
-    ops = Operations(None, 1.0)  # type: ignore[arg-type]
-    node, = _files(["listed.txt"])
-    assert (ops._entry(node).entry_timeout, ops._entry(node).attr_timeout) == (0, 0)
-    node.meta_known = True
-    assert (ops._entry(node).entry_timeout, ops._entry(node).attr_timeout) == (1.0, 1.0)

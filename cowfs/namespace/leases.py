@@ -1,0 +1,136 @@
+"""How long the kernel may keep an entry, and taking entries back when another mount changes them.
+
+Past the time it was given, the kernel asks about every entry on a path
+again: a walk of a tree costs a request per entry once per metadata TTL even
+when nothing changed, and each request costs the daemon about a tenth of a
+millisecond. Where the change marks vouch for a folder's listing
+(``changes.py``), the kernel is given that folder's entries for as long as
+the listing holds by time alone (objects other tools write still show within
+the foreign TTL), at most ``LONGEST`` seconds. While the kernel may hold such
+an entry of a workspace, this mount reads the workspace's marks once per TTL
+whether the kernel asks or not, and a mark that names a folder takes that
+folder's entries back from the kernel at once: another mount's change shows
+as soon as it did with entries kept for a TTL, within a TTL of its mark.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from typing import Callable, Iterable
+
+import trio
+
+from ..batches import Workspace
+from ..changes import ChangeMarks, listed_folder
+from ..errors import CowfsError
+from .node import Node
+from .services import Part, Services
+from .table import Inodes
+
+log = logging.getLogger(__name__)
+
+#: The longest the kernel keeps an entry it was given: the marks are read for as long after it.
+LONGEST = 30.0
+
+#: Takes entries back from the kernel, in a worker thread: ``(folder inode, name)`` pairs and
+#: inodes whose attributes it must ask for again.
+Kernel = Callable[[list[tuple[int, bytes]], list[int]], None]
+
+
+class Leases(Part):
+    """The kernel's timeouts for the entries it is given, and their taking back (see the module)."""
+
+    def __init__(self, services: Services, inodes: Inodes, marks: ChangeMarks | None, ttl: float,
+                 kernel: Kernel | None) -> None:
+        """Without ``marks`` (or ``kernel``, in tests that need no kernel) every entry is kept a TTL."""
+        super().__init__(services, inodes)
+        self.marks = marks if kernel is not None else None
+        self.ttl = ttl
+        self.kernel = kernel
+        #: Folders whose entries the kernel was given for longer than a TTL, and until when.
+        self._folders: dict[Node, float] = {}
+        #: Workspaces whose marks are read once per TTL, and until when.
+        self._watched: dict[Workspace, float] = {}
+        self._entries: list[tuple[int, bytes]] = []
+        self._inodes: list[int] = []
+        self._wake = trio.Event()
+        #: Entries taken back from the kernel so far.
+        self.taken_back = 0
+        if self.marks is not None:
+            self.marks.on_change = self._changed
+
+    def timeout(self, node: Node) -> float:
+        """How long the kernel may keep ``node``'s entry and attributes: 0 while they are a
+        listing's guess, longer than the TTL while the marks vouch for its folder's listing."""
+        if not node.attrs_known:
+            return 0.0
+        folder = node.parent
+        if self.marks is None or folder is None or folder.listed_at is None or node.virtual is not None:
+            return self.ttl
+        now = self.clock()
+        holding = self.marks.holding(self.inodes.key(folder), folder.listed_at,
+                                     folder.listed_at + folder.listing_took, now)
+        if holding is None:
+            return self.ttl
+        workspace, until = holding
+        lease = min(LONGEST, until - now)
+        if lease <= self.ttl:
+            return self.ttl
+        self._folders[folder] = max(self._folders.get(folder, now), now + lease)
+        if self._watched.get(workspace, now) <= now:
+            self._wake.set()
+        self._watched[workspace] = max(self._watched.get(workspace, now), now + lease)
+        return lease
+
+    def take_back(self, folder: Node, names: Iterable[str] | None = None) -> None:
+        """The kernel forgets ``names`` of ``folder`` (every name it knows there: None) and the
+        folder's own attributes, if it was given them for longer than a TTL."""
+        if self._folders.pop(folder, None) is None:
+            return
+        if names is None:
+            names = [name for name, child in folder.children.items() if child.lookups]
+        for name in names:
+            self._entries.append((folder.ino, name.encode()))
+        self._inodes.append(folder.ino)
+        self._wake.set()
+
+    def _changed(self, workspace: Workspace, folders: set[str] | None) -> None:
+        """A check of ``workspace``'s marks found ``folders`` changed (None: any of them)."""
+        now = self.clock()
+        for folder, until in list(self._folders.items()):
+            if until <= now or not folder.attached:
+                del self._folders[folder]
+                continue
+            where = listed_folder(self.inodes.key(folder))
+            if where is not None and where[0] == workspace and (folders is None or where[1] in folders):
+                self.take_back(folder)
+
+    async def run(self) -> None:
+        """Read the marks of the workspaces the kernel holds entries of once per TTL, and hand
+        what they take back to the kernel."""
+        if self.marks is None or self.kernel is None:
+            return
+        while True:
+            self._wake = trio.Event()
+            if self._entries or self._inodes:
+                entries, inodes = self._entries, self._inodes
+                self._entries, self._inodes = [], []
+                self.taken_back += len(entries)
+                await trio.to_thread.run_sync(self.kernel, entries, inodes)
+                continue
+            now = self.clock()
+            self._watched = {workspace: until for workspace, until in self._watched.items() if until > now}
+            if not self._watched:
+                self._folders.clear()
+            for workspace in list(self._watched):
+                await self._check(workspace)
+            with trio.move_on_after(self.ttl / 2 if self._watched else float("inf")):
+                await self._wake.wait()
+
+    async def _check(self, workspace: Workspace) -> None:
+        assert self.marks is not None
+        if self.calls.reachability is None or self.calls.reachability.reachable:
+            with contextlib.suppress(CowfsError, OSError):
+                await self.marks.check(workspace, functools.partial(self.calls.call, background=False))
