@@ -84,15 +84,17 @@ class Leases(Part):
         self._watched[workspace] = max(self._watched.get(workspace, now), now + lease)
         return lease
 
-    def take_back(self, folder: Node, names: Iterable[str] | None = None) -> None:
-        """The kernel forgets ``names`` of ``folder`` (every name it knows there: None) and the
-        folder's own attributes, if it was given them for longer than a TTL."""
-        if self._folders.pop(folder, None) is None:
+    def take_back(self, folder: Node, children: Iterable[Node] | None = None) -> None:
+        """The kernel forgets ``children`` of ``folder`` (None: every child it knows there), their
+        attributes and the folder's, if it was given them for longer than a TTL."""
+        if folder not in self._folders:
             return
-        if names is None:
-            names = [name for name, child in folder.children.items() if child.lookups]
-        for name in names:
-            self._entries.append((folder.ino, name.encode()))
+        if children is None:
+            del self._folders[folder]
+            children = [child for child in folder.children.values() if child.lookups]
+        for child in children:
+            self._entries.append((folder.ino, child.name.encode()))
+            self._inodes.append(child.ino)
         self._inodes.append(folder.ino)
         self._wake.set()
 

@@ -285,7 +285,7 @@ class Listings(Part):
         """
         fresh: list[Node] = []
         doubtful: list[Node] = []
-        changed: list[str] = []
+        changed: list[Node] = []
         remote: dict[str, ObjectInfo | None] = {}
         base = self.inodes.full(dir_node)
         mount_root = self.view.mount_root
@@ -312,11 +312,11 @@ class Listings(Part):
                 if info is not None and child.etag != info.etag:
                     self._changed_remotely(child, info)
                     fresh.append(child)
-                    changed.append(name)
+                    changed.append(child)
                 continue
             if child is not None:
                 self.inodes.detach(child)
-                changed.append(name)
+                changed.append(child)
             fresh.append(self._node_from_listing(dir_node, name, info))
         for name, child in list(dir_node.children.items()):
             if name not in remote and not locally_owned(child) and child.touched < started:
@@ -324,7 +324,7 @@ class Listings(Part):
                     doubtful.append(child)
                 else:
                     self.inodes.detach(child)
-                    changed.append(name)
+                    changed.append(child)
         if changed:
             self.leases.take_back(dir_node, changed)
         return fresh, doubtful
@@ -355,7 +355,7 @@ class Listings(Part):
                     continue
                 if (gone and node.attached and self.inodes.key(node) == key
                         and not self.persistence.locally_owned(node)):
-                    self.inodes.detach(node)
+                    self._gone(node)
 
         async with trio.open_nursery() as nursery:
             for _ in range(min(META_PARALLEL, len(nodes))):
@@ -466,6 +466,12 @@ class Listings(Part):
             self.view.apply_meta(node, info.metadata, info.last_modified)
         return node
 
+    def _gone(self, node: Node) -> None:
+        """``node``'s object left the store: out of the tree, and out of the kernel."""
+        if node.parent is not None:
+            self.leases.take_back(node.parent, [node])
+        self.inodes.detach(node)
+
     def _changed_remotely(self, node: Node, info: ObjectInfo) -> None:
         node.etag, node.size = info.etag, info.size
         node.meta_known = False
@@ -518,7 +524,7 @@ class Listings(Part):
                     node.mtime_ns = node.ctime_ns = int(when * 1e9)
                 node.meta_known = True
                 return
-            self.inodes.detach(node)
+            self._gone(node)
             raise NotFound(node.name) from None
         if node.kind is not Kind.DIR:
             node.etag, node.size = info.etag, info.size

@@ -250,7 +250,7 @@ class Persistence(Part):
         if parent is None or not node.attached or self.inodes.key(node) != upload.key:
             return
         parent.listed_at = None
-        self.leases.take_back(parent, [node.name])
+        self.leases.take_back(parent, [node])
         if node.open_count or node.dirty or upload.version != node.version:
             del parent.children[node.name]
             node.name = kept_as.rsplit("/", 1)[-1]

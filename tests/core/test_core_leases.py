@@ -74,3 +74,20 @@ async def test_without_marks_entries_are_kept_a_ttl_and_a_listings_guess_not_at_
         assert plain.ns.kernel_timeout(node) == 1.0
         node.meta_known = False
         assert plain.ns.kernel_timeout(node) == 0.0
+
+
+async def test_a_conflict_takes_the_name_back_from_the_kernel(cores: Cores) -> None:
+    """The path shows the other writer's version at once, not the conflict copy the kernel holds."""
+    tree(cores)
+    async with cores.mount(foreign_ttl=60, write_back_delay=30) as a, \
+            cores.mount(foreign_ttl=60, write_back_delay=30) as b:
+        await b.walk("t1/ws1/src")
+        node = await b.find("t1/ws1/src/d0/f.txt")
+        assert b.ns.kernel_timeout(node) > 1.0
+        await a.write("t1/ws1/src/d0/f.txt", b"a wins")
+        await a.ns.sync()
+        await b.write("t1/ws1/src/d0/f.txt", b"b loses the race")
+        await b.ns.sync()
+        await cores.settle()
+        assert (node.parent.ino, b"f.txt") in b.taken_back
+        assert await b.read("t1/ws1/src/d0/f.txt") == b"a wins"
