@@ -120,7 +120,8 @@ class Leases(Part):
                 entries, inodes = self._entries, self._inodes
                 self._entries, self._inodes = [], []
                 self.taken_back += len(entries)
-                await trio.to_thread.run_sync(self.kernel, entries, inodes)
+                # Abandoned on the way out: the kernel may wait for a request nobody answers then.
+                await trio.to_thread.run_sync(self.kernel, entries, inodes, abandon_on_cancel=True)
                 continue
             now = self.clock()
             self._watched = {workspace: until for workspace, until in self._watched.items() if until > now}

@@ -214,7 +214,7 @@ def test_status_and_mounts_speak_json(mount_factory):
     status = run_json("status", str(mount.path))
     assert {"pid", "mountpoint", "store", "tenant", "cacheDir", "pendingUploads", "pendingDeletes", "dirtyBytes",
             "uploads", "deletes", "retries", "listings", "storeUnreachableSince", "lastError", "refusedKeys",
-            "activityPending", "activityFailures", "activityLastError", "markChecks", "markFailures",
+            "activityPending", "activityFailures", "activityLastError", "markChecks", "markFailures", "entriesTakenBack",
             "markLastError", "summaryFailures", "summaryLastError", "cacheBytes", "storeQuirks", "uptime"
             } == set(status)
     found = [m for m in run_json("mounts")["mounts"] if m["mountpoint"] == str(mount.path)]
