@@ -257,6 +257,11 @@ class ChangeMarks(BatchWriter[Workspace, set[str]]):
         holds at ``now`` by the marks (``holding``)."""
         return self.holding(key, listed_at, ended, now) is not None
 
+    def due(self, workspace: Workspace) -> float:
+        """When the marks of ``workspace`` are next to be read: a TTL after the last check ended."""
+        view = self._views.get(workspace)
+        return -math.inf if view is None else view.checked_at + self.ttl
+
     def workspace_of(self, key: str) -> Workspace | None:
         """The workspace whose marks speak for the folder ``key``, if any (and marks are read)."""
         where = listed_folder(key) if self.reading else None

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 from typing import Callable, Iterable
 
 import trio
@@ -33,6 +34,10 @@ log = logging.getLogger(__name__)
 
 #: The longest the kernel keeps an entry it was given: the marks are read for as long after it.
 LONGEST = 30.0
+#: A check of the marks that could not be made is tried again this many times per TTL.
+RETRIES = 10
+#: A folder's lease is worked out once for this long (a readdir gives every entry of the folder).
+REUSE = 0.05
 
 #: Takes entries back from the kernel, in a worker thread: ``(folder inode, name)`` pairs and
 #: inodes whose attributes it must ask for again.
@@ -56,6 +61,8 @@ class Leases(Part):
         self._entries: list[tuple[int, bytes]] = []
         self._inodes: list[int] = []
         self._wake = trio.Event()
+        #: The last folder whose lease was worked out, when, and when it ends (``REUSE``).
+        self._last: tuple[Node | None, float, float] = (None, -math.inf, -math.inf)
         #: Entries taken back from the kernel so far.
         self.taken_back = 0
         if self.marks is not None:
@@ -70,23 +77,33 @@ class Leases(Part):
         if self.marks is None or folder is None or folder.listed_at is None or node.virtual is not None:
             return self.ttl
         now = self.clock()
+        last, worked_out, ends = self._last
+        if last is not folder or now - worked_out >= REUSE:
+            ends = self._lease(folder, now)
+            self._last = (folder, now, ends)
+        return max(ends - now, self.ttl)
+
+    def _lease(self, folder: Node, now: float) -> float:
+        """When the kernel's time for entries of ``folder`` given now ends (-inf: a TTL from now)."""
+        assert self.marks is not None and folder.listed_at is not None
         holding = self.marks.holding(self.inodes.key(folder), folder.listed_at,
                                      folder.listed_at + folder.listing_took, now)
         if holding is None:
-            return self.ttl
+            return -math.inf
         workspace, until = holding
-        lease = min(LONGEST, until - now)
-        if lease <= self.ttl:
-            return self.ttl
-        self._folders[folder] = max(self._folders.get(folder, now), now + lease)
+        ends = now + min(LONGEST, until - now)
+        if ends - now <= self.ttl:
+            return -math.inf
+        self._folders[folder] = max(self._folders.get(folder, now), ends)
         if self._watched.get(workspace, now) <= now:
             self._wake.set()
-        self._watched[workspace] = max(self._watched.get(workspace, now), now + lease)
-        return lease
+        self._watched[workspace] = max(self._watched.get(workspace, now), ends)
+        return ends
 
     def take_back(self, folder: Node, children: Iterable[Node] | None = None) -> None:
         """The kernel forgets ``children`` of ``folder`` (None: every child it knows there), their
         attributes and the folder's, if it was given them for longer than a TTL."""
+        self._last = (None, -math.inf, -math.inf)
         if folder not in self._folders:
             return
         if children is None:
@@ -128,8 +145,10 @@ class Leases(Part):
             if not self._watched:
                 self._folders.clear()
             for workspace in list(self._watched):
-                await self._check(workspace)
-            with trio.move_on_after(self.ttl / 2 if self._watched else float("inf")):
+                if self.marks.due(workspace) <= now:
+                    await self._check(workspace)
+            due = min((self.marks.due(workspace) for workspace in self._watched), default=math.inf)
+            with trio.move_on_after(max(due - self.clock(), self.ttl / RETRIES)):
                 await self._wake.wait()
 
     async def _check(self, workspace: Workspace) -> None:
