@@ -1,16 +1,19 @@
 """How long the kernel may keep an entry, and taking entries back when another mount changes them.
 
-Past the time it was given, the kernel asks about every entry on a path
-again: a walk of a tree costs a request per entry once per metadata TTL even
-when nothing changed, and each request costs the daemon about a tenth of a
-millisecond. Where the change marks vouch for a folder's listing
-(``changes.py``), the kernel is given that folder's entries for as long as
-the listing holds by time alone (objects other tools write still show within
-the foreign TTL), at most ``LONGEST`` seconds. While the kernel may hold such
-an entry of a workspace, this mount reads the workspace's marks once per TTL
-whether the kernel asks or not, and a mark that names a folder takes that
-folder's entries back from the kernel at once: another mount's change shows
-as soon as it did with entries kept for a TTL, within a TTL of its mark.
+Past the time it was given, the kernel asks about an entry again: a program
+that stats or opens files by path (``git status``, ``compileall``, an
+interpreter importing modules) costs a LOOKUP per file once per metadata TTL
+even when nothing changed, about a tenth of a millisecond of the daemon's
+each. (A readdir hands the kernel every entry of its folder afresh anyway,
+so ``find`` or ``du`` gain little.) Where the change marks vouch for a
+folder's listing (``changes.py``), the kernel is given that folder's
+entries for as long as the listing holds by time alone (objects other
+tools write still show within the foreign TTL), at most ``LONGEST``
+seconds. While the kernel may hold such an entry of a workspace, this mount
+reads the workspace's marks once per TTL whether the kernel asks or not,
+and a mark that names a folder takes that folder's entries back from the
+kernel at once: another mount's change shows as soon as it did with entries
+kept for a TTL, within a TTL of its mark.
 """
 
 from __future__ import annotations
