@@ -257,6 +257,15 @@ class ChangeMarks(BatchWriter[Workspace, set[str]]):
         holds at ``now`` by the marks (``holding``)."""
         return self.holding(key, listed_at, ended, now) is not None
 
+    def named_since(self, key: str, listed_at: float) -> bool:
+        """Whether the marks read so far say the folder ``key`` changed after its listing
+        started at ``listed_at`` (a mark names it, or a check could not place a change)."""
+        where = listed_folder(key) if self.reading else None
+        view = self._views.get(where[0]) if where is not None else None
+        if view is None or view.checked_at == -math.inf:
+            return False
+        return listed_at < view.baseline or listed_at < view.stale.get(where[1], -math.inf)
+
     def due(self, workspace: Workspace) -> float:
         """When the marks of ``workspace`` are next to be read: a TTL after the last check ended."""
         view = self._views.get(workspace)

@@ -135,7 +135,8 @@ class Listings(Part):
         use — touched within the last TTL, listed within two — is answered from
         its listing while a fresh one is made in the background: a burst of
         creates never waits on a LIST, and another client's new name still
-        shows within two TTLs. A folder left alone for a TTL is re-listed first.
+        shows within two TTLs. A folder left alone for a TTL, or named by
+        another mount's change mark since its listing, is re-listed first.
         """
         now = self.clock()
         used, dir_node.used_at = dir_node.used_at, now
@@ -146,6 +147,8 @@ class Listings(Part):
             and dir_node.listed_at is not None
             and now - dir_node.listed_at < 2 * self.ttl
             and now - used < self.ttl
+            and not (self.marks is not None
+                     and self.marks.named_since(self.inodes.key(dir_node), dir_node.listed_at))
         ):
             if not dir_node.lock.locked():
                 self.nursery().start_soon(self._refresh_behind, dir_node)

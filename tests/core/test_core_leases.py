@@ -91,3 +91,22 @@ async def test_a_conflict_takes_the_name_back_from_the_kernel(cores: Cores) -> N
         await cores.settle()
         assert (node.parent.ino, b"f.txt") in b.taken_back
         assert await b.read("t1/ws1/src/d0/f.txt") == b"a wins"
+
+
+async def test_a_folder_a_mark_names_is_listed_before_a_lookup_there_is_answered(cores: Cores) -> None:
+    """Even in continuous use, where a lookup is otherwise answered from the folder's listing
+    while a new one is made behind it: the mark says that listing is out of date."""
+    tree(cores)
+    async with cores.mount(foreign_ttl=60) as a, cores.mount(foreign_ttl=60) as b:
+        await a.walk("t1/ws1/src")
+        await b.walk("t1/ws1/src")
+        node = await b.find("t1/ws1/src/d3/f.txt")
+        b.ns.remember(node)
+        assert b.ns.kernel_timeout(node) > 1.0
+        await a.unlink("t1/ws1/src/d3/f.txt")
+        await a.sync()
+        for _ in range(3):
+            assert not await b.exists("t1/ws1/src/d3/missing.txt")  # keeps d3 in continuous use
+            await cores.advance(0.4)
+        assert (node.parent.ino, b"f.txt") in b.taken_back, "the watcher read the mark"
+        assert not await b.exists("t1/ws1/src/d3/f.txt")
