@@ -5,8 +5,9 @@ uploaded once its write-back delay has passed, counted from the first
 schedule after the last upload, so a file appended to line by line goes up
 at most once per delay, not once per line. Deletes wait the same delay and go
 up in batches of up to 1000 keys. While the mount is busy (``BUSY_CHANGES``
-changes within ``BUSY_WINDOW`` seconds: an untar, a build, a clone; not a
-writer of a few files a second), or a reader waits on the
+changes, folders read or files opened within ``BUSY_WINDOW`` seconds: an
+untar, a build, a clone, a ``find`` or ``grep -r``; not a writer of a few
+files a second), or a reader waits on the
 store, due work waits, at most ``MAX_DEFER`` seconds, and then trickles
 (``BUSY_UPLOAD_RATE`` a second), so uploads do not compete with the work in
 front of the user for what it needs, a CPU and the daemon's GIL (each upload
@@ -52,7 +53,7 @@ DELETE_BATCH = 1000
 DELETE_INTERVAL = 1.0
 #: How long a finished delete is remembered: longer than any listing can take.
 DELETED_MEMORY = 600.0
-#: The mount is busy once it has made ``BUSY_CHANGES`` changes within ``BUSY_WINDOW`` seconds
+#: The mount is busy once it has served ``BUSY_CHANGES`` changes, folder reads or opens within ``BUSY_WINDOW`` seconds
 #: (a writer of a few files a second is not), until a pause of ``QUIET`` seconds or the rate
 #: falls below that; due work starts then ...
 QUIET = 0.25
@@ -186,8 +187,9 @@ class WriteBack:
 
     # -- scheduling (called on the trio thread) ---------------------------
 
-    def changed(self) -> None:
-        """The mount just changed something: due work waits for a pause (at most ``MAX_DEFER``)."""
+    def active(self) -> None:
+        """The mount just changed something, or read a folder or opened a file for a program:
+        due work waits for a pause (at most ``MAX_DEFER``)."""
         self._recent.append(self.clock())
 
     def _start_at(self, due: float, urgent: bool) -> float:

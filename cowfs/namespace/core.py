@@ -162,6 +162,7 @@ class Namespace:
         """Entries from position ``start`` of a listing snapshotted at position 0."""
         handle = self.inodes.dir_handle(fh)
         if start == 0:
+            self.writeback.active()
             node = handle.node
             await self.listing.refresh_walked(node)
             children = sorted(node.children.items())
@@ -222,6 +223,7 @@ class Namespace:
         if node.kind is Kind.DIR:
             raise IsADirectory(node.name)
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
+        self.writeback.active()
         if node.virtual:
             if writable:
                 self.view.writable(node)

@@ -136,7 +136,7 @@ class Persistence(Part):
 
     def release_key(self, key: str) -> None:
         """``key`` must go from the store (after any in-flight put of it)."""
-        self.writeback.changed()
+        self.writeback.active()
         self.journal.write_delete(key)
         self.writeback.schedule_delete(key)
 
@@ -169,7 +169,7 @@ class Persistence(Part):
 
     def persist(self, node: Node) -> None:
         """Record ``node``'s version in the journal and claim its upload."""
-        self.writeback.changed()
+        self.writeback.active()
         self.changed(self.inodes.full(node))
         node.touched = self.clock()
         node.dirty = node.times_unsaved = False

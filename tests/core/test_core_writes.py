@@ -444,3 +444,22 @@ async def test_an_upload_under_way_when_its_folder_is_renamed_lands_under_the_ne
                 assert a.store.count("list", "t1/ws1/src/") == 1
         await a.ns.sync()
         assert files(cores) == {"t1/ws1/dst/": b"", "t1/ws1/dst/old": b"stored", "t1/ws1/dst/new": b"fresh"}
+
+
+async def test_a_walk_of_the_tree_holds_uploads_back_as_a_burst_of_changes_does(cores: Cores) -> None:
+    """``find`` or ``grep -r`` right after an untar: the uploads trickle until the walk pauses."""
+    async with cores.mount() as a:
+        await workspace(a)
+        for i in range(40):
+            await a.write(f"t1/ws1/f{i:02d}", b"x")
+        await cores.advance(0.9)
+        start = a.store.mark()
+        for step in range(5):
+            assert len(await a.listdir("t1/ws1")) == 40
+            for i in range(12):
+                await a.ns.release(await a.open(f"t1/ws1/f{(step * 12 + i) % 40:02d}"))
+            await cores.advance(0.1)
+        walking = sum(n for (kind, _), n in a.store.since(start).items() if kind == "put")
+        assert walking <= 12, f"{walking} uploads went up during the walk"
+        await cores.advance(1.0)
+        assert len(cores.store.stored("t1/ws1/f")) == 40

@@ -115,7 +115,7 @@ def test_deletes_during_a_long_burst_go_in_few_batches(tmp_path, monkeypatch):
             nursery.start_soon(wb.run)
             start = wb.clock()
             for key in keys:
-                wb.changed()
+                wb.active()
                 journal.write_delete(key)
                 wb.schedule_delete(key)
                 await trio.sleep(0.003)
@@ -167,7 +167,7 @@ def test_a_wake_up_of_the_scheduler_does_not_rescan_every_pending_upload(tmp_pat
         async with trio.open_nursery() as nursery:
             nursery.start_soon(wb.run)
             for i in range(pending):
-                wb.changed()
+                wb.active()
                 wb.schedule(IdleSource(f"r{i}"))
                 await trio.sleep(0)
             for _ in range(wakes):
@@ -211,7 +211,7 @@ def test_uploads_trickle_while_the_mount_stays_busy_and_all_go_once_it_pauses(tm
             nursery.start_soon(wb.run)
             start = time.monotonic()
             for i in range(files):
-                wb.changed()
+                wb.active()
                 wb.schedule(SmallFile(f"f{i:03d}"))
                 await trio.sleep(0.01)
             burst_end = time.monotonic()
@@ -258,9 +258,9 @@ def test_uploads_started_in_a_pause_do_not_run_on_at_full_speed_once_the_mount_i
             await trio.sleep(0.05)
             busy_start = time.monotonic()
             for _ in range(writeback.BUSY_CHANGES):  # a burst starts with many changes at once
-                wb.changed()
+                wb.active()
             while time.monotonic() - busy_start < 1.0:
-                wb.changed()
+                wb.active()
                 await trio.sleep(0.01)
             busy_end = time.monotonic()
             with trio.fail_after(10):
