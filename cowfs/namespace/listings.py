@@ -563,7 +563,8 @@ class Listings(Part):
 
     async def ensure_meta_all(self, nodes: list[Node]) -> None:
         """Metadata of many nodes, a bounded number of fetches at a time."""
-        unknown = iter([n for n in nodes if not n.meta_known])
+        todo = [n for n in nodes if not n.meta_known]
+        unknown = iter(todo)
 
         async def worker() -> None:
             for node in unknown:
@@ -572,9 +573,10 @@ class Listings(Part):
                 except NotFound:
                     pass
 
-        async with trio.open_nursery() as nursery:
-            for _ in range(META_PARALLEL):
-                nursery.start_soon(worker)
+        if todo:
+            async with trio.open_nursery() as nursery:
+                for _ in range(min(META_PARALLEL, len(todo))):
+                    nursery.start_soon(worker)
 
     async def _fetch_quietly(self, node: Node) -> None:
         """``ensure_meta`` for work nobody waits on: a failure only costs a later fetch."""
