@@ -231,26 +231,35 @@ class ChangeMarks(BatchWriter[Workspace, set[str]]):
         """Whether marks vouch for anything: not with a foreign TTL no longer than the metadata TTL."""
         return self.foreign_ttl > self.ttl
 
+    def _view_of(self, key: str) -> tuple[Workspace, str, _View] | None:
+        """The workspace of the folder ``key``, the folder relative to it, and what this mount
+        knows of the workspace's marks (None: marks are not read, or none was checked yet)."""
+        where = listed_folder(key) if self.reading else None
+        view = self._views.get(where[0]) if where is not None else None
+        if where is None or view is None or view.checked_at == -math.inf:
+            return None
+        return where[0], where[1], view
+
+    @staticmethod
+    def _named(view: _View, folder: str, listed_at: float) -> bool:
+        """Whether the marks say ``folder`` changed after a listing of it started at ``listed_at``
+        (a mark names it, or a check could not place a change)."""
+        return listed_at < view.baseline or listed_at < view.stale.get(folder, -math.inf)
+
     def holding(self, key: str, listed_at: float, ended: float, now: float) -> tuple[Workspace, float] | None:
         """The workspace of the folder ``key`` and until when the listing of it made from
         ``listed_at`` to ``ended`` holds by time alone, if the marks vouch for it at ``now``: a
         check of them less than a TTL old, no mark naming it since it started, less than the
         foreign TTL or ``LISTING_PAUSE`` times its own duration since it ended (a listing of
         100,000 keys is not made over and over)."""
-        where = listed_folder(key) if self.reading else None
-        if where is None:
+        known = self._view_of(key)
+        if known is None:
             return None
-        view = self._views.get(where[0])
+        workspace, folder, view = known
         until = ended + max(self.foreign_ttl, LISTING_PAUSE * (ended - listed_at))
-        if (
-            view is None
-            or now - view.checked_at >= self.ttl
-            or now >= until
-            or listed_at < view.baseline
-            or listed_at < view.stale.get(where[1], -math.inf)
-        ):
+        if now - view.checked_at >= self.ttl or now >= until or self._named(view, folder, listed_at):
             return None
-        return where[0], until
+        return workspace, until
 
     def vouches(self, key: str, listed_at: float, ended: float, now: float) -> bool:
         """Whether the listing of the folder ``key`` made from ``listed_at`` to ``ended`` still
@@ -259,12 +268,9 @@ class ChangeMarks(BatchWriter[Workspace, set[str]]):
 
     def named_since(self, key: str, listed_at: float) -> bool:
         """Whether the marks read so far say the folder ``key`` changed after its listing
-        started at ``listed_at`` (a mark names it, or a check could not place a change)."""
-        where = listed_folder(key) if self.reading else None
-        view = self._views.get(where[0]) if where is not None else None
-        if view is None or view.checked_at == -math.inf:
-            return False
-        return listed_at < view.baseline or listed_at < view.stale.get(where[1], -math.inf)
+        started at ``listed_at``."""
+        known = self._view_of(key)
+        return known is not None and self._named(known[2], known[1], listed_at)
 
     def due(self, workspace: Workspace) -> float:
         """When the marks of ``workspace`` are next to be read: a TTL after the last check ended."""

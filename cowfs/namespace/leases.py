@@ -18,7 +18,6 @@ kept for a TTL, within a TTL of its mark.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import math
@@ -28,7 +27,6 @@ import trio
 
 from ..batches import Workspace
 from ..changes import ChangeMarks, listed_folder
-from ..errors import CowfsError
 from .node import Node
 from .services import Part, Services
 from .table import Inodes
@@ -52,9 +50,9 @@ class Leases(Part):
 
     def __init__(self, services: Services, inodes: Inodes, marks: ChangeMarks | None, ttl: float,
                  kernel: Kernel | None) -> None:
-        """Without ``marks`` (or ``kernel``, in tests that need no kernel) every entry is kept a TTL."""
+        """Without ``marks`` or ``kernel`` every entry is kept a TTL."""
         super().__init__(services, inodes)
-        self.marks = marks if kernel is not None else None
+        self.marks = marks
         self.ttl = ttl
         self.kernel = kernel
         #: Folders whose entries the kernel was given for longer than a TTL, and until when.
@@ -68,8 +66,8 @@ class Leases(Part):
         self._last: tuple[Node | None, float, float] = (None, -math.inf, -math.inf)
         #: Entries taken back from the kernel so far.
         self.taken_back = 0
-        if self.marks is not None:
-            self.marks.on_change = self._changed
+        if marks is not None and kernel is not None:
+            marks.on_change = self._changed
 
     def timeout(self, node: Node) -> float:
         """How long the kernel may keep ``node``'s entry and attributes: 0 while they are a
@@ -77,7 +75,8 @@ class Leases(Part):
         if not node.attrs_known:
             return 0.0
         folder = node.parent
-        if self.marks is None or folder is None or folder.listed_at is None or node.virtual is not None:
+        if (self.marks is None or self.kernel is None or folder is None or folder.listed_at is None
+                or node.virtual is not None):
             return self.ttl
         now = self.clock()
         last, worked_out, ends = self._last
@@ -149,13 +148,13 @@ class Leases(Part):
                 self._folders.clear()
             for workspace in list(self._watched):
                 if self.marks.due(workspace) <= now:
-                    await self._check(workspace)
+                    await self.check(workspace, background=False)
             due = min((self.marks.due(workspace) for workspace in self._watched), default=math.inf)
             with trio.move_on_after(max(due - self.clock(), self.ttl / RETRIES)):
                 await self._wake.wait()
 
-    async def _check(self, workspace: Workspace) -> None:
-        assert self.marks is not None
-        if self.calls.reachability is None or self.calls.reachability.reachable:
-            with contextlib.suppress(CowfsError, OSError):
-                await self.marks.check(workspace, functools.partial(self.calls.call, background=False))
+    async def check(self, workspace: Workspace, background: bool) -> None:
+        """Read ``workspace``'s marks unless a check is less than a TTL old, while the store
+        answers (``ChangeMarks.check``: a failed check only counts for ``cowfs status``)."""
+        if self.marks is not None and self.reachable:
+            await self.marks.check(workspace, functools.partial(self.calls.call, background=background))

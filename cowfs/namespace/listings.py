@@ -109,7 +109,6 @@ class Listings(Part):
         self.contents = contents
         self.persistence = persistence
         self.leases = leases
-        self.reachability = services.calls.reachability
         self.last_active = last_active
         self.ttl = ttl
         self.marks = marks
@@ -121,10 +120,6 @@ class Listings(Part):
         self._stat_ahead_queue: deque[Node] = deque(maxlen=READ_AHEAD_QUEUE)
         self._read_ahead_workers = 0
         self._names_first: OrderedDict[Node, StatAhead] = OrderedDict()
-
-    @property
-    def reachable(self) -> bool:
-        return self.reachability is None or self.reachability.reachable
 
     # -- folders ------------------------------------------------------------------
 
@@ -184,11 +179,9 @@ class Listings(Part):
         """Read the change marks of ``dir_node``'s workspace before its listing is made or
         renewed (one LIST per workspace per TTL, whatever the number of folders it holds): a
         listing made after a check is vouched for by the next ones."""
-        if self.marks is None or not self.reachable:
-            return
-        workspace = self.marks.workspace_of(self.inodes.key(dir_node))
+        workspace = self.marks.workspace_of(self.inodes.key(dir_node)) if self.marks is not None else None
         if workspace is not None:
-            await self.marks.check(workspace, functools.partial(self.calls.call, background=background))
+            await self.leases.check(workspace, background)
 
     def _due_for_listing(self, dir_node: Node, now: float) -> bool:
         """Whether a LIST could change ``dir_node``: not fresh, not generated, and the

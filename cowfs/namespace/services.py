@@ -40,3 +40,8 @@ class Part:
         self.store, self.cache, self.journal = services.store, services.cache, services.journal
         self.writeback, self.calls = services.writeback, services.calls
         self.clock, self.nursery = services.clock, services.nursery
+
+    @property
+    def reachable(self) -> bool:
+        """Whether the store answers (what a degraded mount serves follows it)."""
+        return self.calls.reachability is None or self.calls.reachability.reachable
