@@ -2,7 +2,7 @@
 """Benchmark cowfs against a local directory, rclone mount, s3fs and JuiceFS.
 
 Every target with a store gets its own bucket on one moto S3 server started
-here, so the peers pay the same (slow, local) S3 as cowfs. memfs
+here (``--rgw``: Ceph's RADOS Gateway), so the peers pay the same (slow, local) S3 as cowfs. memfs
 (``scripts/memfs.py``, pyfuse3 with nothing behind it) is the floor of the
 stack cowfs is built on, and s3 (moto itself through boto3, no file system)
 the floor of the rows that wait on the store, both measured in the same run.
@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import botocore.config
 from boto3.s3.transfer import TransferConfig
 
 from bench_data import EDIT_LINE, GIT_ENV, WHEEL_VALUE, AgentKit, LargeFile, build_agent_kit, build_large_file, git
@@ -310,6 +311,8 @@ class Moto:
     """moto's S3 server as a separate process on 127.0.0.1 (so the benchmark's own
     Python does not share its GIL)."""
 
+    name = "moto"
+
     def __init__(self, logfile: Path, env: dict[str, str]) -> None:
         self.logfile = logfile
         self.env = env
@@ -373,6 +376,55 @@ class Moto:
         return dict(sorted(counts.items()))
 
 
+def s3_client(endpoint: str, connections: int = 32) -> Any:
+    """A boto3 client that sends checksums only where S3 requires them, as the tests' (RGW 16 takes no others)."""
+    config = botocore.config.Config(s3={"addressing_style": "path"}, max_pool_connections=connections,
+                                    request_checksum_calculation="when_required",
+                                    response_checksum_validation="when_required")
+    return boto3.session.Session().client("s3", endpoint_url=endpoint, region_name="us-east-1", config=config)
+
+
+class Rgw:
+    """Ceph's RADOS Gateway on 127.0.0.1, its daemons started and stopped by PID (``tests/rgw.py``):
+    a real S3 server, which serves requests in parallel where moto serves them one by one."""
+
+    name = "Ceph RGW"
+
+    def __init__(self) -> None:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+        from rgw import CephRgw
+
+        self.ceph = CephRgw(FAKE_AWS_ENV["AWS_ACCESS_KEY_ID"], FAKE_AWS_ENV["AWS_SECRET_ACCESS_KEY"])
+        self.endpoint = self.ceph.endpoint
+        self.client: Any = None
+
+    def start(self) -> None:
+        self.ceph.start()
+        self.client = s3_client(self.endpoint)
+        log(f"Ceph RGW at {self.endpoint}")
+
+    def create_bucket(self, name: str) -> str:
+        self.client.create_bucket(Bucket=name)
+        return name
+
+    def stop(self) -> None:
+        try:
+            log(f"Ceph OSD memory store: {self.ceph.used_bytes() / 2**20:.1f} MiB used of "
+                f"{self.ceph.memstore_bytes / 2**20:.0f} MiB")
+        finally:
+            self.ceph.stop()
+
+    def mark(self) -> int:
+        """RGW keeps no request log here: no request counts."""
+        return 0
+
+    def requests_since(self, mark: int, bucket: str) -> dict[str, int]:
+        return {}
+
+
+Server = Moto | Rgw
+
+
 def list_keys(client: Any, bucket: str, prefix: str, start_after: str = "") -> dict[str, str]:
     """Every key under a prefix (after ``start_after``) with its ETag."""
     keys: dict[str, str] = {}
@@ -394,10 +446,10 @@ class Target:
     #: The bucket holds each file as one object under its path (JuiceFS keeps chunks and a metadata engine).
     plain = True
 
-    def __init__(self, base: Path, env: dict[str, str], moto: Moto | None) -> None:
+    def __init__(self, base: Path, env: dict[str, str], server: Server | None) -> None:
         self.base = base
         self.env = env
-        self.moto = moto
+        self.server = server
         self.root = base / "mnt"
         self.bucket: str | None = None
         self.proc: subprocess.Popen[bytes] | None = None
@@ -415,7 +467,7 @@ class Target:
 
     def twin(self, base: Path) -> Target:
         """A second mount of the same bucket with its own cache, as another machine would have."""
-        twin = type(self)(base, self.env, self.moto)
+        twin = type(self)(base, self.env, self.server)
         twin.bucket = self.bucket
         return twin
 
@@ -435,8 +487,8 @@ class Target:
 
     def start(self, fresh: bool = True) -> None:
         """Mount (a fresh cache when ``fresh``) and make the work folder."""
-        if self.mounted and self.bucket is None and self.moto is not None:
-            self.bucket = self.moto.create_bucket(f"bench-{self.name}")
+        if self.mounted and self.bucket is None and self.server is not None:
+            self.bucket = self.server.create_bucket(f"bench-{self.name}")
         if fresh:
             self.instance += 1
         self.root.mkdir(parents=True, exist_ok=True)
@@ -548,7 +600,7 @@ class MemfsTarget(Target):
 
     name = "memfs"
 
-    def __init__(self, base: Path, env: dict[str, str], moto: Moto | None) -> None:
+    def __init__(self, base: Path, env: dict[str, str], server: Server | None) -> None:
         super().__init__(base, env, None)
 
     def mount(self) -> None:
@@ -573,15 +625,15 @@ class MemfsTarget(Target):
 
 
 class S3Target(Target):
-    """moto itself through boto3: what the store-bound rows would take with no file system in between."""
+    """The S3 server itself through boto3: what the store-bound rows would take with no file system in between."""
 
     name = "s3"
     mounted = False
 
     def start(self, fresh: bool = True) -> None:
         if self.bucket is None:
-            assert self.moto is not None
-            self.bucket = self.moto.create_bucket(f"bench-{self.name}")
+            assert self.server is not None
+            self.bucket = self.server.create_bucket(f"bench-{self.name}")
 
     def mount(self) -> None:
         pass
@@ -603,7 +655,8 @@ class S3Target(Target):
         return S3_WORKLOADS.get(name)
 
     def describe(self) -> str:
-        return ("moto itself through boto3, no file system: small_read_cold GETs the small files one at a time "
+        assert self.server is not None
+        return (f"{self.server.name} itself through boto3, no file system: small_read_cold GETs the small files one at a time "
                 "(the reference for a cold read), stat_walk_warm and stat_walk_cold list them in one flat listing "
                 f"(what a walk past the metadata TTL costs the store), bucket_1000 PUTs the files from {UPLOAD_SLOTS} threads "
                 "(cowfs's upload slots) and polls the bucket like the mounts, big_folder_cold's `ls -f` is one flat "
@@ -615,8 +668,8 @@ class CowfsTarget(Target):
 
     name = "cowfs"
 
-    def __init__(self, base: Path, env: dict[str, str], moto: Moto | None) -> None:
-        super().__init__(base, env, moto)
+    def __init__(self, base: Path, env: dict[str, str], server: Server | None) -> None:
+        super().__init__(base, env, server)
         self.cache_sizes: list[tuple[int, int]] = []
         self.logs: list[Path] = []
         #: More ``cowfs mount`` options (--cowfs-options), to compare settings.
@@ -632,13 +685,13 @@ class CowfsTarget(Target):
         return run_cmd([sys.executable, "-m", "cowfs", *args], timeout=timeout)
 
     def mount(self) -> None:
-        assert self.moto is not None and self.bucket is not None
+        assert self.server is not None and self.bucket is not None
         logfile = self.base / f"daemon-{self.instance}.log"
         if logfile not in self.logs:
             self.logs.append(logfile)
         self.proc = spawn(
             [sys.executable, "-m", "cowfs", "mount", f"s3://{self.bucket}", str(self.root), "-f",
-             "--cache-dir", str(self.cache_dir), "--endpoint-url", self.moto.endpoint, "--path-style", *self.options,
+             "--cache-dir", str(self.cache_dir), "--endpoint-url", self.server.endpoint, "--path-style", *self.options,
              *(["--cache-size", str(self.cache_limit)] if self.cache_limit else [])],
             logfile, self.env)
         wait_mounted(self.root, self.proc, logfile)
@@ -675,17 +728,17 @@ class RcloneTarget(Target):
 
     name = "rclone"
 
-    def __init__(self, base: Path, env: dict[str, str], moto: Moto | None) -> None:
-        super().__init__(base, env, moto)
+    def __init__(self, base: Path, env: dict[str, str], server: Server | None) -> None:
+        super().__init__(base, env, server)
         self.rc_port = 0
         self.logfile = base / "rclone.log"
 
     def mount(self) -> None:
-        assert self.moto is not None and self.bucket is not None
+        assert self.server is not None and self.bucket is not None
         self.rc_port = free_port()
         env = dict(self.env, RCLONE_CONFIG=str(self.base / "rclone.conf"),
                    RCLONE_CONFIG_BENCH_TYPE="s3", RCLONE_CONFIG_BENCH_PROVIDER="Other",
-                   RCLONE_CONFIG_BENCH_ENDPOINT=self.moto.endpoint,
+                   RCLONE_CONFIG_BENCH_ENDPOINT=self.server.endpoint,
                    RCLONE_CONFIG_BENCH_ACCESS_KEY_ID=self.env["AWS_ACCESS_KEY_ID"],
                    RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY=self.env["AWS_SECRET_ACCESS_KEY"],
                    RCLONE_CONFIG_BENCH_REGION="us-east-1", RCLONE_CONFIG_BENCH_FORCE_PATH_STYLE="true")
@@ -724,12 +777,12 @@ class S3fsTarget(Target):
     name = "s3fs"
 
     def mount(self) -> None:
-        assert self.moto is not None and self.bucket is not None
+        assert self.server is not None and self.bucket is not None
         passwd = self.base / "passwd"
         fd = os.open(passwd, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # s3fs refuses a readable one
         with os.fdopen(fd, "w") as out:
             out.write(f"{self.env['AWS_ACCESS_KEY_ID']}:{self.env['AWS_SECRET_ACCESS_KEY']}\n")
-        options = f"url={self.moto.endpoint},use_path_request_style,passwd_file={passwd},endpoint=us-east-1"
+        options = f"url={self.server.endpoint},use_path_request_style,passwd_file={passwd},endpoint=us-east-1"
         self.proc = spawn(["s3fs", self.bucket, str(self.root), "-f", "-o", options], self.base / "s3fs.log", self.env)
         wait_mounted(self.root, self.proc, self.base / "s3fs.log")
 
@@ -754,8 +807,8 @@ class JuicefsTarget(Target):
     plain = False
     writeback = False
 
-    def __init__(self, base: Path, env: dict[str, str], moto: Moto | None) -> None:
-        super().__init__(base, env, moto)
+    def __init__(self, base: Path, env: dict[str, str], server: Server | None) -> None:
+        super().__init__(base, env, server)
         self.meta = f"sqlite3://{base / 'meta.db'}"
         self.formatted = False
         self.logfile = base / "juicefs.log"
@@ -772,9 +825,9 @@ class JuicefsTarget(Target):
         return twin
 
     def mount(self) -> None:
-        assert self.moto is not None and self.bucket is not None
+        assert self.server is not None and self.bucket is not None
         if not self.formatted:
-            self.juicefs("format", "--storage", "minio", "--bucket", f"{self.moto.endpoint}/{self.bucket}",
+            self.juicefs("format", "--storage", "minio", "--bucket", f"{self.server.endpoint}/{self.bucket}",
                          "--access-key", self.env["AWS_ACCESS_KEY_ID"], "--secret-key", self.env["AWS_SECRET_ACCESS_KEY"],
                          "--trash-days", "0", self.meta, "bench")
             self.formatted = True
@@ -995,7 +1048,7 @@ class Run:
 
     target: Target
     params: Params
-    moto: Moto | None
+    server: Server | None
     fixtures: Fixtures
     small: dict[int, dict[str, str]] = field(default_factory=dict)
     big: dict[int, str] = field(default_factory=dict)
@@ -1005,7 +1058,7 @@ class Run:
 
     @property
     def s3(self) -> Any:
-        return self.moto.client if self.moto else None
+        return self.server.client if self.server else None
 
     def tarball(self) -> Tarball:
         return self.fixtures.tarball
@@ -1415,13 +1468,13 @@ class Steps:
         self.failures: dict[str, str] = {}
 
     def mark(self) -> int:
-        return self.run.moto.mark() if self.run.moto else 0
+        return self.run.server.mark() if self.run.server else 0
 
     def add(self, name: str, seconds: float, mark: int) -> None:
         """A step's time, and the requests to the target's bucket since ``mark``."""
         self.seconds[name] = seconds
-        if self.run.moto and self.run.target.bucket:
-            self.requests[name] = self.run.moto.requests_since(mark, self.run.target.bucket)
+        if self.run.server and self.run.target.bucket:
+            self.requests[name] = self.run.server.requests_since(mark, self.run.target.bucket)
 
     @contextlib.contextmanager
     def step(self, name: str, go_on: bool = False) -> Iterator[None]:
@@ -2008,10 +2061,10 @@ def run_workload(run: Run, name: str) -> Cell:
         try:
             ensure_alive(run)
             run.extra(name, "settle_s", run.target.sync())
-            mark = run.moto.mark() if run.moto else 0
+            mark = run.server.mark() if run.server else 0
             seconds = workload(run, rep)
-            if run.moto and run.target.bucket:
-                run.extra(name, "requests", run.moto.requests_since(mark, run.target.bucket))
+            if run.server and run.target.bucket:
+                run.extra(name, "requests", run.server.requests_since(mark, run.target.bucket))
         except StepsFailed as exc:
             log(f"{run.target.name} {name} rep {rep + 1}: {cell.add(exc.seconds)}; FAILED: {exc}")
             cell.step_errors.update(exc.failures)
@@ -2140,8 +2193,9 @@ def workload_notes(params: Params) -> dict[str, str]:
 
 
 def summary_notes(runs: dict[str, Run], params: Params, workloads: list[str], extra_lines: list[str]) -> list[str]:
+    server = next((run.server.name for run in runs.values() if run.server is not None), "the S3 server")
     notes = [(f"Median of {params.reps} rep(s) in seconds; ratios: peer/cowfs > 1 means cowfs is faster, "
-              "cowfs/s3 is cowfs's time over moto's own through boto3, "
+              f"cowfs/s3 is cowfs's time over {server}'s own through boto3, "
               "cowfs/memfs is cowfs's cost over a pyfuse3 file system that does nothing, "
               "cowfs/local its cost over the local disk."),
              ("Before every repetition (untimed) each target settles: cowfs sync, rclone's upload queue empty "
@@ -2212,6 +2266,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--bucket-timeout", type=float, help="cap on the bucket_1000 wait, seconds (default 300)")
     parser.add_argument("--cowfs-options", default="",
                         help='more options for cowfs mount, e.g. "--metadata-ttl 300" (default: none)')
+    parser.add_argument("--rgw", action="store_true",
+                        help="Ceph's RADOS Gateway (tests/rgw.py) instead of moto: a real S3 server that serves in parallel")
     parser.add_argument("--json", type=Path, help="where to write the results (default /tmp/cowfs-bench-DATE.json)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (mounts' caches, logs)")
     args = parser.parse_args(argv)
@@ -2257,8 +2313,8 @@ def on_signal(signum: int, frame: Any) -> None:
     raise Interrupted(signal.Signals(signum).name)
 
 
-def cleanup(runs: dict[str, Run], moto: Moto | None) -> None:
-    """Unmount every target and stop moto, ignoring further signals until done."""
+def cleanup(runs: dict[str, Run], server: Server | None) -> None:
+    """Unmount every target and stop the S3 server, ignoring further signals until done."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     for run in reversed(list(runs.values())):
@@ -2266,8 +2322,8 @@ def cleanup(runs: dict[str, Run], moto: Moto | None) -> None:
             run.target.cleanup()
         except Exception as exc:  # keep going: the others must be unmounted too
             log(f"{run.target.name}: cleanup: {short(exc)}")
-    if moto is not None:
-        moto.stop()
+    if server is not None:
+        server.stop()
 
 
 def save_logs(tmp: Path, dest: Path) -> None:
@@ -2296,7 +2352,7 @@ def main(argv: list[str]) -> int:
     started = datetime.datetime.now(datetime.UTC)
     runs: dict[str, Run] = {}
     results: dict[str, dict[str, Cell]] = {t: {} for t in targets}
-    moto: Moto | None = None
+    server: Server | None = None
     fixtures = Fixtures(tmp, params)
     interrupted = ""
 
@@ -2304,15 +2360,15 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         if any(t not in STORELESS for t in targets):
-            moto = Moto(tmp / "moto.log", env)
-            moto.start()
+            server = Rgw() if args.rgw else Moto(tmp / "moto.log", env)
+            server.start()
         if {"untar", "rm_r", "walk_after_write"} & set(args.workloads):
             fixtures.tarball  # noqa: B018 -- built before the first mount, not on a workload's clock
         for name in targets:
-            target = TARGET_TYPES[name](tmp / name, env, moto)
+            target = TARGET_TYPES[name](tmp / name, env, server)
             if isinstance(target, CowfsTarget):
                 target.options = shlex.split(args.cowfs_options)
-            runs[name] = Run(target, params, moto, fixtures)
+            runs[name] = Run(target, params, server, fixtures)
             log(f"== {name}")
             run_target(runs[name], args.workloads, results[name])
     except Interrupted as exc:
@@ -2322,7 +2378,7 @@ def main(argv: list[str]) -> int:
         traceback.print_exc()
         interrupted = f"an error in the benchmark ({short(exc)})"
     finally:
-        cleanup(runs, moto)
+        cleanup(runs, server)
         problems = daemon_problems(runs["cowfs"].target.logs) if "cowfs" in runs else []  # type: ignore[attr-defined]
         logs_dir = json_path.with_suffix("").with_name(json_path.stem + "-logs")
         save_logs(tmp, logs_dir)

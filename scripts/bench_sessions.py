@@ -31,13 +31,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
-import boto3
-import botocore.config
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "tests")]
-from bench import FAKE_AWS_ENV, Moto, log  # noqa: E402
-from rgw import CephRgw  # noqa: E402
+from bench import FAKE_AWS_ENV, Moto, Rgw, log, s3_client  # noqa: E402
 
 from cowfs.sessionindex import all_sessions, session_prefix  # noqa: E402
 from cowfs.sessions import Anchor, list_page, make_token, pagination_secret  # noqa: E402
@@ -70,37 +67,6 @@ class CountingS3Store(Counting, S3Store):
 
 class CountingLocalStore(Counting, LocalStore):
     pass
-
-
-def s3_client(endpoint: str) -> Any:
-    """A boto3 client that sends checksums only where S3 requires them, as the tests' (RGW 16 takes no others)."""
-    config = botocore.config.Config(s3={"addressing_style": "path"}, max_pool_connections=2 * PUT_THREADS,
-                                    request_checksum_calculation="when_required",
-                                    response_checksum_validation="when_required")
-    return boto3.session.Session().client("s3", endpoint_url=endpoint, region_name="us-east-1", config=config)
-
-
-class Rgw:
-    """Ceph's RADOS Gateway on 127.0.0.1, its daemons started and stopped by PID (``tests/rgw.py``)."""
-
-    def __init__(self) -> None:
-        self.ceph = CephRgw(FAKE_AWS_ENV["AWS_ACCESS_KEY_ID"], FAKE_AWS_ENV["AWS_SECRET_ACCESS_KEY"])
-        self.endpoint = self.ceph.endpoint
-
-    def start(self) -> None:
-        self.ceph.start()
-        log(f"Ceph RGW at {self.endpoint}")
-
-    def create_bucket(self, name: str) -> str:
-        s3_client(self.endpoint).create_bucket(Bucket=name)
-        return name
-
-    def stop(self) -> None:
-        try:
-            log(f"Ceph OSD memory store: {self.ceph.used_bytes() / 2**20:.1f} MiB used of "
-                f"{self.ceph.memstore_bytes / 2**20:.0f} MiB")
-        finally:
-            self.ceph.stop()
 
 
 class Place:

@@ -397,9 +397,11 @@ class Listings(Part):
         """Fetch the small files of a just-listed folder in the background, a few at a time.
 
         Whoever lists a folder usually reads its files next; each small object
-        costs one GET either way, but in parallel and ahead of the reader.
+        costs one GET either way, but in parallel and ahead of the reader. Not past
+        ``NAMES_FIRST_AFTER`` new entries: nobody reads a folder of thousands file
+        by file soon, and their fetches would hold up those ahead of its lookups.
         """
-        if not self.store.remote:
+        if not self.store.remote or len(nodes) > NAMES_FIRST_AFTER:
             return
         self._read_ahead_queue.extend(n for n in nodes if n.kind is not Kind.DIR and n.size <= PREFETCH_BYTES)
         self._start_read_ahead()
@@ -420,7 +422,7 @@ class Listings(Part):
                 if self._stat_ahead_queue:
                     node = self._stat_ahead_queue.popleft()
                     if node.attached and not node.meta_known:
-                        await self._fetch_quietly(node)
+                        await self._fetch_quietly(node, whole=False)
                     continue
                 if self._read_ahead_workers > READ_AHEAD_PARALLEL:
                     break
@@ -478,11 +480,14 @@ class Listings(Part):
 
     # -- entries --------------------------------------------------------------------
 
-    async def ensure_meta(self, node: Node, background: bool = False) -> None:
+    async def ensure_meta(self, node: Node, background: bool = False, whole: bool = True) -> None:
         """Fill in mode/uid/gid/mtime/xattrs of a listed object: from the cache, else one request.
 
         A small object is fetched whole (GET returns metadata and bytes at once),
         so a cold ``ls -l`` followed by reads costs one request per file, not two.
+        Not ``whole``: a HEAD, its answer kept in the node only (a fetch ahead of
+        the lookups in a folder of thousands of entries, where a file's bytes and a
+        cache entry per file cost more than the HEAD and are seldom read again).
         One fetch per node at a time: a reader joins a read-ahead already under way.
         """
         while not node.attrs_known:
@@ -494,24 +499,26 @@ class Listings(Part):
                 continue
             done = self._fetching[node] = trio.Event()
             try:
-                await self._fetch_meta(node, background)
+                await self._fetch_meta(node, background, whole)
             finally:
                 del self._fetching[node]
                 done.set()
 
-    async def _fetch_meta(self, node: Node, background: bool) -> None:
+    async def _fetch_meta(self, node: Node, background: bool, whole: bool) -> None:
         key = self.inodes.key(node)
-        meta = await self.contents.cached(self.cache.get_meta, key, node.etag) if node.etag else None
-        if meta is not None:
-            self.view.apply_meta(node, meta, node.mtime_ns / 1e9)
-            return
-        small = node.kind is not Kind.DIR and node.size <= PREFETCH_BYTES and self.store.remote
+        if whole:
+            meta = await self.contents.cached(self.cache.get_meta, key, node.etag) if node.etag else None
+            if meta is not None:
+                self.view.apply_meta(node, meta, node.mtime_ns / 1e9)
+                return
+        small = whole and node.kind is not Kind.DIR and node.size <= PREFETCH_BYTES and self.store.remote
         asked = self.clock()
         try:
             if small:
                 fd, info = await self.calls.call(self.contents.download, key, background=background)
             else:
-                info = await self.calls.call(self.contents.head, key, background=background)
+                head = self.contents.head if whole else self.store.head
+                info = await self.calls.call(head, key, background=background)
         except (ObjectNotFound, NotFound):
             if node.kind is Kind.DIR:
                 full = self.inodes.full(node)
@@ -571,10 +578,10 @@ class Listings(Part):
                 for _ in range(min(META_PARALLEL, len(todo))):
                     nursery.start_soon(worker)
 
-    async def _fetch_quietly(self, node: Node) -> None:
+    async def _fetch_quietly(self, node: Node, whole: bool = True) -> None:
         """``ensure_meta`` for work nobody waits on: a failure only costs a later fetch."""
         try:
-            await self.ensure_meta(node, background=True)
+            await self.ensure_meta(node, background=True, whole=whole)
         except (CowfsError, OSError) as exc:
             log.debug("fetching %s ahead: %s", node.name, exc)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from mounting import require_fuse
+from mounting import require_fuse, require_programs
 
 #: Every test here mounts FUSE (``-m "not mount"`` leaves them out).
 pytestmark = pytest.mark.mount
@@ -45,6 +45,29 @@ def test_quick_bench_runs_the_floors_beside_cowfs_and_leaves_nothing_mounted(tmp
     assert {name: cell["status"] for name, cell in cowfs.items()} == {name: "ok" for name in cowfs}
     assert "| cowfs/s3 | cowfs/memfs |" in data["markdown"]
     assert mounts_under(own) == []
+
+
+def test_quick_bench_runs_on_ceph_rgw_and_stops_it(tmp_path: Path) -> None:
+    """``--rgw``: the same workloads on a real S3 server, its daemons stopped at the end."""
+    require_fuse()
+    require_programs("radosgw", "ceph-mon", "ceph-osd")
+    own = tmp_path / "tmp"
+    own.mkdir()
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--rgw", "--quick", "--targets", "s3,cowfs", "--workloads",
+         "small_create,big_folder_cold", "--folder-objects", "40", "--json", str(out)],
+        capture_output=True, text=True, timeout=600, env=dict(os.environ, TMPDIR=str(own)),
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "Ceph RGW at http://127.0.0.1:" in done.stdout + done.stderr
+    data = json.loads(out.read_text())
+    assert data["results"]["cowfs"]["small_create"]["status"] == "ok"
+    assert data["results"]["cowfs"]["big_folder_cold"]["status"] == "ok"
+    assert data["results"]["s3"]["big_folder_cold"]["status"] == "ok"
+    assert "over Ceph RGW's own through boto3" in data["markdown"]
+    assert mounts_under(own) == []
+    assert not [p for p in own.iterdir() if p.name.startswith("cowfs-rgw-")], "the Ceph cluster's folder is left"
 
 
 def mounts_under(folder: Path) -> list[str]:
