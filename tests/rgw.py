@@ -2,6 +2,10 @@
 
 One monitor, one OSD keeping its objects in memory (``memstore``), auth
 ``none``, pools of size 1 and radosgw's beast frontend: about 15 s to start.
+The frontend sends without Nagle's delay (``tcp_nodelay``), as RGW is run in
+production: with it, every answer with a body (a GET, a LIST) waited 40 ms
+for the client's delayed acknowledgement of its headers, 44 ms instead of
+1–2 ms, which no S3 service costs.
 Every daemon is started here and stopped here, by its PID; the cluster lives
 in a temporary folder removed at the end. The Debian packages ``radosgw
 ceph-mon ceph-osd ceph-common`` provide the programs (``scripts/test``
@@ -133,7 +137,7 @@ osd data = {r}/osd/$name
 osd objectstore = memstore
 memstore device bytes = {self.memstore_bytes}
 [client.rgw.a]
-rgw frontends = beast endpoint=127.0.0.1:{self.port}
+rgw frontends = beast endpoint=127.0.0.1:{self.port} tcp_nodelay=1
 rgw data = {r}/rgw
 log file = {r}/log/rgw.log
 rgw thread pool size = 64
