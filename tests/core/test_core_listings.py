@@ -343,6 +343,24 @@ async def test_fetches_ahead_in_a_folder_listed_by_name_first_are_heads_and_its_
         assert a.store.since(start)[("get", "t1/ws1/big/f05")] == 0
 
 
+async def test_fetches_ahead_of_lookups_go_a_few_at_a_time(cores: Cores, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The HEADs ahead of ``ls -l`` go ``READ_AHEAD_PARALLEL`` at a time, not one thread per
+    entry ahead: more threads cost the daemon more CPU than the server's latency needs."""
+    monkeypatch.setattr(listings, "NAMES_FIRST_AFTER", 20)
+    monkeypatch.setattr(ahead, "STAT_AHEAD", 30)
+    names = [f"f{i:02d}" for i in range(40)]
+    for name in names:
+        cores.store.put(f"t1/ws1/big/{name}", b"x", {})
+    async with cores.mount() as a:
+        assert await a.listdir("t1/ws1/big") == names
+        with a.store.holding("head"):
+            await cores.at_once(lambda: a.find("t1/ws1/big/f00"))
+            await cores.settle()
+            assert a.store.held == listings.READ_AHEAD_PARALLEL
+        await cores.settle()
+        assert a.store.count("head", "t1/ws1/big/f") == 30
+
+
 async def test_a_folder_of_few_unknown_entries_gives_every_attribute_with_its_names(cores: Cores) -> None:
     for i in range(5):
         cores.store.put(f"t1/ws1/few/f{i}", b"x" * BIG, {"mode": str(0o100600)})
