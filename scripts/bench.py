@@ -2,12 +2,12 @@
 """Benchmark cowfs against a local directory, rclone mount, s3fs and JuiceFS.
 
 Every target with a store gets its own bucket on one moto S3 server started
-here (``--rgw``: Ceph's RADOS Gateway), so the peers pay the same (slow, local) S3 as cowfs. memfs
-(``scripts/memfs.py``, pyfuse3 with nothing behind it) is the floor of the
-stack cowfs is built on, and s3 (moto itself through boto3, no file system)
-the floor of the rows that wait on the store, both measured in the same run.
-Each workload checks what
-it read back, so a fast wrong answer shows up as FAIL instead of a good time.
+here (``--rgw``: Ceph's RADOS Gateway), so the peers pay the same local S3
+as cowfs. memfs (``scripts/memfs.py``, pyfuse3 with nothing behind it) is the
+floor of the stack cowfs is built on, and s3 (the server itself through boto3,
+no file system) the floor of the rows that wait on the store, both measured in
+the same run. Each workload checks what it read back, so a fast wrong answer
+shows up as FAIL instead of a good time.
 Run it through ``scripts/bench``, which installs the peers and the venv.
 """
 
@@ -66,6 +66,8 @@ FAKE_AWS_ENV = {
     "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
     "AWS_EC2_METADATA_DISABLED": "true",
 }
+#: Where ``tests/rgw.py`` (the Ceph cluster ``--rgw`` starts) lives.
+TESTS = Path(__file__).resolve().parent.parent / "tests"
 #: cowfs keeps files under TENANT/WORKSPACE; every target uses the same folder so keys match.
 WORKDIR = "bench/ws"
 ALL_TARGETS = ("local", "memfs", "s3", "cowfs", "rclone", "s3fs", "juicefs", "juicefs-wb")
@@ -391,7 +393,8 @@ class Rgw:
     name = "Ceph RGW"
 
     def __init__(self) -> None:
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+        if str(TESTS) not in sys.path:
+            sys.path.insert(0, str(TESTS))
         from rgw import CephRgw
 
         self.ceph = CephRgw(FAKE_AWS_ENV["AWS_ACCESS_KEY_ID"], FAKE_AWS_ENV["AWS_SECRET_ACCESS_KEY"])

@@ -563,6 +563,8 @@ class Listings(Part):
     async def ensure_meta_all(self, nodes: list[Node]) -> None:
         """Metadata of many nodes, a bounded number of fetches at a time."""
         todo = [n for n in nodes if not n.meta_known]
+        if not todo:
+            return
         unknown = iter(todo)
 
         async def worker() -> None:
@@ -572,10 +574,9 @@ class Listings(Part):
                 except NotFound:
                     pass
 
-        if todo:
-            async with trio.open_nursery() as nursery:
-                for _ in range(min(META_PARALLEL, len(todo))):
-                    nursery.start_soon(worker)
+        async with trio.open_nursery() as nursery:
+            for _ in range(min(META_PARALLEL, len(todo))):
+                nursery.start_soon(worker)
 
     async def _fetch_quietly(self, node: Node, whole: bool = True) -> None:
         """``ensure_meta`` for work nobody waits on: a failure only costs a later fetch."""
