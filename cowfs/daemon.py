@@ -34,7 +34,7 @@ from .summaries import Summaries
 from .cache import ContentCache
 from .config import TenantOwner
 from .errors import CowfsError
-from .fs import Operations, take_back
+from .fs import Operations, drop_pages, take_back
 from .gateway import StoreCalls
 from .hooks import WorkspaceHooks
 from .journal import GROUP_COMMIT, Journal
@@ -277,7 +277,7 @@ async def _serve(
     ns = Namespace(
         store, keymap, cache, journal, writeback, calls, tmp_dir, hooks,
         uid=os.getuid(), gid=os.getgid(), metadata_ttl=opts.metadata_ttl, tenants=opts.tenants, marks=marks,
-        summaries=summaries, kernel=take_back,
+        summaries=summaries, kernel=take_back, kernel_pages=drop_pages,
     )
 
     async def sync_all() -> None:

@@ -131,6 +131,11 @@ class Fetch:
     def read_to(self, end: int) -> None:
         """A read ended at ``end`` (a whole download keeps every byte; a window moves)."""
 
+    def pages_due(self) -> bool:
+        """Whether the kernel should let go of its cached pages of the file now (never: a
+        whole download is the cache's, and the kernel may keep it too)."""
+        return False
+
     async def started(self) -> None:
         """Until the object's info is known (its first piece is in) or the download ended."""
         while self.info is None and not self.done:

@@ -59,6 +59,13 @@ def take_back(entries: list[tuple[int, bytes]], inodes: list[int]) -> None:
             pyfuse3.invalidate_inode(inode, attr_only=True)
 
 
+def drop_pages(inode: int) -> None:
+    """The kernel lets go of the pages it caches of ``inode`` (and asks for its attributes
+    again), in a worker thread: it waits for the pages the kernel is filling."""
+    with contextlib.suppress(OSError):  # ENOENT: the kernel holds it no more
+        pyfuse3.invalidate_inode(inode)
+
+
 class Operations(pyfuse3.Operations):
     """The kernel-facing side of a cowfs mount."""
 

@@ -15,6 +15,12 @@ blocks given back (``fds.punch_holes``). That file's room is reserved in the
 cache (``room``, ``ContentCache.reserve``), so that the folder stays within
 ``--cache-size``.
 
+The kernel keeps in its page cache every page of a file it was given, and
+the daemon has no say in which: a file larger than the cache, read once,
+would end up whole in the kernel's memory. Each time the reader has moved
+``DROP_PAGES_AFTER`` windows on (``pages_due``), the kernel is asked to let go
+of its pages of the file, and reuses them for the pages that follow.
+
 Only file bytes no ranged GET is bringing are given back. The trio thread
 takes them out of what is held before a worker punches them (``punch``, then
 ``punched``): a read that found its bytes held has read them already, and no
@@ -39,6 +45,8 @@ from .store import ObjectInfo
 #: Holes are punched once at least this much of the file lies outside the window (not per
 #: read; less in a small window).
 PUNCH_AT = 4 * 1024 * 1024
+#: The kernel lets go of its pages of the file each time the reader moved this many windows on.
+DROP_PAGES_AFTER = 4
 
 Span = tuple[int, int]
 
@@ -79,6 +87,8 @@ class Window(Fetch):
         #: The most the file holds at once (what the cache reserves): the window, a ranged
         #: GET past it, and what waits to be punched.
         self.room = ahead + behind + self.range + 2 * self.punch_at
+        #: Where the reader was when the kernel last let go of its pages of the file.
+        self._pages_at = 0
 
     # -- the stream's thread ----------------------------------------------------
 
@@ -150,6 +160,14 @@ class Window(Fetch):
         if (near and end >= self._told + self.ahead // 4) or end < self._told:
             self._tell(end)
         self._trim()
+
+    def pages_due(self) -> bool:
+        """Whether the kernel should let go of its pages of the file now: the reader moved
+        ``DROP_PAGES_AFTER`` windows since they were last let go (then counted as done)."""
+        if abs(self.reading - self._pages_at) < DROP_PAGES_AFTER * (self.ahead + self.behind):
+            return False
+        self._pages_at = self.reading
+        return True
 
     def _tell(self, end: int) -> None:
         """Let the stream go on to ``ahead`` bytes past ``end`` (and have a deadline again)."""

@@ -209,6 +209,8 @@ class Core:
     summaries: Summaries | None = None
     #: The entries taken back from the kernel, as ``(folder inode, name)``, in order.
     taken_back: list[tuple[int, bytes]] = dataclasses.field(default_factory=list)
+    #: The inodes whose pages the kernel was asked to let go of, in order.
+    pages_dropped: list[int] = dataclasses.field(default_factory=list)
 
     async def sync(self) -> None:
         """``cowfs sync``: every pending change in the store, then this mount's change marks and summaries."""
@@ -346,9 +348,11 @@ class Cores:
                               on_stored=stored, on_deleted=deleted)
         hooks = WorkspaceHooks(store, calls, activity, lambda: {"listings": ns.listings})
         taken_back: list[tuple[int, bytes]] = []
+        pages_dropped: list[int] = []
         ns = Namespace(store, KeyMap(), cache, journal, writeback, calls, tmp_dir, hooks, uid=os.getuid(),
                        gid=os.getgid(), metadata_ttl=metadata_ttl, clock=trio.current_time, marks=marks,
-                       summaries=summaries, kernel=lambda entries, inodes: taken_back.extend(entries))
+                       summaries=summaries, kernel=lambda entries, inodes: taken_back.extend(entries),
+                       kernel_pages=pages_dropped.append)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(writeback.run)
@@ -358,7 +362,7 @@ class Cores:
                     nursery.start_soon(marks.run)
                 if summaries is not None:
                     nursery.start_soon(summaries.run)
-                yield Core(ns, writeback, journal, store, marks, summaries, taken_back)
+                yield Core(ns, writeback, journal, store, marks, summaries, taken_back, pages_dropped)
                 nursery.cancel_scope.cancel()
         finally:
             cache.close()

@@ -44,12 +44,19 @@ LINK_INTO_CACHE = 1024 * 1024
 SPARE_ON_FULL_DISK = 16 * 1024 * 1024
 
 
+#: Has the kernel let go of the pages it caches of an inode, in a worker thread.
+KernelPages = Callable[[int], None]
+
+
 class Contents(Part):
     """The bytes of files: cache, downloads, staging files."""
 
-    def __init__(self, services: Services, inodes: Inodes, view: WorkspaceView) -> None:
+    def __init__(self, services: Services, inodes: Inodes, view: WorkspaceView,
+                 kernel_pages: KernelPages | None = None) -> None:
+        """``kernel_pages`` keeps the kernel's share of a file read through a window small (``Window``)."""
         super().__init__(services, inodes)
         self.view = view
+        self.kernel_pages = kernel_pages
 
     def uploading(self, node: Node) -> bool:
         """Whether ``node`` has an upload waiting or under way."""
@@ -184,6 +191,8 @@ class Contents(Part):
             if fetch.fd is not None and content.fd is None:
                 data = fetch.read_at(offset, size)
                 fetch.read_to(offset + len(data))
+                if self.kernel_pages is not None and fetch.pages_due():
+                    self.nursery().start_soon(self.calls.local, self.kernel_pages, node.ino)
                 return data
         fd = node.fd
         assert fd is not None

@@ -34,7 +34,7 @@ from ..keys import KeyMap
 from ..names import component
 from ..store import ObjectStore
 from ..writeback import WriteBack
-from .contents import Contents
+from .contents import Contents, KernelPages
 from .leases import Kernel, Leases
 from .listings import Listings
 from .node import ROOT_INODE, Kind, Node
@@ -82,11 +82,13 @@ class Namespace:
         marks: ChangeMarks | None = None,
         summaries: Summaries | None = None,
         kernel: Kernel | None = None,
+        kernel_pages: KernelPages | None = None,
     ) -> None:
         """``tenants`` (from the config file) makes a multi-user mount (``WorkspaceView``).
         ``calls`` must report to a ``Reachability``: what a degraded mount serves follows it.
         ``marks``, ``summaries``: the change marks and attribute summaries of the workspaces (``Listings``).
-        ``kernel`` takes entries back from the kernel (``Leases``): without it entries are kept a TTL."""
+        ``kernel`` takes entries back from the kernel (``Leases``): without it entries are kept a TTL.
+        ``kernel_pages`` has the kernel let go of its pages of a file read through a window (``Window``)."""
         assert calls.reachability is not None
         self.store = store
         self.writeback = writeback
@@ -99,7 +101,7 @@ class Namespace:
         self.inodes = Inodes(root, keymap, self._drop)
         self.view = WorkspaceView(self.inodes, uid, gid, tenants)
         services = Services(store, cache, journal, writeback, calls, tmp_dir, clock, self._nursery)
-        self.contents = Contents(services, self.inodes, self.view)
+        self.contents = Contents(services, self.inodes, self.view, kernel_pages)
         self.leases = Leases(services, self.inodes, marks, metadata_ttl, kernel)
         self.persistence = Persistence(services, self.inodes, self.contents, self.leases, hooks.changed)
         self.listing = Listings(services, self.inodes, self.view, self.contents, self.persistence, self.leases,

@@ -13,6 +13,9 @@ from pathlib import Path
 
 from core import READ_SIZE, Core, Cores
 
+from cowfs.ranges import window
+from cowfs.window import DROP_PAGES_AFTER
+
 MiB = 1024 * 1024
 CACHE = 12 * MiB
 SIZE = 48 * MiB
@@ -68,6 +71,21 @@ async def test_a_file_four_times_the_cache_is_read_whole_and_the_cache_folder_st
 
         await cores.settle()
         assert on_disk(cores.root / "core1" / "tmp") == 0, "the window's file went with its last reader"
+
+
+async def test_the_kernel_lets_go_of_its_pages_of_a_file_read_through_a_window_every_few_windows(
+        cores: Cores) -> None:
+    async with cores.mount(cache_size=CACHE) as a:
+        await big_file(cores, a)
+        await a.write("t1/ws1/small.txt", b"fits the cache")
+        await a.sync()
+        big, small = await a.find("t1/ws1/big.bin"), await a.find("t1/ws1/small.txt")
+        await read_watching(cores, a, list(range(0, SIZE, READ_SIZE)))
+        assert await a.read("t1/ws1/small.txt") == b"fits the cache"
+        await cores.settle()
+        every = DROP_PAGES_AFTER * sum(window(CACHE))
+        assert a.pages_dropped == [big.ino] * (SIZE // every)
+        assert small.ino not in a.pages_dropped
 
 
 async def test_jumps_back_and_far_ahead_in_a_file_larger_than_the_cache_read_the_right_bytes(cores: Cores) -> None:

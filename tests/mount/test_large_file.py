@@ -3,6 +3,8 @@ the cache folder within its limit all along."""
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
 import random
 from pathlib import Path
@@ -33,3 +35,30 @@ def test_a_file_five_times_the_cache_reads_right_and_the_cache_folder_stays_with
             peak = max(peak, on_disk(mount.cache_dir))
     assert b"".join(read) == data
     assert peak <= CACHE, f"the cache folder took {peak / MiB:.1f} MiB"
+
+
+def kernel_cached(fd: int, size: int) -> int:
+    """Bytes of the open file ``fd`` the kernel holds in its page cache (mincore(2) of a
+    private mapping, which reads nothing in)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte)]
+    pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+    with mmap.mmap(fd, size, access=mmap.ACCESS_COPY) as mapped:
+        vector = (ctypes.c_ubyte * pages)()
+        if libc.mincore(ctypes.addressof(ctypes.c_char.from_buffer(mapped)), size, vector) != 0:
+            raise OSError(ctypes.get_errno(), "mincore")
+        return sum(byte & 1 for byte in vector) * mmap.PAGESIZE
+
+
+@pytest.mark.mount
+def test_the_kernel_keeps_only_a_few_windows_of_a_file_read_through_one(s3_bucket, mount_factory):
+    s3_store_of(s3_bucket).put("t1/ws1/big.bin", random.Random(12).randbytes(SIZE), {})
+    mount = mount_factory(extra=["--cache-size", str(CACHE)])
+    fd = os.open(mount.path / "t1" / "ws1" / "big.bin", os.O_RDONLY)
+    try:
+        while os.read(fd, MiB):
+            pass
+        cached = kernel_cached(fd, SIZE)
+    finally:
+        os.close(fd)
+    assert cached <= SIZE // 2, f"the kernel holds {cached / MiB:.1f} MiB of the {SIZE // MiB} MiB file"
