@@ -17,7 +17,12 @@ An entry is used only while its ETag is the one the folder's listing shows
 for that name (``usable``): an entry that went stale (another tool rewrote or
 deleted the file, a write lost a race) costs a HEAD, never wrong attributes.
 Several mounts write one summary by read-modify-write with conditional puts,
-merging again on a lost condition. A folder with more than ``MAX_ENTRIES``
+merging again on a lost condition. A mount remembers the last summaries it
+wrote (``KEPT``) and merges into one of those without reading it first: its
+put is conditional on the ETag it got, so a summary another mount changed
+meanwhile fails the condition and is read and merged as any other (a delete
+of one left empty is not conditional, so it is read first). A folder that
+fills over many flushes costs one GET, not one per flush. A folder with more than ``MAX_ENTRIES``
 files, or whose summary would outgrow ``MAX_BYTES``, keeps a summary that says
 it is full and holds no entries: its files are fetched one by one.
 """
@@ -27,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable
@@ -50,6 +56,8 @@ MAX_ENTRIES = 2000
 MAX_BYTES = 256 * 1024
 #: Read-modify-writes of one summary lost in a row before the flush gives up (and tries later).
 ATTEMPTS = 5
+#: Summaries a writer remembers having written, to merge into without a GET.
+KEPT = 16
 FORMAT = 1
 NAME_LENGTH = 32
 
@@ -143,6 +151,8 @@ class Summaries(BatchWriter[Folder, dict[str, Entry | None]]):
         """``forgotten(workspace)``: whether this mount is deleting it (a summary would bring it back)."""
         super().__init__(store, calls, interval, records)
         self.forgotten = forgotten
+        #: The summaries this mount wrote last and their ETags, by key, the latest last.
+        self._written: OrderedDict[str, tuple[Summary, str]] = OrderedDict()
 
     def noted(self, key: str, etag: str, metadata: dict[str, str]) -> None:
         """The object ``key`` reached the store as ``etag`` with ``metadata``."""
@@ -175,15 +185,23 @@ class Summaries(BatchWriter[Folder, dict[str, Entry | None]]):
     async def _merge(self, key: str, folder: str, changes: dict[str, Entry | None]) -> None:
         """Apply ``changes`` to the summary at ``key`` by read-modify-write, merging again when
         another writer got in between (``PreconditionFailed`` when that keeps happening)."""
+        known = self._written.pop(key, None)
         for _ in range(ATTEMPTS):
-            current, etag = await self._current(key, folder)
+            current, etag = known or await self._current(key, folder)
             summary = (current or Summary(folder)).merged(changes)
             if summary == current:
+                if known is not None:
+                    self._remember(key, *known)
                 return
+            if known is not None and not (summary.entries or summary.full):
+                known = None  # a delete is not conditional: it is decided on what the store holds
+                continue
             try:
                 if summary.entries or summary.full:
-                    await self._background(partial(self.store.put, if_match=etag, if_none_match=etag is None),
-                                           key, summary.encode(), {"content-type": "application/json"})
+                    written = await self._background(
+                        partial(self.store.put, if_match=etag, if_none_match=etag is None),
+                        key, summary.encode(), {"content-type": "application/json"})
+                    self._remember(key, summary, written)
                 elif etag is not None:
                     # S3 has no conditional delete everywhere: an entry another writer adds
                     # meanwhile is lost, which only costs a HEAD.
@@ -191,7 +209,18 @@ class Summaries(BatchWriter[Folder, dict[str, Entry | None]]):
                 return
             except PreconditionFailed:
                 log.debug("%s changed while this mount merged into it: merging again", key)
+            except ObjectNotFound:
+                if known is None:
+                    raise
+                log.debug("%s went while this mount remembered it: merging again", key)
+            known = None
         raise PreconditionFailed(f"{key}: other writers changed it {ATTEMPTS} times in a row")
+
+    def _remember(self, key: str, summary: Summary, etag: str) -> None:
+        """``summary`` is at ``key`` as ``etag``, as this mount last wrote it (``KEPT`` at most)."""
+        self._written[key] = (summary, etag)
+        while len(self._written) > KEPT:
+            self._written.popitem(last=False)
 
     async def _current(self, key: str, folder: str) -> tuple[Summary | None, str | None]:
         """The summary at ``key`` and its ETag; None for the summary when there is none, it is not

@@ -159,6 +159,39 @@ async def test_run_writes_a_folders_summary_at_most_once_an_interval(cores: Core
         nursery.cancel_scope.cancel()
 
 
+async def test_a_writer_merges_into_the_summary_it_wrote_without_reading_it_unless_it_changed(
+        cores: Cores) -> None:
+    store = cores.store
+    create_workspace(store, "t1", "u1", "general", workspace_id="ws1")
+    a, b = writer(store), writer(store)
+    key = summary_key(WS, "src/")
+    put(store, a, "t1/ws1/src/1.txt", b"1")
+    await a.flush()
+    start = store.mark()
+    put(store, a, "t1/ws1/src/2.txt", b"2")
+    await a.flush()
+    assert store.since(start)[("get", key)] == 0
+    assert stored(store, "src/").entries.keys() == {"1.txt", "2.txt"}
+
+    put(store, b, "t1/ws1/src/3.txt", b"3")
+    await b.flush()
+    put(store, a, "t1/ws1/src/4.txt", b"4")
+    await a.flush()
+    assert stored(store, "src/").entries.keys() == {"1.txt", "2.txt", "3.txt", "4.txt"}
+
+    for name in ("1.txt", "2.txt", "3.txt"):
+        b.removed(f"t1/ws1/src/{name}")
+    await b.flush()
+    assert stored(store, "src/").entries.keys() == {"4.txt"}, "a delete decided on what b remembered"
+    a.removed("t1/ws1/src/4.txt")
+    await a.flush()
+    assert store.stored("t1/ws1/.cowfs/attrs/") == {}
+    put(store, b, "t1/ws1/src/5.txt", b"5")
+    await b.flush()
+    assert stored(store, "src/").entries.keys() == {"5.txt"}
+    assert a.failures == b.failures == 0
+
+
 async def test_no_summary_goes_into_a_workspace_without_its_record_or_being_removed(cores: Cores) -> None:
     store = cores.store
     mount = writer(store)
