@@ -207,12 +207,8 @@ class Summaries(BatchWriter[Folder, dict[str, Entry | None]]):
                     # meanwhile is lost, which only costs a HEAD.
                     await self._background(self.store.delete, key)
                 return
-            except PreconditionFailed:
+            except PreconditionFailed:  # also when it went: If-Match on a missing key fails
                 log.debug("%s changed while this mount merged into it: merging again", key)
-            except ObjectNotFound:
-                if known is None:
-                    raise
-                log.debug("%s went while this mount remembered it: merging again", key)
             known = None
         raise PreconditionFailed(f"{key}: other writers changed it {ATTEMPTS} times in a row")
 
