@@ -22,7 +22,10 @@ wrote (``KEPT``) and merges into one of those without reading it first: its
 put is conditional on the ETag it got, so a summary another mount changed
 meanwhile fails the condition and is read and merged as any other (a delete
 of one left empty is not conditional, so it is read first). A folder that
-fills over many flushes costs one GET, not one per flush. A folder with more than ``MAX_ENTRIES``
+fills over many flushes costs one GET, not one per flush. So do the summaries
+a listing just read, and those a mount knows are not there, of folders it
+has just made or found without one (``STATES_KEPT``): the first is put with
+``If-None-Match``, which fails if another mount made one since. A folder with more than ``MAX_ENTRIES``
 files, or whose summary would outgrow ``MAX_BYTES``, keeps a summary that says
 it is full and holds no entries: its files are fetched one by one.
 """
@@ -56,8 +59,10 @@ MAX_ENTRIES = 2000
 MAX_BYTES = 256 * 1024
 #: Read-modify-writes of one summary lost in a row before the flush gives up (and tries later).
 ATTEMPTS = 5
-#: Summaries a writer remembers having written, to merge into without a GET.
+#: Summaries a writer remembers having written or read, to merge into without a GET ...
 KEPT = 16
+#: ... and whether it knows a summary is there or not, for this many.
+STATES_KEPT = 4096
 FORMAT = 1
 NAME_LENGTH = 32
 
@@ -151,11 +156,17 @@ class Summaries(BatchWriter[Folder, dict[str, Entry | None]]):
         """``forgotten(workspace)``: whether this mount is deleting it (a summary would bring it back)."""
         super().__init__(store, calls, interval, records)
         self.forgotten = forgotten
-        #: The summaries this mount wrote last and their ETags, by key, the latest last.
+        #: The summaries this mount wrote or read last and their ETags, by key, the latest last.
         self._written: OrderedDict[str, tuple[Summary, str]] = OrderedDict()
+        #: Whether a summary is there as far as this mount knows, by key, the latest last.
+        self._there: OrderedDict[str, bool] = OrderedDict()
 
     def noted(self, key: str, etag: str, metadata: dict[str, str]) -> None:
-        """The object ``key`` reached the store as ``etag`` with ``metadata``."""
+        """The object ``key`` reached the store as ``etag`` with ``metadata``; a folder's
+        marker says the folder is new here, and so is its summary (unless one is known)."""
+        if key.endswith("/") and (where := listed_folder(key)) is not None:
+            if not self._there.get(summary_key(*where), False):
+                self._know(summary_key(*where), False)
         self._change(key, (etag, {name.lower(): value for name, value in metadata.items()}))
 
     def removed(self, key: str) -> None:
@@ -185,13 +196,15 @@ class Summaries(BatchWriter[Folder, dict[str, Entry | None]]):
     async def _merge(self, key: str, folder: str, changes: dict[str, Entry | None]) -> None:
         """Apply ``changes`` to the summary at ``key`` by read-modify-write, merging again when
         another writer got in between (``PreconditionFailed`` when that keeps happening)."""
-        known = self._written.pop(key, None)
+        known: tuple[Summary | None, str | None] | None = self._written.pop(key, None)
+        if known is None and self._there.get(key) is False:
+            known = None, None
         for _ in range(ATTEMPTS):
             current, etag = known or await self._current(key, folder)
             summary = (current or Summary(folder)).merged(changes)
             if summary == current:
-                if known is not None:
-                    self._remember(key, *known)
+                if current is not None and etag is not None:
+                    self._remember(key, current, etag)
                 return
             if known is not None and not (summary.entries or summary.full):
                 known = None  # a delete is not conditional: it is decided on what the store holds
@@ -206,6 +219,7 @@ class Summaries(BatchWriter[Folder, dict[str, Entry | None]]):
                     # S3 has no conditional delete everywhere: an entry another writer adds
                     # meanwhile is lost, which only costs a HEAD.
                     await self._background(self.store.delete, key)
+                    self._know(key, False)
                 return
             except PreconditionFailed:  # also when it went: If-Match on a missing key fails
                 log.debug("%s changed while this mount merged into it: merging again", key)
@@ -213,10 +227,18 @@ class Summaries(BatchWriter[Folder, dict[str, Entry | None]]):
         raise PreconditionFailed(f"{key}: other writers changed it {ATTEMPTS} times in a row")
 
     def _remember(self, key: str, summary: Summary, etag: str) -> None:
-        """``summary`` is at ``key`` as ``etag``, as this mount last wrote it (``KEPT`` at most)."""
+        """``summary`` is at ``key`` as ``etag``, as this mount last wrote or read it (``KEPT`` at most)."""
+        self._know(key, True)
         self._written[key] = (summary, etag)
         while len(self._written) > KEPT:
             self._written.popitem(last=False)
+
+    def _know(self, key: str, there: bool) -> None:
+        """Whether a summary is at ``key``, as far as this mount knows (``STATES_KEPT`` at most)."""
+        self._there[key] = there
+        self._there.move_to_end(key)
+        while len(self._there) > STATES_KEPT:
+            self._there.popitem(last=False)
 
     async def _current(self, key: str, folder: str) -> tuple[Summary | None, str | None]:
         """The summary at ``key`` and its ETag; None for the summary when there is none, it is not
@@ -243,8 +265,9 @@ class Summaries(BatchWriter[Folder, dict[str, Entry | None]]):
             return {}
         key = summary_key(*where)
         try:
-            data, _ = await io(self.store.get, key)
+            data, info = await io(self.store.get, key)
         except ObjectNotFound:
+            self._know(key, False)
             return {}
         except (CowfsError, OSError) as exc:
             self._failed(f"reading the attribute summary of {folder_key}", exc)
@@ -254,4 +277,7 @@ class Summaries(BatchWriter[Folder, dict[str, Entry | None]]):
         except ValueError as exc:
             log.warning("%s: %s", key, exc)
             return {}
-        return summary.entries if summary.folder == where[1] else {}
+        if summary.folder != where[1]:
+            return {}
+        self._remember(key, summary, info.etag)
+        return summary.entries

@@ -192,6 +192,44 @@ async def test_a_writer_merges_into_the_summary_it_wrote_without_reading_it_unle
     assert a.failures == b.failures == 0
 
 
+async def test_the_summary_of_a_folder_made_here_or_read_by_a_listing_is_written_without_a_read(
+        cores: Cores) -> None:
+    store = cores.store
+    create_workspace(store, "t1", "u1", "general", workspace_id="ws1")
+    a, b = writer(store), writer(store)
+
+    def made(mount: Summaries, folder: str) -> None:
+        etag = store.put(f"t1/ws1/{folder}", b"", {"mode": "16877"})
+        mount.noted(f"t1/ws1/{folder}", etag, {"mode": "16877"})
+
+    def gets(start: Any, folder: str) -> int:
+        return store.since(start)[("get", summary_key(WS, folder))]
+
+    made(a, "new/")
+    start = store.mark()
+    put(store, a, "t1/ws1/new/1.txt", b"1")
+    await a.flush()
+    assert gets(start, "new/") == 0 and stored(store, "new/").entries.keys() == {"1.txt"}
+
+    assert await b.read("t1/ws1/other/", io_of(store)) == {}
+    assert (await b.read("t1/ws1/new/", io_of(store))).keys() == {"1.txt"}
+    start = store.mark()
+    put(store, b, "t1/ws1/other/2.txt", b"2")
+    put(store, b, "t1/ws1/new/3.txt", b"3")
+    await b.flush()
+    assert gets(start, "other/") == gets(start, "new/") == 0
+    assert stored(store, "other/").entries.keys() == {"2.txt"}
+    assert stored(store, "new/").entries.keys() == {"1.txt", "3.txt"}
+
+    made(a, "late/")
+    put(store, b, "t1/ws1/late/x.txt", b"x")
+    await b.flush()
+    put(store, a, "t1/ws1/late/y.txt", b"y")
+    await a.flush()
+    assert stored(store, "late/").entries.keys() == {"x.txt", "y.txt"}, "a summary made meanwhile is merged into"
+    assert a.failures == b.failures == 0
+
+
 async def test_no_summary_goes_into_a_workspace_without_its_record_or_being_removed(cores: Cores) -> None:
     store = cores.store
     mount = writer(store)
