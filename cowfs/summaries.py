@@ -17,17 +17,18 @@ An entry is used only while its ETag is the one the folder's listing shows
 for that name (``usable``): an entry that went stale (another tool rewrote or
 deleted the file, a write lost a race) costs a HEAD, never wrong attributes.
 Several mounts write one summary by read-modify-write with conditional puts,
-merging again on a lost condition. A mount remembers the last summaries it
-wrote (``KEPT``) and merges into one of those without reading it first: its
-put is conditional on the ETag it got, so a summary another mount changed
-meanwhile fails the condition and is read and merged as any other (a delete
-of one left empty is not conditional, so it is read first). A folder that
-fills over many flushes costs one GET, not one per flush. So do the summaries
-a listing just read, and those a mount knows are not there, of folders it
-has just made or found without one (``STATES_KEPT``): the first is put with
-``If-None-Match``, which fails if another mount made one since. A folder with more than ``MAX_ENTRIES``
+merging again on a lost condition. A folder with more than ``MAX_ENTRIES``
 files, or whose summary would outgrow ``MAX_BYTES``, keeps a summary that says
 it is full and holds no entries: its files are fetched one by one.
+
+The read is skipped where the mount knows what is there. It merges into the
+last summaries it wrote or read (``KEPT``) with a put conditional on the ETag
+it got, and puts the first summary of a folder it just made, or that a
+listing found without one (``STATES_KEPT``), with ``If-None-Match``: a
+summary another mount changed or made meanwhile fails the condition and is
+read and merged as any other. A delete of a summary left empty is not
+conditional, so it is decided on a fresh read. A folder filled over many
+flushes costs one GET at most, not one per flush.
 """
 
 from __future__ import annotations
@@ -165,8 +166,9 @@ class Summaries(BatchWriter[Folder, dict[str, Entry | None]]):
         """The object ``key`` reached the store as ``etag`` with ``metadata``; a folder's
         marker says the folder is new here, and so is its summary (unless one is known)."""
         if key.endswith("/") and (where := listed_folder(key)) is not None:
-            if not self._there.get(summary_key(*where), False):
-                self._know(summary_key(*where), False)
+            summary = summary_key(*where)
+            if not self._there.get(summary, False):
+                self._know(summary, False)
         self._change(key, (etag, {name.lower(): value for name, value in metadata.items()}))
 
     def removed(self, key: str) -> None:
