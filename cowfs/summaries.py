@@ -208,7 +208,7 @@ class Summaries(BatchWriter[Folder, dict[str, Entry | None]]):
                 if current is not None and etag is not None:
                     self._remember(key, current, etag)
                 return
-            if known is not None and not (summary.entries or summary.full):
+            if known is not None and etag is not None and not (summary.entries or summary.full):
                 known = None  # a delete is not conditional: it is decided on what the store holds
                 continue
             try:

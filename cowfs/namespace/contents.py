@@ -22,6 +22,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
+import trio
+
 from ..cache import CacheBusy
 from ..errors import CowfsError, NotFound, ObjectNotFound, StoreError
 from ..fds import copy_fd, punch_holes
@@ -192,11 +194,18 @@ class Contents(Part):
                 data = fetch.read_at(offset, size)
                 fetch.read_to(offset + len(data))
                 if self.kernel_pages is not None and fetch.pages_due():
-                    self.nursery().start_soon(self.calls.local, self.kernel_pages, node.ino)
+                    self.nursery().start_soon(self._drop_pages, self.kernel_pages, node.ino)
                 return data
         fd = node.fd
         assert fd is not None
         return os.pread(fd, size, offset)
+
+    @staticmethod
+    async def _drop_pages(kernel_pages: KernelPages, ino: int) -> None:
+        """The kernel lets go of its pages of ``ino``, outside the store's limiter as ``Leases``'
+        take-backs: the kernel waits for reads of those pages, which may need a worker, and
+        on the way out for requests nobody answers (the thread is abandoned then)."""
+        await trio.to_thread.run_sync(kernel_pages, ino, abandon_on_cancel=True)
 
     async def _arrival(self, node: Node, fetch: Fetch, offset: int, size: int) -> None:
         """Until the download has the bytes of a read; far ahead of its stream, a

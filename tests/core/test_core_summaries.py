@@ -221,6 +221,13 @@ async def test_the_summary_of_a_folder_made_here_or_read_by_a_listing_is_written
     assert stored(store, "other/").entries.keys() == {"2.txt"}
     assert stored(store, "new/").entries.keys() == {"1.txt", "3.txt"}
 
+    made(a, "brief/")
+    start = store.mark()
+    a.removed("t1/ws1/brief/gone.txt")
+    await a.flush()
+    assert gets(start, "brief/") == 0 and store.stored("t1/ws1/.cowfs/attrs/").keys() == {
+        summary_key(WS, "new/"), summary_key(WS, "other/")}
+
     made(a, "late/")
     put(store, b, "t1/ws1/late/x.txt", b"x")
     await b.flush()
